@@ -1,0 +1,60 @@
+"""The errors services raise.
+
+One small hierarchy, mapped once at the HTTP edge (``status_code``) and once in the CLI. A message
+names the field and what is wrong with its value, because it is shown to the user as it is.
+"""
+
+from __future__ import annotations
+
+
+class ProvisioningError(Exception):
+    """Base of every error a user can cause or see."""
+
+    status_code = 500
+    code = "provisioning_error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"error": self.code, "message": self.message, "field": self.field}
+
+
+class InvalidRequest(ProvisioningError):
+    status_code = 422
+    code = "invalid_request"
+
+
+class NotFound(ProvisioningError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ProvisioningError):
+    status_code = 409
+    code = "conflict"
+
+
+class LimitReached(Conflict):
+    code = "limit_reached"
+
+
+class PaymentRequired(ProvisioningError):
+    status_code = 402
+    code = "payment_required"
+
+
+class CapacityExhausted(ProvisioningError):
+    """No host of the tier has a free slot: retryable once capacity is added."""
+
+    status_code = 503
+    code = "capacity_exhausted"
+
+
+class EngineError(ProvisioningError):
+    """The graph engine refused or failed an operation on a database file."""
+
+    status_code = 500
+    code = "engine_error"
