@@ -12,6 +12,8 @@ class ProvisioningError(Exception):
 
     status_code = 500
     code = "provisioning_error"
+    #: Whether another attempt could succeed (a bad request never will; a full host may).
+    retryable = True
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
@@ -25,16 +27,19 @@ class ProvisioningError(Exception):
 class InvalidRequest(ProvisioningError):
     status_code = 422
     code = "invalid_request"
+    retryable = False
 
 
 class NotFound(ProvisioningError):
     status_code = 404
     code = "not_found"
+    retryable = False
 
 
 class Conflict(ProvisioningError):
     status_code = 409
     code = "conflict"
+    retryable = False
 
 
 class LimitReached(Conflict):
@@ -44,6 +49,7 @@ class LimitReached(Conflict):
 class PaymentRequired(ProvisioningError):
     status_code = 402
     code = "payment_required"
+    retryable = False
 
 
 class CapacityExhausted(ProvisioningError):

@@ -1,0 +1,31 @@
+"""The assets provisioning materializes, declared once for the jobs and the direct path.
+
+They are external assets (``AssetSpec``): Dagster does not compute them, the flows report them.
+A Dagster run logs an ``AssetMaterialization`` from its last op; the direct executor reports one
+with ``report_runless_asset_event``. One history per asset, told apart by the
+``provisioning_method`` metadata (``dagster`` or ``direct``).
+"""
+
+from dagster import AssetKey, AssetSpec
+
+from provisioning_pipelines.flows import GRAPH_FLOW, REPOSITORY_FLOW, SUBGRAPH_FLOW
+
+GRAPH_ASSET = AssetSpec(
+    key=AssetKey(list(GRAPH_FLOW.asset_key)),
+    description="Customer graph databases (LadybugDB), one materialization per graph provisioned.",
+    group_name="provisioning",
+    kinds={"ladybug"},
+)
+SUBGRAPH_ASSET = AssetSpec(
+    key=AssetKey(list(SUBGRAPH_FLOW.asset_key)),
+    description="Subgraphs: child databases of a graph on the parent's host.",
+    group_name="provisioning",
+    kinds={"ladybug"},
+)
+REPOSITORY_ACCESS_ASSET = AssetSpec(
+    key=AssetKey(list(REPOSITORY_FLOW.asset_key)),
+    description="Access grants to shared data repositories, with the plan's credits.",
+    group_name="provisioning",
+    kinds={"sql"},
+)
+ASSETS = [GRAPH_ASSET, SUBGRAPH_ASSET, REPOSITORY_ACCESS_ASSET]

@@ -1,0 +1,40 @@
+"""Provision a graph database for a paid graph subscription."""
+
+from __future__ import annotations
+
+from provisioning_pipelines.flows.steps import Flow, StepContext, step
+from provisioning_pipelines.flows.subscription import (
+    ASSET_KEYS,
+    SubscriptionConfig,
+    SubscriptionWork,
+    abandon_attempt,
+    activate_subscription,
+    claim_subscription,
+)
+from provisioning_pipelines.services import graphs
+
+GraphConfig = SubscriptionConfig
+
+
+@step(on_failure=abandon_attempt)
+def create_graph_database(ctx: StepContext, work: SubscriptionWork) -> SubscriptionWork:
+    """Create the graph: database file with its schema, schema rows, admin role, credit pool."""
+    if work.claim.already_active:
+        return work
+    plan = graphs.plan_graph(work.claim)
+    ctx.tag_run({"provisioning/graph_id": plan.graph_id})
+    ctx.progress(f"Creating graph {plan.graph_id} ({plan.tier.name}, {len(plan.ddl)} "
+                 "schema statements)", 30)
+    details = graphs.create_graph(ctx.database, ctx.engine, work.claim, plan,
+                                  graph_data_dir=ctx.graph_data_dir)
+    ctx.progress(f"Graph {plan.graph_id} created with {len(details['tables'])} tables", 80)
+    return work.with_details(resource_id=plan.graph_id, **details)
+
+
+GRAPH_FLOW = Flow(
+    name="graph",
+    job_name="provision_graph_job",
+    description="Provision a LadybugDB graph database for a paid graph subscription.",
+    asset_key=ASSET_KEYS["graph"],
+    steps=(claim_subscription, create_graph_database, activate_subscription),
+)

@@ -1,0 +1,73 @@
+"""Provision access to a shared data repository for a paid repository subscription."""
+
+from __future__ import annotations
+
+from provisioning_pipelines.errors import InvalidRequest
+from provisioning_pipelines.flows.steps import Flow, StepContext, step
+from provisioning_pipelines.flows.subscription import (
+    ASSET_KEYS,
+    SubscriptionConfig,
+    SubscriptionWork,
+    abandon_attempt,
+    activate_subscription,
+    claim_subscription,
+)
+from provisioning_pipelines.services import audit, catalog, credits, repositories
+
+RepositoryConfig = SubscriptionConfig
+
+
+def _repository_and_plan(work: SubscriptionWork) -> tuple[str, catalog.RepositoryPlan]:
+    repository, plan = catalog.repository_plan(work.claim.plan_name)
+    asked = work.claim.request.get("repository", repository)
+    if asked != repository:
+        raise InvalidRequest(
+            f"repository: {asked!r} does not match plan {work.claim.plan_name!r}",
+            field="repository",
+        )
+    return catalog.open_repository(repository), plan
+
+
+@step(on_failure=abandon_attempt)
+def grant_repository_access(ctx: StepContext, work: SubscriptionWork) -> SubscriptionWork:
+    """Grant the subscriber access to the repository at the plan's level (idempotent)."""
+    if work.claim.already_active:
+        return work
+    repository, plan = _repository_and_plan(work)
+    with ctx.database.session() as session:
+        access, created = repositories.grant_access(
+            session, user_id=work.claim.user_id, repository=repository, plan=plan.name,
+            subscription_id=work.claim.subscription_id,
+        )
+        audit.record(session, actor=work.claim.user_id, action="repository.access_granted",
+                     subject_type="repository", subject_id=repository,
+                     details={"plan": plan.name, "access_level": access.access_level,
+                              "new": created, "subscription_id": work.claim.subscription_id})
+    ctx.progress(f"Granted {plan.access_level} access to {repository}", 40)
+    return work.with_details(resource_id=repository, repository=repository, plan=plan.name,
+                             access_level=plan.access_level)
+
+
+@step(on_failure=abandon_attempt)
+def allocate_plan_credits(ctx: StepContext, work: SubscriptionWork) -> SubscriptionWork:
+    """Allocate the plan's monthly credits; the same plan again adds nothing."""
+    if work.claim.already_active:
+        return work
+    repository, plan = _repository_and_plan(work)
+    with ctx.database.session() as session:
+        added = credits.allocate_repository_plan(
+            session, user_id=work.claim.user_id, repository=repository, plan=plan.name,
+            subscription_id=work.claim.subscription_id,
+        )
+    ctx.progress(f"Allocated {added} credits for {repository}-{plan.name}", 80)
+    return work.with_details(credits_added=added)
+
+
+REPOSITORY_FLOW = Flow(
+    name="repository_access",
+    job_name="provision_repository_job",
+    description="Grant access to a shared data repository and allocate the plan's credits.",
+    asset_key=ASSET_KEYS["repository"],
+    steps=(claim_subscription, grant_repository_access, allocate_plan_credits,
+           activate_subscription),
+)

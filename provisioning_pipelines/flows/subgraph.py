@@ -1,0 +1,129 @@
+"""Create a subgraph: a child database of a graph, on the parent's host, with its schema.
+
+A subgraph has no subscription of its own (the parent's tier pays for it), so there is no claim:
+the subgraph's id (``{parent}_{name}``) is unique, and the tier's limit is taken under the
+parent's row lock. A failure before the fork removes the subgraph again; a failed fork does not:
+the subgraph stays and reports ``fork_status: failed``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from dagster import Config
+from pydantic import Field
+
+from provisioning_pipelines.flows.steps import Flow, Outcome, StepContext, describe, step
+from provisioning_pipelines.services import graphs
+from provisioning_pipelines.storage.models import Graph
+
+
+class SubgraphConfig(Config):
+    """The subgraph to create under an existing graph."""
+
+    user_id: str = Field(description="The user asking; needs the admin role on the parent.")
+    parent_graph_id: str = Field(description="The top-level graph, e.g. kg0123456789abcdef.")
+    name: str = Field(description="1 to 20 letters or digits; the subgraph id is parent_name.")
+    description: str | None = Field(default=None, description="What the subgraph is for.")
+    fork_parent: bool = Field(default=False, description="Copy the parent's data into it.")
+    fork_tables: list[str] | None = Field(
+        default=None, description="Tables to copy when forking (all when empty)."
+    )
+    fork_exclude: list[str] = Field(
+        default_factory=list, description="Table name patterns (fnmatch) not to copy."
+    )
+
+
+@dataclass(frozen=True)
+class SubgraphWork:
+    config: SubgraphConfig
+    subgraph_id: str
+    parent_path: Path
+    path: Path
+    tier: str
+    started_at: float
+    statements: tuple[str, ...] = ()
+    tables: tuple[str, ...] = ()
+
+
+def discard_subgraph(ctx: StepContext, work: Any, exc: BaseException) -> None:
+    """Remove the subgraph this run reserved (rows, file, and its place in the parent's count)."""
+    if not isinstance(work, SubgraphWork):
+        return
+    with ctx.database.session() as session:
+        graphs.discard_graph(session, ctx.engine, work.subgraph_id)
+    ctx.log.error(f"subgraph {work.subgraph_id}: creation failed ({describe(exc)}); removed")
+
+
+@step(config=SubgraphConfig)
+def reserve_subgraph(ctx: StepContext, config: SubgraphConfig) -> SubgraphWork:
+    """Check the parent, the name and the tier's subgraph limit, and reserve the subgraph."""
+    started_at = time.time()
+    with ctx.database.session() as session:
+        subgraph = graphs.reserve_subgraph(
+            session, user_id=config.user_id, parent_graph_id=config.parent_graph_id,
+            name=config.name, description=config.description,
+        )
+        parent = session.get(Graph, config.parent_graph_id)
+        assert parent is not None
+        statements = graphs.schema_statements(session, config.parent_graph_id)
+        work = SubgraphWork(config=config, subgraph_id=subgraph.id,
+                            parent_path=Path(parent.database_path),
+                            path=Path(subgraph.database_path), tier=subgraph.tier,
+                            started_at=started_at, statements=tuple(statements))
+    ctx.tag_run({"provisioning/graph_id": config.parent_graph_id,
+                 "provisioning/user_id": config.user_id})
+    ctx.progress(f"Reserved subgraph {work.subgraph_id}", 20)
+    return work
+
+
+@step(on_failure=discard_subgraph)
+def create_subgraph_database(ctx: StepContext, work: SubgraphWork) -> SubgraphWork:
+    """Create the subgraph's database file with the parent's schema, on the parent's host."""
+    ctx.progress(f"Creating database for {work.subgraph_id}", 40)
+    ctx.engine.ensure_database(work.path, list(work.statements))
+    tables = tuple(t.name for t in ctx.engine.list_tables(work.path))
+    ctx.progress(f"Subgraph {work.subgraph_id} created with {len(tables)} tables", 60)
+    return replace(work, tables=tables)
+
+
+@step(on_failure=None)
+def fork_parent_data(ctx: StepContext, work: SubgraphWork) -> Outcome:
+    """Copy the parent's data when asked; a failed fork leaves the subgraph and says so."""
+    config = work.config
+    fork: dict[str, Any] = {"fork_status": "not_requested"}
+    if config.fork_parent:
+        ctx.progress(f"Copying data from {config.parent_graph_id}", 70)
+        try:
+            copied = ctx.engine.copy_tables(work.parent_path, work.path,
+                                            tables=config.fork_tables,
+                                            exclude=config.fork_exclude)
+            fork = {"fork_status": "completed", "rows_copied": copied}
+        except Exception as exc:  # the subgraph stays; the fork's failure is reported
+            fork = {"fork_status": "failed", "fork_error": describe(exc)}
+            ctx.log.warning(f"subgraph {work.subgraph_id}: fork failed ({describe(exc)})")
+        with ctx.database.session() as session:
+            subgraph = session.get(Graph, work.subgraph_id)
+            if subgraph is not None:
+                subgraph.details = {**(subgraph.details or {}), **fork}
+    ctx.progress(f"Subgraph {work.subgraph_id} ready", 100)
+    result = {"graph_id": work.subgraph_id, "parent_graph_id": config.parent_graph_id,
+              "name": config.name, "tier": work.tier, "database_path": str(work.path),
+              "tables": list(work.tables), **fork}
+    metadata = {"graph_id": work.subgraph_id, "parent_graph_id": config.parent_graph_id,
+                "user_id": config.user_id, "tier": work.tier,
+                "fork_status": fork["fork_status"]}
+    return Outcome(asset_key=("provisioning", "subgraph"), result=result, metadata=metadata,
+                   started_at=work.started_at)
+
+
+SUBGRAPH_FLOW = Flow(
+    name="subgraph",
+    job_name="create_subgraph_job",
+    description="Create a subgraph of a graph, optionally forking the parent's data.",
+    asset_key=("provisioning", "subgraph"),
+    steps=(reserve_subgraph, create_subgraph_database, fork_parent_data),
+)

@@ -1,0 +1,136 @@
+"""The steps every paid subscription goes through: claim it first, activate it last.
+
+Shared by the graph and repository flows (one op each in Dagster, so one config class:
+``SubscriptionConfig``). A step of a subscription flow that finally fails hands its work to
+``abandon_attempt``, which undoes what the attempt made and gives the claim back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from dagster import Config
+from pydantic import Field
+
+from provisioning_pipelines.flows.steps import (
+    Outcome,
+    StepContext,
+    describe,
+    step,
+    worth_retrying,
+)
+from provisioning_pipelines.services import billing, credits, graphs, repositories
+from provisioning_pipelines.services.billing import Claim
+
+ASSET_KEYS = {"graph": ("provisioning", "graph"),
+              "repository": ("provisioning", "repository_access")}
+
+
+class SubscriptionConfig(Config):
+    """Which subscription to provision (graph and repository jobs alike)."""
+
+    subscription_id: str = Field(description="The subscription to provision, e.g. sub_…")
+    retry_failed: bool = Field(
+        default=False,
+        description="Put a failed subscription back to provisioning first (a new attempt).",
+    )
+
+
+@dataclass(frozen=True)
+class SubscriptionWork:
+    """One attempt's claim and what its steps found out, passed from step to step."""
+
+    claim: Claim
+    started_at: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def with_details(self, **details: Any) -> SubscriptionWork:
+        return replace(self, details={**self.details, **details})
+
+
+def abandon_attempt(ctx: StepContext, work: Any, exc: BaseException) -> None:
+    """Undo what this attempt made, keep the error, give the claim back.
+
+    Only while the claim is still ours: a worker whose lease lapsed must not undo the work of the
+    worker that took over.
+    """
+    if not isinstance(work, SubscriptionWork) or work.claim.already_active:
+        return
+    claim = work.claim
+    error = describe(exc)
+    try:
+        with ctx.database.session() as session:
+            billing.assert_held(session, claim)
+            if claim.resource_type == "graph":
+                graphs.discard_graph(
+                    session, ctx.engine, graphs.graph_id_for_subscription(claim.subscription_id)
+                )
+            else:
+                repositories.revoke_subscription_access(session, claim.subscription_id)
+                credits.remove_subscription_allocations(session, claim.subscription_id)
+            status = billing.release_after_failure(
+                session, claim, error, retryable=worth_retrying(exc),
+                max_attempts=ctx.policy.max_attempts,
+                backoff_seconds=ctx.policy.retry_backoff_seconds,
+            )
+    except billing.ClaimLost:
+        ctx.log.warning(f"subscription {claim.subscription_id}: claim lapsed; leaving its "
+                        "work to the worker that took over")
+        return
+    ctx.log.error(f"subscription {claim.subscription_id}: attempt {claim.attempt} failed "
+                  f"({error}); subscription is now {status}")
+
+
+@step(config=SubscriptionConfig, on_failure=None)
+def claim_subscription(ctx: StepContext, config: SubscriptionConfig) -> SubscriptionWork:
+    """Claim the subscription for one attempt; exactly one worker wins it."""
+    started_at = time.time()
+    with ctx.database.session() as session:
+        if config.retry_failed:
+            billing.reset_failed(session, config.subscription_id)
+    with ctx.database.session() as session:
+        claim = billing.claim(
+            session, config.subscription_id, lease_seconds=ctx.policy.claim_lease_seconds,
+            max_attempts=ctx.policy.max_attempts,
+        )
+    ctx.tag_run({"provisioning/subscription_id": claim.subscription_id,
+                 "provisioning/user_id": claim.user_id})
+    if claim.already_active:
+        ctx.progress(f"Subscription already active with {claim.resource_id}", 90)
+    else:
+        ctx.progress(f"Claimed subscription {claim.subscription_id} (attempt {claim.attempt})",
+                     10)
+    return SubscriptionWork(claim=claim, started_at=started_at)
+
+
+@step(on_failure=abandon_attempt)
+def activate_subscription(ctx: StepContext, work: SubscriptionWork) -> Outcome:
+    """Mark the subscription active with its resource id; invoice customers billed by invoice."""
+    claim = work.claim
+    asset_key = ASSET_KEYS[claim.resource_type]
+    if claim.already_active:
+        return Outcome(asset_key=asset_key, started_at=work.started_at, materialize=False,
+                       result={"subscription_id": claim.subscription_id, "status": "active",
+                               "resource_id": claim.resource_id, "already_active": True},
+                       metadata={})
+    resource_id = work.details["resource_id"]
+    with ctx.database.session() as session:
+        billing.activate(session, claim, resource_id)
+    ctx.progress(f"Subscription {claim.subscription_id} is active", 100)
+    result = {"subscription_id": claim.subscription_id, "status": "active",
+              "resource_type": claim.resource_type, "resource_id": resource_id,
+              "already_active": False, **work.details}
+    metadata = {key: _metadata_value(value) for key, value in work.details.items()
+                if key in ("graph_id", "repository", "tier", "plan", "access_level",
+                           "credits_added", "database_path", "host_id")}
+    metadata.update(subscription_id=claim.subscription_id, user_id=claim.user_id,
+                    attempt=claim.attempt)
+    return Outcome(asset_key=asset_key, result=result, metadata=metadata,
+                   started_at=work.started_at)
+
+
+def _metadata_value(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value

@@ -1,0 +1,83 @@
+"""Users, their organizations and API keys.
+
+An API key is shown once and stored as its SHA-256: keys are long random strings, so a plain
+hash is enough (no salt or slow hash needed), and lookup by hash is one indexed query.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from provisioning_pipelines.errors import Conflict, InvalidRequest
+from provisioning_pipelines.storage.models import (
+    BillingCustomer,
+    Membership,
+    Organization,
+    User,
+    new_id,
+)
+
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+API_KEY_PREFIX = "ppk_"
+
+
+@dataclass(frozen=True)
+class NewUser:
+    user_id: str
+    org_id: str
+    api_key: str
+
+
+def hash_api_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+def create_user(
+    session: Session, *, email: str, org_name: str | None = None, invoice_billing: bool = False
+) -> NewUser:
+    """A user, their organization (new unless one of that name exists) and an API key."""
+    if not isinstance(email, str) or not EMAIL.fullmatch(email):
+        raise InvalidRequest(f"email: {email!r} is not an email address", field="email")
+    if session.scalar(select(User.id).where(User.email == email)) is not None:
+        raise Conflict(f"email: a user with {email!r} exists already", field="email")
+    org = None
+    if org_name:
+        org = session.scalar(select(Organization).where(Organization.name == org_name))
+    if org is None:
+        org = Organization(id=new_id("org"), name=org_name or email.split("@", 1)[1])
+        session.add(org)
+        session.flush()
+        session.add(BillingCustomer(id=new_id("cus"), org_id=org.id,
+                                    invoice_billing=invoice_billing))
+    api_key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    user = User(id=new_id("usr"), email=email, api_key_hash=hash_api_key(api_key))
+    session.add(user)
+    session.flush()
+    session.add(Membership(user_id=user.id, org_id=org.id, role="owner"))
+    session.flush()
+    return NewUser(user_id=user.id, org_id=org.id, api_key=api_key)
+
+
+def authenticate(session: Session, api_key: str | None) -> User | None:
+    """The user whose key this is, or None. The stored hash is compared in constant time."""
+    if not api_key:
+        return None
+    digest = hash_api_key(api_key)
+    user = session.scalar(select(User).where(User.api_key_hash == digest))
+    if user is None or user.api_key_hash is None:
+        return None
+    return user if hmac.compare_digest(user.api_key_hash, digest) else None
+
+
+def org_of(session: Session, user_id: str) -> str:
+    org_id = session.scalar(select(Membership.org_id).where(Membership.user_id == user_id))
+    if org_id is None:
+        raise InvalidRequest(f"user_id: {user_id!r} belongs to no organization", field="user_id")
+    return org_id

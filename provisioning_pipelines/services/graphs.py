@@ -1,0 +1,336 @@
+"""Graphs and subgraphs: their rows, their database files, and undoing a failed attempt.
+
+A graph's id is derived from its subscription (``kg`` + 16 hex of a hash), so every attempt for
+one subscription works on the same graph: a retry after a crash finds the row and the file the
+crashed attempt made and finishes them, and there is never a second graph. Each write below is
+idempotent for that reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from provisioning_pipelines.errors import Conflict, InvalidRequest, LimitReached, NotFound
+from provisioning_pipelines.services import audit, billing, credits, hosts, schemas
+from provisioning_pipelines.services.catalog import TIERS, Tier, customer_tier
+from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.ladybug import LadybugEngine
+from provisioning_pipelines.storage.models import (
+    CreditPool,
+    CreditTransaction,
+    Graph,
+    GraphHost,
+    GraphSchema,
+    GraphUser,
+)
+
+GRAPH_ID = re.compile(r"^kg[0-9a-f]{16,}$")
+SUBGRAPH_NAME = re.compile(r"^[a-zA-Z0-9]{1,20}$")
+MAX_NAME_LENGTH = 200
+MAX_TAGS = 50
+
+
+def graph_id_for_subscription(subscription_id: str) -> str:
+    return "kg" + hashlib.sha256(f"graph:{subscription_id}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class GraphRequest:
+    """What a customer asked for, validated; kept in the subscription's metadata as ``graph``."""
+
+    name: str
+    description: str | None = None
+    tags: list[str] = field(default_factory=list)
+    schema_extensions: list[str] = field(default_factory=list)
+    entity: dict[str, Any] | None = None
+    custom_schema: dict[str, Any] | None = None
+
+    @classmethod
+    def parse(cls, data: Any, *, prefix: str = "graph") -> GraphRequest:
+        if not isinstance(data, Mapping):
+            raise InvalidRequest(f"{prefix}: expected an object with at least a name",
+                                 field=prefix)
+        name = data.get("name")
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
+            raise InvalidRequest(
+                f"{prefix}.name: expected a non-empty string of at most {MAX_NAME_LENGTH} "
+                f"characters, got {name!r}",
+                field=f"{prefix}.name",
+            )
+        description = data.get("description")
+        if description is not None and not isinstance(description, str):
+            raise InvalidRequest(f"{prefix}.description: expected a string",
+                                 field=f"{prefix}.description")
+        tags = _string_list(data.get("tags"), f"{prefix}.tags", limit=MAX_TAGS)
+        extensions = _string_list(data.get("schema_extensions"), f"{prefix}.schema_extensions")
+        entity = data.get("entity")
+        if entity is not None and (not isinstance(entity, Mapping) or not entity.get("name")):
+            raise InvalidRequest(f"{prefix}.entity: expected an object with a name",
+                                 field=f"{prefix}.entity")
+        custom = data.get("custom_schema")
+        if custom is not None and extensions:
+            raise InvalidRequest(
+                f"{prefix}.custom_schema: give either schema_extensions or a custom schema, "
+                "not both",
+                field=f"{prefix}.custom_schema",
+            )
+        request = cls(name=name.strip(), description=description, tags=tags,
+                      schema_extensions=extensions, entity=dict(entity) if entity else None,
+                      custom_schema=dict(custom) if custom is not None else None)
+        request.ddl()  # validates extensions or the custom schema now, before anything is made
+        return request
+
+    @property
+    def graph_type(self) -> str:
+        return "entity" if self.entity else "generic"
+
+    def ddl(self) -> list[str]:
+        if self.custom_schema is not None:
+            return schemas.custom_schema_ddl(self.custom_schema)
+        return schemas.schema_ddl(self.schema_extensions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "tags": self.tags,
+                "schema_extensions": self.schema_extensions, "entity": self.entity,
+                "custom_schema": self.custom_schema}
+
+
+def _string_list(value: Any, field_name: str, *, limit: int = 100) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"{field_name}: expected a list of strings", field=field_name)
+    if len(value) > limit:
+        raise InvalidRequest(f"{field_name}: at most {limit} items", field=field_name)
+    return list(dict.fromkeys(value))
+
+
+def database_path(host: GraphHost, graph_id: str) -> Path:
+    return Path(host.data_root) / f"{graph_id}.lbug"
+
+
+@dataclass(frozen=True)
+class GraphPlan:
+    """Everything needed to make a graph, decided before anything is made."""
+
+    graph_id: str
+    tier: Tier
+    request: GraphRequest
+    ddl: list[str]
+
+
+def plan_graph(claim: billing.Claim) -> GraphPlan:
+    tier = customer_tier(claim.plan_name)
+    request = GraphRequest.parse(claim.request.get("graph"))
+    return GraphPlan(graph_id=graph_id_for_subscription(claim.subscription_id), tier=tier,
+                     request=request, ddl=request.ddl())
+
+
+def create_graph(
+    database: Database, engine: LadybugEngine, claim: billing.Claim, plan: GraphPlan,
+    *, graph_data_dir: Path,
+) -> dict[str, Any]:
+    """Make (or finish making) the graph: row and host slot, file, schema rows, owner, credits."""
+    request = plan.request
+    with database.session() as session:
+        billing.assert_held(session, claim)
+        graph = session.get(Graph, plan.graph_id)
+        if graph is None:
+            hosts.ensure_local_hosts(session, graph_data_dir)
+            host = hosts.allocate_slot(session, plan.tier.name)
+            graph = Graph(
+                id=plan.graph_id, org_id=claim.org_id, owner_user_id=claim.user_id,
+                subscription_id=claim.subscription_id, name=request.name,
+                description=request.description, graph_type=request.graph_type,
+                tier=plan.tier.name, host_id=host.id,
+                database_path=str(database_path(host, plan.graph_id)),
+                schema_extensions=request.schema_extensions, tags=request.tags,
+                details={"entity": request.entity} if request.entity else {},
+            )
+            session.add(graph)
+            session.flush()
+        billing.record_resource(session, claim, plan.graph_id)
+        path = Path(graph.database_path)
+        host_id = graph.host_id
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    made_file = engine.ensure_database(path, plan.ddl)
+    if request.entity:
+        _write_entity(engine, path, request.entity)
+
+    with database.session() as session:
+        billing.assert_held(session, claim)
+        _store_schema(session, plan.graph_id, plan.ddl, request)
+        _grant_role(session, plan.graph_id, claim.user_id, "admin")
+        credits.create_graph_pool(session, graph_id=plan.graph_id, tier=plan.tier,
+                                  subscription_id=claim.subscription_id)
+        audit.record(session, actor=claim.user_id, action="graph.created", subject_type="graph",
+                     subject_id=plan.graph_id, details={"tier": plan.tier.name,
+                                                        "subscription_id": claim.subscription_id})
+    tables = [t.name for t in engine.list_tables(path)]
+    return {"graph_id": plan.graph_id, "tier": plan.tier.name, "host_id": host_id,
+            "database_path": str(path), "graph_type": request.graph_type, "tables": tables,
+            "resumed": not made_file}
+
+
+def _write_entity(engine: LadybugEngine, path: Path, entity: Mapping[str, Any]) -> None:
+    """The entity a graph is about becomes its first node (properties the schema knows only)."""
+    known = {row["name"] for row in engine.query(path, "CALL table_info('Entity') RETURN *")}
+    values = {key: value for key, value in entity.items()
+              if key in known and isinstance(value, str | int | float | bool)}
+    values.setdefault("identifier", _slug(str(entity["name"])))
+    values["name"] = str(entity["name"])
+    assignments = ", ".join(f"e.`{key}` = ${key}" for key in values if key != "identifier")
+    engine.execute(path, [(f"MERGE (e:Entity {{identifier: $identifier}}) SET {assignments}",
+                           values)])
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "entity"
+
+
+def _store_schema(session: Session, graph_id: str, ddl: Sequence[str],
+                  request: GraphRequest | None, *, schema_type: str | None = None) -> None:
+    if session.scalar(select(GraphSchema.id).where(GraphSchema.graph_id == graph_id)):
+        return
+    kind = schema_type or ("custom" if request and request.custom_schema is not None
+                           else "extensions")
+    session.add(GraphSchema(
+        graph_id=graph_id, schema_type=kind, ddl=";\n".join(ddl) + ";",
+        schema_json={"statements": list(ddl),
+                     "extensions": request.schema_extensions if request else [],
+                     "custom_schema": request.custom_schema if request else None},
+    ))
+
+
+def _grant_role(session: Session, graph_id: str, user_id: str, role: str) -> None:
+    if session.get(GraphUser, (graph_id, user_id)) is None:
+        session.add(GraphUser(graph_id=graph_id, user_id=user_id, role=role))
+
+
+def schema_statements(session: Session, graph_id: str) -> list[str]:
+    row = session.scalar(select(GraphSchema).where(GraphSchema.graph_id == graph_id))
+    if row is None:
+        raise NotFound(f"graph {graph_id!r} has no stored schema", field="graph_id")
+    return list((row.schema_json or {}).get("statements") or [])
+
+
+def discard_graph(session: Session, engine: LadybugEngine, graph_id: str) -> bool:
+    """Remove a graph that never became active: file first, then rows and its host slot.
+
+    The file goes first: a crash between the two leaves rows without a file, which the next
+    attempt's ``ensure_database`` rebuilds, rather than an orphan file nobody knows about.
+    """
+    graph = session.get(Graph, graph_id)
+    if graph is None:
+        return False
+    engine.delete_database(Path(graph.database_path))
+    pool_ids = select(CreditPool.id).where(CreditPool.graph_id == graph_id)
+    session.execute(delete(CreditTransaction).where(CreditTransaction.pool_id.in_(pool_ids)))
+    session.execute(delete(CreditPool).where(CreditPool.graph_id == graph_id))
+    session.execute(delete(GraphSchema).where(GraphSchema.graph_id == graph_id))
+    session.execute(delete(GraphUser).where(GraphUser.graph_id == graph_id))
+    if graph.parent_graph_id is None:
+        hosts.release_slot(session, graph.host_id)
+    else:
+        session.execute(
+            update(Graph).where(Graph.id == graph.parent_graph_id, Graph.subgraph_count > 0)
+            .values(subgraph_count=Graph.subgraph_count - 1)
+        )
+    session.delete(graph)
+    session.flush()
+    return True
+
+
+# --- subgraphs -------------------------------------------------------------------------------
+
+
+def validate_subgraph_name(name: Any) -> str:
+    if not isinstance(name, str) or not SUBGRAPH_NAME.fullmatch(name):
+        raise InvalidRequest(
+            f"name: {name!r} is not a valid subgraph name; use 1 to 20 letters or digits",
+            field="name",
+        )
+    return name
+
+
+def reserve_subgraph(
+    session: Session, *, user_id: str, parent_graph_id: str, name: str,
+    description: str | None,
+) -> Graph:
+    """Check the parent, the name and the tier's limit, and insert the subgraph's rows.
+
+    The limit is counted by a conditional UPDATE of the parent's ``subgraph_count``: the
+    parent's row lock (or SQLite's write lock) makes two concurrent creates take turns, and the
+    second sees the first's count.
+    """
+    validate_subgraph_name(name)
+    parent = session.get(Graph, parent_graph_id)
+    role = session.get(GraphUser, (parent_graph_id, user_id)) if parent else None
+    if parent is None or role is None:
+        raise NotFound(f"parent_graph_id: no graph {parent_graph_id!r}",
+                       field="parent_graph_id")
+    if parent.parent_graph_id is not None:
+        raise InvalidRequest(
+            f"parent_graph_id: {parent_graph_id!r} is itself a subgraph; subgraphs can only "
+            "be made from a top-level graph",
+            field="parent_graph_id",
+        )
+    if role.role != "admin":
+        raise InvalidRequest(f"parent_graph_id: you need the admin role on {parent_graph_id!r}",
+                             field="parent_graph_id")
+    tier = TIERS[parent.tier]
+    if tier.name == "ladybug-shared":
+        raise InvalidRequest("parent_graph_id: shared repositories have no subgraphs",
+                             field="parent_graph_id")
+    if tier.max_subgraphs == 0:
+        raise LimitReached(f"tier {tier.name} allows no subgraphs; upgrade to ladybug-large",
+                           field="parent_graph_id")
+    taken = session.execute(
+        update(Graph)
+        .where(Graph.id == parent_graph_id, Graph.subgraph_count < tier.max_subgraphs)
+        .values(subgraph_count=Graph.subgraph_count + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if taken.rowcount != 1:
+        raise LimitReached(
+            f"graph {parent_graph_id!r} already has {tier.max_subgraphs} subgraphs, the most "
+            f"tier {tier.name} allows",
+            field="parent_graph_id",
+        )
+    subgraph_id = f"{parent_graph_id}_{name}"
+    if session.get(Graph, subgraph_id) is not None:
+        raise Conflict(f"name: graph {parent_graph_id!r} already has a subgraph {name!r}",
+                       field="name")
+    index = (session.scalar(select(func.max(Graph.subgraph_index))
+                            .where(Graph.parent_graph_id == parent_graph_id)) or 0) + 1
+    host = session.get(GraphHost, parent.host_id)
+    assert host is not None
+    subgraph = Graph(
+        id=subgraph_id, org_id=parent.org_id, owner_user_id=user_id, name=name,
+        description=description, graph_type=parent.graph_type, tier=parent.tier,
+        parent_graph_id=parent_graph_id, subgraph_index=index, host_id=host.id,
+        database_path=str(database_path(host, subgraph_id)),
+        schema_extensions=list(parent.schema_extensions or []), tags=[], details={},
+    )
+    session.add(subgraph)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise Conflict(f"name: subgraph {name!r} of {parent_graph_id!r} already exists",
+                       field="name") from exc
+    statements = schema_statements(session, parent_graph_id)
+    _store_schema(session, subgraph_id, statements, None, schema_type="inherited")
+    _grant_role(session, subgraph_id, user_id, "admin")
+    audit.record(session, actor=user_id, action="subgraph.created", subject_type="graph",
+                 subject_id=subgraph_id, details={"parent_graph_id": parent_graph_id})
+    return subgraph

@@ -1,0 +1,139 @@
+"""One typed settings object, read from the environment.
+
+With nothing set, everything runs embedded under ``./.data``: a SQLite app database, LadybugDB files
+under ``.data/graphs``, the in-memory operation store and a Dagster home of its own under
+``.data/dagster`` (the top-level ``dagster.yaml`` describes the production instance on
+dagster-postgres, so the embedded default must not read it). Every variable is documented in
+``.env.example``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path(".data")
+EMBEDDED_DAGSTER_YAML = """\
+# The embedded Dagster instance: default SQLite storage under this folder.
+# Written by provisioning_pipelines.settings; the production instance is the top-level dagster.yaml.
+telemetry:
+  enabled: false
+"""
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot start with."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    data_dir: Path = Field(DEFAULT_DATA_DIR, validation_alias="DATA_DIR")
+    database_url: str | None = Field(None, validation_alias="DATABASE_URL")
+    graph_data_dir: Path | None = Field(None, validation_alias="GRAPH_DATA_DIR")
+    redis_url: str | None = Field(None, validation_alias="REDIS_URL")
+    redis_key_prefix: str = Field("pp:", validation_alias="REDIS_KEY_PREFIX")
+    dagster_home: Path | None = Field(None, validation_alias="DAGSTER_HOME")
+    dagster_webserver_url: str = Field(
+        "http://127.0.0.1:3000", validation_alias="DAGSTER_WEBSERVER_URL"
+    )
+    direct_graph_provisioning_enabled: bool = Field(
+        True, validation_alias="DIRECT_GRAPH_PROVISIONING_ENABLED"
+    )
+    dagster_materialization_timeout: PositiveFloat = Field(
+        15.0, validation_alias="DAGSTER_MATERIALIZATION_TIMEOUT"
+    )
+    billing_webhook_secret: str = Field(
+        "whsec_local_development_only", validation_alias="BILLING_WEBHOOK_SECRET"
+    )
+    max_attempts: PositiveInt = Field(3, validation_alias="PROVISIONING_MAX_ATTEMPTS")
+    claim_lease_seconds: PositiveFloat = Field(
+        120.0, validation_alias="PROVISIONING_CLAIM_LEASE_SECONDS"
+    )
+    retry_backoff_seconds: float = Field(
+        30.0, ge=0, validation_alias="PROVISIONING_RETRY_BACKOFF_SECONDS"
+    )
+    sensor_grace_seconds: float = Field(
+        30.0, ge=0, validation_alias="PROVISIONING_SENSOR_GRACE_SECONDS"
+    )
+    sensor_interval_seconds: PositiveInt = Field(
+        30, validation_alias="PROVISIONING_SENSOR_INTERVAL_SECONDS"
+    )
+    direct_max_concurrency: PositiveInt = Field(8, validation_alias="DIRECT_MAX_CONCURRENCY")
+    operation_ttl_seconds: PositiveInt = Field(86400, validation_alias="OPERATION_TTL_SECONDS")
+    ladybug_buffer_pool_mb: PositiveInt = Field(16, validation_alias="LADYBUG_BUFFER_POOL_MB")
+    graph_templates_enabled: bool = Field(True, validation_alias="GRAPH_TEMPLATES_ENABLED")
+
+    @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("expected a sqlite:/// or postgresql+psycopg2:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_redis(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis:// URL")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'provisioning.db').resolve()}"
+
+    @property
+    def resolved_graph_data_dir(self) -> Path:
+        return (self.graph_data_dir or self.data_dir / "graphs").resolve()
+
+    @property
+    def resolved_dagster_home(self) -> Path:
+        return (self.dagster_home or self.data_dir / "dagster").resolve()
+
+    def prepare_dagster_home(self) -> Path:
+        """Make sure DAGSTER_HOME exists; the embedded one gets its own SQLite-backed dagster.yaml.
+
+        Dagster reads ``DAGSTER_HOME`` from the process environment, so it is exported here.
+        """
+        home = self.resolved_dagster_home
+        home.mkdir(parents=True, exist_ok=True)
+        if self.dagster_home is None and not (home / "dagster.yaml").exists():
+            (home / "dagster.yaml").write_text(EMBEDDED_DAGSTER_YAML)
+        os.environ["DAGSTER_HOME"] = str(home)
+        return home
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning a validation error into one line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            name = _env_name(field)
+            problems.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+def _env_name(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    return alias if isinstance(alias, str) else field.upper()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own with ``load_settings``)."""
+    return load_settings()

@@ -1,0 +1,163 @@
+"""Shared fixtures: real PostgreSQL and Redis where the tests claim them, SQLite and the in-memory
+store through the same tests.
+
+PostgreSQL and Redis are looked for at ``TEST_POSTGRES_URL`` / ``TEST_REDIS_URL`` (defaults: the
+local servers). Outside CI a test that needs an unreachable server is skipped; with ``CI=true``
+it fails, so a CI run can never pass by skipping them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import DagsterInstance, instance_for_test
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import make_url
+
+from provisioning_pipelines.resources import (
+    DatabaseResource,
+    GraphEngineResource,
+    OperationEventsResource,
+    PolicyResource,
+    ProgressResource,
+)
+from provisioning_pipelines.storage.db import Database, dispose_database, get_database
+from provisioning_pipelines.storage.migrate import upgrade
+
+POSTGRES_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(service: str, problem: str | None) -> None:
+    if problem is None:
+        return
+    if IN_CI:
+        pytest.fail(f"{service} is required in CI but unreachable: {problem}")
+    pytest.skip(f"{service} unreachable: {problem}")
+
+
+def _admin_engine():
+    return create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    try:
+        engine = _admin_engine()
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:
+        require("PostgreSQL", f"{type(exc).__name__}: {exc}")
+    return POSTGRES_URL
+
+
+def create_postgres_database(prefix: str) -> str:
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    engine = _admin_engine()
+    with engine.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(url: str) -> None:
+    dispose_database(url)
+    name = make_url(url).database
+    engine = _admin_engine()
+    with engine.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_app_url(postgres_server: str) -> Iterator[str]:
+    """A fresh PostgreSQL database for the session, migrated with Alembic, dropped after."""
+    url = create_postgres_database("pp_test")
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        drop_postgres_database(url)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+def _truncate_all(url: str) -> None:
+    engine = create_engine(url)
+    tables = [t for t in inspect(engine).get_table_names() if t != "alembic_version"]
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The app database, once on SQLite and once on PostgreSQL, empty for each test."""
+    if request.param == "sqlite":
+        path = tmp_path / "app.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        url = f"sqlite:///{path}"
+        yield url
+        dispose_database(url)
+    else:
+        url = request.getfixturevalue("postgres_app_url")
+        _truncate_all(url)
+        yield url
+
+
+@pytest.fixture
+def database(database_url: str) -> Database:
+    return get_database(database_url)
+
+
+@pytest.fixture
+def graph_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "graphs"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def dagster_instance(postgres_server: str) -> Iterator[DagsterInstance]:
+    """A real Dagster instance on dagster-postgres, in a database of its own."""
+    url = create_postgres_database("pp_dagster")
+    try:
+        with instance_for_test(
+            overrides={"storage": {"postgres": {"postgres_url": url}}}
+        ) as instance:
+            yield instance
+    finally:
+        drop_postgres_database(url)
+
+
+@pytest.fixture
+def policy() -> PolicyResource:
+    return PolicyResource(max_attempts=3, claim_lease_seconds=120, retry_backoff_seconds=0)
+
+
+@pytest.fixture
+def resources(database_url: str, graph_dir: Path, policy: PolicyResource) -> dict[str, Any]:
+    """The resources the jobs need, pointed at this test's database and graph folder."""
+    events = OperationEventsResource(redis_url=None)
+    return {
+        "database": DatabaseResource(url=database_url),
+        "graph_engine": GraphEngineResource(data_dir=str(graph_dir)),
+        "operation_events": events,
+        "progress": ProgressResource(events=events),
+        "policy": policy,
+    }
