@@ -20,7 +20,13 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 
+# Dagster commands run on the embedded instance under .data/dagster unless DAGSTER_HOME is set
+# (the top-level dagster.yaml is the production instance on dagster-postgres).
+export DAGSTER_HOME ?= $(abspath .data/dagster)
+
 validate: setup
+	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || printf "telemetry:\n  enabled: false\n" > $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
 bench: setup

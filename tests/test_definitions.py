@@ -38,8 +38,11 @@ def test_jobs_follow_the_flows_step_for_step() -> None:
 
 
 def test_dagster_validates_the_workspace(tmp_path: Path) -> None:
+    # As `make validate` does: the embedded instance, not the production dagster.yaml at the top.
+    home = tmp_path / "data" / "dagster"
+    home.mkdir(parents=True)
     env = {"PATH": str(Path(sys.executable).parent), "DATA_DIR": str(tmp_path / "data"),
-           "HOME": str(tmp_path)}
+           "HOME": str(tmp_path), "DAGSTER_HOME": str(home)}
     result = subprocess.run(
         [str(Path(sys.executable).parent / "dagster"), "definitions", "validate",
          "-w", "workspace.yaml"],

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from dagster import AssetKey, DagsterInstance
-from provisioning_pipelines.storage.ladybug import LadybugEngine
 from sqlalchemy import func, select, update
 
 from provisioning_pipelines.errors import (
@@ -26,6 +25,7 @@ from provisioning_pipelines.flows.steps import Outcome
 from provisioning_pipelines.resources import GraphEngineResource, PolicyResource
 from provisioning_pipelines.services import billing, graphs
 from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.models import (
     CreditPool,
     Graph,

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 from dagster import AssetKey, DagsterInstance
-from provisioning_pipelines.storage.ladybug import LadybugEngine
 from sqlalchemy import func, select
 
 from provisioning_pipelines.errors import InvalidRequest, LimitReached, NotFound
 from provisioning_pipelines.flows import GRAPH_FLOW, SUBGRAPH_FLOW, SubgraphConfig
 from provisioning_pipelines.flows import SubscriptionConfig as Sub
 from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.models import Graph, GraphSchema, GraphUser
 from tests.factories import new_customer, paid_graph_subscription
 from tests.flows.helpers import job_error, run_direct, run_job

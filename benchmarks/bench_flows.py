@@ -1,0 +1,187 @@
+"""Each flow's cost, measured side by side in one run: bare step bodies, the direct executor, and
+the Dagster job through ``execute_in_process``.
+
+    python -m benchmarks.bench_flows [--runs 15] [--postgres URL]
+
+Methods take turns within every round (bare, direct, job, bare, ...), so a noisy neighbour slows
+all three alike; the table gives medians, p95 and each method's ratio to the bare bodies.
+By default the app database is SQLite and the Dagster instance a SQLite one in a temporary folder;
+``--postgres`` puts both the app database and the Dagster instance (dagster-postgres) on a
+PostgreSQL server, in databases made for the run and dropped after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dagster import DagsterInstance, RunConfig, instance_for_test
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from provisioning_pipelines.direct import direct_context, execute_flow
+from provisioning_pipelines.flows import (
+    GRAPH_FLOW,
+    REPOSITORY_FLOW,
+    SUBGRAPH_FLOW,
+    Flow,
+    SubgraphConfig,
+    SubscriptionConfig,
+)
+from provisioning_pipelines.jobs import JOBS
+from provisioning_pipelines.resources import (
+    DatabaseResource,
+    GraphEngineResource,
+    OperationEventsResource,
+    PolicyResource,
+    ProgressResource,
+)
+from provisioning_pipelines.services import accounts, billing, subscriptions
+from provisioning_pipelines.storage.db import Database, dispose_database
+from provisioning_pipelines.storage.migrate import upgrade
+
+METHODS = ("bare bodies", "direct executor", "execute_in_process")
+
+
+def bare(flow: Flow, config: Any, ctx: Any) -> Any:
+    """The step functions called one after the other: the work and nothing else."""
+    value = config
+    for step in flow.steps:
+        value = step.fn(ctx, value)
+    return value
+
+
+class Workload:
+    """Fresh input for every call: a paid subscription, or a subgraph name under a parent."""
+
+    def __init__(self, database: Database, resources: dict[str, Any]) -> None:
+        self.database = database
+        self.resources = resources
+        with database.session() as session:
+            self.user = accounts.create_user(session, email=f"bench-{uuid.uuid4().hex[:8]}@x.io")
+        self.parent: str | None = None
+        self.children = 0
+
+    def _paid(self, make: Callable[[Any], Any]) -> SubscriptionConfig:
+        with self.database.session() as session:
+            subscription = make(session)
+            billing.mark_paid(session, subscription.id)
+        return SubscriptionConfig(subscription_id=subscription.id)
+
+    def graph(self, plan_name: str = "ladybug-standard") -> SubscriptionConfig:
+        return self._paid(lambda s: subscriptions.request_graph(
+            s, user_id=self.user.user_id, plan_name=plan_name,
+            graph={"name": "bench", "schema_extensions": ["accounting", "crm"]}))
+
+    def repository(self) -> SubscriptionConfig:
+        user = self.user
+        with self.database.session() as session:  # a new user each time: a new grant
+            user = accounts.create_user(session, email=f"bench-{uuid.uuid4().hex[:8]}@x.io")
+        return self._paid(lambda s: subscriptions.request_repository(
+            s, user_id=user.user_id, plan_name="sec-advanced"))
+
+    def subgraph(self) -> SubgraphConfig:
+        if self.parent is None or self.children == 25:
+            config = self.graph("ladybug-xlarge")
+            outcome = execute_flow(GRAPH_FLOW, config, direct_context(self.resources))
+            self.parent, self.children = outcome.result["graph_id"], 0
+        self.children += 1
+        return SubgraphConfig(user_id=self.user.user_id, parent_graph_id=self.parent,
+                              name=f"s{self.children}")
+
+
+@contextmanager
+def environment(postgres: str | None) -> Iterator[tuple[dict[str, Any], Database,
+                                                         DagsterInstance]]:
+    with tempfile.TemporaryDirectory() as folder:
+        made: list[str] = []
+        if postgres:
+            admin = create_engine(postgres, isolation_level="AUTOCOMMIT")
+            for _ in range(2):
+                name = f"pp_bench_{uuid.uuid4().hex[:8]}"
+                with admin.connect() as connection:
+                    connection.execute(text(f'CREATE DATABASE "{name}"'))
+                made.append(make_url(postgres).set(database=name)
+                            .render_as_string(hide_password=False))
+            app_url, overrides = made[0], {"storage": {"postgres": {"postgres_url": made[1]}}}
+        else:
+            app_url, overrides = f"sqlite:///{folder}/app.db", None
+        upgrade(app_url)
+        events = OperationEventsResource(redis_url=None)
+        resources = {"database": DatabaseResource(url=app_url),
+                     "graph_engine": GraphEngineResource(data_dir=f"{folder}/graphs"),
+                     "operation_events": events, "progress": ProgressResource(events=events),
+                     "policy": PolicyResource()}
+        Path(folder, "graphs").mkdir()
+        Path(folder, "dagster").mkdir()
+        try:
+            with instance_for_test(overrides=overrides, temp_dir=f"{folder}/dagster") as inst:
+                yield resources, resources["database"].get(), inst
+        finally:
+            dispose_database(app_url)
+            if postgres:
+                with admin.connect() as connection:
+                    for url in made:
+                        name = make_url(url).database
+                        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+                admin.dispose()
+
+
+def measure(flow: Flow, make_config: Callable[[], Any], resources: dict[str, Any],
+            instance: DagsterInstance, runs: int) -> dict[str, list[float]]:
+    job = JOBS[flow.name]
+    first_op = flow.steps[0].name
+    ctx = direct_context(resources)
+    calls: dict[str, Callable[[Any], Any]] = {
+        "bare bodies": lambda config: bare(flow, config, ctx),
+        "direct executor": lambda config: execute_flow(flow, config, ctx),
+        "execute_in_process": lambda config: job.execute_in_process(
+            run_config=RunConfig(ops={first_op: config}), instance=instance,
+            resources=resources),
+    }
+    for call in calls.values():  # warm up imports, templates and pools
+        call(make_config())
+    times: dict[str, list[float]] = {method: [] for method in METHODS}
+    for _ in range(runs):
+        for method in METHODS:
+            config = make_config()
+            started = time.perf_counter()
+            calls[method](config)
+            times[method].append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20)[-1] if len(values) >= 2 else values[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--postgres", help="e.g. postgresql+psycopg2://postgres@127.0.0.1/postgres")
+    args = parser.parse_args()
+    backend = "PostgreSQL + dagster-postgres" if args.postgres else "SQLite + SQLite instance"
+    print(f"flows, {args.runs} runs per method, interleaved; {backend}")
+    print(f"{'flow':<18}{'method':<21}{'median ms':>10}{'p95 ms':>10}{'x bare':>9}")
+    with environment(args.postgres) as (resources, database, instance):
+        workload = Workload(database, resources)
+        for flow, make_config in ((GRAPH_FLOW, workload.graph),
+                                  (REPOSITORY_FLOW, workload.repository),
+                                  (SUBGRAPH_FLOW, workload.subgraph)):
+            times = measure(flow, make_config, resources, instance, args.runs)
+            base = statistics.median(times["bare bodies"])
+            for method in METHODS:
+                median = statistics.median(times[method])
+                print(f"{flow.name:<18}{method:<21}{median:>10.2f}{p95(times[method]):>10.2f}"
+                      f"{median / base:>9.2f}")
+
+
+if __name__ == "__main__":
+    main()
