@@ -33,9 +33,14 @@ RESOURCE_TYPES = ("graph", "repository")
 
 
 class ClaimHeld(Conflict):
-    """Another worker is provisioning this subscription right now."""
+    """Another worker is provisioning this subscription right now, or its backoff runs."""
 
     code = "claim_held"
+
+    def __init__(self, message: str, *, field: str | None = None, backoff: bool = False) -> None:
+        super().__init__(message, field=field)
+        #: True while waiting out a failed attempt's backoff (not worth waiting for).
+        self.backoff = backoff
 
 
 class ClaimLost(Conflict):
@@ -210,7 +215,7 @@ def _explain_lost_claim(
         raise ClaimHeld(
             f"subscription {subscription.id!r} waits before its next attempt "
             f"(retry after {subscription.retry_after:%Y-%m-%dT%H:%M:%SZ})",
-            field="subscription_id",
+            field="subscription_id", backoff=True,
         )
     raise ClaimHeld(f"subscription {subscription.id!r} could not be claimed (status "
                     f"{subscription.status})", field="subscription_id")

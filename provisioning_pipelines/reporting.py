@@ -1,0 +1,152 @@
+"""Reporting direct provisionings to Dagster, in the background and bounded.
+
+One ``report_runless_asset_event`` against dagster-postgres costs more than the provisioning it
+describes, and a Dagster instance whose storage hangs would hang the caller, so a report never
+sits on the user's path: the completed event and the helper's return come first. Reports run on a
+small pool of worker threads; each has a deadline of ``timeout`` seconds from submission, and a
+supervisor thread settles it ``timeout`` when the deadline passes, whether or not a worker is
+still stuck in it. At most ``max_pending`` reports wait at once: beyond that a report is settled
+``error`` at once instead of piling up. Each outcome (``ok``, ``timeout``, ``error``) is logged
+and recorded on the operation.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagster import AssetKey, AssetMaterialization, DagsterInstance
+
+from provisioning_pipelines.storage.events import OperationStore
+
+logger = logging.getLogger("provisioning_pipelines.reporting")
+
+
+@dataclass(order=True)
+class _Report:
+    deadline: float
+    operation_id: str = field(compare=False)
+    asset_key: tuple[str, ...] = field(compare=False)
+    metadata: dict[str, Any] = field(compare=False)
+    settled: threading.Event = field(default_factory=threading.Event, compare=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
+
+
+class MaterializationReporter:
+    def __init__(
+        self,
+        instance: DagsterInstance | Callable[[], DagsterInstance],
+        store: OperationStore | None,
+        *,
+        timeout: float,
+        max_workers: int = 2,
+        max_pending: int = 256,
+    ) -> None:
+        self._instance = instance
+        self.store = store
+        self.timeout = timeout
+        self.max_pending = max_pending
+        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="dagster-report")
+        self._pending: list[_Report] = []
+        self._condition = threading.Condition()
+        self._closed = False
+        self.outcomes: dict[str, int] = {"ok": 0, "timeout": 0, "error": 0}
+        self._supervisor = threading.Thread(target=self._supervise, name="dagster-report-deadlines",
+                                            daemon=True)
+        self._supervisor.start()
+
+    @property
+    def instance(self) -> DagsterInstance:
+        if callable(self._instance) and not isinstance(self._instance, DagsterInstance):
+            self._instance = self._instance()
+        return self._instance
+
+    def submit(self, operation_id: str, asset_key: tuple[str, ...],
+               metadata: dict[str, Any]) -> None:
+        report = _Report(time.monotonic() + self.timeout, operation_id, asset_key, metadata)
+        with self._condition:
+            if self._closed or len(self._pending) >= self.max_pending:
+                reason = "reporter closed" if self._closed else "too many reports pending"
+                full = True
+            else:
+                full = False
+                heapq.heappush(self._pending, report)
+                self._condition.notify_all()
+        if full:
+            self._settle(report, "error", reason)
+            return
+        self._pool.submit(self._report, report)
+
+    def _report(self, report: _Report) -> None:
+        if report.settled.is_set():
+            return
+        try:
+            self.instance.report_runless_asset_event(
+                AssetMaterialization(asset_key=AssetKey(list(report.asset_key)),
+                                     metadata=report.metadata)
+            )
+        except Exception as exc:
+            self._settle(report, "error", f"{type(exc).__name__}: {exc}")
+        else:
+            self._settle(report, "ok", None)
+
+    def _supervise(self) -> None:
+        while True:
+            with self._condition:
+                while self._pending and self._pending[0].settled.is_set():
+                    heapq.heappop(self._pending)
+                if self._closed and not self._pending:
+                    return
+                wait = (self._pending[0].deadline - time.monotonic()) if self._pending else None
+                if wait is None or wait > 0:
+                    self._condition.wait(wait)
+                    continue
+                report = heapq.heappop(self._pending)
+            self._settle(report, "timeout", f"no answer within {self.timeout:g} s")
+
+    def _settle(self, report: _Report, outcome: str, detail: str | None) -> None:
+        with report.lock:
+            if report.settled.is_set():
+                return
+            report.settled.set()
+        self.outcomes[outcome] += 1
+        log = logger.info if outcome == "ok" else logger.warning
+        log("operation %s: Dagster report %s%s", report.operation_id, outcome,
+            f" ({detail})" if detail else "")
+        if self.store is not None:
+            try:
+                self.store.record_report(report.operation_id, outcome, detail)
+            except Exception as exc:
+                logger.warning("operation %s: could not record the report outcome (%s)",
+                               report.operation_id, exc)
+        with self._condition:
+            self._condition.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted report is settled; False if ``timeout`` passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._condition:
+            while any(not r.settled.is_set() for r in self._pending):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._condition.wait(remaining if remaining is not None else 0.5)
+        return True
+
+    def close(self) -> None:
+        """A clean shutdown: pending reports get up to their deadline, then the pool stops."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+        self.wait_idle(self.timeout + 1)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def join(self) -> None:
+        """Wait for the worker threads themselves, stuck ones included (tests)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
