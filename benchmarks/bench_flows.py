@@ -1,7 +1,8 @@
 """Each flow's cost, measured side by side in one run: bare step bodies, the direct executor, and
-the Dagster job through ``execute_in_process``.
+the Dagster job through ``execute_in_process``; for the graph flow also a run launched through the
+webserver's GraphQL API and started by the daemon (submit to success, as a caller waits for it).
 
-    python -m benchmarks.bench_flows [--runs 15] [--postgres URL]
+    python -m benchmarks.bench_flows [--runs 15] [--launched-runs 5] [--postgres URL]
 
 Methods take turns within every round (bare, direct, job, bare, ...), so a noisy neighbour slows
 all three alike; the table gives medians, p95 and each method's ratio to the bare bodies.
@@ -13,6 +14,7 @@ PostgreSQL server, in databases made for the run and dropped after.
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
 import tempfile
 import time
@@ -26,6 +28,7 @@ from dagster import DagsterInstance, RunConfig, instance_for_test
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from provisioning_pipelines.dev import dagster_servers
 from provisioning_pipelines.direct import direct_context, execute_flow
 from provisioning_pipelines.flows import (
     GRAPH_FLOW,
@@ -36,6 +39,7 @@ from provisioning_pipelines.flows import (
     SubscriptionConfig,
 )
 from provisioning_pipelines.jobs import JOBS
+from provisioning_pipelines.launcher import GraphQLJobLauncher
 from provisioning_pipelines.resources import (
     DatabaseResource,
     GraphEngineResource,
@@ -99,12 +103,12 @@ class Workload:
 
 @contextmanager
 def environment(postgres: str | None) -> Iterator[tuple[dict[str, Any], Database,
-                                                         DagsterInstance]]:
+                                                         DagsterInstance, Path, str | None]]:
     with tempfile.TemporaryDirectory() as folder:
         made: list[str] = []
         if postgres:
             admin = create_engine(postgres, isolation_level="AUTOCOMMIT")
-            for _ in range(2):
+            for _ in range(3):
                 name = f"pp_bench_{uuid.uuid4().hex[:8]}"
                 with admin.connect() as connection:
                     connection.execute(text(f'CREATE DATABASE "{name}"'))
@@ -123,7 +127,8 @@ def environment(postgres: str | None) -> Iterator[tuple[dict[str, Any], Database
         Path(folder, "dagster").mkdir()
         try:
             with instance_for_test(overrides=overrides, temp_dir=f"{folder}/dagster") as inst:
-                yield resources, resources["database"].get(), inst
+                yield (resources, resources["database"].get(), inst, Path(folder),
+                       made[2] if postgres else None)
         finally:
             dispose_database(app_url)
             if postgres:
@@ -158,6 +163,41 @@ def measure(flow: Flow, make_config: Callable[[], Any], resources: dict[str, Any
     return times
 
 
+LAUNCHED_DAGSTER_YAML = """\
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+telemetry:
+  enabled: false
+"""
+
+
+def measure_launched(workload: Workload, resources: dict[str, Any], runs: int,
+                     postgres_url: str | None, folder: Path) -> list[float]:
+    """Graph provisioning through a launched run: webserver + daemon + run process."""
+    home = folder / "launched_home"
+    home.mkdir()
+    config = LAUNCHED_DAGSTER_YAML
+    if postgres_url:
+        config += f"storage:\n  postgres:\n    postgres_url: {postgres_url}\n"
+    (home / "dagster.yaml").write_text(config)
+    env = {"DATABASE_URL": resources["database"].url,
+           "GRAPH_DATA_DIR": resources["graph_engine"].data_dir}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    times = []
+    with dagster_servers(home, port=port, env=env) as url:
+        launcher = GraphQLJobLauncher(url, resources, poll_seconds=0.05)
+        launcher.run(GRAPH_FLOW, workload.graph(), operation_id="op_warmup")
+        for index in range(runs):
+            config_ = workload.graph()
+            started = time.perf_counter()
+            launcher.run(GRAPH_FLOW, config_, operation_id=f"op_bench_{index}")
+            times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
 def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20)[-1] if len(values) >= 2 else values[0]
 
@@ -165,19 +205,25 @@ def p95(values: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--launched-runs", type=int, default=5,
+                        help="launched runs of the graph flow (0 to skip; ~3 s each)")
     parser.add_argument("--postgres", help="e.g. postgresql+psycopg2://postgres@127.0.0.1/postgres")
     args = parser.parse_args()
     backend = "PostgreSQL + dagster-postgres" if args.postgres else "SQLite + SQLite instance"
     print(f"flows, {args.runs} runs per method, interleaved; {backend}")
     print(f"{'flow':<18}{'method':<21}{'median ms':>10}{'p95 ms':>10}{'x bare':>9}")
-    with environment(args.postgres) as (resources, database, instance):
+    with environment(args.postgres) as (resources, database, instance, folder,
+                                        extra_postgres):
         workload = Workload(database, resources)
         for flow, make_config in ((GRAPH_FLOW, workload.graph),
                                   (REPOSITORY_FLOW, workload.repository),
                                   (SUBGRAPH_FLOW, workload.subgraph)):
             times = measure(flow, make_config, resources, instance, args.runs)
+            if flow is GRAPH_FLOW and args.launched_runs:
+                times["launched run"] = measure_launched(
+                    workload, resources, args.launched_runs, extra_postgres, folder)
             base = statistics.median(times["bare bodies"])
-            for method in METHODS:
+            for method in times:
                 median = statistics.median(times[method])
                 print(f"{flow.name:<18}{method:<21}{median:>10.2f}{p95(times[method]):>10.2f}"
                       f"{median / base:>9.2f}")

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from provisioning_pipelines.flows.steps import Flow, Outcome, StepContext, describe, step
 from provisioning_pipelines.services import graphs
+from provisioning_pipelines.storage.ladybug import expected_tables
 from provisioning_pipelines.storage.models import Graph
 
 
@@ -85,7 +86,7 @@ def create_subgraph_database(ctx: StepContext, work: SubgraphWork) -> SubgraphWo
     """Create the subgraph's database file with the parent's schema, on the parent's host."""
     ctx.progress(f"Creating database for {work.subgraph_id}", 40)
     ctx.engine.ensure_database(work.path, list(work.statements))
-    tables = tuple(t.name for t in ctx.engine.list_tables(work.path))
+    tables = tuple(t.name for t in expected_tables(work.statements))  # verified by ensure
     ctx.progress(f"Subgraph {work.subgraph_id} created with {len(tables)} tables", 60)
     return replace(work, tables=tables)
 

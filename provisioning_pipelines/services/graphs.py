@@ -23,7 +23,7 @@ from provisioning_pipelines.errors import Conflict, InvalidRequest, LimitReached
 from provisioning_pipelines.services import audit, billing, credits, hosts, schemas
 from provisioning_pipelines.services.catalog import TIERS, Tier, customer_tier
 from provisioning_pipelines.storage.db import Database
-from provisioning_pipelines.storage.ladybug import LadybugEngine
+from provisioning_pipelines.storage.ladybug import LadybugEngine, expected_tables
 from provisioning_pipelines.storage.models import (
     CreditPool,
     CreditTransaction,
@@ -176,7 +176,7 @@ def create_graph(
         audit.record(session, actor=claim.user_id, action="graph.created", subject_type="graph",
                      subject_id=plan.graph_id, details={"tier": plan.tier.name,
                                                         "subscription_id": claim.subscription_id})
-    tables = [t.name for t in engine.list_tables(path)]
+    tables = [t.name for t in expected_tables(plan.ddl)]  # ensure_database verified them
     return {"graph_id": plan.graph_id, "tier": plan.tier.name, "host_id": host_id,
             "database_path": str(path), "graph_type": request.graph_type, "tables": tables,
             "resumed": not made_file}

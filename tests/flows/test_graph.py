@@ -241,8 +241,10 @@ def test_invalid_graph_request_is_refused_before_payment(
 class FailingAfterCreate(LadybugEngine):
     """An engine that makes the database file and then breaks, as a full disk might."""
 
-    def list_tables(self, path: Path) -> Any:
-        raise EngineError(f"disk full while reading {path.name}")
+    def ensure_database(self, path: Path, ddl: Any) -> bool:
+        super().ensure_database(path, ddl)
+        assert path.exists()
+        raise EngineError(f"disk full after writing {path.name}")
 
 
 class FailingEngineResource(GraphEngineResource):
