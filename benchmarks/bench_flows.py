@@ -29,7 +29,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from provisioning_pipelines.dev import dagster_servers
-from provisioning_pipelines.direct import direct_context, execute_flow
+from provisioning_pipelines.direct import DirectExecutor, direct_context, execute_flow
 from provisioning_pipelines.flows import (
     GRAPH_FLOW,
     REPOSITORY_FLOW,
@@ -40,6 +40,7 @@ from provisioning_pipelines.flows import (
 )
 from provisioning_pipelines.jobs import JOBS
 from provisioning_pipelines.launcher import GraphQLJobLauncher
+from provisioning_pipelines.reporting import MaterializationReporter
 from provisioning_pipelines.resources import (
     DatabaseResource,
     GraphEngineResource,
@@ -144,9 +145,13 @@ def measure(flow: Flow, make_config: Callable[[], Any], resources: dict[str, Any
     job = JOBS[flow.name]
     first_op = flow.steps[0].name
     ctx = direct_context(resources)
+    reporter = MaterializationReporter(instance, resources["operation_events"].get(), timeout=15)
+    executor = DirectExecutor(resources, reporter=reporter)
     calls: dict[str, Callable[[Any], Any]] = {
         "bare bodies": lambda config: bare(flow, config, ctx),
-        "direct executor": lambda config: execute_flow(flow, config, ctx),
+        # with the operation's record and events (in memory) and the background report
+        "direct executor": lambda config: executor.run(flow, config, kind=flow.name,
+                                                       user_id=None),
         "execute_in_process": lambda config: job.execute_in_process(
             run_config=RunConfig(ops={first_op: config}), instance=instance,
             resources=resources),
@@ -160,6 +165,7 @@ def measure(flow: Flow, make_config: Callable[[], Any], resources: dict[str, Any
             started = time.perf_counter()
             calls[method](config)
             times[method].append((time.perf_counter() - started) * 1000)
+    executor.close()
     return times
 
 
