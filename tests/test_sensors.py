@@ -1,0 +1,137 @@
+"""The subscription sensors, evaluated through built sensor contexts (no daemon)."""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context
+from sqlalchemy import func, select, update
+
+from provisioning_pipelines.direct import DirectExecutor
+from provisioning_pipelines.resources import DatabaseResource, PolicyResource
+from provisioning_pipelines.sensors import build_sensors
+from provisioning_pipelines.services import graphs
+from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.models import Graph, Subscription, utcnow
+from tests.factories import new_customer, paid_graph_subscription, paid_repository_subscription
+from tests.flows.test_graph import _launch_in_another_process
+
+
+def evaluate(database_url: str, *, direct_enabled: bool = True, resource: str = "graph",
+             max_attempts: int = 3) -> list[Any]:
+    graph_sensor, repository_sensor = build_sensors(grace_seconds=30,
+                                                    direct_enabled=direct_enabled,
+                                                    interval_seconds=30)
+    chosen = graph_sensor if resource == "graph" else repository_sensor
+    context = build_sensor_context(resources={
+        "database": DatabaseResource(url=database_url),
+        "policy": PolicyResource(max_attempts=max_attempts)})
+    return list(chosen(context) or [])
+
+
+def requests(results: list[Any]) -> list[RunRequest]:
+    return [r for r in results if isinstance(r, RunRequest)]
+
+
+def age(database: Database, sub_id: str, seconds: float = 60, **values: Any) -> None:
+    """Make the subscription look as it would ``seconds`` after its last change."""
+    with database.session() as session:
+        session.execute(update(Subscription).where(Subscription.id == sub_id).values(
+            updated_at=utcnow() - timedelta(seconds=seconds), **values))
+
+
+def test_fresh_payment_is_left_to_the_direct_path(database: Database, database_url: str) -> None:
+    user = new_customer(database)
+    paid_graph_subscription(database, user)
+    results = evaluate(database_url)
+    assert requests(results) == [] and isinstance(results[0], SkipReason)
+
+
+def test_with_direct_off_every_unclaimed_subscription_is_launched(
+    database: Database, database_url: str
+) -> None:
+    user = new_customer(database)
+    sub_id = paid_graph_subscription(database, user)
+    [request] = requests(evaluate(database_url, direct_enabled=False))
+    assert request.run_key == f"{sub_id}:attempt:1"
+    assert request.tags["provisioning/subscription_id"] == sub_id
+    assert request.tags["provisioning/graph_id"] == graphs.graph_id_for_subscription(sub_id)
+    assert request.tags["provisioning/user_id"] == user.user_id
+    config = request.run_config
+    assert config["ops"]["claim_subscription"]["config"]["subscription_id"] == sub_id
+
+
+def test_stale_unclaimed_subscription_is_picked_up(database: Database, database_url: str) -> None:
+    user = new_customer(database)
+    graph_sub = paid_graph_subscription(database, user)
+    repo_sub = paid_repository_subscription(database, user)
+    age(database, graph_sub)
+    age(database, repo_sub)
+    assert [r.run_key for r in requests(evaluate(database_url))] == [f"{graph_sub}:attempt:1"]
+    assert [r.run_key for r in requests(evaluate(database_url, resource="repository"))] == [
+        f"{repo_sub}:attempt:1"]
+
+
+def test_live_claim_is_skipped_and_lapsed_claim_is_picked_up(
+    database: Database, database_url: str
+) -> None:
+    user = new_customer(database)
+    sub_id = paid_graph_subscription(database, user)
+    age(database, sub_id, claim_token="someone", attempts=1,
+        lease_expires_at=utcnow() + timedelta(seconds=60))
+    assert requests(evaluate(database_url)) == []
+    age(database, sub_id, lease_expires_at=utcnow() - timedelta(seconds=1))
+    [request] = requests(evaluate(database_url))
+    assert request.run_key == f"{sub_id}:attempt:2"
+
+
+def test_failed_attempt_gets_a_new_run_key_once_its_backoff_is_over(
+    database: Database, database_url: str
+) -> None:
+    user = new_customer(database)
+    sub_id = paid_graph_subscription(database, user)
+    age(database, sub_id, attempts=1, last_error="disk full",
+        retry_after=utcnow() + timedelta(seconds=60))
+    assert requests(evaluate(database_url)) == []
+    age(database, sub_id, retry_after=utcnow() - timedelta(seconds=1))
+    [request] = requests(evaluate(database_url))
+    assert request.run_key == f"{sub_id}:attempt:2"
+
+
+def test_lapsed_last_attempt_fails_the_subscription_without_a_run(
+    database: Database, database_url: str
+) -> None:
+    user = new_customer(database)
+    sub_id = paid_graph_subscription(database, user)
+    age(database, sub_id, claim_token="crashed", attempts=3,
+        lease_expires_at=utcnow() - timedelta(seconds=1))
+    assert requests(evaluate(database_url)) == []
+    with database.session() as session:
+        assert session.get(Subscription, sub_id).status == "failed"
+
+
+def test_sensor_run_racing_the_direct_path_makes_one_graph(
+    database: Database, database_url: str, resources: dict[str, Any],
+    dagster_instance: DagsterInstance, graph_dir: Path,
+) -> None:
+    user = new_customer(database)
+    sub_id = paid_graph_subscription(database, user)
+    age(database, sub_id)
+    [request] = requests(evaluate(database_url))
+    subscription_id = request.tags["provisioning/subscription_id"]
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        launched = pool.submit(_launch_in_another_process, dagster_instance.get_ref(),
+                               database_url, str(graph_dir), subscription_id)
+        made = DirectExecutor(resources).graph(subscription_id)
+        success, error = launched.result()
+
+    assert success or "being provisioned by another worker" in error
+    with database.session() as session:
+        assert session.scalar(select(func.count()).select_from(Graph)) == 1
+        assert session.get(Subscription, sub_id).resource_id == made.result["resource_id"]
+    assert len([p for p in graph_dir.rglob("*.lbug") if ".templates" not in p.parts]) == 1
