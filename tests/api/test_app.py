@@ -1,0 +1,289 @@
+"""The HTTP API over real HTTP: the app under uvicorn on a loopback port, httpx as the client."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from dagster import DagsterInstance
+from sqlalchemy import func, select
+
+from provisioning_pipelines.api.app import create_app
+from provisioning_pipelines.direct import DirectExecutor
+from provisioning_pipelines.reporting import MaterializationReporter
+from provisioning_pipelines.services import webhooks
+from provisioning_pipelines.settings import load_settings
+from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.ladybug import LadybugEngine
+from provisioning_pipelines.storage.models import Graph, Subscription, WebhookEvent
+from tests.factories import graph_request, new_customer
+
+SECRET = "whsec_test_secret"
+
+
+class Api:
+    def __init__(self, url: str, database: Database) -> None:
+        self.url = url
+        self.database = database
+
+    def client(self, api_key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def deliver(self, event: dict[str, Any], *, secret: str = SECRET,
+                timestamp: int | None = None, body: bytes | None = None) -> httpx.Response:
+        payload = json.dumps(event).encode()
+        signature = webhooks.sign(payload, secret, timestamp)
+        with self.client() as client:
+            return client.post("/v1/webhooks/billing", content=body or payload,
+                               headers={"Stripe-Signature": signature,
+                                        "Content-Type": "application/json"})
+
+    def wait_status(self, api_key: str, subscription_id: str, status: str) -> dict[str, Any]:
+        with self.client(api_key) as client:
+            for _ in range(200):
+                answer = client.get(f"/v1/subscriptions/{subscription_id}").json()
+                if answer["status"] == status:
+                    return answer
+                time.sleep(0.05)
+        raise AssertionError(f"subscription stayed {answer['status']}: {answer}")
+
+    def events(self, api_key: str, operation_id: str, *, last_event_id: str | None = None,
+               stop_after: int | None = None) -> list[tuple[str, str, dict[str, Any]]]:
+        """(id, type, data) of each event of the stream, in order."""
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        events: list[tuple[str, str, dict[str, Any]]] = []
+        current: dict[str, str] = {}
+        with self.client(api_key) as client, client.stream(
+                "GET", f"/v1/operations/{operation_id}/events", headers=headers) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            for line in response.iter_lines():
+                if not line:
+                    if "event" in current:
+                        events.append((current["id"], current["event"],
+                                       json.loads(current["data"])))
+                        if stop_after and len(events) == stop_after:
+                            break
+                    current = {}
+                    continue
+                if line.startswith(":"):
+                    continue
+                field, _, value = line.partition(":")
+                current[field] = value.removeprefix(" ")
+        return events
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def api(database: Database, resources: dict[str, Any], dagster_instance: DagsterInstance
+        ) -> Iterator[Api]:
+    settings = load_settings(BILLING_WEBHOOK_SECRET=SECRET,
+                             DIRECT_GRAPH_PROVISIONING_ENABLED=True)
+    store = resources["operation_events"].get()
+    executor = DirectExecutor(resources, reporter=MaterializationReporter(
+        dagster_instance, store, timeout=10))
+    app = create_app(settings, executor, dagster_instance=lambda: dagster_instance)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    yield Api(f"http://127.0.0.1:{port}", database)
+    server.should_exit = True
+    thread.join(10)
+    executor.close()
+
+
+def checkout_event(subscription_id: str, *, event_id: str | None = None,
+                   paid: bool = True) -> dict[str, Any]:
+    return {
+        "id": event_id or f"evt_{subscription_id}",
+        "type": "checkout.session.completed",
+        "created": int(time.time()),
+        "data": {"object": {
+            "id": f"cs_{subscription_id}", "customer": "cus_stripe_1",
+            "subscription": f"stripe_{subscription_id}",
+            "payment_status": "paid" if paid else "unpaid",
+            "metadata": {"subscription_id": subscription_id},
+        }},
+    }
+
+
+def subscribe_graph(api: Api, api_key: str, **graph: Any) -> str:
+    with api.client(api_key) as client:
+        answer = client.post("/v1/subscriptions", json={
+            "resource_type": "graph", "plan_name": "ladybug-large",
+            "graph": graph_request(**graph)})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["status"] == "pending_payment"
+    return answer.json()["subscription_id"]
+
+
+def test_paid_checkout_provisions_the_graph_and_streams_it(api: Api) -> None:
+    user = new_customer(api.database)
+    sub_id = subscribe_graph(api, user.api_key, schema_extensions=["accounting"])
+
+    answer = api.deliver(checkout_event(sub_id))
+
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["received"] is True and body["duplicate"] is False and body["operation_id"]
+    status = api.wait_status(user.api_key, sub_id, "active")
+    assert status["resource_type"] == "graph" and status["error"] is None
+    with api.database.session() as session:
+        graph = session.get(Graph, status["resource_id"])
+        sub = session.get(Subscription, sub_id)
+        assert sub.stripe_customer_id == "cus_stripe_1"
+    tables = {t.name for t in LadybugEngine().list_tables(Path(graph.database_path))}
+    assert {"Entity", "Account", "JournalEntry"} <= tables
+    events = api.events(user.api_key, body["operation_id"])
+    types = [t for _, t, _ in events]
+    assert types[0] == "operation_started" and types[-1] == "operation_completed"
+    assert "operation_progress" in types
+    assert events[-1][2]["result"]["graph_id"] == status["resource_id"]
+    with api.client(user.api_key) as client:
+        operation = client.get(f"/v1/operations/{body['operation_id']}").json()
+    assert (operation["status"], operation["progress"]) == ("completed", 100)
+
+
+def test_paid_checkout_for_a_repository_grants_access(api: Api) -> None:
+    user = new_customer(api.database)
+    with api.client(user.api_key) as client:
+        made = client.post("/v1/subscriptions", json={
+            "resource_type": "repository", "plan_name": "sec-starter", "repository": "sec"})
+    sub_id = made.json()["subscription_id"]
+    body = api.deliver(checkout_event(sub_id)).json()
+    status = api.wait_status(user.api_key, sub_id, "active")
+    assert status["resource_id"] == "sec"
+    assert [t for _, t, _ in api.events(user.api_key, body["operation_id"])][-1] == \
+        "operation_completed"
+
+
+def test_ten_concurrent_deliveries_make_one_graph(api: Api) -> None:
+    user = new_customer(api.database)
+    sub_id = subscribe_graph(api, user.api_key)
+    event = checkout_event(sub_id)
+
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda _: api.deliver(event), range(10)))
+
+    assert [a.status_code for a in answers] == [200] * 10
+    bodies = [a.json() for a in answers]
+    assert sum(b["duplicate"] for b in bodies) == 9
+    api.wait_status(user.api_key, sub_id, "active")
+    with api.database.session() as session:
+        assert session.scalar(select(func.count()).select_from(Graph)) == 1
+
+
+@pytest.mark.parametrize("forgery", ["wrong secret", "stale timestamp", "body changed",
+                                     "no signature"])
+def test_forged_or_stale_delivery_is_refused_and_changes_nothing(api: Api,
+                                                                  forgery: str) -> None:
+    user = new_customer(api.database)
+    sub_id = subscribe_graph(api, user.api_key)
+    event = checkout_event(sub_id)
+    if forgery == "wrong secret":
+        answer = api.deliver(event, secret="whsec_someone_else")
+    elif forgery == "stale timestamp":
+        answer = api.deliver(event, timestamp=int(time.time()) - 301)
+    elif forgery == "body changed":
+        tampered = json.dumps({**event, "id": "evt_other"}).encode()
+        answer = api.deliver(event, body=tampered)
+    else:
+        with api.client() as client:
+            answer = client.post("/v1/webhooks/billing", content=json.dumps(event))
+
+    assert answer.status_code == 400
+    assert "Stripe-Signature" in answer.json()["message"]
+    with api.database.session() as session:
+        assert session.get(Subscription, sub_id).status == "pending_payment"
+        assert session.scalar(select(func.count()).select_from(WebhookEvent)) == 0
+
+
+def test_reconnect_with_last_event_id_gets_exactly_the_missed_events(api: Api) -> None:
+    user = new_customer(api.database)
+    sub_id = subscribe_graph(api, user.api_key)
+    operation_id = api.deliver(checkout_event(sub_id)).json()["operation_id"]
+    api.wait_status(user.api_key, sub_id, "active")
+    everything = api.events(user.api_key, operation_id)
+
+    first_two = api.events(user.api_key, operation_id, stop_after=2)
+    rest = api.events(user.api_key, operation_id, last_event_id=first_two[-1][0])
+
+    assert first_two == everything[:2]
+    assert rest == everything[2:]
+    with api.client(user.api_key) as client:
+        via_query = client.get(f"/v1/operations/{operation_id}/events",
+                               params={"after": first_two[-1][0]})
+    assert via_query.text.count("event: ") == len(rest)
+
+
+def test_other_users_things_look_like_nothing(api: Api) -> None:
+    owner = new_customer(api.database)
+    stranger = new_customer(api.database)
+    sub_id = subscribe_graph(api, owner.api_key)
+    operation_id = api.deliver(checkout_event(sub_id)).json()["operation_id"]
+    graph_id = api.wait_status(owner.api_key, sub_id, "active")["resource_id"]
+
+    with api.client(stranger.api_key) as client:
+        assert client.get(f"/v1/subscriptions/{sub_id}").status_code == 404
+        assert client.get(f"/v1/operations/{operation_id}").status_code == 404
+        assert client.get(f"/v1/operations/{operation_id}/events").status_code == 404
+        assert client.post(f"/v1/graphs/{graph_id}/subgraphs",
+                           json={"name": "mine"}).status_code == 404
+        assert client.get("/v1/subscriptions/sub_nothing").status_code == 404
+    with api.client() as anonymous:
+        assert anonymous.get(f"/v1/subscriptions/{sub_id}").status_code == 401
+    with api.client("ppk_wrong") as wrong:
+        assert wrong.get(f"/v1/subscriptions/{sub_id}").status_code == 401
+
+
+def test_subgraph_over_http(api: Api) -> None:
+    user = new_customer(api.database)
+    sub_id = subscribe_graph(api, user.api_key)
+    api.deliver(checkout_event(sub_id))
+    graph_id = api.wait_status(user.api_key, sub_id, "active")["resource_id"]
+    with api.client(user.api_key) as client:
+        bad = client.post(f"/v1/graphs/{graph_id}/subgraphs", json={"name": "../x"})
+        made = client.post(f"/v1/graphs/{graph_id}/subgraphs",
+                           json={"name": "analysis", "fork_parent": True})
+    assert bad.status_code == 422 and bad.json()["field"] == "name"
+    assert made.status_code == 202
+    events = api.events(user.api_key, made.json()["operation_id"])
+    assert events[-1][1] == "operation_completed"
+    assert events[-1][2]["result"]["graph_id"] == f"{graph_id}_analysis"
+
+
+def test_invalid_subscription_request_names_the_field(api: Api) -> None:
+    user = new_customer(api.database)
+    with api.client(user.api_key) as client:
+        answer = client.post("/v1/subscriptions", json={
+            "resource_type": "graph", "plan_name": "ladybug-standard",
+            "graph": {"name": "g", "schema_extensions": ["astrology"]}})
+    assert answer.status_code == 422
+    assert answer.json()["field"] == "graph.schema_extensions" or "schema_extensions" in \
+        answer.json()["message"]
+
+
+def test_healthz_names_each_dependency(api: Api) -> None:
+    with api.client() as client:
+        answer = client.get("/healthz")
+    assert answer.status_code == 200
+    assert {"database", "redis", "dagster"} <= set(answer.json())
