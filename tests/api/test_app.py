@@ -31,9 +31,10 @@ SECRET = "whsec_test_secret"
 
 
 class Api:
-    def __init__(self, url: str, database: Database) -> None:
+    def __init__(self, url: str, database: Database, executor: DirectExecutor) -> None:
         self.url = url
         self.database = database
+        self.executor = executor
 
     def client(self, api_key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -97,7 +98,8 @@ def api(database: Database, resources: dict[str, Any], dagster_instance: Dagster
     store = resources["operation_events"].get()
     executor = DirectExecutor(resources, reporter=MaterializationReporter(
         dagster_instance, store, timeout=10))
-    app = create_app(settings, executor, dagster_instance=lambda: dagster_instance)
+    app = create_app(settings, executor, dagster_instance=lambda: dagster_instance,
+                     keepalive_seconds=0.3)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning"))
@@ -105,7 +107,7 @@ def api(database: Database, resources: dict[str, Any], dagster_instance: Dagster
     thread.start()
     while not server.started:
         time.sleep(0.02)
-    yield Api(f"http://127.0.0.1:{port}", database)
+    yield Api(f"http://127.0.0.1:{port}", database, executor)
     server.should_exit = True
     thread.join(10)
     executor.close()
@@ -287,3 +289,41 @@ def test_healthz_names_each_dependency(api: Api) -> None:
         answer = client.get("/healthz")
     assert answer.status_code == 200
     assert {"database", "redis", "dagster"} <= set(answer.json())
+
+
+def test_idle_stream_sends_keepalive_comments(api: Api) -> None:
+    user = new_customer(api.database)
+    operation_id = api.executor.open_operation("graph_provisioning", user.user_id)
+    comments = 0
+    started = time.monotonic()
+    with api.client(user.api_key) as client, client.stream(
+            "GET", f"/v1/operations/{operation_id}/events") as response:
+        for line in response.iter_lines():
+            comments += line.startswith(":")
+            if comments == 3 or time.monotonic() - started > 5:
+                break
+    assert comments == 3
+
+
+def test_webhook_racing_a_dagster_run_makes_one_graph(
+    api: Api, database_url: str, dagster_instance: DagsterInstance, graph_dir: Path
+) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tests.flows.test_graph import _launch_in_another_process
+
+    user = new_customer(api.database)
+    sub_id = subscribe_graph(api, user.api_key)
+    with api.database.session() as session:  # paid already, as if an operator saw it first
+        from provisioning_pipelines.services import billing
+
+        billing.mark_paid(session, sub_id)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        launched = pool.submit(_launch_in_another_process, dagster_instance.get_ref(),
+                               database_url, str(graph_dir), sub_id)
+        api.executor.graph(sub_id)
+        success, error = launched.result()
+    assert success or "being provisioned by another worker" in error
+    with api.database.session() as session:
+        assert session.scalar(select(func.count()).select_from(Graph)) == 1
