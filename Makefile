@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint bench validate
+.PHONY: setup test lint bench validate demo dev
 
 setup: $(VENV)/.installed
 
@@ -31,3 +31,16 @@ validate: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.bench_flows
+
+# The whole story on the embedded default: user, graph subscription, signed webhook to the real
+# app, live SSE progress, a forked subgraph, sec repository access. Works again and again.
+demo: setup
+	$(BIN)/provisioning-pipelines demo
+
+# The Dagster UI and daemon (http://127.0.0.1:3000) plus the API (http://127.0.0.1:8000).
+dev: setup
+	mkdir -p $(DAGSTER_HOME)
+	test -f $(DAGSTER_HOME)/dagster.yaml || printf "telemetry:\n  enabled: false\n" > $(DAGSTER_HOME)/dagster.yaml
+	trap 'kill 0' INT TERM EXIT; \
+	$(BIN)/provisioning-pipelines serve --port 8000 & \
+	$(BIN)/dagster dev -w workspace.yaml -p 3000

@@ -252,7 +252,8 @@ def hanging_dagster(postgres_server: str) -> Iterator[tuple[DagsterInstance, Any
             try:
                 yield instance, transaction
             finally:
-                transaction.rollback()
+                if transaction.is_active:
+                    transaction.rollback()
                 locker.close()
     finally:
         drop_postgres_database(url)
