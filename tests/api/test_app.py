@@ -327,3 +327,28 @@ def test_webhook_racing_a_dagster_run_makes_one_graph(
     assert success or "being provisioned by another worker" in error
     with api.database.session() as session:
         assert session.scalar(select(func.count()).select_from(Graph)) == 1
+
+
+def test_operations_watch_exits_0_on_completed_and_1_on_failed(api: Api) -> None:
+    import os
+    import subprocess
+    import sys
+
+    user = new_customer(api.database)
+    sub_id = subscribe_graph(api, user.api_key)
+    done = api.deliver(checkout_event(sub_id)).json()["operation_id"]
+    failed = api.executor.open_operation("graph_provisioning", user.user_id)
+    api.executor.store.fail(failed, "disk full")
+    cli = str(Path(sys.executable).parent / "provisioning-pipelines")
+
+    def watch(operation_id: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([cli, "operations", "watch", operation_id, "--url", api.url,
+                               "--api-key", user.api_key], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "COLUMNS": "120"})
+
+    completed = watch(done)
+    assert completed.returncode == 0, completed.stderr
+    assert "100%" in completed.stdout and '"resource_id": "kg' in completed.stdout
+    broken = watch(failed)
+    assert broken.returncode == 1
+    assert "failed: disk full" in broken.stderr
