@@ -343,3 +343,39 @@ def test_provisioning_succeeds_with_redis_stopped_and_says_so(
                 r.getMessage()]
     assert len(warnings) == 1 and made.operation_id in warnings[0]
     assert executor._events.failures >= 3
+
+
+def test_a_burst_of_reports_to_a_hung_instance_does_not_pile_up(
+    resources: dict[str, Any], hanging_dagster: tuple[DagsterInstance, Any],
+) -> None:
+    instance, lock = hanging_dagster
+    store = resources["operation_events"].get()
+    reporter = MaterializationReporter(instance, store, timeout=1, max_workers=1, max_pending=2)
+    operations = [store.create("graph_provisioning").id for _ in range(5)]
+
+    for operation_id in operations:
+        reporter.submit(operation_id, ("provisioning", "graph"), {"graph_id": "kg0"})
+
+    outcomes = [store.get(o).dagster_report for o in operations]
+    assert outcomes[2:] == ["error"] * 3  # refused at once, not queued
+    assert "too many reports pending" in store.get(operations[4]).dagster_report_detail
+    assert reporter.wait_idle(3)
+    assert [store.get(o).dagster_report for o in operations[:2]] == ["timeout", "timeout"]
+    lock.rollback()
+    reporter.close()
+    reporter.join()
+
+
+def test_clean_shutdown_waits_for_pending_reports(
+    resources: dict[str, Any], dagster_instance: DagsterInstance
+) -> None:
+    store = resources["operation_events"].get()
+    reporter = MaterializationReporter(dagster_instance, store, timeout=10)
+    operations = [store.create("graph_provisioning").id for _ in range(5)]
+    for operation_id in operations:
+        reporter.submit(operation_id, ("provisioning", "graph"),
+                        {"graph_id": f"kg{operation_id[-16:]}"})
+
+    reporter.close()
+
+    assert [store.get(o).dagster_report for o in operations] == ["ok"] * 5

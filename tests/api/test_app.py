@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -90,16 +91,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def api(database: Database, resources: dict[str, Any], dagster_instance: DagsterInstance
-        ) -> Iterator[Api]:
-    settings = load_settings(BILLING_WEBHOOK_SECRET=SECRET,
-                             DIRECT_GRAPH_PROVISIONING_ENABLED=True)
-    store = resources["operation_events"].get()
-    executor = DirectExecutor(resources, reporter=MaterializationReporter(
-        dagster_instance, store, timeout=10))
-    app = create_app(settings, executor, dagster_instance=lambda: dagster_instance,
-                     keepalive_seconds=0.3)
+@contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """The app under uvicorn on a free loopback port."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning"))
@@ -107,9 +101,31 @@ def api(database: Database, resources: dict[str, Any], dagster_instance: Dagster
     thread.start()
     while not server.started:
         time.sleep(0.02)
-    yield Api(f"http://127.0.0.1:{port}", database, executor)
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def make_api(database: Database, resources: dict[str, Any], instance: DagsterInstance, *,
+             direct: bool = True) -> tuple[Any, DirectExecutor]:
+    settings = load_settings(BILLING_WEBHOOK_SECRET=SECRET,
+                             DIRECT_GRAPH_PROVISIONING_ENABLED=direct)
+    store = resources["operation_events"].get()
+    executor = DirectExecutor(resources, reporter=MaterializationReporter(
+        instance, store, timeout=10))
+    app = create_app(settings, executor, dagster_instance=lambda: instance,
+                     keepalive_seconds=0.3)
+    return app, executor
+
+
+@pytest.fixture
+def api(database: Database, resources: dict[str, Any], dagster_instance: DagsterInstance
+        ) -> Iterator[Api]:
+    app, executor = make_api(database, resources, dagster_instance)
+    with serve(app) as url:
+        yield Api(url, database, executor)
     executor.close()
 
 
@@ -352,3 +368,23 @@ def test_operations_watch_exits_0_on_completed_and_1_on_failed(api: Api) -> None
     broken = watch(failed)
     assert broken.returncode == 1
     assert "failed: disk full" in broken.stderr
+
+
+def test_with_direct_off_the_webhook_leaves_the_work_to_the_sensor(
+    database: Database, database_url: str, resources: dict[str, Any],
+    dagster_instance: DagsterInstance,
+) -> None:
+    from tests.test_sensors import evaluate, requests
+
+    app, executor = make_api(database, resources, dagster_instance, direct=False)
+    with serve(app) as url:
+        api = Api(url, database, executor)
+        user = new_customer(database)
+        sub_id = subscribe_graph(api, user.api_key)
+        body = api.deliver(checkout_event(sub_id)).json()
+        status = api.client(user.api_key).get(f"/v1/subscriptions/{sub_id}").json()["status"]
+    executor.close()
+    assert body == {"received": True, "duplicate": False, "operation_id": None}
+    assert status == "provisioning"
+    [request] = requests(evaluate(database_url, direct_enabled=False))
+    assert request.run_key == f"{sub_id}:attempt:1"
