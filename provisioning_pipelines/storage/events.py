@@ -171,6 +171,13 @@ class Operation:
     dagster_report: str | None = None
     dagster_report_detail: str | None = None
 
+    @classmethod
+    def pending(cls, operation_id: str, kind: str, user_id: str | None,
+                now: datetime) -> Operation:
+        """A just-created operation (both stores create them alike)."""
+        return cls(id=operation_id, kind=kind, user_id=user_id, status="pending", progress=0,
+                   message="", result=None, error=None, created_at=now, updated_at=now)
+
     @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
@@ -399,18 +406,7 @@ class InMemoryOperationStore(OperationStore):
     ) -> Operation:
         operation_id = self._check_new(kind, operation_id)
         now = _utcnow()
-        operation = Operation(
-            id=operation_id,
-            kind=kind,
-            user_id=user_id,
-            status="pending",
-            progress=0,
-            message="",
-            result=None,
-            error=None,
-            created_at=now,
-            updated_at=now,
-        )
+        operation = Operation.pending(operation_id, kind, user_id, now)
         with self._lock:
             self._sweep()
             if self._live(operation_id) is not None:
@@ -746,18 +742,7 @@ class RedisOperationStore(OperationStore):
             created = self._create_script(keys=self._keys(operation_id), args=args)
         if not created:
             raise ValueError(f"operation {operation_id!r} already exists")
-        return Operation(
-            id=operation_id,
-            kind=kind,
-            user_id=user_id,
-            status="pending",
-            progress=0,
-            message="",
-            result=None,
-            error=None,
-            created_at=now,
-            updated_at=now,
-        )
+        return Operation.pending(operation_id, kind, user_id, now)
 
     def _transition(
         self,
