@@ -49,6 +49,7 @@ class MaterializationReporter:
         max_pending: int = 256,
     ) -> None:
         self._instance = instance
+        self._instance_lock = threading.Lock()
         self.store = store
         self.timeout = timeout
         self.max_pending = max_pending
@@ -63,9 +64,12 @@ class MaterializationReporter:
 
     @property
     def instance(self) -> DagsterInstance:
-        if callable(self._instance) and not isinstance(self._instance, DagsterInstance):
-            self._instance = self._instance()
-        return self._instance
+        """Made on first use, once: two workers making a fresh SQLite instance at the same time
+        would both create its tables."""
+        with self._instance_lock:
+            if callable(self._instance) and not isinstance(self._instance, DagsterInstance):
+                self._instance = self._instance()
+            return self._instance
 
     def submit(self, operation_id: str, asset_key: tuple[str, ...],
                metadata: dict[str, Any]) -> None:
