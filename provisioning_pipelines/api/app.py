@@ -9,6 +9,8 @@ operations, and anyone else's answers 404, exactly like one that does not exist.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +20,7 @@ from dagster import DagsterInstance
 from sqlalchemy.exc import IntegrityError
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -47,6 +50,7 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
     database = executor.resources["database"].get()
     store = executor.store
     background: set[asyncio.Task[Any]] = set()
+    instance = dagster_instance or functools.cache(DagsterInstance.get)
 
     def start(call: Callable[..., ProvisioningResult], *args: Any, **kwargs: Any) -> None:
         """Provision in the background; the outcome lands on the operation."""
@@ -67,22 +71,30 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
         payload = await request.body()
         event = webhooks.verify(payload, request.headers.get("stripe-signature"),
                                 settings.billing_webhook_secret)
-        try:
+
+        def apply() -> tuple[webhooks.Applied, str | None, str | None]:
             with database.session() as session:
                 applied = webhooks.record_and_apply(session, event)
                 subscription = (session.get(Subscription, applied.subscription_id)
                                 if applied.paid else None)
-                owner = subscription.user_id if subscription else None
-                resource_type = subscription.resource_type if subscription else None
-        except IntegrityError:
+                if subscription is None:
+                    return applied, None, None
+                return applied, subscription.user_id, subscription.resource_type
+
+        def duplicate() -> bool:
             with database.session() as session:
-                if not webhooks.is_duplicate(session, event["id"]):
-                    raise
+                return webhooks.is_duplicate(session, event["id"])
+
+        try:
+            applied, owner, resource_type = await run_in_threadpool(apply)
+        except IntegrityError:
+            if not await run_in_threadpool(duplicate):
+                raise
             return JSONResponse({"received": True, "duplicate": True, "operation_id": None})
         operation_id = None
         if applied.paid and settings.direct_graph_provisioning_enabled:
             kind = f"{resource_type}_provisioning"
-            operation_id = executor.open_operation(kind, owner)
+            operation_id = await run_in_threadpool(executor.open_operation, kind, owner)
             call = executor.graph if resource_type == "graph" else executor.repository
             start(call, applied.subscription_id, operation_id=operation_id)
         body: dict[str, Any] = {"received": True, "duplicate": False,
@@ -92,14 +104,17 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
         return JSONResponse(body)
 
     async def create_subscription(request: Request) -> Response:
-        user = user_of(request)
         body = await _json(request)
-        with database.session() as session:
-            subscription = subscriptions.request_subscription(session, user.id, body)
-            answer = {"subscription_id": subscription.id, "status": subscription.status}
-        return JSONResponse(answer, status_code=201)
 
-    async def show_subscription(request: Request) -> Response:
+        def create() -> dict[str, str]:
+            user = user_of(request)
+            with database.session() as session:
+                subscription = subscriptions.request_subscription(session, user.id, body)
+                return {"subscription_id": subscription.id, "status": subscription.status}
+
+        return JSONResponse(await run_in_threadpool(create), status_code=201)
+
+    def show_subscription(request: Request) -> Response:
         user = user_of(request)
         subscription_id = request.path_params["subscription_id"]
         with database.session() as session:
@@ -114,12 +129,17 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
             })
 
     async def create_subgraph(request: Request) -> Response:
-        user = user_of(request)
         graph_id = request.path_params["graph_id"]
         body = await _json(request)
-        with database.session() as session:
-            if session.get(GraphUser, (graph_id, user.id)) is None:
-                raise NotFound(f"no graph {graph_id!r}", field="graph_id")
+
+        def visible() -> User:
+            user = user_of(request)
+            with database.session() as session:
+                if session.get(GraphUser, (graph_id, user.id)) is None:
+                    raise NotFound(f"no graph {graph_id!r}", field="graph_id")
+            return user
+
+        user = await run_in_threadpool(visible)
         name = graphs.validate_subgraph_name(body.get("name"))
         description = body.get("description")
         if description is not None and not isinstance(description, str):
@@ -127,7 +147,8 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
         fork_parent = body.get("fork_parent", False)
         if not isinstance(fork_parent, bool):
             raise InvalidRequest("fork_parent: expected true or false", field="fork_parent")
-        operation_id = executor.open_operation("subgraph_creation", user.id)
+        operation_id = await run_in_threadpool(executor.open_operation, "subgraph_creation",
+                                               user.id)
         start(executor.subgraph, user.id, graph_id, name, description=description,
               fork_parent=fork_parent, operation_id=operation_id)
         return JSONResponse({"operation_id": operation_id}, status_code=202)
@@ -140,14 +161,14 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
             raise NotFound(f"no operation {operation_id!r}", field="operation_id")
         return operation
 
-    async def show_operation(request: Request) -> Response:
+    def show_operation(request: Request) -> Response:
         operation = operation_of(request)
         return JSONResponse({"operation_id": operation.id, "status": operation.status,
                              "progress": operation.progress, "message": operation.message,
                              "result": operation.result, "error": operation.error})
 
     async def operation_events(request: Request) -> Response:
-        operation = operation_of(request)
+        operation = await run_in_threadpool(operation_of, request)
         after = request.headers.get("last-event-id") or request.query_params.get("after")
         if after:
             try:
@@ -169,11 +190,10 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
                                    headers={"Cache-Control": "no-cache",
                                             "X-Accel-Buffering": "no"})
 
-    async def healthz(request: Request) -> Response:
+    def healthz(request: Request) -> Response:
         checks = {"database": _check(database.ping)}
         checks["redis"] = (_check(store.ping) if settings.redis_url
                            else {"ok": True, "detail": "in-memory operation store"})
-        instance = dagster_instance or DagsterInstance.get
         checks["dagster"] = _check(lambda: instance().get_runs_count() >= 0)
         healthy = all(check["ok"] for check in checks.values())
         return JSONResponse({"ok": healthy, **checks}, status_code=200 if healthy else 503)
@@ -185,16 +205,21 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
         Route("/v1/graphs/{graph_id}/subgraphs", _guard(create_subgraph), methods=["POST"]),
         Route("/v1/operations/{operation_id}", _guard(show_operation)),
         Route("/v1/operations/{operation_id}/events", _guard(operation_events)),
-        Route("/healthz", healthz),
+        Route("/healthz", _guard(healthz)),
     ]
     return Starlette(routes=routes)
 
 
-def _guard(endpoint: Callable[[Request], Awaitable[Response]]
+def _guard(endpoint: Callable[[Request], Awaitable[Response] | Response]
            ) -> Callable[[Request], Awaitable[Response]]:
+    """Map service errors to answers once; plain functions run in the thread pool, so SQL and
+    Redis calls never block the event loop."""
+
     async def guarded(request: Request) -> Response:
         try:
-            return await endpoint(request)
+            if inspect.iscoroutinefunction(endpoint):
+                return await endpoint(request)
+            return await run_in_threadpool(endpoint, request)  # type: ignore[arg-type]
         except ProvisioningError as exc:
             return JSONResponse(exc.to_dict(), status_code=exc.status_code)
 
