@@ -45,10 +45,10 @@ from provisioning_pipelines.flows import (
 from provisioning_pipelines.flows.steps import describe, is_transient
 from provisioning_pipelines.launcher import GraphQLJobLauncher, JobLauncher
 from provisioning_pipelines.reporting import MaterializationReporter
-from provisioning_pipelines.resources import build_resources
+from provisioning_pipelines.resources import SafeEvents, build_resources
 from provisioning_pipelines.services.billing import ClaimHeld
 from provisioning_pipelines.settings import Settings, get_settings
-from provisioning_pipelines.storage.events import OperationStore, new_operation_id
+from provisioning_pipelines.storage.events import OperationStore
 from provisioning_pipelines.storage.models import Subscription
 
 logger = logging.getLogger("provisioning_pipelines.direct")
@@ -101,9 +101,7 @@ def direct_context(
     Progress goes straight to the operation's events, synchronously and in order.
     """
     log = log or logger
-    progress: Any = (_DirectProgress(store, operation_id, log)
-                     if store is not None and operation_id is not None
-                     else resources["progress"].reporter(log, operation_id))
+    progress = resources["progress"].reporter(log, operation_id, events=store)
     return StepContext(
         database=resources["database"].get(),
         engine=resources["graph_engine"].get(),
@@ -224,56 +222,6 @@ class DirectExecutor:
         self._pool.shutdown(wait=True)
         if self.reporter is not None:
             self.reporter.close()
-
-
-class SafeEvents:
-    """The operation store as the executor uses it: a store that fails never fails provisioning.
-
-    The first failure per operation is logged; every failure is counted (``failures``).
-    """
-
-    def __init__(self, store: OperationStore) -> None:
-        self.store = store
-        self.failures = 0
-        self._warned: set[str] = set()
-        self._lock = threading.Lock()
-
-    def open(self, kind: str, user_id: str | None, operation_id: str | None) -> str:
-        operation_id = operation_id or new_operation_id()
-        try:
-            if self.store.get(operation_id) is None:
-                self.store.create(kind, user_id=user_id, operation_id=operation_id)
-        except Exception as exc:
-            self._failed(operation_id, exc)
-        return operation_id
-
-    def call(self, operation_id: str, method: str, *args: Any) -> Any:
-        try:
-            return getattr(self.store, method)(operation_id, *args)
-        except Exception as exc:
-            self._failed(operation_id, exc)
-            return None
-
-    def progress(self, operation_id: str, message: str, percent: int | None) -> None:
-        self.call(operation_id, "progress", message, percent)
-
-    def _failed(self, operation_id: str, exc: Exception) -> None:
-        with self._lock:
-            self.failures += 1
-            first = operation_id not in self._warned
-            self._warned.add(operation_id)
-        if first:
-            logger.warning("operation %s: event store unavailable (%s: %s); provisioning "
-                           "continues without events", operation_id, type(exc).__name__, exc)
-
-
-class _DirectProgress:
-    def __init__(self, events: SafeEvents, operation_id: str, log: Any) -> None:
-        self.events, self.operation_id, self.log = events, operation_id, log
-
-    def __call__(self, message: str, percent: int | None = None) -> None:
-        self.log.debug("[%s%%] %s", percent, message)
-        self.events.progress(self.operation_id, message, percent)
 
 
 # --- the helper API ---------------------------------------------------------------------------

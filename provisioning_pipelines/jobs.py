@@ -82,6 +82,7 @@ def op_for(step: Step) -> _OpDefinition:
         def compute_with_config(context: OpExecutionContext, config: Any) -> Any:
             return run_step_in_op(step, context, config)
 
+        # Dagster infers Pythonic config from the annotation of the ``config`` parameter.
         compute_with_config.__annotations__["config"] = step.config_cls
         definition = op(**common)(compute_with_config)
     else:

@@ -20,7 +20,11 @@ from pydantic import Field
 from provisioning_pipelines.flows.steps import Policy
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import Database, get_database
-from provisioning_pipelines.storage.events import OperationStore, build_operation_store
+from provisioning_pipelines.storage.events import (
+    OperationStore,
+    build_operation_store,
+    new_operation_id,
+)
 from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.migrate import upgrade_once
 
@@ -78,47 +82,58 @@ def _store(redis_url: str | None, key_prefix: str, ttl_seconds: int) -> Operatio
     return build_operation_store(redis_url, prefix=key_prefix, ttl_seconds=ttl_seconds)
 
 
-class ProgressReporter:
-    """``progress(message, percent)`` for step code.
+class SafeEvents:
+    """The operation store as provisioning uses it: a store that fails never fails the work.
 
-    Always logs; appends to the operation's event stream when there is an operation. An event
-    store that fails never fails the step: the first failure per operation is logged, every
-    failure is counted (``failures``).
+    The first failure per operation is logged; every failure is counted (``failures``).
     """
 
-    def __init__(self, log: Any, store: OperationStore | None, operation_id: str | None) -> None:
-        self.log = log
+    def __init__(self, store: OperationStore) -> None:
         self.store = store
-        self.operation_id = operation_id
         self.failures = 0
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def open(self, kind: str, user_id: str | None, operation_id: str | None) -> str:
+        """Create the operation (pending) unless it exists; returns its id either way."""
+        operation_id = operation_id or new_operation_id()
+        try:
+            if self.store.get(operation_id) is None:
+                self.store.create(kind, user_id=user_id, operation_id=operation_id)
+        except Exception as exc:
+            self._failed(operation_id, exc)
+        return operation_id
+
+    def call(self, operation_id: str, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self.store, method)(operation_id, *args)
+        except Exception as exc:
+            self._failed(operation_id, exc)
+            return None
+
+    def _failed(self, operation_id: str, exc: Exception) -> None:
+        with self._lock:
+            self.failures += 1
+            first = operation_id not in self._warned
+            self._warned.add(operation_id)
+        if first:
+            logger.warning("operation %s: event store unavailable (%s: %s); provisioning "
+                           "continues without events", operation_id, type(exc).__name__, exc)
+
+
+class ProgressReporter:
+    """``progress(message, percent)`` for step code: always to the log, and appended to the
+    operation's events, synchronously and in order, when there is an operation."""
+
+    def __init__(self, log: Any, events: SafeEvents | None, operation_id: str | None) -> None:
+        self.log = log
+        self.events = events
+        self.operation_id = operation_id
 
     def __call__(self, message: str, percent: int | None = None) -> None:
         self.log.info(f"[{percent if percent is not None else '-'}%] {message}")
-        if self.store is None or self.operation_id is None:
-            return
-        try:
-            self.store.progress(self.operation_id, message, percent)
-        except Exception as exc:
-            self.failures += 1
-            _count_event_failure()
-            if self.failures == 1:
-                self.log.warning(f"operation {self.operation_id}: progress not recorded "
-                                 f"({type(exc).__name__}: {exc}); provisioning continues")
-
-
-_failure_lock = threading.Lock()
-_event_failures = 0
-
-
-def _count_event_failure() -> None:
-    global _event_failures
-    with _failure_lock:
-        _event_failures += 1
-
-
-def event_failures() -> int:
-    """How many progress events this process could not record (shown by /healthz)."""
-    return _event_failures
+        if self.events is not None and self.operation_id is not None:
+            self.events.call(self.operation_id, "progress", message, percent)
 
 
 class ProgressResource(ConfigurableResource):
@@ -126,8 +141,11 @@ class ProgressResource(ConfigurableResource):
 
     events: OperationEventsResource
 
-    def reporter(self, log: Any, operation_id: str | None) -> ProgressReporter:
-        return ProgressReporter(log, self.events.get() if operation_id else None, operation_id)
+    def reporter(self, log: Any, operation_id: str | None,
+                 events: SafeEvents | None = None) -> ProgressReporter:
+        if operation_id is None:
+            return ProgressReporter(log, None, None)
+        return ProgressReporter(log, events or SafeEvents(self.events.get()), operation_id)
 
 
 class PolicyResource(ConfigurableResource):
