@@ -388,3 +388,19 @@ def test_with_direct_off_the_webhook_leaves_the_work_to_the_sensor(
     assert status == "provisioning"
     [request] = requests(evaluate(database_url, direct_enabled=False))
     assert request.run_key == f"{sub_id}:attempt:1"
+
+
+def test_cli_webhook_send_signs_and_delivers(api: Api) -> None:
+    import os
+    import subprocess
+    import sys
+
+    user = new_customer(api.database)
+    sub_id = subscribe_graph(api, user.api_key)
+    cli = str(Path(sys.executable).parent / "provisioning-pipelines")
+    sent = subprocess.run([cli, "webhook", "send", "--subscription", sub_id, "--url", api.url],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "BILLING_WEBHOOK_SECRET": SECRET})
+    assert sent.returncode == 0, sent.stderr
+    assert json.loads(sent.stdout)["duplicate"] is False
+    api.wait_status(user.api_key, sub_id, "active")
