@@ -45,7 +45,7 @@ from provisioning_pipelines.flows import (
 from provisioning_pipelines.flows.steps import describe, is_transient
 from provisioning_pipelines.launcher import GraphQLJobLauncher, JobLauncher
 from provisioning_pipelines.reporting import MaterializationReporter
-from provisioning_pipelines.resources import SafeEvents, build_resources
+from provisioning_pipelines.resources import Owner, SafeEvents, build_resources
 from provisioning_pipelines.services.billing import ClaimHeld
 from provisioning_pipelines.settings import Settings, get_settings
 from provisioning_pipelines.storage.events import OperationStore
@@ -146,7 +146,8 @@ class DirectExecutor:
               retry_failed: bool = False) -> ProvisioningResult:
         return self.run(GRAPH_FLOW, SubscriptionConfig(subscription_id=subscription_id,
                                                        retry_failed=retry_failed),
-                        kind="graph_provisioning", user_id=self._subscriber(subscription_id),
+                        kind="graph_provisioning",
+                        user_id=lambda: self._subscriber(subscription_id),
                         operation_id=operation_id)
 
     def repository(self, subscription_id: str, *, operation_id: str | None = None,
@@ -154,7 +155,8 @@ class DirectExecutor:
         return self.run(REPOSITORY_FLOW, SubscriptionConfig(subscription_id=subscription_id,
                                                             retry_failed=retry_failed),
                         kind="repository_provisioning",
-                        user_id=self._subscriber(subscription_id), operation_id=operation_id)
+                        user_id=lambda: self._subscriber(subscription_id),
+                        operation_id=operation_id)
 
     def subgraph(self, user_id: str, parent_graph_id: str, name: str, *,
                  description: str | None = None, fork_parent: bool = False,
@@ -171,12 +173,12 @@ class DirectExecutor:
 
     # --- the operation around a flow ----------------------------------------------------
 
-    def open_operation(self, kind: str, user_id: str | None,
+    def open_operation(self, kind: str, user_id: Owner,
                        operation_id: str | None = None) -> str:
         """Create the operation record (pending) unless it exists; returns its id."""
         return self._events.open(kind, user_id, operation_id)
 
-    def run(self, flow: Flow, config: Any, *, kind: str, user_id: str | None,
+    def run(self, flow: Flow, config: Any, *, kind: str, user_id: Owner,
             operation_id: str | None = None) -> ProvisioningResult:
         operation_id = self.open_operation(kind, user_id, operation_id)
         with self._slots:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,11 @@ def _store(redis_url: str | None, key_prefix: str, ttl_seconds: int) -> Operatio
     return build_operation_store(redis_url, prefix=key_prefix, ttl_seconds=ttl_seconds)
 
 
+#: An operation's owner, or how to find it: looked up only when the operation must be created
+#: (the webhook and the API open operations with their owner first, so the direct path skips it).
+Owner = str | None | Callable[[], str | None]
+
+
 class SafeEvents:
     """The operation store as provisioning uses it: a store that fails never fails the work.
 
@@ -94,12 +100,14 @@ class SafeEvents:
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
-    def open(self, kind: str, user_id: str | None, operation_id: str | None) -> str:
+    def open(self, kind: str, user_id: Owner, operation_id: str | None) -> str:
         """Create the operation (pending) unless it exists; returns its id either way."""
+        if operation_id is not None and self.call(operation_id, "get") is not None:
+            return operation_id
         operation_id = operation_id or new_operation_id()
+        owner = user_id() if callable(user_id) else user_id
         try:
-            if self.store.get(operation_id) is None:
-                self.store.create(kind, user_id=user_id, operation_id=operation_id)
+            self.store.create(kind, user_id=owner, operation_id=operation_id)
         except Exception as exc:
             self._failed(operation_id, exc)
         return operation_id
