@@ -13,12 +13,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
-test: setup
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/pytest
 
+# ruff, and the import contract of the layers (pyproject.toml, [tool.importlinter]).
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # Dagster commands run on the embedded instance under .data/dagster unless DAGSTER_HOME is set
 # (the top-level dagster.yaml is the production instance on dagster-postgres).

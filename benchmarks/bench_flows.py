@@ -14,6 +14,7 @@ PostgreSQL server, in databases made for the run and dropped after.
 from __future__ import annotations
 
 import argparse
+import logging
 import socket
 import statistics
 import tempfile
@@ -28,31 +29,33 @@ from dagster import DagsterInstance, RunConfig, instance_for_test
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from provisioning_pipelines.dev import dagster_servers
-from provisioning_pipelines.direct import DirectExecutor, direct_context, execute_flow
+from provisioning_pipelines.cli.dev import dagster_servers
+from provisioning_pipelines.direct import DirectExecutor
+from provisioning_pipelines.direct.launcher import GraphQLJobLauncher
 from provisioning_pipelines.flows import (
     GRAPH_FLOW,
     REPOSITORY_FLOW,
     SUBGRAPH_FLOW,
     Flow,
+    StepContext,
     SubgraphConfig,
     SubscriptionConfig,
+    execute_flow,
 )
-from provisioning_pipelines.jobs import JOBS
-from provisioning_pipelines.launcher import GraphQLJobLauncher
-from provisioning_pipelines.reporting import MaterializationReporter
-from provisioning_pipelines.resources import (
-    DatabaseResource,
-    GraphEngineResource,
-    OperationEventsResource,
-    PolicyResource,
-    ProgressResource,
-)
+from provisioning_pipelines.orchestration.jobs import JOBS
+from provisioning_pipelines.orchestration.reporting import MaterializationReporter
+from provisioning_pipelines.orchestration.resources import build_resources, step_context
 from provisioning_pipelines.services import accounts, billing, subscriptions
+from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.db import Database, dispose_database
 from provisioning_pipelines.storage.migrate import upgrade
 
 METHODS = ("bare bodies", "direct executor", "execute_in_process")
+
+
+def direct_context(resources: dict[str, Any]) -> StepContext:
+    return step_context(resources, method="direct", log=logging.getLogger("bench"),
+                        operation_id=None)
 
 
 def bare(flow: Flow, config: Any, ctx: Any) -> Any:
@@ -119,11 +122,8 @@ def environment(postgres: str | None) -> Iterator[tuple[dict[str, Any], Database
         else:
             app_url, overrides = f"sqlite:///{folder}/app.db", None
         upgrade(app_url)
-        events = OperationEventsResource(redis_url=None)
-        resources = {"database": DatabaseResource(url=app_url),
-                     "graph_engine": GraphEngineResource(data_dir=f"{folder}/graphs"),
-                     "operation_events": events, "progress": ProgressResource(events=events),
-                     "policy": PolicyResource()}
+        resources = build_resources(load_settings(DATABASE_URL=app_url,
+                                                  GRAPH_DATA_DIR=f"{folder}/graphs"))
         Path(folder, "graphs").mkdir()
         Path(folder, "dagster").mkdir()
         try:
@@ -150,8 +150,7 @@ def measure(flow: Flow, make_config: Callable[[], Any], resources: dict[str, Any
     calls: dict[str, Callable[[Any], Any]] = {
         "bare bodies": lambda config: bare(flow, config, ctx),
         # with the operation's record and events (in memory) and the background report
-        "direct executor": lambda config: executor.run(flow, config, kind=flow.name,
-                                                       user_id=None),
+        "direct executor": lambda config: executor.run(flow, config),
         "execute_in_process": lambda config: job.execute_in_process(
             run_config=RunConfig(ops={first_op: config}), instance=instance,
             resources=resources),

@@ -1,21 +1,15 @@
-"""The code location: assets, jobs, sensors and resources, configured from the settings."""
+"""The code location's entry point (``[tool.dagster] module_name``).
 
-from dagster import Definitions
+Importing this module reads no setting and makes no folder: ``@definitions`` defers building
+until Dagster loads the code location, in the environment it runs in.
+"""
 
-from provisioning_pipelines.assets import ASSETS
-from provisioning_pipelines.jobs import JOBS
-from provisioning_pipelines.resources import build_resources
-from provisioning_pipelines.sensors import build_sensors
-from provisioning_pipelines.settings import get_settings
+from dagster import Definitions, definitions
 
-settings = get_settings()
-settings.resolved_graph_data_dir.mkdir(parents=True, exist_ok=True)
+from provisioning_pipelines.orchestration import build_definitions
+from provisioning_pipelines.settings import load_settings
 
-defs = Definitions(
-    assets=ASSETS,
-    jobs=list(JOBS.values()),
-    sensors=build_sensors(grace_seconds=settings.sensor_grace_seconds,
-                          direct_enabled=settings.direct_graph_provisioning_enabled,
-                          interval_seconds=settings.sensor_interval_seconds),
-    resources=build_resources(settings),
-)
+
+@definitions
+def defs() -> Definitions:
+    return build_definitions(load_settings())

@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from dagster import DagsterInstance, instance_for_test
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from provisioning_pipelines.resources import (
-    DatabaseResource,
-    GraphEngineResource,
-    OperationEventsResource,
-    PolicyResource,
-    ProgressResource,
-)
+from provisioning_pipelines.orchestration.resources import PolicyResource, build_resources
+from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.db import Database, dispose_database, get_database
 from provisioning_pipelines.storage.migrate import upgrade
 
@@ -145,19 +144,71 @@ def dagster_instance(postgres_server: str) -> Iterator[DagsterInstance]:
         drop_postgres_database(url)
 
 
-@pytest.fixture
-def policy() -> PolicyResource:
-    return PolicyResource(max_attempts=3, claim_lease_seconds=120, retry_backoff_seconds=0)
+def make_resources(database_url: str, graph_dir: Path | str, **settings: Any
+                   ) -> dict[str, Any]:
+    """The resources every entry point builds (``build_resources``), from settings given by
+    their environment names, pointed at a test's database and graph folder."""
+    values = {"DATABASE_URL": database_url, "GRAPH_DATA_DIR": str(graph_dir),
+              "PROVISIONING_RETRY_BACKOFF_SECONDS": 0, **settings}
+    return build_resources(load_settings(**values))
+
+
+def make_policy(*, max_attempts: int = 3, claim_lease_seconds: float = 120,
+                retry_backoff_seconds: float = 0) -> PolicyResource:
+    return PolicyResource(max_attempts=max_attempts, claim_lease_seconds=claim_lease_seconds,
+                          retry_backoff_seconds=retry_backoff_seconds)
 
 
 @pytest.fixture
-def resources(database_url: str, graph_dir: Path, policy: PolicyResource) -> dict[str, Any]:
+def resources(database_url: str, graph_dir: Path) -> dict[str, Any]:
     """The resources the jobs need, pointed at this test's database and graph folder."""
-    events = OperationEventsResource(redis_url=None)
-    return {
-        "database": DatabaseResource(url=database_url),
-        "graph_engine": GraphEngineResource(data_dir=str(graph_dir)),
-        "operation_events": events,
-        "progress": ProgressResource(events=events),
-        "policy": policy,
-    }
+    return make_resources(database_url, graph_dir)
+
+
+@pytest.fixture
+def hanging_dagster(postgres_server: str) -> Iterator[tuple[DagsterInstance, Any]]:
+    """A dagster-postgres instance whose event log table another session holds locked."""
+    url = create_postgres_database("pp_hang")
+    try:
+        with instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}) \
+                as instance:
+            locker = create_engine(url).connect()
+            transaction = locker.begin()
+            locker.execute(text("LOCK TABLE event_logs IN ACCESS EXCLUSIVE MODE"))
+            try:
+                yield instance, transaction
+            finally:
+                if transaction.is_active:
+                    transaction.rollback()
+                locker.close()
+    finally:
+        drop_postgres_database(url)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A Redis server of this test's own, so the test can stop it."""
+    binary = shutil.which("redis-server")
+    require("redis-server", None if binary else "no redis-server binary")
+    port = free_port()
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    client.close()
+    yield url, server
+    server.kill()
+    server.wait()

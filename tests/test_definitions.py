@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from dagster import AssetKey, Definitions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,7 +15,37 @@ ROOT = Path(__file__).resolve().parent.parent
 def load() -> Definitions:
     from provisioning_pipelines.definitions import defs
 
-    return defs
+    return defs()
+
+
+def test_importing_the_code_location_reads_no_setting_and_makes_no_folder(tmp_path: Path) -> None:
+    # A setting that would stop start-up proves the settings are not read at import.
+    env = {"PATH": str(Path(sys.executable).parent), "HOME": str(tmp_path),
+           "DATA_DIR": str(tmp_path / "data"), "PROVISIONING_MAX_ATTEMPTS": "not a number"}
+    script = ("import provisioning_pipelines.definitions as d; "
+              "print(type(d.defs).__name__)")
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "LazyDefinitions"
+    assert not (tmp_path / "data").exists()
+
+
+def test_urls_from_the_environment_reach_dagster_as_env_vars(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from dagster import EnvVar
+
+    from provisioning_pipelines.orchestration.resources import build_resources
+    from provisioning_pipelines.settings import load_settings
+
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    settings = load_settings()
+    in_dagster = build_resources(settings, env_vars=True)
+    assert isinstance(in_dagster["database"].url, EnvVar)
+    assert in_dagster["database"].url.env_var_name == "DATABASE_URL"
+    assert build_resources(settings)["database"].url == url  # the direct path: the value
 
 
 def test_definitions_hold_the_three_jobs_and_assets() -> None:
@@ -29,7 +60,7 @@ def test_definitions_hold_the_three_jobs_and_assets() -> None:
 
 def test_jobs_follow_the_flows_step_for_step() -> None:
     from provisioning_pipelines.flows import FLOWS
-    from provisioning_pipelines.jobs import JOBS
+    from provisioning_pipelines.orchestration.jobs import JOBS
 
     for flow in FLOWS:
         job = JOBS[flow.name]

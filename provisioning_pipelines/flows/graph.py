@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from provisioning_pipelines.flows.steps import Flow, StepContext, step
+from provisioning_pipelines.flows.steps import GRAPH_TAG, Flow, StepContext, step
 from provisioning_pipelines.flows.subscription import (
     ASSET_KEYS,
     SubscriptionConfig,
@@ -10,6 +10,9 @@ from provisioning_pipelines.flows.subscription import (
     abandon_attempt,
     activate_subscription,
     claim_subscription,
+    subscription_owner,
+    subscription_result,
+    subscription_tags,
 )
 from provisioning_pipelines.services import graphs
 
@@ -22,7 +25,6 @@ def create_graph_database(ctx: StepContext, work: SubscriptionWork) -> Subscript
     if work.claim.already_active:
         return work
     plan = graphs.plan_graph(work.claim)
-    ctx.tag_run({"provisioning/graph_id": plan.graph_id})
     ctx.progress(f"Creating graph {plan.graph_id} ({plan.tier.name}, {len(plan.ddl)} "
                  "schema statements)", 30)
     details = graphs.create_graph(ctx.database, ctx.engine, work.claim, plan,
@@ -31,10 +33,20 @@ def create_graph_database(ctx: StepContext, work: SubscriptionWork) -> Subscript
     return work.with_details(resource_id=plan.graph_id, **details)
 
 
+def graph_tags(config: SubscriptionConfig) -> dict[str, str]:
+    """The graph id is derived from the subscription, so a launch already knows it."""
+    return {**subscription_tags(config),
+            GRAPH_TAG: graphs.graph_id_for_subscription(config.subscription_id)}
+
+
 GRAPH_FLOW = Flow(
     name="graph",
     job_name="provision_graph_job",
+    operation_kind="graph_provisioning",
     description="Provision a LadybugDB graph database for a paid graph subscription.",
     asset_key=ASSET_KEYS["graph"],
     steps=(claim_subscription, create_graph_database, activate_subscription),
+    tags=graph_tags,
+    owner=subscription_owner,
+    result=subscription_result,
 )

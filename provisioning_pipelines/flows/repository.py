@@ -11,6 +11,9 @@ from provisioning_pipelines.flows.subscription import (
     abandon_attempt,
     activate_subscription,
     claim_subscription,
+    subscription_owner,
+    subscription_result,
+    subscription_tags,
 )
 from provisioning_pipelines.services import audit, catalog, credits, repositories
 
@@ -66,8 +69,12 @@ def allocate_plan_credits(ctx: StepContext, work: SubscriptionWork) -> Subscript
 REPOSITORY_FLOW = Flow(
     name="repository_access",
     job_name="provision_repository_job",
+    operation_kind="repository_provisioning",
     description="Grant access to a shared data repository and allocate the plan's credits.",
     asset_key=ASSET_KEYS["repository"],
     steps=(claim_subscription, grant_repository_access, allocate_plan_credits,
            activate_subscription),
+    tags=subscription_tags,
+    owner=subscription_owner,
+    result=subscription_result,
 )

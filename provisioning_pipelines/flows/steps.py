@@ -2,13 +2,13 @@
 
 A step is ``fn(ctx: StepContext, value) -> value``: the first step of a flow receives the flow's
 config, each later step the previous step's output, and the last returns an ``Outcome``. The
-Dagster jobs (``jobs.py``) wrap each step in an op; the direct executor (``direct.py``) calls the
-same functions in-process. Keeping the bodies plain (rather than invoking ops directly) means the
-direct path costs nothing beyond the work itself: no op context, no instance, no type checks.
+Dagster jobs wrap each step in an op; the direct executor calls the same functions in-process;
+both run them through the one step runner (``runner.py``). Keeping the bodies plain (rather than
+invoking ops directly) means the direct path costs nothing beyond the work itself: no op
+context, no instance, no type checks.
 
-What both paths share is decided here: which errors are worth another try (``RetryPolicy`` on the
-step, honoured by Dagster and by the direct executor alike), and what a step that finally fails
-must undo (``on_failure``).
+A ``Flow`` also describes its runs once, for every trigger: the tags a run is launched with,
+its run config, who owns its operation, and the result a finished run left behind.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from dagster import Backoff, RetryPolicy
+from dagster import Backoff, Config, RetryPolicy
 
 from provisioning_pipelines.errors import ProvisioningError
 from provisioning_pipelines.storage.db import Database
@@ -29,6 +29,14 @@ from provisioning_pipelines.storage.ladybug import LadybugEngine
 #: Transient failures (a dropped connection, a busy database) get two more tries inside one step.
 TRANSIENT_RETRY = RetryPolicy(max_retries=2, delay=0.2, backoff=Backoff.EXPONENTIAL)
 
+# Run tags, set at launch by every trigger (the run queue's per-graph limit reads them).
+OPERATION_TAG = "provisioning/operation_id"
+SUBSCRIPTION_TAG = "provisioning/subscription_id"
+GRAPH_TAG = "provisioning/graph_id"
+USER_TAG = "provisioning/user_id"
+ATTEMPT_TAG = "provisioning/attempt"
+FLOW_TAG = "provisioning/flow"
+
 
 class Progress(Protocol):
     def __call__(self, message: str, percent: int | None = None) -> None: ...
@@ -36,17 +44,20 @@ class Progress(Protocol):
 
 @dataclass(frozen=True)
 class Policy:
-    """How many attempts a subscription gets, how long a claim lasts, how long to back off."""
+    """How many attempts a subscription gets, how long a claim lasts, how long to back off.
 
-    max_attempts: int = 3
-    claim_lease_seconds: float = 120.0
-    retry_backoff_seconds: float = 30.0
+    No defaults here: they live in ``settings.py`` (one home per default).
+    """
+
+    max_attempts: int
+    claim_lease_seconds: float
+    retry_backoff_seconds: float
 
 
 @dataclass
 class StepContext:
-    """What a step may touch. Built from Dagster resources in a run, from the same resources
-    in the direct executor."""
+    """What a step may touch. Built from the same resources in a Dagster run and in the direct
+    executor; ``method`` says which (``dagster`` or ``direct``)."""
 
     database: Database
     engine: LadybugEngine
@@ -55,7 +66,6 @@ class StepContext:
     policy: Policy
     method: str
     log: logging.Logger | Any = field(default_factory=lambda: logging.getLogger("provisioning"))
-    tag_run: Callable[[dict[str, str]], None] = lambda tags: None
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,7 @@ class Step:
     description: str
     retry: RetryPolicy | None = None
     on_failure: FailureHandler | None = None
-    config_cls: type | None = None
+    config_cls: type[Config] | None = None
 
     def __call__(self, ctx: StepContext, value: Any) -> Any:
         return self.fn(ctx, value)
@@ -93,7 +103,7 @@ def step(
     *,
     retry: RetryPolicy | None = TRANSIENT_RETRY,
     on_failure: FailureHandler | None = None,
-    config: type | None = None,
+    config: type[Config] | None = None,
 ) -> Callable[[Callable[[StepContext, Any], Any]], Step]:
     """Declare a step; its docstring becomes the op's description in the Dagster UI."""
 
@@ -107,19 +117,36 @@ def step(
 
 @dataclass(frozen=True)
 class Flow:
-    """An ordered list of steps, defined once; both execution paths are built from it."""
+    """An ordered list of steps, defined once; both execution paths are built from it.
+
+    ``tags``, ``owner`` and ``result`` describe a run of the flow for every trigger: the tags
+    it is launched with (derived from its config, so the run queue sees them), the user who
+    owns its operation, and what a finished run left behind, read back from the database.
+    """
 
     name: str
     job_name: str
+    operation_kind: str
     description: str
     asset_key: tuple[str, ...]
     steps: tuple[Step, ...]
+    tags: Callable[[Any], dict[str, str]]
+    owner: Callable[[Database, Any], str | None]
+    result: Callable[[Database, Any], dict[str, Any]]
 
     @property
-    def config_cls(self) -> type:
+    def config_cls(self) -> type[Config]:
         config_cls = self.steps[0].config_cls
         assert config_cls is not None, f"flow {self.name}: the first step takes the config"
         return config_cls
+
+    def run_tags(self, config: Any, **extra: str) -> dict[str, str]:
+        """Every tag a run of this flow carries, set when it is launched."""
+        return {**self.tags(config), **extra}
+
+    def run_config(self, config: Any) -> dict[str, Any]:
+        """The run config a launched job needs: the flow's config on its first op."""
+        return {"ops": {self.steps[0].name: {"config": config.model_dump()}}}
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -16,10 +16,18 @@ from typing import Any
 from dagster import Config
 from pydantic import Field
 
-from provisioning_pipelines.flows.steps import Flow, Outcome, StepContext, describe, step
-from provisioning_pipelines.services import graphs
+from provisioning_pipelines.flows.steps import (
+    GRAPH_TAG,
+    USER_TAG,
+    Flow,
+    Outcome,
+    StepContext,
+    describe,
+    step,
+)
+from provisioning_pipelines.services import graphs, subgraphs
+from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import expected_tables
-from provisioning_pipelines.storage.models import Graph
 
 
 class SubgraphConfig(Config):
@@ -64,19 +72,14 @@ def reserve_subgraph(ctx: StepContext, config: SubgraphConfig) -> SubgraphWork:
     """Check the parent, the name and the tier's subgraph limit, and reserve the subgraph."""
     started_at = time.time()
     with ctx.database.session() as session:
-        subgraph = graphs.reserve_subgraph(
+        reserved = subgraphs.reserve_subgraph(
             session, user_id=config.user_id, parent_graph_id=config.parent_graph_id,
             name=config.name, description=config.description,
         )
-        parent = session.get(Graph, config.parent_graph_id)
-        assert parent is not None
-        statements = graphs.schema_statements(session, config.parent_graph_id)
-        work = SubgraphWork(config=config, subgraph_id=subgraph.id,
-                            parent_path=Path(parent.database_path),
-                            path=Path(subgraph.database_path), tier=subgraph.tier,
-                            started_at=started_at, statements=tuple(statements))
-    ctx.tag_run({"provisioning/graph_id": config.parent_graph_id,
-                 "provisioning/user_id": config.user_id})
+    work = SubgraphWork(config=config, subgraph_id=reserved.subgraph_id,
+                        parent_path=reserved.parent_path, path=reserved.path,
+                        tier=reserved.tier, started_at=started_at,
+                        statements=reserved.statements)
     ctx.progress(f"Reserved subgraph {work.subgraph_id}", 20)
     return work
 
@@ -107,9 +110,7 @@ def fork_parent_data(ctx: StepContext, work: SubgraphWork) -> Outcome:
             fork = {"fork_status": "failed", "fork_error": describe(exc)}
             ctx.log.warning(f"subgraph {work.subgraph_id}: fork failed ({describe(exc)})")
         with ctx.database.session() as session:
-            subgraph = session.get(Graph, work.subgraph_id)
-            if subgraph is not None:
-                subgraph.details = {**(subgraph.details or {}), **fork}
+            subgraphs.record_fork(session, work.subgraph_id, fork)
     ctx.progress(f"Subgraph {work.subgraph_id} ready", 100)
     result = {"graph_id": work.subgraph_id, "parent_graph_id": config.parent_graph_id,
               "name": config.name, "tier": work.tier, "database_path": str(work.path),
@@ -121,10 +122,30 @@ def fork_parent_data(ctx: StepContext, work: SubgraphWork) -> Outcome:
                    started_at=work.started_at)
 
 
+def subgraph_tags(config: SubgraphConfig) -> dict[str, str]:
+    """Runs on one graph queue behind each other: a subgraph is tagged with its parent."""
+    return {GRAPH_TAG: config.parent_graph_id, USER_TAG: config.user_id}
+
+
+def subgraph_owner(database: Database, config: SubgraphConfig) -> str | None:
+    return config.user_id
+
+
+def subgraph_result(database: Database, config: SubgraphConfig) -> dict[str, Any]:
+    """The subgraph a run made, read back from its rows."""
+    with database.session() as session:
+        found = subgraphs.subgraph_summary(session, f"{config.parent_graph_id}_{config.name}")
+    return found or {"error": "the subgraph was not created"}
+
+
 SUBGRAPH_FLOW = Flow(
     name="subgraph",
     job_name="create_subgraph_job",
+    operation_kind="subgraph_creation",
     description="Create a subgraph of a graph, optionally forking the parent's data.",
     asset_key=("provisioning", "subgraph"),
     steps=(reserve_subgraph, create_subgraph_database, fork_parent_data),
+    tags=subgraph_tags,
+    owner=subgraph_owner,
+    result=subgraph_result,
 )

@@ -16,14 +16,16 @@ from dagster import Config
 from pydantic import Field
 
 from provisioning_pipelines.flows.steps import (
+    SUBSCRIPTION_TAG,
     Outcome,
     StepContext,
     describe,
     step,
     worth_retrying,
 )
-from provisioning_pipelines.services import billing, credits, graphs, repositories
-from provisioning_pipelines.services.billing import Claim
+from provisioning_pipelines.services import billing, claims, credits, graphs, repositories
+from provisioning_pipelines.services.claims import Claim
+from provisioning_pipelines.storage.db import Database
 
 ASSET_KEYS = {"graph": ("provisioning", "graph"),
               "repository": ("provisioning", "repository_access")}
@@ -63,7 +65,7 @@ def abandon_attempt(ctx: StepContext, work: Any, exc: BaseException) -> None:
     error = describe(exc)
     try:
         with ctx.database.session() as session:
-            billing.assert_held(session, claim)
+            claims.assert_held(session, claim)
             if claim.resource_type == "graph":
                 graphs.discard_graph(
                     session, ctx.engine, graphs.graph_id_for_subscription(claim.subscription_id)
@@ -71,12 +73,12 @@ def abandon_attempt(ctx: StepContext, work: Any, exc: BaseException) -> None:
             else:
                 repositories.revoke_subscription_access(session, claim.subscription_id)
                 credits.remove_subscription_allocations(session, claim.subscription_id)
-            status = billing.release_after_failure(
+            status = claims.release_after_failure(
                 session, claim, error, retryable=worth_retrying(exc),
                 max_attempts=ctx.policy.max_attempts,
                 backoff_seconds=ctx.policy.retry_backoff_seconds,
             )
-    except billing.ClaimLost:
+    except claims.ClaimLost:
         ctx.log.warning(f"subscription {claim.subscription_id}: claim lapsed; leaving its "
                         "work to the worker that took over")
         return
@@ -90,14 +92,12 @@ def claim_subscription(ctx: StepContext, config: SubscriptionConfig) -> Subscrip
     started_at = time.time()
     with ctx.database.session() as session:
         if config.retry_failed:
-            billing.reset_failed(session, config.subscription_id)
+            claims.reset_failed(session, config.subscription_id)
     with ctx.database.session() as session:
-        claim = billing.claim(
+        claim = claims.claim(
             session, config.subscription_id, lease_seconds=ctx.policy.claim_lease_seconds,
             max_attempts=ctx.policy.max_attempts,
         )
-    ctx.tag_run({"provisioning/subscription_id": claim.subscription_id,
-                 "provisioning/user_id": claim.user_id})
     if claim.already_active:
         ctx.progress(f"Subscription already active with {claim.resource_id}", 90)
     else:
@@ -118,7 +118,7 @@ def activate_subscription(ctx: StepContext, work: SubscriptionWork) -> Outcome:
                        metadata={})
     resource_id = work.details["resource_id"]
     with ctx.database.session() as session:
-        billing.activate(session, claim, resource_id)
+        claims.activate(session, claim, resource_id)
     ctx.progress(f"Subscription {claim.subscription_id} is active", 100)
     result = {"subscription_id": claim.subscription_id, "status": "active",
               "resource_type": claim.resource_type, "resource_id": resource_id,
@@ -130,6 +130,24 @@ def activate_subscription(ctx: StepContext, work: SubscriptionWork) -> Outcome:
                     attempt=claim.attempt)
     return Outcome(asset_key=asset_key, result=result, metadata=metadata,
                    started_at=work.started_at)
+
+
+def subscription_tags(config: SubscriptionConfig) -> dict[str, str]:
+    return {SUBSCRIPTION_TAG: config.subscription_id}
+
+
+def subscription_owner(database: Database, config: SubscriptionConfig) -> str | None:
+    with database.session() as session:
+        return billing.owner_of(session, config.subscription_id)
+
+
+def subscription_result(database: Database, config: SubscriptionConfig) -> dict[str, Any]:
+    """Where a run left the subscription: its status, resource and error."""
+    with database.session() as session:
+        subscription = billing.get_subscription(session, config.subscription_id)
+        found = billing.summary(subscription)
+    return {key: found[key] for key in ("subscription_id", "status", "resource_type",
+                                        "resource_id", "error")}
 
 
 def _metadata_value(value: Any) -> Any:

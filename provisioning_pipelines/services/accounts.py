@@ -65,7 +65,15 @@ def create_user(
     return NewUser(user_id=user.id, org_id=org.id, api_key=api_key)
 
 
-def authenticate(session: Session, api_key: str | None) -> User | None:
+@dataclass(frozen=True)
+class Identity:
+    """Who an API key belongs to."""
+
+    user_id: str
+    email: str
+
+
+def authenticate(session: Session, api_key: str | None) -> Identity | None:
     """The user whose key this is, or None. The stored hash is compared in constant time."""
     if not api_key:
         return None
@@ -73,7 +81,9 @@ def authenticate(session: Session, api_key: str | None) -> User | None:
     user = session.scalar(select(User).where(User.api_key_hash == digest))
     if user is None or user.api_key_hash is None:
         return None
-    return user if hmac.compare_digest(user.api_key_hash, digest) else None
+    if not hmac.compare_digest(user.api_key_hash, digest):
+        return None
+    return Identity(user_id=user.id, email=user.email)
 
 
 def org_of(session: Session, user_id: str) -> str:

@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.errors import Conflict, InvalidRequest, LimitReached, NotFound
-from provisioning_pipelines.services import audit, billing, credits, hosts, schemas
-from provisioning_pipelines.services.catalog import TIERS, Tier, customer_tier
+from provisioning_pipelines.errors import InvalidRequest, NotFound
+from provisioning_pipelines.services import audit, claims, credits, custom_schemas, hosts, schemas
+from provisioning_pipelines.services.catalog import Tier, customer_tier
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import LadybugEngine, expected_tables
 from provisioning_pipelines.storage.models import (
@@ -34,7 +33,6 @@ from provisioning_pipelines.storage.models import (
 )
 
 GRAPH_ID = re.compile(r"^kg[0-9a-f]{16,}$")
-SUBGRAPH_NAME = re.compile(r"^[a-zA-Z0-9]{1,20}$")
 MAX_NAME_LENGTH = 200
 MAX_TAGS = 50
 
@@ -95,7 +93,7 @@ class GraphRequest:
 
     def ddl(self) -> list[str]:
         if self.custom_schema is not None:
-            return schemas.custom_schema_ddl(self.custom_schema)
+            return custom_schemas.custom_schema_ddl(self.custom_schema)
         return schemas.schema_ddl(self.schema_extensions)
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,7 +126,7 @@ class GraphPlan:
     ddl: list[str]
 
 
-def plan_graph(claim: billing.Claim) -> GraphPlan:
+def plan_graph(claim: claims.Claim) -> GraphPlan:
     tier = customer_tier(claim.plan_name)
     request = GraphRequest.parse(claim.request.get("graph"))
     return GraphPlan(graph_id=graph_id_for_subscription(claim.subscription_id), tier=tier,
@@ -136,13 +134,13 @@ def plan_graph(claim: billing.Claim) -> GraphPlan:
 
 
 def create_graph(
-    database: Database, engine: LadybugEngine, claim: billing.Claim, plan: GraphPlan,
+    database: Database, engine: LadybugEngine, claim: claims.Claim, plan: GraphPlan,
     *, graph_data_dir: Path,
 ) -> dict[str, Any]:
     """Make (or finish making) the graph: row and host slot, file, schema rows, owner, credits."""
     request = plan.request
     with database.session() as session:
-        billing.assert_held(session, claim)
+        claims.assert_held(session, claim)
         graph = session.get(Graph, plan.graph_id)
         if graph is None:
             hosts.ensure_local_hosts(session, graph_data_dir)
@@ -158,7 +156,7 @@ def create_graph(
             )
             session.add(graph)
             session.flush()
-        billing.record_resource(session, claim, plan.graph_id)
+        claims.record_resource(session, claim, plan.graph_id)
         path = Path(graph.database_path)
         host_id = graph.host_id
 
@@ -168,9 +166,9 @@ def create_graph(
         _write_entity(engine, path, request.entity)
 
     with database.session() as session:
-        billing.assert_held(session, claim)
-        _store_schema(session, plan.graph_id, plan.ddl, request)
-        _grant_role(session, plan.graph_id, claim.user_id, "admin")
+        claims.assert_held(session, claim)
+        store_schema(session, plan.graph_id, plan.ddl, request)
+        grant_role(session, plan.graph_id, claim.user_id, "admin")
         credits.create_graph_pool(session, graph_id=plan.graph_id, tier=plan.tier,
                                   subscription_id=claim.subscription_id)
         audit.record(session, actor=claim.user_id, action="graph.created", subject_type="graph",
@@ -198,7 +196,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "entity"
 
 
-def _store_schema(session: Session, graph_id: str, ddl: Sequence[str],
+def store_schema(session: Session, graph_id: str, ddl: Sequence[str],
                   request: GraphRequest | None, *, schema_type: str | None = None) -> None:
     if session.scalar(select(GraphSchema.id).where(GraphSchema.graph_id == graph_id)):
         return
@@ -212,9 +210,17 @@ def _store_schema(session: Session, graph_id: str, ddl: Sequence[str],
     ))
 
 
-def _grant_role(session: Session, graph_id: str, user_id: str, role: str) -> None:
+def grant_role(session: Session, graph_id: str, user_id: str, role: str) -> None:
     if session.get(GraphUser, (graph_id, user_id)) is None:
         session.add(GraphUser(graph_id=graph_id, user_id=user_id, role=role))
+
+
+def visible_graph(session: Session, graph_id: str, user_id: str) -> Graph:
+    """A graph the user has a role on; any other answers exactly like one that does not exist."""
+    graph = session.get(Graph, graph_id)
+    if graph is None or session.get(GraphUser, (graph_id, user_id)) is None:
+        raise NotFound(f"no graph {graph_id!r}", field="graph_id")
+    return graph
 
 
 def schema_statements(session: Session, graph_id: str) -> list[str]:
@@ -249,88 +255,3 @@ def discard_graph(session: Session, engine: LadybugEngine, graph_id: str) -> boo
     session.delete(graph)
     session.flush()
     return True
-
-
-# --- subgraphs -------------------------------------------------------------------------------
-
-
-def validate_subgraph_name(name: Any) -> str:
-    if not isinstance(name, str) or not SUBGRAPH_NAME.fullmatch(name):
-        raise InvalidRequest(
-            f"name: {name!r} is not a valid subgraph name; use 1 to 20 letters or digits",
-            field="name",
-        )
-    return name
-
-
-def reserve_subgraph(
-    session: Session, *, user_id: str, parent_graph_id: str, name: str,
-    description: str | None,
-) -> Graph:
-    """Check the parent, the name and the tier's limit, and insert the subgraph's rows.
-
-    The limit is counted by a conditional UPDATE of the parent's ``subgraph_count``: the
-    parent's row lock (or SQLite's write lock) makes two concurrent creates take turns, and the
-    second sees the first's count.
-    """
-    validate_subgraph_name(name)
-    parent = session.get(Graph, parent_graph_id)
-    role = session.get(GraphUser, (parent_graph_id, user_id)) if parent else None
-    if parent is None or role is None:
-        raise NotFound(f"parent_graph_id: no graph {parent_graph_id!r}",
-                       field="parent_graph_id")
-    if parent.parent_graph_id is not None:
-        raise InvalidRequest(
-            f"parent_graph_id: {parent_graph_id!r} is itself a subgraph; subgraphs can only "
-            "be made from a top-level graph",
-            field="parent_graph_id",
-        )
-    if role.role != "admin":
-        raise InvalidRequest(f"parent_graph_id: you need the admin role on {parent_graph_id!r}",
-                             field="parent_graph_id")
-    tier = TIERS[parent.tier]
-    if tier.name == "ladybug-shared":
-        raise InvalidRequest("parent_graph_id: shared repositories have no subgraphs",
-                             field="parent_graph_id")
-    if tier.max_subgraphs == 0:
-        raise LimitReached(f"tier {tier.name} allows no subgraphs; upgrade to ladybug-large",
-                           field="parent_graph_id")
-    taken = session.execute(
-        update(Graph)
-        .where(Graph.id == parent_graph_id, Graph.subgraph_count < tier.max_subgraphs)
-        .values(subgraph_count=Graph.subgraph_count + 1)
-        .execution_options(synchronize_session=False)
-    )
-    if taken.rowcount != 1:
-        raise LimitReached(
-            f"graph {parent_graph_id!r} already has {tier.max_subgraphs} subgraphs, the most "
-            f"tier {tier.name} allows",
-            field="parent_graph_id",
-        )
-    subgraph_id = f"{parent_graph_id}_{name}"
-    if session.get(Graph, subgraph_id) is not None:
-        raise Conflict(f"name: graph {parent_graph_id!r} already has a subgraph {name!r}",
-                       field="name")
-    index = (session.scalar(select(func.max(Graph.subgraph_index))
-                            .where(Graph.parent_graph_id == parent_graph_id)) or 0) + 1
-    host = session.get(GraphHost, parent.host_id)
-    assert host is not None
-    subgraph = Graph(
-        id=subgraph_id, org_id=parent.org_id, owner_user_id=user_id, name=name,
-        description=description, graph_type=parent.graph_type, tier=parent.tier,
-        parent_graph_id=parent_graph_id, subgraph_index=index, host_id=host.id,
-        database_path=str(database_path(host, subgraph_id)),
-        schema_extensions=list(parent.schema_extensions or []), tags=[], details={},
-    )
-    session.add(subgraph)
-    try:
-        session.flush()
-    except IntegrityError as exc:
-        raise Conflict(f"name: subgraph {name!r} of {parent_graph_id!r} already exists",
-                       field="name") from exc
-    statements = schema_statements(session, parent_graph_id)
-    _store_schema(session, subgraph_id, statements, None, schema_type="inherited")
-    _grant_role(session, subgraph_id, user_id, "admin")
-    audit.record(session, actor=user_id, action="subgraph.created", subject_type="graph",
-                 subject_id=subgraph_id, details={"parent_graph_id": parent_graph_id})
-    return subgraph

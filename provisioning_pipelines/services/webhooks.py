@@ -77,6 +77,8 @@ class Applied:
     subscription_id: str | None = None
     paid: bool = False  # this event moved a subscription to provisioning
     ignored: str | None = None
+    user_id: str | None = None  # the subscriber, when paid
+    resource_type: str | None = None  # what to provision, when paid
 
 
 def record_and_apply(session: Session, event: dict[str, Any]) -> Applied:
@@ -99,7 +101,10 @@ def record_and_apply(session: Session, event: dict[str, Any]) -> Applied:
         paid = obj.get("payment_status") == "paid" and billing.mark_paid(
             session, subscription.id, stripe_customer_id=_str(obj.get("customer")),
             stripe_subscription_id=_str(obj.get("subscription")))
-        return Applied(event["id"], kind, subscription.id, paid=bool(paid))
+        if not paid:
+            return Applied(event["id"], kind, subscription.id)
+        return Applied(event["id"], kind, subscription.id, paid=True,
+                       user_id=subscription.user_id, resource_type=subscription.resource_type)
     if kind == "customer.subscription.deleted":
         billing.cancel(session, subscription.id)
         return Applied(event["id"], kind, subscription.id)

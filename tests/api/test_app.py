@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from provisioning_pipelines.api.app import create_app
 from provisioning_pipelines.direct import DirectExecutor
-from provisioning_pipelines.reporting import MaterializationReporter
+from provisioning_pipelines.orchestration.reporting import MaterializationReporter
 from provisioning_pipelines.services import webhooks
 from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.db import Database
@@ -374,7 +374,7 @@ def test_with_direct_off_the_webhook_leaves_the_work_to_the_sensor(
     database: Database, database_url: str, resources: dict[str, Any],
     dagster_instance: DagsterInstance,
 ) -> None:
-    from tests.test_sensors import evaluate, requests
+    from tests.orchestration.test_sensors import evaluate, requests
 
     app, executor = make_api(database, resources, dagster_instance, direct=False)
     with serve(app) as url:

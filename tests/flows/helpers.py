@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from dagster import DagsterInstance, ExecuteInProcessResult, RunConfig
 
-from provisioning_pipelines.direct import direct_context, execute_flow
-from provisioning_pipelines.flows import Flow, Outcome
-from provisioning_pipelines.jobs import JOBS
+from provisioning_pipelines.flows import Flow, Outcome, execute_flow
+from provisioning_pipelines.orchestration.jobs import JOBS
+from provisioning_pipelines.orchestration.resources import step_context
 
 
 def run_job(flow: Flow, config: Any, *, instance: DagsterInstance, resources: dict[str, Any],
@@ -18,6 +19,11 @@ def run_job(flow: Flow, config: Any, *, instance: DagsterInstance, resources: di
         run_config=RunConfig(ops={first_op: config}), instance=instance, resources=resources,
         raise_on_error=False, tags=tags,
     )
+
+
+def direct_context(resources: dict[str, Any]) -> Any:
+    return step_context(resources, method="direct", log=logging.getLogger("tests"),
+                        operation_id=None)
 
 
 def run_direct(flow: Flow, config: Any, resources: dict[str, Any]) -> Outcome:

@@ -20,10 +20,10 @@ from provisioning_pipelines.errors import (
     NotFound,
     PaymentRequired,
 )
-from provisioning_pipelines.flows import GRAPH_FLOW, SubscriptionConfig
+from provisioning_pipelines.flows import GRAPH_FLOW, SubscriptionConfig, run_step
 from provisioning_pipelines.flows.steps import Outcome
-from provisioning_pipelines.resources import GraphEngineResource, PolicyResource
-from provisioning_pipelines.services import billing, graphs
+from provisioning_pipelines.orchestration.resources import GraphEngineResource
+from provisioning_pipelines.services import claims, graphs
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.models import (
@@ -36,8 +36,9 @@ from provisioning_pipelines.storage.models import (
     Subscription,
     utcnow,
 )
+from tests.conftest import make_policy, make_resources
 from tests.factories import new_customer, paid_graph_subscription
-from tests.flows.helpers import job_error, run_direct, run_job
+from tests.flows.helpers import direct_context, job_error, run_direct, run_job
 
 
 def subscription(database: Database, subscription_id: str) -> Subscription:
@@ -252,14 +253,18 @@ class FailingEngineResource(GraphEngineResource):
         return FailingAfterCreate(template_dir=Path(self.data_dir) / ".templates")
 
 
+def failing_engine(graph_dir: Path) -> FailingEngineResource:
+    return FailingEngineResource(data_dir=str(graph_dir), buffer_pool_mb=16, use_templates=True)
+
+
 def test_failure_after_the_file_exists_undoes_the_attempt(
     database: Database, resources: dict[str, Any], dagster_instance: DagsterInstance,
     graph_dir: Path,
 ) -> None:
     user = new_customer(database)
     sub_id = paid_graph_subscription(database, user)
-    resources = {**resources, "graph_engine": FailingEngineResource(data_dir=str(graph_dir)),
-                 "policy": PolicyResource(max_attempts=1, retry_backoff_seconds=0)}
+    resources = {**resources, "graph_engine": failing_engine(graph_dir),
+                 "policy": make_policy(max_attempts=1)}
 
     result = run_job(GRAPH_FLOW, SubscriptionConfig(subscription_id=sub_id),
                      instance=dagster_instance, resources=resources)
@@ -280,7 +285,7 @@ def test_failed_attempts_stay_provisioning_until_the_last(
 ) -> None:
     user = new_customer(database)
     sub_id = paid_graph_subscription(database, user)
-    failing = {**resources, "graph_engine": FailingEngineResource(data_dir=str(graph_dir))}
+    failing = {**resources, "graph_engine": failing_engine(graph_dir)}
 
     for attempt in (1, 2):
         with pytest.raises(EngineError):
@@ -306,28 +311,18 @@ def test_backoff_holds_the_next_attempt_back(
 ) -> None:
     user = new_customer(database)
     sub_id = paid_graph_subscription(database, user)
-    failing = {**resources, "graph_engine": FailingEngineResource(data_dir=str(graph_dir)),
-               "policy": PolicyResource(retry_backoff_seconds=60)}
+    failing = {**resources, "graph_engine": failing_engine(graph_dir),
+               "policy": make_policy(retry_backoff_seconds=60)}
     with pytest.raises(EngineError):
         run_direct(GRAPH_FLOW, SubscriptionConfig(subscription_id=sub_id), failing)
-    with pytest.raises(billing.ClaimHeld, match="retry after"):
+    with pytest.raises(claims.ClaimHeld, match="retry after"):
         run_direct(GRAPH_FLOW, SubscriptionConfig(subscription_id=sub_id), resources)
 
 
 def _launch_in_another_process(instance_ref: Any, database_url: str, graph_dir: str,
                                sub_id: str) -> tuple[bool, str]:
     """One Dagster run in its own process, as the run launcher would start it."""
-    from provisioning_pipelines.resources import (
-        DatabaseResource,
-        OperationEventsResource,
-        ProgressResource,
-    )
-
-    events = OperationEventsResource(redis_url=None)
-    resources = {"database": DatabaseResource(url=database_url),
-                 "graph_engine": GraphEngineResource(data_dir=graph_dir),
-                 "operation_events": events, "progress": ProgressResource(events=events),
-                 "policy": PolicyResource(retry_backoff_seconds=0)}
+    resources = make_resources(database_url, graph_dir)
     with DagsterInstance.from_ref(instance_ref) as instance:
         result = run_job(GRAPH_FLOW, SubscriptionConfig(subscription_id=sub_id),
                          instance=instance, resources=resources)
@@ -363,7 +358,7 @@ def test_many_concurrent_direct_runs_for_one_subscription_make_one_graph(
         try:
             outcomes.append(run_direct(GRAPH_FLOW, SubscriptionConfig(subscription_id=sub_id),
                                        resources))
-        except billing.ClaimHeld as exc:
+        except claims.ClaimHeld as exc:
             outcomes.append(exc)
 
     threads = [threading.Thread(target=provision) for _ in range(8)]
@@ -381,8 +376,6 @@ def test_run_after_a_crash_finishes_the_same_graph(
     database: Database, resources: dict[str, Any], dagster_instance: DagsterInstance,
     graph_dir: Path,
 ) -> None:
-    from provisioning_pipelines.direct import direct_context, run_step
-
     user = new_customer(database)
     sub_id = paid_graph_subscription(database, user)
     ctx = direct_context(resources)

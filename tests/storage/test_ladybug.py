@@ -14,10 +14,12 @@ import ladybug
 import pytest
 
 from provisioning_pipelines.errors import Conflict, EngineError, NotFound
-from provisioning_pipelines.services.schemas import custom_schema_ddl, ddl_fingerprint, schema_ddl
+from provisioning_pipelines.services.custom_schemas import custom_schema_ddl
+from provisioning_pipelines.services.schemas import schema_ddl
 from provisioning_pipelines.storage.ladybug import (
     LadybugEngine,
     TableInfo,
+    ddl_fingerprint,
     expected_tables,
     sidecars,
 )

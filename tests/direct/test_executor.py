@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
-import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -16,22 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import AssetKey, DagsterInstance, instance_for_test
-from sqlalchemy import create_engine, select, text
+from dagster import AssetKey, DagsterInstance
+from sqlalchemy import select
 
 from provisioning_pipelines import direct
 from provisioning_pipelines.direct import DirectExecutor
 from provisioning_pipelines.flows import GRAPH_FLOW, SubscriptionConfig
-from provisioning_pipelines.reporting import MaterializationReporter
-from provisioning_pipelines.resources import (
-    GraphEngineResource,
-    OperationEventsResource,
-    ProgressResource,
-)
+from provisioning_pipelines.orchestration.reporting import MaterializationReporter
+from provisioning_pipelines.orchestration.resources import GraphEngineResource
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.models import CreditPool, Graph, GraphSchema, Subscription
-from tests.conftest import create_postgres_database, drop_postgres_database, require
+from tests.conftest import make_resources
 from tests.factories import new_customer, paid_graph_subscription
 from tests.flows.helpers import run_job
 
@@ -146,8 +139,8 @@ def test_executor_honours_the_steps_retry_policy(
     database: Database, resources: dict[str, Any], graph_dir: Path
 ) -> None:
     FlakyEngine.failures_left = 1
-    executor = DirectExecutor({**resources,
-                               "graph_engine": FlakyEngineResource(data_dir=str(graph_dir))})
+    engine = FlakyEngineResource(data_dir=str(graph_dir), buffer_pool_mb=16, use_templates=True)
+    executor = DirectExecutor({**resources, "graph_engine": engine})
     user = new_customer(database)
     sub_id = paid_graph_subscription(database, user)
 
@@ -160,37 +153,45 @@ def test_executor_honours_the_steps_retry_policy(
     assert Path(made.result["database_path"]).exists()
 
 
-class SlowEngine(LadybugEngine):
-    """Records how many databases are being made at once."""
+class PairingEngine(LadybugEngine):
+    """Counts the databases being made at once, and makes calls meet in pairs at a barrier:
+    a pair can only pass if two calls really run at the same time."""
 
+    barrier = threading.Barrier(2, timeout=60)
+    lock = threading.Lock()
     running = 0
     most = 0
-    lock = threading.Lock()
+    unpaired = 0
 
     def ensure_database(self, path: Path, ddl: Any) -> bool:
-        with SlowEngine.lock:
-            SlowEngine.running += 1
-            SlowEngine.most = max(SlowEngine.most, SlowEngine.running)
+        with PairingEngine.lock:
+            PairingEngine.running += 1
+            PairingEngine.most = max(PairingEngine.most, PairingEngine.running)
         try:
-            time.sleep(0.05)
+            try:
+                PairingEngine.barrier.wait()
+            except threading.BrokenBarrierError:
+                with PairingEngine.lock:
+                    PairingEngine.unpaired += 1
             return super().ensure_database(path, ddl)
         finally:
-            with SlowEngine.lock:
-                SlowEngine.running -= 1
+            with PairingEngine.lock:
+                PairingEngine.running -= 1
 
 
-class SlowEngineResource(GraphEngineResource):
+class PairingEngineResource(GraphEngineResource):
     def get(self) -> LadybugEngine:
-        return SlowEngine(template_dir=Path(self.data_dir) / ".templates")
+        return PairingEngine(template_dir=Path(self.data_dir) / ".templates")
 
 
-def test_extra_calls_wait_their_turn(
+def test_at_most_max_concurrency_provisionings_run_at_once(
     database: Database, resources: dict[str, Any], graph_dir: Path
 ) -> None:
-    SlowEngine.most = 0
-    executor = DirectExecutor({**resources,
-                               "graph_engine": SlowEngineResource(data_dir=str(graph_dir))},
-                              max_concurrency=2)
+    PairingEngine.barrier.reset()
+    PairingEngine.most = PairingEngine.unpaired = 0
+    engine = PairingEngineResource(data_dir=str(graph_dir), buffer_pool_mb=16,
+                                   use_templates=True)
+    executor = DirectExecutor({**resources, "graph_engine": engine}, max_concurrency=2)
     user = new_customer(database)
     subs = [paid_graph_subscription(database, user) for _ in range(6)]
 
@@ -200,7 +201,8 @@ def test_extra_calls_wait_their_turn(
     results = asyncio.run(all_at_once())
     executor.close()
     assert len({r.result["graph_id"] for r in results}) == 6
-    assert SlowEngine.most == 2
+    assert PairingEngine.unpaired == 0  # two ran at once, every time
+    assert PairingEngine.most == 2  # and never more
 
 
 def test_fifty_concurrent_calls_and_repeats_make_fifty_graphs(
@@ -239,26 +241,6 @@ def test_fifty_concurrent_calls_and_repeats_make_fifty_graphs(
     assert files == paths  # no orphan files, no sidecars left behind
 
 
-@pytest.fixture
-def hanging_dagster(postgres_server: str) -> Iterator[tuple[DagsterInstance, Any]]:
-    """A dagster-postgres instance whose event log table another session holds locked."""
-    url = create_postgres_database("pp_hang")
-    try:
-        with instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}) \
-                as instance:
-            locker = create_engine(url).connect()
-            transaction = locker.begin()
-            locker.execute(text("LOCK TABLE event_logs IN ACCESS EXCLUSIVE MODE"))
-            try:
-                yield instance, transaction
-            finally:
-                if transaction.is_active:
-                    transaction.rollback()
-                locker.close()
-    finally:
-        drop_postgres_database(url)
-
-
 def test_hanging_dagster_storage_delays_nothing_and_reports_timeout(
     database: Database, resources: dict[str, Any],
     hanging_dagster: tuple[DagsterInstance, Any],
@@ -289,45 +271,13 @@ def test_hanging_dagster_storage_delays_nothing_and_reports_timeout(
     executor.reporter.join()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A Redis server of this test's own, so the test can stop it."""
-    binary = shutil.which("redis-server")
-    require("redis-server", None if binary else "no redis-server binary")
-    port = _free_port()
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--dir", str(tmp_path)],
-                              stdout=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
-    import redis
-
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    client.close()
-    yield url, server
-    server.kill()
-    server.wait()
-
-
 def test_provisioning_succeeds_with_redis_stopped_and_says_so(
-    database: Database, resources: dict[str, Any], own_redis: tuple[str, Any],
+    database: Database, graph_dir: Path, own_redis: tuple[str, Any],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     url, server = own_redis
-    events = OperationEventsResource(redis_url=url, key_prefix="stopped:")
-    executor = DirectExecutor({**resources, "operation_events": events,
-                               "progress": ProgressResource(events=events)})
+    executor = DirectExecutor(make_resources(database.url, graph_dir, REDIS_URL=url,
+                                             REDIS_KEY_PREFIX="stopped:"))
     user = new_customer(database)
     sub_id = paid_graph_subscription(database, user)
     server.kill()
@@ -343,39 +293,3 @@ def test_provisioning_succeeds_with_redis_stopped_and_says_so(
                 r.getMessage()]
     assert len(warnings) == 1 and made.operation_id in warnings[0]
     assert executor._events.failures >= 3
-
-
-def test_a_burst_of_reports_to_a_hung_instance_does_not_pile_up(
-    resources: dict[str, Any], hanging_dagster: tuple[DagsterInstance, Any],
-) -> None:
-    instance, lock = hanging_dagster
-    store = resources["operation_events"].get()
-    reporter = MaterializationReporter(instance, store, timeout=1, max_workers=1, max_pending=2)
-    operations = [store.create("graph_provisioning").id for _ in range(5)]
-
-    for operation_id in operations:
-        reporter.submit(operation_id, ("provisioning", "graph"), {"graph_id": "kg0"})
-
-    outcomes = [store.get(o).dagster_report for o in operations]
-    assert outcomes[2:] == ["error"] * 3  # refused at once, not queued
-    assert "too many reports pending" in store.get(operations[4]).dagster_report_detail
-    assert reporter.wait_idle(3)
-    assert [store.get(o).dagster_report for o in operations[:2]] == ["timeout", "timeout"]
-    lock.rollback()
-    reporter.close()
-    reporter.join()
-
-
-def test_clean_shutdown_waits_for_pending_reports(
-    resources: dict[str, Any], dagster_instance: DagsterInstance
-) -> None:
-    store = resources["operation_events"].get()
-    reporter = MaterializationReporter(dagster_instance, store, timeout=10)
-    operations = [store.create("graph_provisioning").id for _ in range(5)]
-    for operation_id in operations:
-        reporter.submit(operation_id, ("provisioning", "graph"),
-                        {"graph_id": f"kg{operation_id[-16:]}"})
-
-    reporter.close()
-
-    assert [store.get(o).dagster_report for o in operations] == ["ok"] * 5

@@ -22,13 +22,13 @@ import uvicorn
 from rich.console import Console
 
 from provisioning_pipelines.api.app import create_app
+from provisioning_pipelines.cli.watch import watch
 from provisioning_pipelines.direct import build_executor
 from provisioning_pipelines.services import accounts, webhooks
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import get_database
 from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.migrate import upgrade_once
-from provisioning_pipelines.watch import watch
 
 
 def run_demo(settings: Settings) -> int:

@@ -19,9 +19,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
-from dagster import AssetKey, AssetMaterialization, DagsterInstance
+from dagster import AssetMaterialization, DagsterInstance
 
 from provisioning_pipelines.storage.events import OperationStore
 
@@ -32,8 +31,7 @@ logger = logging.getLogger("provisioning_pipelines.reporting")
 class _Report:
     deadline: float
     operation_id: str = field(compare=False)
-    asset_key: tuple[str, ...] = field(compare=False)
-    metadata: dict[str, Any] = field(compare=False)
+    event: AssetMaterialization = field(compare=False)
     settled: threading.Event = field(default_factory=threading.Event, compare=False)
     lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
 
@@ -71,9 +69,9 @@ class MaterializationReporter:
                 self._instance = self._instance()
             return self._instance
 
-    def submit(self, operation_id: str, asset_key: tuple[str, ...],
-               metadata: dict[str, Any]) -> None:
-        report = _Report(time.monotonic() + self.timeout, operation_id, asset_key, metadata)
+    def submit(self, operation_id: str, event: AssetMaterialization) -> None:
+        """Report ``event`` for the operation in the background; returns at once."""
+        report = _Report(time.monotonic() + self.timeout, operation_id, event)
         with self._condition:
             if self._closed or len(self._pending) >= self.max_pending:
                 reason = "reporter closed" if self._closed else "too many reports pending"
@@ -91,10 +89,7 @@ class MaterializationReporter:
         if report.settled.is_set():
             return
         try:
-            self.instance.report_runless_asset_event(
-                AssetMaterialization(asset_key=AssetKey(list(report.asset_key)),
-                                     metadata=report.metadata)
-            )
+            self.instance.report_runless_asset_event(report.event)
         except Exception as exc:
             self._settle(report, "error", f"{type(exc).__name__}: {exc}")
         else:

@@ -1,4 +1,4 @@
-"""The ``provisioning-pipelines`` command.
+"""The ``provisioning-pipelines`` command: its parser and one handler per subcommand.
 
 A user's mistake (bad input, a missing record, an invalid setting) is one line on stderr and exit
 status 2, never a traceback.
@@ -67,15 +67,8 @@ def _print(value: object) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
-def _subscription_dict(subscription) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    return {"subscription_id": subscription.id, "status": subscription.status,
-            "resource_type": subscription.resource_type, "plan_name": subscription.plan_name,
-            "resource_id": subscription.resource_id, "user_id": subscription.user_id,
-            "attempts": subscription.attempts, "error": subscription.last_error}
-
-
 def _subscriptions_create(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services import subscriptions
+    from provisioning_pipelines.services import billing, subscriptions
 
     if args.repository:
         body = {"resource_type": "repository", "plan_name": args.plan or "sec-starter",
@@ -87,22 +80,16 @@ def _subscriptions_create(args: argparse.Namespace, settings: Settings) -> int:
                           "entity": {"name": args.entity} if args.entity else None}}
     with _database(settings).session() as session:
         subscription = subscriptions.request_subscription(session, args.user, body)
-        _print(_subscription_dict(subscription))
+        _print(billing.summary(subscription))
     return 0
 
 
 def _subscriptions_list(args: argparse.Namespace, settings: Settings) -> int:
-    from sqlalchemy import select
+    from provisioning_pipelines.services import billing
 
-    from provisioning_pipelines.storage.models import Subscription
-
-    query = select(Subscription).order_by(Subscription.created_at)
-    if args.user:
-        query = query.where(Subscription.user_id == args.user)
-    if args.status:
-        query = query.where(Subscription.status == args.status)
     with _database(settings).session() as session:
-        for row in session.scalars(query):
+        rows = billing.list_subscriptions(session, user_id=args.user, status=args.status)
+        for row in rows:
             print(f"{row.id}  {row.status:<16} {row.resource_type:<10} {row.plan_name:<18} "
                   f"{row.resource_id or '-'}")
     return 0
@@ -112,15 +99,15 @@ def _subscriptions_show(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.services import billing
 
     with _database(settings).session() as session:
-        _print(_subscription_dict(billing.get_subscription(session, args.subscription_id)))
+        _print(billing.summary(billing.get_subscription(session, args.subscription_id)))
     return 0
 
 
 def _subscriptions_retry(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services import billing
+    from provisioning_pipelines.services import billing, claims
 
     with _database(settings).session() as session:
-        if not billing.reset_failed(session, args.subscription_id, actor="cli"):
+        if not claims.reset_failed(session, args.subscription_id, actor="cli"):
             status = billing.get_subscription(session, args.subscription_id).status
             raise ProvisioningError(f"subscription {args.subscription_id!r} is {status}, not "
                                     "failed; nothing to retry")
@@ -181,7 +168,7 @@ def _subgraphs_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _operations_watch(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.watch import watch
+    from provisioning_pipelines.cli.watch import watch
 
     watched = watch(args.url, args.api_key, args.operation_id)
     if watched.status == "completed":
@@ -194,7 +181,7 @@ def _operations_watch(args: argparse.Namespace, settings: Settings) -> int:
 def _bench(args: argparse.Namespace, settings: Settings) -> int:
     import subprocess
 
-    from provisioning_pipelines.dev import ROOT
+    from provisioning_pipelines.cli.dev import ROOT
 
     command = [sys.executable, "-m", "benchmarks.bench_flows", "--runs", str(args.runs),
                "--launched-runs", str(args.launched_runs)]
@@ -204,7 +191,7 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.demo import run_demo
+    from provisioning_pipelines.cli.demo import run_demo
 
     return run_demo(settings)
 
@@ -312,5 +299,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,33 +8,36 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, RunRequest, SkipReason, build_sensor_context
+from dagster import DagsterInstance, RunRequest, SensorResult, build_sensor_context
 from sqlalchemy import func, select, update
 
 from provisioning_pipelines.direct import DirectExecutor
-from provisioning_pipelines.resources import DatabaseResource, PolicyResource
-from provisioning_pipelines.sensors import build_sensors
+from provisioning_pipelines.orchestration.resources import DatabaseResource
+from provisioning_pipelines.orchestration.sensors import build_sensors
 from provisioning_pipelines.services import graphs
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.models import Graph, Subscription, utcnow
+from tests.conftest import make_policy
 from tests.factories import new_customer, paid_graph_subscription, paid_repository_subscription
 from tests.flows.test_graph import _launch_in_another_process
 
 
 def evaluate(database_url: str, *, direct_enabled: bool = True, resource: str = "graph",
-             max_attempts: int = 3) -> list[Any]:
+             max_attempts: int = 3) -> SensorResult:
     graph_sensor, repository_sensor = build_sensors(grace_seconds=30,
                                                     direct_enabled=direct_enabled,
                                                     interval_seconds=30)
     chosen = graph_sensor if resource == "graph" else repository_sensor
     context = build_sensor_context(resources={
         "database": DatabaseResource(url=database_url),
-        "policy": PolicyResource(max_attempts=max_attempts)})
-    return list(chosen(context) or [])
+        "policy": make_policy(max_attempts=max_attempts)})
+    result = chosen(context)
+    assert isinstance(result, SensorResult)
+    return result
 
 
-def requests(results: list[Any]) -> list[RunRequest]:
-    return [r for r in results if isinstance(r, RunRequest)]
+def requests(result: SensorResult) -> list[RunRequest]:
+    return list(result.run_requests or [])
 
 
 def age(database: Database, sub_id: str, seconds: float = 60, **values: Any) -> None:
@@ -47,8 +50,10 @@ def age(database: Database, sub_id: str, seconds: float = 60, **values: Any) -> 
 def test_fresh_payment_is_left_to_the_direct_path(database: Database, database_url: str) -> None:
     user = new_customer(database)
     paid_graph_subscription(database, user)
-    results = evaluate(database_url)
-    assert requests(results) == [] and isinstance(results[0], SkipReason)
+    result = evaluate(database_url)
+    assert requests(result) == []
+    assert result.skip_reason is not None
+    assert "no graph subscription is waiting" in str(result.skip_reason.skip_message)
 
 
 def test_with_direct_off_every_unclaimed_subscription_is_launched(
@@ -61,6 +66,7 @@ def test_with_direct_off_every_unclaimed_subscription_is_launched(
     assert request.tags["provisioning/subscription_id"] == sub_id
     assert request.tags["provisioning/graph_id"] == graphs.graph_id_for_subscription(sub_id)
     assert request.tags["provisioning/user_id"] == user.user_id
+    assert request.tags["provisioning/attempt"] == "1"
     config = request.run_config
     assert config["ops"]["claim_subscription"]["config"]["subscription_id"] == sub_id
 

@@ -4,7 +4,6 @@ daemon (the production dagster.yaml on dagster-postgres) and mirrors the run int
 from __future__ import annotations
 
 import shutil
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,16 +12,9 @@ from typing import Any
 import pytest
 import redis
 
-from provisioning_pipelines.dev import ROOT, dagster_servers
+from provisioning_pipelines.cli.dev import ROOT, dagster_servers
 from provisioning_pipelines.direct import DirectExecutor
-from provisioning_pipelines.launcher import GraphQLJobLauncher
-from provisioning_pipelines.resources import (
-    DatabaseResource,
-    GraphEngineResource,
-    OperationEventsResource,
-    PolicyResource,
-    ProgressResource,
-)
+from provisioning_pipelines.direct.launcher import GraphQLJobLauncher
 from provisioning_pipelines.storage.db import get_database
 from provisioning_pipelines.storage.models import Subscription
 from tests.conftest import (
@@ -30,6 +22,8 @@ from tests.conftest import (
     _truncate_all,
     create_postgres_database,
     drop_postgres_database,
+    free_port,
+    make_resources,
     require,
 )
 from tests.factories import new_customer, paid_graph_subscription
@@ -62,14 +56,10 @@ def production_shape(tmp_path: Path, postgres_app_url: str, redis_prefix: str
     env = {"DATABASE_URL": postgres_app_url, "GRAPH_DATA_DIR": str(graphs),
            "REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix,
            "DAGSTER_PG_URL": dagster_url}
-    events = OperationEventsResource(redis_url=REDIS_URL, key_prefix=redis_prefix)
-    resources = {"database": DatabaseResource(url=postgres_app_url),
-                 "graph_engine": GraphEngineResource(data_dir=str(graphs)),
-                 "operation_events": events, "progress": ProgressResource(events=events),
-                 "policy": PolicyResource()}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    resources = make_resources(postgres_app_url, graphs, REDIS_URL=REDIS_URL,
+                               REDIS_KEY_PREFIX=redis_prefix,
+                               PROVISIONING_RETRY_BACKOFF_SECONDS=30)
+    port = free_port()
     try:
         with dagster_servers(home, port=port, env=env) as url:
             yield resources, url

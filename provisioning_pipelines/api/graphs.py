@@ -1,0 +1,42 @@
+"""``/v1/graphs/{graph_id}/subgraphs``: create a subgraph of a graph the caller administers."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from provisioning_pipelines.api.context import ApiContext, guard, read_json
+from provisioning_pipelines.errors import InvalidRequest
+from provisioning_pipelines.flows import SUBGRAPH_FLOW
+from provisioning_pipelines.services import graphs, subgraphs
+from provisioning_pipelines.services.accounts import Identity
+
+
+def routes(api: ApiContext) -> list[Route]:
+    async def create_subgraph(request: Request) -> Response:
+        graph_id = request.path_params["graph_id"]
+        body = await read_json(request)
+
+        def visible() -> Identity:
+            user = api.user_of(request)
+            with api.database.session() as session:
+                graphs.visible_graph(session, graph_id, user.user_id)
+            return user
+
+        user = await run_in_threadpool(visible)
+        name = subgraphs.validate_subgraph_name(body.get("name"))
+        description = body.get("description")
+        if description is not None and not isinstance(description, str):
+            raise InvalidRequest("description: expected a string", field="description")
+        fork_parent = body.get("fork_parent", False)
+        if not isinstance(fork_parent, bool):
+            raise InvalidRequest("fork_parent: expected true or false", field="fork_parent")
+        operation_id = await run_in_threadpool(api.executor.open_operation,
+                                               SUBGRAPH_FLOW.operation_kind, user.user_id)
+        api.start(api.executor.subgraph, user.user_id, graph_id, name, description=description,
+                  fork_parent=fork_parent, operation_id=operation_id)
+        return JSONResponse({"operation_id": operation_id}, status_code=202)
+
+    return [Route("/v1/graphs/{graph_id}/subgraphs", guard(create_subgraph), methods=["POST"])]

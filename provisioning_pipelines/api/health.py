@@ -1,0 +1,32 @@
+"""``GET /healthz``: can this process reach its database, Redis and the Dagster instance?"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from provisioning_pipelines.api.context import ApiContext, guard
+
+
+def routes(api: ApiContext) -> list[Route]:
+    def healthz(request: Request) -> Response:
+        checks = {"database": _check(api.database.ping)}
+        checks["redis"] = (_check(api.store.ping) if api.settings.redis_url
+                           else {"ok": True, "detail": "in-memory operation store"})
+        checks["dagster"] = _check(lambda: api.dagster_instance().get_runs_count() >= 0)
+        healthy = all(check["ok"] for check in checks.values())
+        return JSONResponse({"ok": healthy, **checks}, status_code=200 if healthy else 503)
+
+    return [Route("/healthz", guard(healthz))]
+
+
+def _check(probe: Callable[[], Any]) -> dict[str, Any]:
+    try:
+        probe()
+        return {"ok": True}
+    except Exception as exc:
+        return {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}

@@ -1,0 +1,41 @@
+"""``/v1/subscriptions``: ask for a graph or a repository, and see where a subscription is."""
+
+from __future__ import annotations
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from provisioning_pipelines.api.context import ApiContext, guard, read_json
+from provisioning_pipelines.services import billing, subscriptions
+
+#: What ``GET /v1/subscriptions/{id}`` shows of a subscription.
+PUBLIC_FIELDS = ("subscription_id", "status", "resource_type", "resource_id", "plan_name",
+                 "error")
+
+
+def routes(api: ApiContext) -> list[Route]:
+    async def create_subscription(request: Request) -> Response:
+        body = await read_json(request)
+
+        def create() -> dict[str, str]:
+            user = api.user_of(request)
+            with api.database.session() as session:
+                subscription = subscriptions.request_subscription(session, user.user_id, body)
+                return {"subscription_id": subscription.id, "status": subscription.status}
+
+        return JSONResponse(await run_in_threadpool(create), status_code=201)
+
+    def show_subscription(request: Request) -> Response:
+        user = api.user_of(request)
+        with api.database.session() as session:
+            subscription = billing.subscription_of_user(
+                session, request.path_params["subscription_id"], user.user_id)
+            found = billing.summary(subscription)
+        return JSONResponse({key: found[key] for key in PUBLIC_FIELDS})
+
+    return [
+        Route("/v1/subscriptions", guard(create_subscription), methods=["POST"]),
+        Route("/v1/subscriptions/{subscription_id}", guard(show_subscription)),
+    ]

@@ -1,0 +1,169 @@
+"""The direct executor: a flow's steps, run in-process, without a Dagster run.
+
+Launching a run costs seconds; the work takes milliseconds. The executor runs the very steps the
+jobs' ops wrap, through the same step runner (``flows/runner.py``), with the same resources
+(``orchestration/resources.py``), so retries, undo and the materialization are decided in one
+place for both paths.
+
+Around the flow it keeps the operation's record and events (started, progress, completed or
+error) and, after the completed event is stored, hands the materialization to the background
+reporter, so Dagster's UI shows direct provisionings in the same asset history as runs. At most
+``max_concurrency`` provisionings run at once; further calls wait their turn. With direct
+provisioning off, the same calls launch the flow's Dagster job instead (``launcher.py``) and
+mirror its outcome into the operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from provisioning_pipelines.direct.launcher import GraphQLJobLauncher, JobLauncher
+from provisioning_pipelines.flows import (
+    GRAPH_FLOW,
+    REPOSITORY_FLOW,
+    SUBGRAPH_FLOW,
+    Flow,
+    Outcome,
+    SubgraphConfig,
+    SubscriptionConfig,
+    execute_flow,
+    materialization,
+)
+from provisioning_pipelines.flows.steps import describe
+from provisioning_pipelines.orchestration.reporting import MaterializationReporter
+from provisioning_pipelines.orchestration.resources import build_resources, step_context
+from provisioning_pipelines.services.claims import ClaimHeld
+from provisioning_pipelines.services.operations import Owner, SafeEvents
+from provisioning_pipelines.settings import Settings
+from provisioning_pipelines.storage.events import OperationStore
+
+logger = logging.getLogger("provisioning_pipelines.direct")
+
+#: How often a call waits for another worker's claim to end before trying again.
+_CLAIM_POLL_SECONDS = 0.02
+
+
+@dataclass(frozen=True)
+class ProvisioningResult:
+    operation_id: str
+    result: dict[str, Any]
+
+
+class DirectExecutor:
+    def __init__(
+        self,
+        resources: Mapping[str, Any],
+        *,
+        reporter: MaterializationReporter | None = None,
+        max_concurrency: int = 8,
+        launcher: JobLauncher | None = None,
+    ) -> None:
+        self.resources = dict(resources)
+        self.reporter = reporter
+        self.launcher = launcher
+        self.max_concurrency = max_concurrency
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="provisioning")
+        self._events = SafeEvents(self.resources["operation_events"].get())
+
+    @property
+    def store(self) -> OperationStore:
+        return self._events.store
+
+    # --- the three provisionings, synchronous -------------------------------------------
+
+    def graph(self, subscription_id: str, *, operation_id: str | None = None,
+              retry_failed: bool = False) -> ProvisioningResult:
+        config = SubscriptionConfig(subscription_id=subscription_id, retry_failed=retry_failed)
+        return self.run(GRAPH_FLOW, config, operation_id=operation_id)
+
+    def repository(self, subscription_id: str, *, operation_id: str | None = None,
+                   retry_failed: bool = False) -> ProvisioningResult:
+        config = SubscriptionConfig(subscription_id=subscription_id, retry_failed=retry_failed)
+        return self.run(REPOSITORY_FLOW, config, operation_id=operation_id)
+
+    def subgraph(self, user_id: str, parent_graph_id: str, name: str, *,
+                 description: str | None = None, fork_parent: bool = False,
+                 operation_id: str | None = None) -> ProvisioningResult:
+        config = SubgraphConfig(user_id=user_id, parent_graph_id=parent_graph_id, name=name,
+                                description=description, fork_parent=fork_parent)
+        return self.run(SUBGRAPH_FLOW, config, operation_id=operation_id)
+
+    # --- the operation around a flow ----------------------------------------------------
+
+    def open_operation(self, kind: str, user_id: Owner,
+                       operation_id: str | None = None) -> str:
+        """Create the operation record (pending) unless it exists; returns its id."""
+        return self._events.open(kind, user_id, operation_id)
+
+    def run(self, flow: Flow, config: Any, *, operation_id: str | None = None
+            ) -> ProvisioningResult:
+        """Run (or launch) the flow for ``config`` as one operation; raises what it raised."""
+        database = self.resources["database"].get()
+        operation_id = self.open_operation(flow.operation_kind,
+                                           lambda: flow.owner(database, config), operation_id)
+        with self._slots:
+            self._events.call(operation_id, "start", f"{flow.name} provisioning started")
+            try:
+                if self.launcher is not None:
+                    result = self.launcher.run(flow, config, operation_id=operation_id)
+                    outcome = None
+                else:
+                    outcome = self._execute(flow, config, operation_id)
+                    result = outcome.result
+            except Exception as exc:
+                self._events.call(operation_id, "fail", describe(exc))
+                raise
+        self._events.call(operation_id, "complete", {**result, "operation_id": operation_id})
+        if outcome is not None and outcome.materialize and self.reporter is not None:
+            self.reporter.submit(operation_id, materialization(outcome, "direct",
+                                                               operation_id=operation_id))
+        return ProvisioningResult(operation_id, result)
+
+    def _execute(self, flow: Flow, config: Any, operation_id: str) -> Outcome:
+        """Run the flow; while another worker holds the claim, wait for it and run again
+        (which then returns that worker's result) rather than fail the caller."""
+        ctx = step_context(self.resources, method="direct", log=logger,
+                           operation_id=operation_id, events=self._events)
+        deadline = time.monotonic() + ctx.policy.claim_lease_seconds
+        while True:
+            try:
+                return execute_flow(flow, config, ctx)
+            except ClaimHeld as held:
+                if held.backoff or time.monotonic() > deadline:
+                    raise
+                time.sleep(_CLAIM_POLL_SECONDS)
+
+    # --- async twins, for an event loop ---------------------------------------------------
+
+    async def run_async(self, call: Callable[..., ProvisioningResult], *args: Any,
+                        **kwargs: Any) -> ProvisioningResult:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(call, *args, **kwargs))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self.reporter is not None:
+            self.reporter.close()
+
+
+def build_executor(settings: Settings) -> DirectExecutor:
+    """An executor on the settings' resources, reporting to the Dagster instance in
+    ``DAGSTER_HOME`` (the embedded one gets its own), or launching runs when direct
+    provisioning is off."""
+    resources = build_resources(settings)
+    settings.prepare_dagster_home()
+    reporter = resources["dagster_reporter"].build(resources["operation_events"].get())
+    launcher = None
+    if not settings.direct_graph_provisioning_enabled:
+        launcher = GraphQLJobLauncher(settings.dagster_webserver_url, resources)
+    return DirectExecutor(resources, reporter=reporter,
+                          max_concurrency=settings.direct_max_concurrency, launcher=launcher)

@@ -1,0 +1,61 @@
+"""Launching a flow's Dagster job through the webserver, for when direct provisioning is off.
+
+The job is submitted over the webserver's GraphQL API, so it goes through the instance's run
+coordinator (queued, one run per graph) like a UI launch. The run is tagged with the operation id:
+its ``progress`` resource appends to the same operation's events (when both processes share the
+Redis event store), and this launcher waits for the run's end and reports its outcome, so a
+caller sees one interface whichever way the work ran. The run's tags, config and result come
+from the flow's own description of its runs, as for every other trigger.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from dagster_graphql import DagsterGraphQLClient
+
+from provisioning_pipelines.errors import ProvisioningError
+from provisioning_pipelines.flows import Flow
+from provisioning_pipelines.flows.steps import OPERATION_TAG
+
+TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+class JobLauncher(Protocol):
+    def run(self, flow: Flow, config: Any, *, operation_id: str) -> dict[str, Any]: ...
+
+
+class RunFailed(ProvisioningError):
+    code = "run_failed"
+
+
+class GraphQLJobLauncher:
+    def __init__(self, url: str, resources: dict[str, Any], *, poll_seconds: float = 0.5,
+                 timeout_seconds: float = 900) -> None:
+        parsed = urlparse(url)
+        self.client = DagsterGraphQLClient(parsed.hostname or "127.0.0.1",
+                                           port_number=parsed.port,
+                                           use_https=parsed.scheme == "https")
+        self.resources = resources
+        self.poll_seconds = poll_seconds
+        self.timeout_seconds = timeout_seconds
+
+    def run(self, flow: Flow, config: Any, *, operation_id: str) -> dict[str, Any]:
+        run_id = self.client.submit_job_execution(
+            flow.job_name, run_config=flow.run_config(config),
+            tags=flow.run_tags(config, **{OPERATION_TAG: operation_id}),
+        )
+        deadline = time.monotonic() + self.timeout_seconds
+        status = "QUEUED"
+        while time.monotonic() < deadline:
+            status = self.client.get_run_status(run_id).value
+            if status in TERMINAL:
+                break
+            time.sleep(self.poll_seconds)
+        result = flow.result(self.resources["database"].get(), config)
+        if status != "SUCCESS":
+            raise RunFailed(f"Dagster run {run_id} ended {status}"
+                            + (f": {result['error']}" if result.get("error") else ""))
+        return {**result, "run_id": run_id}

@@ -1,0 +1,171 @@
+"""Dagster resources at every boundary: database, graph engine, operation events, progress,
+policy and the reporter of direct provisionings.
+
+A resource is configuration; the heavy object behind it (an engine and its pool, a Redis pool, a
+template cache) is made once per process and shared, because the direct executor runs thousands
+of provisionings in one process and a Dagster run should not pay for a new pool per op. Both
+paths build their ``StepContext`` from these resources with ``step_context``. Tests swap a
+resource; nothing patches a module.
+
+Values come from ``settings.py`` (the one home of every default). In the code location a URL
+that came from the environment is passed as an ``EnvVar``, resolved when a run starts, so the
+Dagster UI shows the variable's name rather than a password.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from dagster import ConfigurableResource, DagsterInstance, EnvVar
+from pydantic import Field
+
+from provisioning_pipelines.flows import Policy, StepContext
+from provisioning_pipelines.orchestration.reporting import MaterializationReporter
+from provisioning_pipelines.services.operations import ProgressReporter, SafeEvents
+from provisioning_pipelines.settings import Settings
+from provisioning_pipelines.storage.db import Database, get_database
+from provisioning_pipelines.storage.events import OperationStore, build_operation_store
+from provisioning_pipelines.storage.ladybug import LadybugEngine, MiB
+from provisioning_pipelines.storage.migrate import upgrade_once
+
+
+class DatabaseResource(ConfigurableResource):
+    """The application's SQL database (SQLite embedded, PostgreSQL in production)."""
+
+    url: str = Field(description="SQLAlchemy URL, e.g. postgresql+psycopg2://… or sqlite:///…")
+    auto_migrate: bool = Field(default=False, description="Upgrade the schema on first use.")
+
+    def get(self) -> Database:
+        if self.auto_migrate:
+            upgrade_once(self.url)
+        return get_database(self.url)
+
+
+class GraphEngineResource(ConfigurableResource):
+    """LadybugDB files under a data folder."""
+
+    data_dir: str = Field(description="Folder under which each host keeps its graph files.")
+    buffer_pool_mb: int = Field(description="Buffer pool per open database, for schema work.")
+    use_templates: bool = Field(description="Make graphs by copying verified schema templates.")
+
+    def get(self) -> LadybugEngine:
+        return _engine(self.data_dir, self.buffer_pool_mb, self.use_templates)
+
+    @property
+    def graph_data_dir(self) -> Path:
+        return Path(self.data_dir)
+
+
+@lru_cache(maxsize=8)
+def _engine(data_dir: str, buffer_pool_mb: int, use_templates: bool) -> LadybugEngine:
+    return LadybugEngine(buffer_pool_bytes=buffer_pool_mb * MiB,
+                         template_dir=Path(data_dir) / ".templates",
+                         use_templates=use_templates)
+
+
+class OperationEventsResource(ConfigurableResource):
+    """Operation status records and event streams: Redis when a URL is set, else in memory."""
+
+    redis_url: str | None = Field(description="redis://…; none = in-memory.")
+    key_prefix: str = Field(description="Prefix of every Redis key.")
+    ttl_seconds: int = Field(description="How long an operation is kept.")
+
+    def get(self) -> OperationStore:
+        return _store(self.redis_url, self.key_prefix, self.ttl_seconds)
+
+
+@lru_cache(maxsize=8)
+def _store(redis_url: str | None, key_prefix: str, ttl_seconds: int) -> OperationStore:
+    return build_operation_store(redis_url, prefix=key_prefix, ttl_seconds=ttl_seconds)
+
+
+class ProgressResource(ConfigurableResource):
+    """Where step progress goes: the log, and the operation's events when there is one."""
+
+    events: OperationEventsResource
+
+    def reporter(self, log: Any, operation_id: str | None,
+                 events: SafeEvents | None = None) -> ProgressReporter:
+        if operation_id is None:
+            return ProgressReporter(log, None, None)
+        return ProgressReporter(log, events or SafeEvents(self.events.get()), operation_id)
+
+
+class PolicyResource(ConfigurableResource):
+    """Attempts, claim lease and backoff for subscriptions."""
+
+    max_attempts: int = Field(description="Attempts before a subscription fails.")
+    claim_lease_seconds: float = Field(description="How long one attempt's claim lasts.")
+    retry_backoff_seconds: float = Field(
+        description="Base of the backoff: attempt n+1 waits this * 2**(n-1) seconds.")
+
+    def get(self) -> Policy:
+        return Policy(self.max_attempts, self.claim_lease_seconds, self.retry_backoff_seconds)
+
+
+class ReporterResource(ConfigurableResource):
+    """Reports direct provisionings to the Dagster instance in the background, each bounded by
+    ``timeout_seconds`` (``DAGSTER_MATERIALIZATION_TIMEOUT``)."""
+
+    timeout_seconds: float = Field(description="How long one report may take.")
+    max_workers: int = Field(default=2, description="Reports written at once.")
+    max_pending: int = Field(default=256, description="Reports waiting before new ones fail.")
+
+    def build(self, store: OperationStore | None,
+              instance: DagsterInstance | Callable[[], DagsterInstance] = DagsterInstance.get,
+              ) -> MaterializationReporter:
+        return MaterializationReporter(instance, store, timeout=self.timeout_seconds,
+                                       max_workers=self.max_workers,
+                                       max_pending=self.max_pending)
+
+
+def build_resources(settings: Settings, *, env_vars: bool = False
+                    ) -> dict[str, ConfigurableResource]:
+    """The resources every entry point uses, from the settings.
+
+    With ``env_vars`` (the code location), a URL read from the environment is passed as an
+    ``EnvVar`` so that Dagster resolves it at launch and never displays it.
+    """
+
+    def from_env(name: str, value: str) -> str:
+        return EnvVar(name) if env_vars and os.environ.get(name) == value else value
+
+    redis_url = settings.redis_url and from_env("REDIS_URL", settings.redis_url)
+    events = OperationEventsResource(redis_url=redis_url, key_prefix=settings.redis_key_prefix,
+                                     ttl_seconds=settings.operation_ttl_seconds)
+    return {
+        "database": DatabaseResource(url=from_env("DATABASE_URL", settings.resolved_database_url),
+                                     auto_migrate=settings.database_url is None),
+        "graph_engine": GraphEngineResource(data_dir=str(settings.resolved_graph_data_dir),
+                                            buffer_pool_mb=settings.ladybug_buffer_pool_mb,
+                                            use_templates=settings.graph_templates_enabled),
+        "operation_events": events,
+        "progress": ProgressResource(events=events),
+        "policy": PolicyResource(max_attempts=settings.max_attempts,
+                                 claim_lease_seconds=settings.claim_lease_seconds,
+                                 retry_backoff_seconds=settings.retry_backoff_seconds),
+        "dagster_reporter": ReporterResource(
+            timeout_seconds=settings.dagster_materialization_timeout),
+    }
+
+
+def step_context(resources: Mapping[str, Any], *, method: str, log: Any,
+                 operation_id: str | None, events: SafeEvents | None = None) -> StepContext:
+    """A step's view of the resources, the same in a Dagster run and in the direct path.
+
+    Progress goes to ``log`` and, when there is an operation, straight to its events,
+    synchronously and in order.
+    """
+    return StepContext(
+        database=resources["database"].get(),
+        engine=resources["graph_engine"].get(),
+        graph_data_dir=resources["graph_engine"].graph_data_dir,
+        progress=resources["progress"].reporter(log, operation_id, events=events),
+        policy=resources["policy"].get(),
+        method=method,
+        log=log,
+    )

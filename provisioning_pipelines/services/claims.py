@@ -1,0 +1,328 @@
+"""The claim that makes provisioning happen exactly once, and every query about who may claim.
+
+Every trigger (webhook, sensor, UI launch, direct call) goes through ``claim``: one conditional
+``UPDATE subscriptions ... WHERE <claimable>`` that exactly one caller wins, whatever the
+database's isolation level. The winner gets a fresh ``claim_token``; every later write of that
+attempt (the resource id, activation, giving up) is conditional on still holding that token, so
+a worker whose lease lapsed cannot undo or overwrite the work of the worker that took over.
+
+The predicates below (``_free``, ``_claimable``) are the one definition of "nobody holds it" and
+"an attempt may start now"; the sensors' queries (``due_for_launch``, ``fail_exhausted``) are
+built from them, so a sensor never launches a run the claim would refuse. See
+``docs/decisions.md``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from provisioning_pipelines.errors import Conflict, PaymentRequired
+from provisioning_pipelines.services import audit, billing
+from provisioning_pipelines.storage.models import Subscription, utcnow
+
+#: Subscriptions a sensor looks at per tick and resource type.
+LAUNCH_BATCH = 50
+
+
+class ClaimHeld(Conflict):
+    """Another worker is provisioning this subscription right now, or its backoff runs."""
+
+    code = "claim_held"
+
+    def __init__(self, message: str, *, field: str | None = None, backoff: bool = False) -> None:
+        super().__init__(message, field=field)
+        #: True while waiting out a failed attempt's backoff (not worth waiting for).
+        self.backoff = backoff
+
+
+class ClaimLost(Conflict):
+    """This worker's lease lapsed and another worker took the subscription over."""
+
+    code = "claim_lost"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One attempt's hold on a subscription (``token`` is None when it was already active)."""
+
+    subscription_id: str
+    token: str | None
+    attempt: int
+    resource_type: str
+    user_id: str
+    org_id: str
+    plan_name: str
+    request: dict[str, Any] = field(default_factory=dict)
+    resource_id: str | None = None
+
+    @property
+    def already_active(self) -> bool:
+        return self.token is None
+
+
+@dataclass(frozen=True)
+class DueSubscription:
+    """A subscription a sensor should launch a run for, and the attempt that run will be."""
+
+    subscription_id: str
+    user_id: str
+    attempt: int
+
+
+def _free(now: datetime) -> ColumnElement[bool]:
+    """Nobody holds the subscription: never claimed, given back, or its holder's lease lapsed."""
+    return or_(Subscription.claim_token.is_(None), Subscription.lease_expires_at < now)
+
+
+def _claimable(now: datetime, max_attempts: int) -> ColumnElement[bool]:
+    """An attempt may start now: paid, free, past its backoff, with attempts left."""
+    return and_(
+        Subscription.status == "provisioning",
+        _free(now),
+        or_(Subscription.retry_after.is_(None), Subscription.retry_after <= now),
+        Subscription.attempts < max_attempts,
+    )
+
+
+def claim(
+    session: Session,
+    subscription_id: str,
+    *,
+    lease_seconds: float,
+    max_attempts: int,
+    now: datetime | None = None,
+) -> Claim:
+    """Win the subscription for one attempt, or say why not."""
+    now = now or utcnow()
+    subscription = billing.get_subscription(session, subscription_id)
+    if subscription.status == "active":
+        return _claim_of(subscription, token=None)
+    if subscription.status == "pending_payment":
+        raise PaymentRequired(
+            f"subscription {subscription_id!r} is not paid yet (status pending_payment)",
+            field="subscription_id",
+        )
+    if subscription.status in ("failed", "canceled"):
+        detail = f": {subscription.last_error}" if subscription.last_error else ""
+        raise Conflict(
+            f"subscription {subscription_id!r} is {subscription.status}{detail}",
+            field="subscription_id",
+        )
+    token = uuid.uuid4().hex
+    won = session.execute(
+        update(Subscription)
+        .where(Subscription.id == subscription_id, _claimable(now, max_attempts))
+        .values(
+            claim_token=token,
+            claimed_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempts=Subscription.attempts + 1,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.flush()
+    session.refresh(subscription)
+    if won.rowcount == 1:
+        return _claim_of(subscription, token=token)
+    return _explain_lost_claim(session, subscription, now=now, max_attempts=max_attempts)
+
+
+def _explain_lost_claim(
+    session: Session, subscription: Subscription, *, now: datetime, max_attempts: int
+) -> Claim:
+    if subscription.status == "active":
+        return _claim_of(subscription, token=None)
+    lease_live = subscription.claim_token is not None and (
+        subscription.lease_expires_at is not None and subscription.lease_expires_at >= now
+    )
+    if lease_live:
+        raise ClaimHeld(
+            f"subscription {subscription.id!r} is being provisioned by another worker "
+            f"(lease until {subscription.lease_expires_at:%Y-%m-%dT%H:%M:%SZ})",
+            field="subscription_id",
+        )
+    if subscription.status == "provisioning" and subscription.attempts >= max_attempts:
+        _give_up(session, subscription.id, now=now, actor="provisioning",
+                 reason=f"gave up after {subscription.attempts} attempts")
+        raise Conflict(
+            f"subscription {subscription.id!r} failed after {subscription.attempts} attempts",
+            field="subscription_id",
+        )
+    if subscription.retry_after is not None and subscription.retry_after > now:
+        raise ClaimHeld(
+            f"subscription {subscription.id!r} waits before its next attempt "
+            f"(retry after {subscription.retry_after:%Y-%m-%dT%H:%M:%SZ})",
+            field="subscription_id", backoff=True,
+        )
+    raise ClaimHeld(f"subscription {subscription.id!r} could not be claimed (status "
+                    f"{subscription.status})", field="subscription_id")
+
+
+def _give_up(session: Session, subscription_id: str, *, now: datetime, actor: str,
+             reason: str) -> bool:
+    """``provisioning`` -> ``failed`` once no attempt is left, unless someone holds it now."""
+    subscription = session.get(Subscription, subscription_id)
+    gave_up = session.execute(
+        update(Subscription)
+        .where(Subscription.id == subscription_id, Subscription.status == "provisioning",
+               _free(now))
+        .values(status="failed", claim_token=None, lease_expires_at=None, updated_at=now,
+                last_error=(subscription.last_error if subscription else None) or reason)
+        .execution_options(synchronize_session=False)
+    )
+    if gave_up.rowcount != 1:
+        return False
+    audit.record(session, actor=actor, action="subscription.failed",
+                 subject_type="subscription", subject_id=subscription_id,
+                 details={"reason": reason})
+    return True
+
+
+def _claim_of(subscription: Subscription, *, token: str | None) -> Claim:
+    return Claim(
+        subscription_id=subscription.id,
+        token=token,
+        attempt=subscription.attempts,
+        resource_type=subscription.resource_type,
+        user_id=subscription.user_id,
+        org_id=subscription.org_id,
+        plan_name=subscription.plan_name,
+        request=dict(subscription.request or {}),
+        resource_id=subscription.resource_id,
+    )
+
+
+def assert_held(session: Session, claim: Claim) -> Subscription:
+    """The subscription row, locked for this transaction where the database can, if still ours."""
+    subscription = session.scalar(
+        select(Subscription)
+        .where(Subscription.id == claim.subscription_id, Subscription.claim_token == claim.token)
+        .with_for_update()
+    )
+    if subscription is None:
+        raise ClaimLost(
+            f"subscription {claim.subscription_id!r}: this attempt's claim lapsed and another "
+            "worker took over",
+            field="subscription_id",
+        )
+    return subscription
+
+
+def record_resource(session: Session, claim: Claim, resource_id: str) -> None:
+    """Commit the resource id the moment the resource exists, so a retry finds it."""
+    subscription = assert_held(session, claim)
+    subscription.resource_id = resource_id
+
+
+def activate(session: Session, claim: Claim, resource_id: str) -> Subscription:
+    """``provisioning`` -> ``active`` with the resource id; raises an invoice where due."""
+    subscription = assert_held(session, claim)
+    subscription.status = "active"
+    subscription.resource_id = resource_id
+    subscription.claim_token = None
+    subscription.lease_expires_at = None
+    subscription.retry_after = None
+    subscription.last_error = None
+    subscription.activated_at = utcnow()
+    session.flush()
+    audit.record(session, actor="provisioning", action="subscription.activated",
+                 subject_type="subscription", subject_id=subscription.id,
+                 details={"resource_type": subscription.resource_type,
+                          "resource_id": resource_id, "attempt": subscription.attempts})
+    billing.raise_invoice(session, subscription)
+    return subscription
+
+
+def release_after_failure(
+    session: Session,
+    claim: Claim,
+    error: str,
+    *,
+    retryable: bool,
+    max_attempts: int,
+    backoff_seconds: float,
+) -> str:
+    """Keep the error, give the claim back; returns the status the subscription is left in.
+
+    While attempts remain and the error can pass, the subscription stays ``provisioning`` and
+    waits ``backoff_seconds * 2**(attempt-1)`` for the next trigger; otherwise it is ``failed``.
+    """
+    subscription = assert_held(session, claim)
+    now = utcnow()
+    final = not retryable or subscription.attempts >= max_attempts
+    subscription.claim_token = None
+    subscription.lease_expires_at = None
+    subscription.last_error = error
+    subscription.updated_at = now
+    if final:
+        subscription.status = "failed"
+        subscription.retry_after = None
+    else:
+        delay = backoff_seconds * 2 ** max(subscription.attempts - 1, 0)
+        subscription.retry_after = now + timedelta(seconds=delay)
+    audit.record(session, actor="provisioning",
+                 action="subscription.failed" if final else "subscription.attempt_failed",
+                 subject_type="subscription", subject_id=subscription.id,
+                 details={"attempt": subscription.attempts, "error": error})
+    return subscription.status
+
+
+def reset_failed(session: Session, subscription_id: str, *, actor: str = "operator") -> bool:
+    """Put a ``failed`` subscription back to ``provisioning`` with fresh attempts.
+
+    Returns False (and changes nothing) when the subscription is not failed.
+    """
+    billing.get_subscription(session, subscription_id)
+    moved = session.execute(
+        update(Subscription)
+        .where(Subscription.id == subscription_id, Subscription.status == "failed")
+        .values(status="provisioning", attempts=0, retry_after=None, claim_token=None,
+                lease_expires_at=None, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if moved.rowcount == 1:
+        audit.record(session, actor=actor, action="subscription.retried",
+                     subject_type="subscription", subject_id=subscription_id)
+    return moved.rowcount == 1
+
+
+# --- what the sensors ask -----------------------------------------------------------------------
+
+
+def due_for_launch(
+    session: Session, resource_type: str, *, now: datetime, grace_seconds: float,
+    direct_enabled: bool, max_attempts: int,
+) -> list[DueSubscription]:
+    """Subscriptions a run should be launched for now: claimable ones, and with direct
+    provisioning on only those whose lease lapsed or that sat unclaimed past the grace period
+    (the direct path is working on the rest)."""
+    due = and_(_claimable(now, max_attempts), Subscription.resource_type == resource_type)
+    if direct_enabled:
+        quiet_since = now - timedelta(seconds=grace_seconds)
+        due = and_(due, or_(Subscription.claim_token.is_not(None),
+                            Subscription.updated_at <= quiet_since))
+    rows = session.execute(
+        select(Subscription.id, Subscription.user_id, Subscription.attempts)
+        .where(due).order_by(Subscription.updated_at).limit(LAUNCH_BATCH)
+    ).all()
+    return [DueSubscription(row.id, row.user_id, row.attempts + 1) for row in rows]
+
+
+def fail_exhausted(session: Session, resource_type: str, *, now: datetime,
+                   max_attempts: int, actor: str = "sensor") -> list[str]:
+    """Subscriptions whose last attempt ended or lapsed get no run: they are marked failed."""
+    candidates = session.scalars(
+        select(Subscription.id).where(
+            Subscription.status == "provisioning", Subscription.resource_type == resource_type,
+            Subscription.attempts >= max_attempts, _free(now))
+    ).all()
+    reason = f"no attempts left of {max_attempts}"
+    return [subscription_id for subscription_id in candidates
+            if _give_up(session, subscription_id, now=now, actor=actor, reason=reason)]

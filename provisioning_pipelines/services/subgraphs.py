@@ -1,0 +1,135 @@
+"""Subgraphs: child databases of a graph, on its host, with its schema and within its limit.
+
+A subgraph has no subscription of its own (the parent's tier pays for it). Its id is
+``{parent}_{name}``, unique; the tier's limit is counted under the parent's row lock.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from provisioning_pipelines.errors import Conflict, InvalidRequest, LimitReached, NotFound
+from provisioning_pipelines.services import audit, graphs
+from provisioning_pipelines.services.catalog import TIERS
+from provisioning_pipelines.storage.models import Graph, GraphHost, GraphUser
+
+SUBGRAPH_NAME = re.compile(r"^[a-zA-Z0-9]{1,20}$")
+
+
+def validate_subgraph_name(name: Any) -> str:
+    if not isinstance(name, str) or not SUBGRAPH_NAME.fullmatch(name):
+        raise InvalidRequest(
+            f"name: {name!r} is not a valid subgraph name; use 1 to 20 letters or digits",
+            field="name",
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class ReservedSubgraph:
+    """A subgraph whose rows exist, and what making its file needs."""
+
+    subgraph_id: str
+    path: Path
+    parent_path: Path
+    tier: str
+    statements: tuple[str, ...]
+
+
+def reserve_subgraph(
+    session: Session, *, user_id: str, parent_graph_id: str, name: str,
+    description: str | None,
+) -> ReservedSubgraph:
+    """Check the parent, the name and the tier's limit, and insert the subgraph's rows.
+
+    The limit is counted by a conditional UPDATE of the parent's ``subgraph_count``: the
+    parent's row lock (or SQLite's write lock) makes two concurrent creates take turns, and the
+    second sees the first's count.
+    """
+    validate_subgraph_name(name)
+    parent = session.get(Graph, parent_graph_id)
+    role = session.get(GraphUser, (parent_graph_id, user_id)) if parent else None
+    if parent is None or role is None:
+        raise NotFound(f"parent_graph_id: no graph {parent_graph_id!r}",
+                       field="parent_graph_id")
+    if parent.parent_graph_id is not None:
+        raise InvalidRequest(
+            f"parent_graph_id: {parent_graph_id!r} is itself a subgraph; subgraphs can only "
+            "be made from a top-level graph",
+            field="parent_graph_id",
+        )
+    if role.role != "admin":
+        raise InvalidRequest(f"parent_graph_id: you need the admin role on {parent_graph_id!r}",
+                             field="parent_graph_id")
+    tier = TIERS[parent.tier]
+    if tier.name == "ladybug-shared":
+        raise InvalidRequest("parent_graph_id: shared repositories have no subgraphs",
+                             field="parent_graph_id")
+    if tier.max_subgraphs == 0:
+        raise LimitReached(f"tier {tier.name} allows no subgraphs; upgrade to ladybug-large",
+                           field="parent_graph_id")
+    taken = session.execute(
+        update(Graph)
+        .where(Graph.id == parent_graph_id, Graph.subgraph_count < tier.max_subgraphs)
+        .values(subgraph_count=Graph.subgraph_count + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if taken.rowcount != 1:
+        raise LimitReached(
+            f"graph {parent_graph_id!r} already has {tier.max_subgraphs} subgraphs, the most "
+            f"tier {tier.name} allows",
+            field="parent_graph_id",
+        )
+    subgraph_id = f"{parent_graph_id}_{name}"
+    if session.get(Graph, subgraph_id) is not None:
+        raise Conflict(f"name: graph {parent_graph_id!r} already has a subgraph {name!r}",
+                       field="name")
+    index = (session.scalar(select(func.max(Graph.subgraph_index))
+                            .where(Graph.parent_graph_id == parent_graph_id)) or 0) + 1
+    host = session.get(GraphHost, parent.host_id)
+    assert host is not None
+    subgraph = Graph(
+        id=subgraph_id, org_id=parent.org_id, owner_user_id=user_id, name=name,
+        description=description, graph_type=parent.graph_type, tier=parent.tier,
+        parent_graph_id=parent_graph_id, subgraph_index=index, host_id=host.id,
+        database_path=str(graphs.database_path(host, subgraph_id)),
+        schema_extensions=list(parent.schema_extensions or []), tags=[], details={},
+    )
+    session.add(subgraph)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise Conflict(f"name: subgraph {name!r} of {parent_graph_id!r} already exists",
+                       field="name") from exc
+    statements = graphs.schema_statements(session, parent_graph_id)
+    graphs.store_schema(session, subgraph_id, statements, None, schema_type="inherited")
+    graphs.grant_role(session, subgraph_id, user_id, "admin")
+    audit.record(session, actor=user_id, action="subgraph.created", subject_type="graph",
+                 subject_id=subgraph_id, details={"parent_graph_id": parent_graph_id})
+    return ReservedSubgraph(subgraph_id=subgraph_id, path=Path(subgraph.database_path),
+                            parent_path=Path(parent.database_path), tier=subgraph.tier,
+                            statements=tuple(statements))
+
+
+def record_fork(session: Session, subgraph_id: str, fork: dict[str, Any]) -> None:
+    """Keep how the fork went (``fork_status`` and its rows or error) on the subgraph."""
+    subgraph = session.get(Graph, subgraph_id)
+    if subgraph is not None:
+        subgraph.details = {**(subgraph.details or {}), **fork}
+
+
+def subgraph_summary(session: Session, subgraph_id: str) -> dict[str, Any] | None:
+    """What a finished creation left behind (a launched run's result); None if nothing."""
+    graph = session.get(Graph, subgraph_id)
+    if graph is None:
+        return None
+    return {"graph_id": graph.id, "parent_graph_id": graph.parent_graph_id,
+            "database_path": graph.database_path,
+            "fork_status": (graph.details or {}).get("fork_status", "not_requested")}

@@ -1,0 +1,321 @@
+"""The operation event store's contract: values, ids, transitions and the abstract store.
+
+An operation (one direct provisioning call) has a status record and a stream of events. The
+stream id of an event is its SSE ``id:``, so a reconnecting client sends it back as
+``Last-Event-ID`` and resumes exactly where it left off. Two stores keep one contract:
+``RedisOperationStore`` (production: shared by every API worker and Dagster run process) and
+``InMemoryOperationStore`` (the embedded default: one process, no server).
+
+The rules both enforce: status only moves forward (pending -> running -> completed | failed |
+cancelled), the first terminal state wins, every write refreshes one TTL on every key of the
+operation, and ``subscribe`` replays then tails with no gap and no duplicate, ending after the
+terminal event. In Redis the check-and-write is one Lua script, so racing writers in different
+processes cannot both win; in memory it is one lock.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+OPERATION_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+OPEN_STATUSES = frozenset({"pending", "running"})
+
+EVENT_STARTED = "operation_started"
+EVENT_PROGRESS = "operation_progress"
+EVENT_COMPLETED = "operation_completed"
+EVENT_ERROR = "operation_error"
+EVENT_CANCELLED = "operation_cancelled"
+EVENT_TYPES = (EVENT_STARTED, EVENT_PROGRESS, EVENT_COMPLETED, EVENT_ERROR, EVENT_CANCELLED)
+TERMINAL_EVENT_TYPES = frozenset({EVENT_COMPLETED, EVENT_ERROR, EVENT_CANCELLED})
+
+REPORT_OUTCOMES = ("ok", "timeout", "error")
+DEFAULT_TTL_SECONDS = 86400
+
+MAX_ID_PART = 2**64 - 1
+_EVENT_ID_RE = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
+# No ":" so that no operation id can name another operation's stream key in Redis.
+_OPERATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+# action -> (statuses it may leave, status it moves to, event type). The one source of truth:
+# the Redis script receives the allowed statuses as an argument instead of repeating them.
+TRANSITIONS: dict[str, tuple[frozenset[str], str, str]] = {
+    "start": (frozenset({"pending"}), "running", EVENT_STARTED),
+    "progress": (OPEN_STATUSES, "running", EVENT_PROGRESS),
+    "complete": (OPEN_STATUSES, "completed", EVENT_COMPLETED),
+    "fail": (OPEN_STATUSES, "failed", EVENT_ERROR),
+    "cancel": (OPEN_STATUSES, "cancelled", EVENT_CANCELLED),
+}
+
+
+class EventStoreUnavailable(Exception):
+    """The operation store's backend (Redis) cannot be reached; callers degrade, not crash."""
+
+
+# --------------------------------------------------------------------------- values
+
+
+def event_id_key(event_id: str) -> tuple[int, int]:
+    """Parse ``"<ms>-<seq>"`` (or bare ``"<ms>"``) into a tuple that sorts like Redis does.
+
+    Ids must be compared numerically: as strings ``"10-0" < "9-0"``.
+    """
+    match = _EVENT_ID_RE.match(event_id) if isinstance(event_id, str) else None
+    if match is None:
+        raise ValueError(f"invalid event id {event_id!r}: expected '<ms>-<seq>'")
+    ms, seq = int(match.group(1)), int(match.group(2) or 0)
+    if ms > MAX_ID_PART or seq > MAX_ID_PART:
+        raise ValueError(f"invalid event id {event_id!r}: part out of range")
+    return ms, seq
+
+
+def format_event_id(key: tuple[int, int]) -> str:
+    return f"{key[0]}-{key[1]}"
+
+
+def parse_after(after: str | None) -> tuple[int, int]:
+    """``None`` means from the start, which is the same as after ``0-0``."""
+    return (0, 0) if after is None else event_id_key(after)
+
+
+def new_operation_id() -> str:
+    return "op_" + secrets.token_hex(12)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def is_operation_id(operation_id: object) -> bool:
+    """Ids end up in Redis keys and URLs; a malformed one names no operation."""
+    return isinstance(operation_id, str) and _OPERATION_ID_RE.match(operation_id) is not None
+
+
+def clamp_percent(percent: int | float | None) -> int | None:
+    return None if percent is None else max(0, min(100, int(percent)))
+
+
+def check_ttl(ttl_seconds: float) -> float:
+    if ttl_seconds <= 0:
+        raise ValueError("ttl_seconds must be positive")
+    return float(ttl_seconds)
+
+
+def event_data(
+    operation_id: str,
+    status: str,
+    progress: int,
+    message: str,
+    timestamp: str,
+    extra: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The one shape of an event payload, so both stores produce identical events."""
+    return {
+        "operation_id": operation_id,
+        "status": status,
+        "progress": progress,
+        "message": message,
+        "timestamp": timestamp,
+        **extra,
+    }
+
+
+@dataclass(frozen=True)
+class OperationEvent:
+    """One entry of an operation's stream; ``id`` is the stream id and the SSE ``id:``."""
+
+    id: str
+    type: str
+    data: dict[str, Any]
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.type in TERMINAL_EVENT_TYPES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "type": self.type, "data": self.data}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """The status record of an operation: what a status poll returns."""
+
+    id: str
+    kind: str
+    user_id: str | None
+    status: str
+    progress: int
+    message: str
+    result: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    dagster_report: str | None = None
+    dagster_report_detail: str | None = None
+
+    @classmethod
+    def pending(cls, operation_id: str, kind: str, user_id: str | None,
+                now: datetime) -> Operation:
+        """A just-created operation (both stores create them alike)."""
+        return cls(id=operation_id, kind=kind, user_id=user_id, status="pending", progress=0,
+                   message="", result=None, error=None, created_at=now, updated_at=now)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "operation_id": self.id,
+            "kind": self.kind,
+            "user_id": self.user_id,
+            "status": self.status,
+            "progress": self.progress,
+            "message": self.message,
+            "result": self.result,
+            "error": self.error,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "dagster_report": self.dagster_report,
+            "dagster_report_detail": self.dagster_report_detail,
+        }
+
+
+# --------------------------------------------------------------------------- contract
+
+
+class OperationStore(ABC):
+    """The contract both stores keep; the public write methods are shared, the storage is not."""
+
+    replay_batch: int = 500  # events per read while a subscriber replays or catches up
+
+    @abstractmethod
+    def create(
+        self, kind: str, *, user_id: str | None = None, operation_id: str | None = None
+    ) -> Operation:
+        """Create a pending operation (id ``op_`` + 24 hex unless given).
+
+        An id that exists, or one outside ``[A-Za-z0-9_.-]`` (max 128), raises ValueError. Every
+        other method treats a malformed id as an unknown operation.
+        """
+
+    @abstractmethod
+    def get(self, operation_id: str) -> Operation | None: ...
+
+    @abstractmethod
+    def record_report(self, operation_id: str, outcome: str, detail: str | None = None) -> None:
+        """Record how reporting to Dagster went; allowed after terminal, unknown ids ignored."""
+
+    @abstractmethod
+    def events(self, operation_id: str, after: str | None = None) -> list[OperationEvent]:
+        """Replay: the events with an id greater than ``after`` (all when None)."""
+
+    @abstractmethod
+    def wait_events(
+        self, operation_id: str, after: str | None, timeout: float
+    ) -> list[OperationEvent]:
+        """Block until an event after ``after`` exists, or return [] after ``timeout``.
+
+        Returns [] at once for an unknown operation, or a terminal one with nothing left to read:
+        no event can come, so a long-poll should not hang.
+        """
+
+    @abstractmethod
+    def subscribe(
+        self, operation_id: str, after: str | None = None, *, keepalive: float = 15.0
+    ) -> AsyncIterator[OperationEvent | None]:
+        """Replay after ``after``, then tail live; None every idle ``keepalive`` seconds.
+
+        Ends right after the terminal event, after replay if that was already read, and at once
+        for an unknown (or expired) operation.
+        """
+
+    @abstractmethod
+    def ping(self) -> bool: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def _transition(
+        self,
+        operation_id: str,
+        action: str,
+        message: str,
+        percent: int | None,
+        extra: dict[str, Any],
+        record: dict[str, str],
+    ) -> OperationEvent | None:
+        """Atomically check the transition, update the record, append the event, refresh TTL.
+
+        ``percent`` raises progress (never lowers it); ``extra`` goes into the event data,
+        ``record`` into the status record. None when the status cannot move.
+        """
+
+    def start(self, operation_id: str, message: str = "") -> OperationEvent | None:
+        return self._write(operation_id, "start", message or "Operation started")
+
+    def progress(
+        self, operation_id: str, message: str, percent: int | None = None
+    ) -> OperationEvent | None:
+        return self._write(operation_id, "progress", message, percent=clamp_percent(percent))
+
+    def complete(self, operation_id: str, result: dict[str, Any]) -> OperationEvent | None:
+        # Round-trip through JSON now: a result that cannot be stored fails before any write.
+        result = json.loads(json.dumps(result))
+        return self._write(
+            operation_id,
+            "complete",
+            "Operation completed",
+            percent=100,
+            extra={"result": result},
+            record={"result": json.dumps(result)},
+        )
+
+    def fail(self, operation_id: str, error: str) -> OperationEvent | None:
+        error = str(error)
+        return self._write(
+            operation_id, "fail", error, extra={"error": error}, record={"error": error}
+        )
+
+    def cancel(self, operation_id: str, reason: str = "") -> OperationEvent | None:
+        return self._write(
+            operation_id, "cancel", reason or "Operation cancelled", extra={"reason": reason}
+        )
+
+    def _write(
+        self,
+        operation_id: str,
+        action: str,
+        message: str,
+        *,
+        percent: int | None = None,
+        extra: dict[str, Any] | None = None,
+        record: dict[str, str] | None = None,
+    ) -> OperationEvent | None:
+        if not is_operation_id(operation_id):
+            return None  # names no operation, like an unknown id
+        return self._transition(
+            operation_id, action, str(message), percent, extra or {}, record or {}
+        )
+
+    @staticmethod
+    def _check_report(outcome: str) -> None:
+        if outcome not in REPORT_OUTCOMES:
+            raise ValueError(f"report outcome must be one of {REPORT_OUTCOMES}, not {outcome!r}")
+
+    @staticmethod
+    def _check_new(kind: str, operation_id: str | None) -> str:
+        if not kind:
+            raise ValueError("operation kind must not be empty")
+        operation_id = operation_id or new_operation_id()
+        if not is_operation_id(operation_id):
+            raise ValueError(f"invalid operation id {operation_id!r}")
+        return operation_id

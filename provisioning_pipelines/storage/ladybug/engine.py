@@ -1,0 +1,361 @@
+"""The graph engine: LadybugDB database files, created, queried, forked and deleted.
+
+Why it looks the way it does (LadybugDB 0.22, measured on 2 cores):
+
+* Only one *process* may hold a writable handle on a file (see ``files``). So every call opens,
+  works and closes, and an open that meets another process's lock is retried until
+  ``lock_timeout``.
+* Opening costs ~10-20 ms whatever the buffer pool size up to a few GiB (the default pool, 80 %
+  of RAM, adds ~20 ms), and the pool is only reserved, not touched, until used. So each open
+  picks its pool: ``buffer_pool_bytes`` (16 MiB) for schema work, ``data_buffer_pool_bytes``
+  for queries and writes (16 MiB fails "buffer pool is full" on a GROUP BY over 300k nodes) and
+  more for bulk ``COPY``, which pins ~1-2 MiB per column of the table being loaded.
+* Every open ``Database`` reserves ``max_db_size`` of address space (8 TiB by default), which
+  caps a process at ~15 open databases; we pass a smaller power of two.
+* Running the schema DDL costs ~30-40 ms; copying a file that already holds the schema ~1 ms. So
+  ``create_database`` copies a verified per-schema *template* when ``template_dir`` is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ladybug
+
+from provisioning_pipelines.errors import Conflict, EngineError, NotFound, ProvisioningError
+from provisioning_pipelines.storage.ladybug import files, fork
+from provisioning_pipelines.storage.ladybug.cypher import count, read_tables, rows, short
+from provisioning_pipelines.storage.ladybug.schema import (
+    TableInfo,
+    expected_tables,
+    schema_key,
+    table_keys,
+)
+
+logger = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+Statement = str | tuple[str, Mapping[str, Any]]
+# Another process holds the write lock: worth waiting up to ``lock_timeout``.
+_LOCKED = "Could not set lock"
+# A reader met a checkpoint in progress, or the file is truncated (same message): a short wait
+# tells the two apart without stalling ensure_database on a damaged file.
+_CHECKPOINTING = "please retry later"
+_CHECKPOINT_WAIT = 0.25
+
+
+class LadybugEngine:
+    """Creates, reads, forks and deletes LadybugDB files; never keeps a handle between calls."""
+
+    def __init__(
+        self,
+        *,
+        buffer_pool_bytes: int = 16 * MiB,
+        template_dir: Path | None = None,
+        use_templates: bool = True,
+        data_buffer_pool_bytes: int = 256 * MiB,
+        max_db_bytes: int = 1 << 40,
+        lock_timeout: float = 10.0,
+    ) -> None:
+        if max_db_bytes <= 0 or max_db_bytes & (max_db_bytes - 1):
+            raise ValueError("max_db_bytes must be a power of two (a LadybugDB requirement)")
+        self.buffer_pool_bytes = buffer_pool_bytes
+        self.template_dir = Path(template_dir) if template_dir is not None else None
+        self.use_templates = use_templates
+        self.data_buffer_pool_bytes = data_buffer_pool_bytes
+        self.max_db_bytes = max_db_bytes
+        self.lock_timeout = lock_timeout
+        self._verified: dict[str, tuple[int, int, int]] = {}
+        self._verified_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ handles
+
+    def _open(self, path: Path, *, read_only: bool, pool: int | None) -> ladybug.Database:
+        """Open a database, retrying while another process holds the write lock."""
+        started = time.monotonic()
+        delay = 0.005
+        while True:
+            try:
+                return ladybug.Database(
+                    str(path),
+                    buffer_pool_size=pool or self.buffer_pool_bytes,
+                    read_only=read_only,
+                    max_db_size=self.max_db_bytes,
+                )
+            except Exception as exc:
+                message = str(exc)
+                if read_only and not path.exists():
+                    raise NotFound(f"graph database not found: {path.name}") from exc
+                waited = time.monotonic() - started
+                if (_LOCKED in message and waited < self.lock_timeout) or (
+                    _CHECKPOINTING in message and waited < _CHECKPOINT_WAIT
+                ):
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.2)
+                    continue
+                raise EngineError(f"cannot open graph database {path.name}: {message}") from exc
+
+    @contextlib.contextmanager
+    def session(
+        self, path: Path, *, read_only: bool, pool: int | None = None
+    ) -> Iterator[ladybug.Connection]:
+        """One open-work-close cycle; the handle is closed whatever happens."""
+        if read_only and not path.is_file():
+            raise NotFound(f"graph database not found: {path.name}")
+        db = self._open(path, read_only=read_only, pool=pool)
+        try:
+            conn = ladybug.Connection(db)
+            try:
+                yield conn
+            finally:
+                conn.close()
+        except ProvisioningError:
+            raise
+        except Exception as exc:  # engine errors surface as RuntimeError; give them our type
+            raise EngineError(f"graph database {path.name}: {exc}") from exc
+        finally:
+            db.close()
+
+    @contextlib.contextmanager
+    def writing(self, path: Path, *, pool: int | None = None) -> Iterator[ladybug.Connection]:
+        """A writable session on an existing file, serialised with other writers in-process."""
+        with files.WRITE_LOCKS.hold(files.lock_key(path)):
+            # Checked under the lock: opening a missing path read-write would create it.
+            if not path.is_file():
+                raise NotFound(f"graph database not found: {path.name}")
+            with self.session(path, read_only=False, pool=pool) as conn:
+                yield conn
+
+    # ------------------------------------------------------------------ building files
+
+    def _build(self, target: Path, ddl: Sequence[str]) -> None:
+        """Run the DDL into a fresh file (one transaction) and leave it checkpointed."""
+        with self.session(target, read_only=False) as conn:
+            conn.execute("BEGIN TRANSACTION")
+            for index, statement in enumerate(ddl, start=1):
+                try:
+                    conn.execute(statement)
+                except Exception as exc:
+                    with contextlib.suppress(Exception):  # a failed statement ends the txn
+                        conn.execute("ROLLBACK")
+                    raise EngineError(
+                        f"schema statement {index} failed: {short(statement)}: {exc}"
+                    ) from exc
+            conn.execute("COMMIT")
+        self._ensure_checkpointed(target)
+
+    def _ensure_checkpointed(self, target: Path) -> None:
+        """A clean close checkpoints; make sure, since a copied file must stand alone."""
+        if not Path(f"{target}.wal").exists():
+            return
+        with self.session(target, read_only=False) as conn:
+            conn.execute("CHECKPOINT")
+        if Path(f"{target}.wal").exists():
+            raise EngineError(f"graph database {target.name} kept a WAL after checkpoint")
+
+    def _verify(self, path: Path, expected: Sequence[TableInfo], *, exact: bool) -> bool:
+        """Open read-only and compare tables (exact, or at least the expected ones)."""
+        try:
+            with self.session(path, read_only=True) as conn:
+                actual = table_keys(read_tables(conn))
+        except NotFound:
+            return False
+        except EngineError as exc:  # corrupt files fail in open or in the first query
+            logger.info("graph database %s failed verification: %s", path.name, exc)
+            return False
+        wanted = table_keys(expected)
+        return actual == wanted if exact else wanted <= actual
+
+    # ------------------------------------------------------------------ templates
+
+    def template_path(self, ddl: Sequence[str]) -> Path | None:
+        """Where the template for this DDL lives (None when templates are off)."""
+        if not self.use_templates or self.template_dir is None:
+            return None
+        return self.template_dir / f"{schema_key(tuple(ddl))[0]}.lbug"
+
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _template_ok(self, template: Path, expected: Sequence[TableInfo]) -> bool:
+        """Verified once per process and file version (inode, size, mtime), then trusted."""
+        stamp = self._stamp(template)
+        if stamp is None:
+            return False
+        if files.has_sidecars(template):  # someone opened it for writing: not a clean copy source
+            return False
+        with self._verified_lock:
+            if self._verified.get(str(template)) == stamp:
+                return True
+        if not self._verify(template, expected, exact=True):
+            return False
+        with self._verified_lock:
+            self._verified[str(template)] = stamp
+        return True
+
+    def _template(self, ddl: Sequence[str], expected: Sequence[TableInfo]) -> Path:
+        """The verified template for ``ddl``, built once under a thread and a file lock."""
+        template = self.template_path(ddl)
+        assert template is not None
+        if self._template_ok(template, expected):
+            return template
+        template.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = template.with_suffix(".lock")
+        with files.TEMPLATE_LOCKS.hold(str(template)), files.file_lock(lock_file):
+            if self._template_ok(template, expected):
+                return template
+            temp = files.temp_path(template)
+            try:
+                self._build(temp, ddl)
+                if not self._verify(temp, expected, exact=True):
+                    raise EngineError(
+                        "schema template does not hold the tables its DDL declares; "
+                        f"expected {sorted(t.name for t in expected)}"
+                    )
+                files.fsync_file(temp)
+                files.remove_with_sidecars(template)  # a stale or broken one, if any
+                os.replace(temp, template)
+                files.fsync_dir(template.parent)
+                logger.info("built schema template %s", template.name)
+            finally:
+                files.remove_with_sidecars(temp)
+            # The rename kept the inode and mtime we just verified; trust the new stamp.
+            stamp = self._stamp(template)
+            if stamp is not None:
+                with self._verified_lock:
+                    self._verified[str(template)] = stamp
+            return template
+
+    # ------------------------------------------------------------------ public API
+
+    def create_database(self, path: Path, ddl: Sequence[str]) -> None:
+        """Make a database holding ``ddl``'s schema at ``path``, all or nothing.
+
+        Raises Conflict if ``path`` exists, EngineError (naming the failing statement) otherwise.
+        """
+        path = Path(path)
+        ddl = list(ddl)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with files.WRITE_LOCKS.hold(files.lock_key(path)):
+            if path.exists():
+                raise Conflict(f"graph database already exists: {path.name}")
+            self._create_locked(path, ddl)
+
+    def _create_locked(self, path: Path, ddl: list[str]) -> None:
+        files.remove_with_sidecars(path)  # orphaned sidecars would be replayed into the new file
+        temp = files.temp_path(path)
+        try:
+            made = False
+            if self.template_path(ddl) is not None:
+                try:
+                    template = self._template(ddl, expected_tables(ddl))
+                    shutil.copyfile(template, temp)
+                    files.fsync_file(temp)
+                    made = True
+                except OSError as exc:  # template folder unusable: still serve the request
+                    logger.warning("schema template unavailable (%s); running the DDL", exc)
+                    files.remove_with_sidecars(temp)
+            if not made:
+                self._build(temp, ddl)
+            files.publish(temp, path)
+        except ProvisioningError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"cannot create graph database {path.name}: {exc}") from exc
+        finally:
+            files.remove_with_sidecars(temp)
+
+    def ensure_database(self, path: Path, ddl: Sequence[str]) -> bool:
+        """Create ``path`` unless a complete one is there; True if this call made the file.
+
+        For retries after a crash: a file holding (at least) the DDL's tables is kept as it
+        is; a missing, empty, truncated or foreign file is replaced.
+        """
+        path = Path(path)
+        ddl = list(ddl)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with files.WRITE_LOCKS.hold(files.lock_key(path)):
+            if path.exists():
+                if self._verify(path, expected_tables(ddl), exact=False):
+                    return False
+                logger.warning("replacing incomplete graph database %s", path.name)
+            self._create_locked(path, ddl)
+            return True
+
+    def delete_database(self, path: Path) -> bool:
+        """Remove the file and its sidecars; True if anything was removed."""
+        path = Path(path)
+        with files.WRITE_LOCKS.hold(files.lock_key(path)):
+            try:
+                return files.remove_with_sidecars(path, thorough=True)
+            except OSError as exc:
+                raise EngineError(f"cannot delete graph database {path.name}: {exc}") from exc
+
+    def exists(self, path: Path) -> bool:
+        return Path(path).is_file()
+
+    def list_tables(self, path: Path) -> list[TableInfo]:
+        """Tables in creation order (read-only open)."""
+        with self.session(Path(path), read_only=True) as conn:
+            return read_tables(conn)
+
+    def execute(self, path: Path, statements: Sequence[Statement]) -> None:
+        """Run the statements in one write transaction: all of them apply or none."""
+        path = Path(path)
+        with self.writing(path, pool=self.data_buffer_pool_bytes) as conn:
+            conn.execute("BEGIN TRANSACTION")
+            for index, item in enumerate(statements, start=1):
+                cypher, parameters = (item, {}) if isinstance(item, str) else item
+                try:
+                    conn.execute(cypher, dict(parameters))
+                except Exception as exc:
+                    with contextlib.suppress(Exception):
+                        conn.execute("ROLLBACK")
+                    raise EngineError(
+                        f"statement {index} failed on {path.name}: {short(cypher)}: {exc}"
+                    ) from exc
+            try:
+                conn.execute("COMMIT")
+            except Exception as exc:
+                raise EngineError(f"commit failed on {path.name}: {exc}") from exc
+
+    def query(
+        self, path: Path, cypher: str, parameters: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows as dicts keyed by column name (read-only open, so it never blocks a writer)."""
+        path = Path(path)
+        with self.session(path, read_only=True, pool=self.data_buffer_pool_bytes) as conn:
+            try:
+                return rows(conn.execute(cypher, parameters or {}))
+            except Exception as exc:
+                raise EngineError(f"query failed on {path.name}: {exc}") from exc
+
+    def count_rows(self, path: Path) -> dict[str, int]:
+        """Rows per table (nodes or relationships)."""
+        with self.session(Path(path), read_only=True, pool=self.data_buffer_pool_bytes) as conn:
+            return {t.name: count(conn, t) for t in read_tables(conn)}
+
+
+    def copy_tables(
+        self,
+        parent: Path,
+        child: Path,
+        *,
+        tables: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = (),
+    ) -> dict[str, int]:
+        """Fork: copy rows of the chosen tables from ``parent`` into ``child`` (see ``fork``)."""
+        return fork.copy_tables(self, parent, child, tables=tables, exclude=exclude)

@@ -1,0 +1,64 @@
+"""What a schema's DDL declares, read without opening a database.
+
+The tables a list of ``CREATE ... TABLE`` statements makes, and the schema's fingerprint (the
+template file name): both are pure functions of the statements, so they are computed once per
+schema and cached.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+_CREATE_TABLE_RE = re.compile(
+    r"^\s*CREATE\s+(NODE|REL)\s+TABLE\s+(?:GROUP\s+)?(?:IF\s+NOT\s+EXISTS\s+)?"
+    r"(`[^`]+`|[A-Za-z_][A-Za-z0-9_]*)",
+    re.IGNORECASE,
+)
+
+
+def normalise_statement(statement: str) -> str:
+    """One canonical spelling per statement: whitespace collapsed, no trailing ';'."""
+    return " ".join(statement.split()).rstrip(";").rstrip()
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    kind: str  # "NODE" | "REL"
+
+
+def ddl_fingerprint(ddl: Sequence[str]) -> str:
+    """sha256 of the normalised statements: equal schemas share one template file."""
+    digest = hashlib.sha256()
+    for statement in ddl:
+        normalised = normalise_statement(statement)
+        if normalised:
+            digest.update(normalised.encode("utf-8"))
+            digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def expected_tables(ddl: Sequence[str]) -> list[TableInfo]:
+    """The tables a DDL list creates, read from its ``CREATE ... TABLE`` statements."""
+    return list(schema_key(tuple(ddl))[1])
+
+
+@functools.lru_cache(maxsize=256)
+def schema_key(ddl: tuple[str, ...]) -> tuple[str, tuple[TableInfo, ...]]:
+    """Fingerprint and expected tables, cached: the same few schemas are created all day."""
+    tables: list[TableInfo] = []
+    for statement in ddl:
+        match = _CREATE_TABLE_RE.match(statement)
+        if match:
+            tables.append(TableInfo(match.group(2).strip("`"), match.group(1).upper()))
+    return ddl_fingerprint(ddl), tuple(tables)
+
+
+def table_keys(tables: Sequence[TableInfo]) -> set[tuple[str, str]]:
+    # LadybugDB table names are case-insensitive.
+    return {(t.name.lower(), t.kind) for t in tables}
+
