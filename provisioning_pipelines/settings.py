@@ -16,6 +16,9 @@ from pathlib import Path
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from provisioning_pipelines.storage.events import DEFAULT_KEY_PREFIX, DEFAULT_TTL_SECONDS
+from provisioning_pipelines.storage.ladybug import DEFAULT_BUFFER_POOL_MB
+
 DEFAULT_DATA_DIR = Path(".data")
 EMBEDDED_DAGSTER_YAML = """\
 # The embedded Dagster instance: default SQLite storage under this folder.
@@ -36,7 +39,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, validation_alias="DATABASE_URL")
     graph_data_dir: Path | None = Field(None, validation_alias="GRAPH_DATA_DIR")
     redis_url: str | None = Field(None, validation_alias="REDIS_URL")
-    redis_key_prefix: str = Field("pp:", validation_alias="REDIS_KEY_PREFIX")
+    redis_key_prefix: str = Field(DEFAULT_KEY_PREFIX, validation_alias="REDIS_KEY_PREFIX")
     dagster_home: Path | None = Field(None, validation_alias="DAGSTER_HOME")
     dagster_webserver_url: str = Field(
         "http://127.0.0.1:3000", validation_alias="DAGSTER_WEBSERVER_URL"
@@ -64,8 +67,12 @@ class Settings(BaseSettings):
         30, validation_alias="PROVISIONING_SENSOR_INTERVAL_SECONDS"
     )
     direct_max_concurrency: PositiveInt = Field(8, validation_alias="DIRECT_MAX_CONCURRENCY")
-    operation_ttl_seconds: PositiveInt = Field(86400, validation_alias="OPERATION_TTL_SECONDS")
-    ladybug_buffer_pool_mb: PositiveInt = Field(16, validation_alias="LADYBUG_BUFFER_POOL_MB")
+    operation_ttl_seconds: PositiveInt = Field(
+        DEFAULT_TTL_SECONDS, validation_alias="OPERATION_TTL_SECONDS"
+    )
+    ladybug_buffer_pool_mb: PositiveInt = Field(
+        DEFAULT_BUFFER_POOL_MB, validation_alias="LADYBUG_BUFFER_POOL_MB"
+    )
     graph_templates_enabled: bool = Field(True, validation_alias="GRAPH_TEMPLATES_ENABLED")
 
     @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home", mode="before")

@@ -124,6 +124,18 @@ def database(database_url: str) -> Database:
     return get_database(database_url)
 
 
+@pytest.fixture(scope="session")
+def sqlite_database(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[Database]:
+    """One SQLite app database for property-based tests, whose examples make rows of their
+    own (hypothesis runs many examples per test; a fresh database each would be slow)."""
+    path = tmp_path_factory.mktemp("property") / "app.db"
+    shutil.copy(sqlite_template, path)
+    url = f"sqlite:///{path}"
+    yield get_database(url)
+    dispose_database(url)
+
+
 @pytest.fixture
 def graph_dir(tmp_path: Path) -> Path:
     path = tmp_path / "graphs"

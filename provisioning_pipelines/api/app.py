@@ -18,13 +18,12 @@ from provisioning_pipelines.api import graphs, health, operations, subscriptions
 from provisioning_pipelines.api.context import ApiContext
 from provisioning_pipelines.direct import DirectExecutor, default_executor
 from provisioning_pipelines.settings import Settings, get_settings
-
-KEEPALIVE_SECONDS = 15.0
+from provisioning_pipelines.storage.events import DEFAULT_KEEPALIVE_SECONDS
 
 
 def create_app(settings: Settings | None = None, executor: DirectExecutor | None = None,
                *, dagster_instance: Callable[[], DagsterInstance] | None = None,
-               keepalive_seconds: float = KEEPALIVE_SECONDS) -> Starlette:
+               keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS) -> Starlette:
     api = ApiContext(settings=settings or get_settings(),
                      executor=executor or default_executor(),
                      dagster_instance=dagster_instance or functools.cache(DagsterInstance.get),

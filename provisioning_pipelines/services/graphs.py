@@ -84,7 +84,11 @@ class GraphRequest:
         request = cls(name=name.strip(), description=description, tags=tags,
                       schema_extensions=extensions, entity=dict(entity) if entity else None,
                       custom_schema=dict(custom) if custom is not None else None)
-        request.ddl()  # validates extensions or the custom schema now, before anything is made
+        try:  # validates extensions or the custom schema now, before anything is made
+            request.ddl()
+        except InvalidRequest as exc:  # name the field by its path in the request
+            raise InvalidRequest(f"{prefix}.{exc.message}",
+                                 field=f"{prefix}.{exc.field or 'schema'}") from None
         return request
 
     @property

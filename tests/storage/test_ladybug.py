@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -221,8 +222,11 @@ def test_failed_create_leaves_no_file(tmp_path: Path, data: Path, use_templates:
     assert not path.exists()
     assert os.listdir(data) == []
     templates = tmp_path / "templates"
-    assert not templates.exists() or not list(templates.glob("*.lbug"))
-    assert not templates.exists() or _leftovers(templates) == []
+    if use_templates:  # the template build was tried, failed, and left nothing behind
+        assert templates.is_dir()
+        assert list(templates.glob("*.lbug")) == [] and _leftovers(templates) == []
+    else:
+        assert not templates.exists()
     # The engine still works for a good schema afterwards.
     engine.create_database(path, DDL)
     assert engine.exists(path)
@@ -491,7 +495,7 @@ def test_fork_is_all_or_nothing(engine: LadybugEngine, parent: Path, data: Path)
     before = engine.count_rows(child)
     with pytest.raises(EngineError) as caught:
         engine.copy_tables(parent, child)
-    assert "fork load failed" in caught.value.message
+    assert re.search(r"fork load \d+ failed", caught.value.message)
     assert engine.count_rows(child) == before
     assert _leftovers(data) == []
 

@@ -16,6 +16,8 @@ processes cannot both win; in memory it is one lock.
 from __future__ import annotations
 
 from provisioning_pipelines.storage.events.contract import (
+    DEFAULT_KEEPALIVE_SECONDS,
+    DEFAULT_KEY_PREFIX,
     DEFAULT_TTL_SECONDS,
     EVENT_CANCELLED,
     EVENT_COMPLETED,
@@ -41,7 +43,8 @@ from provisioning_pipelines.storage.events.redis_store import RedisOperationStor
 
 
 def build_operation_store(
-    redis_url: str | None, *, prefix: str = "pp:", ttl_seconds: float = DEFAULT_TTL_SECONDS
+    redis_url: str | None, *, prefix: str = DEFAULT_KEY_PREFIX,
+    ttl_seconds: float = DEFAULT_TTL_SECONDS,
 ) -> OperationStore:
     """Redis when a URL is configured (production), the in-memory twin otherwise (embedded)."""
     if redis_url:
@@ -50,6 +53,8 @@ def build_operation_store(
 
 
 __all__ = [
+    "DEFAULT_KEEPALIVE_SECONDS",
+    "DEFAULT_KEY_PREFIX",
     "DEFAULT_TTL_SECONDS",
     "EVENT_CANCELLED",
     "EVENT_COMPLETED",

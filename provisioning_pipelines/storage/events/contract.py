@@ -1,16 +1,8 @@
 """The operation event store's contract: values, ids, transitions and the abstract store.
 
-An operation (one direct provisioning call) has a status record and a stream of events. The
-stream id of an event is its SSE ``id:``, so a reconnecting client sends it back as
-``Last-Event-ID`` and resumes exactly where it left off. Two stores keep one contract:
-``RedisOperationStore`` (production: shared by every API worker and Dagster run process) and
-``InMemoryOperationStore`` (the embedded default: one process, no server).
-
-The rules both enforce: status only moves forward (pending -> running -> completed | failed |
-cancelled), the first terminal state wins, every write refreshes one TTL on every key of the
-operation, and ``subscribe`` replays then tails with no gap and no duplicate, ending after the
-terminal event. In Redis the check-and-write is one Lua script, so racing writers in different
-processes cannot both win; in memory it is one lock.
+Both stores (``memory_store``, ``redis_store``) subclass ``OperationStore``: the public writes
+(``start``, ``progress``, ``complete``, ``fail``, ``cancel``) are shared here and reach a store as
+one ``Change``, which it applies atomically; the rules are listed in the package docstring.
 """
 
 from __future__ import annotations
@@ -38,6 +30,9 @@ TERMINAL_EVENT_TYPES = frozenset({EVENT_COMPLETED, EVENT_ERROR, EVENT_CANCELLED}
 
 REPORT_OUTCOMES = ("ok", "timeout", "error")
 DEFAULT_TTL_SECONDS = 86400
+DEFAULT_KEY_PREFIX = "pp:"
+#: Seconds between keepalive comments on an idle stream.
+DEFAULT_KEEPALIVE_SECONDS = 15.0
 
 MAX_ID_PART = 2**64 - 1
 _EVENT_ID_RE = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
@@ -125,6 +120,24 @@ def event_data(
         "timestamp": timestamp,
         **extra,
     }
+
+
+@dataclass(frozen=True)
+class Change:
+    """One write to an operation: the action (a key of ``TRANSITIONS``), the event's message,
+    ``percent`` that raises progress (never lowers it), ``extra`` for the event's data and
+    ``record`` for the status record."""
+
+    action: str
+    message: str
+    percent: int | None
+    extra: dict[str, Any]
+    record: dict[str, str]
+
+    @property
+    def rule(self) -> tuple[frozenset[str], str, str]:
+        """(statuses it may leave, status it moves to, event type)."""
+        return TRANSITIONS[self.action]
 
 
 @dataclass(frozen=True)
@@ -229,7 +242,8 @@ class OperationStore(ABC):
 
     @abstractmethod
     def subscribe(
-        self, operation_id: str, after: str | None = None, *, keepalive: float = 15.0
+        self, operation_id: str, after: str | None = None, *,
+        keepalive: float = DEFAULT_KEEPALIVE_SECONDS,
     ) -> AsyncIterator[OperationEvent | None]:
         """Replay after ``after``, then tail live; None every idle ``keepalive`` seconds.
 
@@ -244,19 +258,10 @@ class OperationStore(ABC):
     def close(self) -> None: ...
 
     @abstractmethod
-    def _transition(
-        self,
-        operation_id: str,
-        action: str,
-        message: str,
-        percent: int | None,
-        extra: dict[str, Any],
-        record: dict[str, str],
-    ) -> OperationEvent | None:
+    def _transition(self, operation_id: str, change: Change) -> OperationEvent | None:
         """Atomically check the transition, update the record, append the event, refresh TTL.
 
-        ``percent`` raises progress (never lowers it); ``extra`` goes into the event data,
-        ``record`` into the status record. None when the status cannot move.
+        None when the status cannot move.
         """
 
     def start(self, operation_id: str, message: str = "") -> OperationEvent | None:
@@ -302,9 +307,10 @@ class OperationStore(ABC):
     ) -> OperationEvent | None:
         if not is_operation_id(operation_id):
             return None  # names no operation, like an unknown id
-        return self._transition(
-            operation_id, action, str(message), percent, extra or {}, record or {}
-        )
+        # Round-trip the extra through JSON: both stores keep exactly what Redis would.
+        change = Change(action, str(message), percent, json.loads(json.dumps(extra or {})),
+                        record or {})
+        return self._transition(operation_id, change)
 
     @staticmethod
     def _check_report(outcome: str) -> None:

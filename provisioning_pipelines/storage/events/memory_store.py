@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from provisioning_pipelines.storage.events.contract import (
+    DEFAULT_KEEPALIVE_SECONDS,
     DEFAULT_TTL_SECONDS,
-    TRANSITIONS,
+    Change,
     Operation,
     OperationEvent,
     OperationStore,
@@ -108,17 +109,9 @@ class InMemoryOperationStore(OperationStore):
             record = self._live(operation_id)
             return None if record is None else record.operation
 
-    def _transition(
-        self,
-        operation_id: str,
-        action: str,
-        message: str,
-        percent: int | None,
-        extra: dict[str, Any],
-        record: dict[str, str],
-    ) -> OperationEvent | None:
-        allowed, status, event_type = TRANSITIONS[action]
-        extra = json.loads(json.dumps(extra))  # same JSON contract as Redis
+    def _transition(self, operation_id: str, change: Change) -> OperationEvent | None:
+        allowed, status, event_type = change.rule
+        percent, record = change.percent, change.record
         now = utcnow()
         with self._lock:
             rec = self._live(operation_id)
@@ -135,7 +128,7 @@ class InMemoryOperationStore(OperationStore):
                 current,
                 status=status,
                 progress=progress,
-                message=message,
+                message=change.message,
                 updated_at=now,
                 **updates,
             )
@@ -143,7 +136,8 @@ class InMemoryOperationStore(OperationStore):
             event = OperationEvent(
                 id=format_event_id(key),
                 type=event_type,
-                data=event_data(operation_id, status, progress, message, now.isoformat(), extra),
+                data=event_data(operation_id, status, progress, change.message,
+                                now.isoformat(), change.extra),
             )
             rec.events.append(event)
             rec.keys.append(key)
@@ -197,7 +191,8 @@ class InMemoryOperationStore(OperationStore):
                 rec.cond.wait(min(remaining, max(0.0, rec.expires_at - time.monotonic())))
 
     async def subscribe(
-        self, operation_id: str, after: str | None = None, *, keepalive: float = 15.0
+        self, operation_id: str, after: str | None = None, *,
+        keepalive: float = DEFAULT_KEEPALIVE_SECONDS,
     ) -> AsyncIterator[OperationEvent | None]:
         cursor = parse_after(after)
         if keepalive <= 0:

@@ -24,10 +24,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from provisioning_pipelines.storage.events.contract import (
+    DEFAULT_KEEPALIVE_SECONDS,
+    DEFAULT_KEY_PREFIX,
     DEFAULT_TTL_SECONDS,
     MAX_ID_PART,
     TERMINAL_STATUSES,
-    TRANSITIONS,
+    Change,
     EventStoreUnavailable,
     Operation,
     OperationEvent,
@@ -91,7 +93,7 @@ class RedisOperationStore(OperationStore):
         self,
         url: str,
         *,
-        prefix: str = "pp:",
+        prefix: str = DEFAULT_KEY_PREFIX,
         ttl_seconds: float = DEFAULT_TTL_SECONDS,
         connect_timeout: float = 1.0,
         socket_timeout: float = 3.0,
@@ -188,28 +190,19 @@ class RedisOperationStore(OperationStore):
             raise ValueError(f"operation {operation_id!r} already exists")
         return Operation.pending(operation_id, kind, user_id, now)
 
-    def _transition(
-        self,
-        operation_id: str,
-        action: str,
-        message: str,
-        percent: int | None,
-        extra: dict[str, Any],
-        record: dict[str, str],
-    ) -> OperationEvent | None:
-        allowed, status, event_type = TRANSITIONS[action]
-        extra_json = json.dumps(extra)
+    def _transition(self, operation_id: str, change: Change) -> OperationEvent | None:
+        allowed, status, event_type = change.rule
         now = utcnow().isoformat()
         args = [
             "," + ",".join(sorted(allowed)) + ",",
             status,
             event_type,
-            message,
-            "" if percent is None else str(percent),
+            change.message,
+            "" if change.percent is None else str(change.percent),
             now,
-            extra_json,
+            json.dumps(change.extra),
             self._ttl_ms,
-            *(item for pair in record.items() for item in pair),
+            *(item for pair in change.record.items() for item in pair),
         ]
         with _redis_errors():
             reply = self._transition_script(keys=self._keys(operation_id), args=args)
@@ -219,9 +212,8 @@ class RedisOperationStore(OperationStore):
         return OperationEvent(
             id=event_id,
             type=event_type,
-            data=event_data(
-                operation_id, status, int(progress), message, now, json.loads(extra_json)
-            ),
+            data=event_data(operation_id, status, int(progress), change.message, now,
+                            change.extra),
         )
 
     def record_report(self, operation_id: str, outcome: str, detail: str | None = None) -> None:
@@ -291,7 +283,8 @@ class RedisOperationStore(OperationStore):
                 return found
 
     async def subscribe(
-        self, operation_id: str, after: str | None = None, *, keepalive: float = 15.0
+        self, operation_id: str, after: str | None = None, *,
+        keepalive: float = DEFAULT_KEEPALIVE_SECONDS,
     ) -> AsyncIterator[OperationEvent | None]:
         cursor = parse_after(after)
         if keepalive <= 0:

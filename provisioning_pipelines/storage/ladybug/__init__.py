@@ -1,7 +1,12 @@
 """The graph engine over LadybugDB files: ``files`` (on disk), ``schema`` (what DDL declares),
 ``cypher`` (text and rows), ``engine`` (create, query, delete) and ``fork`` (copy rows)."""
 
-from provisioning_pipelines.storage.ladybug.engine import LadybugEngine, MiB, Statement
+from provisioning_pipelines.storage.ladybug.engine import (
+    DEFAULT_BUFFER_POOL_MB,
+    LadybugEngine,
+    MiB,
+    Statement,
+)
 from provisioning_pipelines.storage.ladybug.files import has_sidecars, sidecars
 from provisioning_pipelines.storage.ladybug.schema import (
     TableInfo,
@@ -11,6 +16,7 @@ from provisioning_pipelines.storage.ladybug.schema import (
 )
 
 __all__ = [
+    "DEFAULT_BUFFER_POOL_MB",
     "LadybugEngine",
     "MiB",
     "Statement",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +58,28 @@ def count(conn: ladybug.Connection, table: TableInfo) -> int:
     else:
         query = f"MATCH ()-[r:{quote(table.name)}]->() RETURN count(r) AS c"
     return int(rows(conn.execute(query))[0]["c"])
+
+
+Statement = str | tuple[str, Mapping[str, Any]]
+
+
+def run_in_transaction(conn: ladybug.Connection, statements: Sequence[Statement], *,
+                       label: str) -> None:
+    """Run the statements in one write transaction: all of them apply or none.
+
+    A failure names the statement (``{label} 3 failed: CREATE ...: why``); a failed statement
+    ends the transaction, so it is rolled back before the error is raised.
+    """
+    conn.execute("BEGIN TRANSACTION")
+    for index, item in enumerate(statements, start=1):
+        text, parameters = (item, {}) if isinstance(item, str) else item
+        try:
+            conn.execute(text, dict(parameters))
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+            raise EngineError(f"{label} {index} failed: {short(text)}: {exc}") from exc
+    try:
+        conn.execute("COMMIT")
+    except Exception as exc:
+        raise EngineError(f"{label}: commit failed: {exc}") from exc

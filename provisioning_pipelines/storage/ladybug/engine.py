@@ -24,7 +24,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,13 @@ import ladybug
 
 from provisioning_pipelines.errors import Conflict, EngineError, NotFound, ProvisioningError
 from provisioning_pipelines.storage.ladybug import files, fork
-from provisioning_pipelines.storage.ladybug.cypher import count, read_tables, rows, short
+from provisioning_pipelines.storage.ladybug.cypher import (
+    Statement,
+    count,
+    read_tables,
+    rows,
+    run_in_transaction,
+)
 from provisioning_pipelines.storage.ladybug.schema import (
     TableInfo,
     expected_tables,
@@ -43,7 +49,8 @@ from provisioning_pipelines.storage.ladybug.schema import (
 logger = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-Statement = str | tuple[str, Mapping[str, Any]]
+#: Buffer pool of an open for schema work (the setting LADYBUG_BUFFER_POOL_MB).
+DEFAULT_BUFFER_POOL_MB = 16
 # Another process holds the write lock: worth waiting up to ``lock_timeout``.
 _LOCKED = "Could not set lock"
 # A reader met a checkpoint in progress, or the file is truncated (same message): a short wait
@@ -58,7 +65,7 @@ class LadybugEngine:
     def __init__(
         self,
         *,
-        buffer_pool_bytes: int = 16 * MiB,
+        buffer_pool_bytes: int = DEFAULT_BUFFER_POOL_MB * MiB,
         template_dir: Path | None = None,
         use_templates: bool = True,
         data_buffer_pool_bytes: int = 256 * MiB,
@@ -139,17 +146,7 @@ class LadybugEngine:
     def _build(self, target: Path, ddl: Sequence[str]) -> None:
         """Run the DDL into a fresh file (one transaction) and leave it checkpointed."""
         with self.session(target, read_only=False) as conn:
-            conn.execute("BEGIN TRANSACTION")
-            for index, statement in enumerate(ddl, start=1):
-                try:
-                    conn.execute(statement)
-                except Exception as exc:
-                    with contextlib.suppress(Exception):  # a failed statement ends the txn
-                        conn.execute("ROLLBACK")
-                    raise EngineError(
-                        f"schema statement {index} failed: {short(statement)}: {exc}"
-                    ) from exc
-            conn.execute("COMMIT")
+            run_in_transaction(conn, ddl, label="schema statement")
         self._ensure_checkpointed(target)
 
     def _ensure_checkpointed(self, target: Path) -> None:
@@ -316,21 +313,7 @@ class LadybugEngine:
         """Run the statements in one write transaction: all of them apply or none."""
         path = Path(path)
         with self.writing(path, pool=self.data_buffer_pool_bytes) as conn:
-            conn.execute("BEGIN TRANSACTION")
-            for index, item in enumerate(statements, start=1):
-                cypher, parameters = (item, {}) if isinstance(item, str) else item
-                try:
-                    conn.execute(cypher, dict(parameters))
-                except Exception as exc:
-                    with contextlib.suppress(Exception):
-                        conn.execute("ROLLBACK")
-                    raise EngineError(
-                        f"statement {index} failed on {path.name}: {short(cypher)}: {exc}"
-                    ) from exc
-            try:
-                conn.execute("COMMIT")
-            except Exception as exc:
-                raise EngineError(f"commit failed on {path.name}: {exc}") from exc
+            run_in_transaction(conn, statements, label=f"{path.name}: statement")
 
     def query(
         self, path: Path, cypher: str, parameters: dict[str, Any] | None = None

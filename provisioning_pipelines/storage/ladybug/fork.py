@@ -7,7 +7,6 @@ and to keys first), all loads in one transaction on the child, so a failed fork 
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import os
 import shutil
@@ -27,7 +26,7 @@ from provisioning_pipelines.storage.ladybug.cypher import (
     quote,
     read_tables,
     rows,
-    short,
+    run_in_transaction,
 )
 
 if TYPE_CHECKING:
@@ -168,21 +167,9 @@ def _copy(
                 files.append(file)
             loaded = {step.table for step in steps}
             before = {name: count(target, child_schema[name.lower()]) for name in loaded}
-            target.execute("BEGIN TRANSACTION")
-            for step, file in zip(steps, files, strict=True):
-                statement = step.load.replace(_FILE, path_literal(file))
-                try:
-                    target.execute(statement)
-                except Exception as exc:
-                    with contextlib.suppress(Exception):
-                        target.execute("ROLLBACK")
-                    raise EngineError(
-                        f"fork load failed on {child.name}: {short(statement)}: {exc}"
-                    ) from exc
-            try:
-                target.execute("COMMIT")
-            except Exception as exc:
-                raise EngineError(f"fork commit failed on {child.name}: {exc}") from exc
+            loads = [step.load.replace(_FILE, path_literal(file))
+                     for step, file in zip(steps, files, strict=True)]
+            run_in_transaction(target, loads, label=f"{child.name}: fork load")
             return {
                 name: (
                     count(target, child_schema[name.lower()]) - before[name]
