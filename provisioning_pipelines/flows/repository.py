@@ -15,7 +15,7 @@ from provisioning_pipelines.flows.subscription import (
     subscription_result,
     subscription_tags,
 )
-from provisioning_pipelines.services import audit, catalog, credits, repositories
+from provisioning_pipelines.services import catalog, credits, repositories
 
 RepositoryConfig = SubscriptionConfig
 
@@ -38,14 +38,10 @@ def grant_repository_access(ctx: StepContext, work: SubscriptionWork) -> Subscri
         return work
     repository, plan = _repository_and_plan(work)
     with ctx.database.session() as session:
-        access, created = repositories.grant_access(
+        repositories.grant_access(
             session, user_id=work.claim.user_id, repository=repository, plan=plan.name,
             subscription_id=work.claim.subscription_id,
         )
-        audit.record(session, actor=work.claim.user_id, action="repository.access_granted",
-                     subject_type="repository", subject_id=repository,
-                     details={"plan": plan.name, "access_level": access.access_level,
-                              "new": created, "subscription_id": work.claim.subscription_id})
     ctx.progress(f"Granted {plan.access_level} access to {repository}", 40)
     return work.with_details(resource_id=repository, repository=repository, plan=plan.name,
                              access_level=plan.access_level)
