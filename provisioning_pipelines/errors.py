@@ -64,3 +64,15 @@ class EngineError(ProvisioningError):
 
     status_code = 500
     code = "engine_error"
+
+
+class PayloadTooLarge(InvalidRequest):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class ServiceUnavailable(ProvisioningError):
+    """A store this request needs is down; the same request may succeed later (answered 503)."""
+
+    status_code = 503
+    code = "unavailable"

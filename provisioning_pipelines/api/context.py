@@ -1,14 +1,16 @@
-"""What every endpoint shares: the app's stores, authentication, error mapping and JSON bodies.
+"""What every endpoint shares: the app's stores, authentication, error mapping and bodies.
 
-Services raise ``ProvisioningError``s; ``guard`` maps them to answers once for every endpoint.
-A plain (non-async) endpoint runs in the thread pool, so SQL and Redis calls never block the
-event loop.
+Services raise ``ProvisioningError``s; ``guard`` maps them to answers once for every endpoint,
+and a store that is down to 503 naming it, so a client's mistake is never a 5xx and an outage
+is told as one. A plain (non-async) endpoint runs in the thread pool, so SQL and Redis calls
+never block the event loop. Bodies are read with a size limit, after authentication.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,16 +22,27 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from provisioning_pipelines.direct import DirectExecutor, ProvisioningResult
-from provisioning_pipelines.errors import InvalidRequest, ProvisioningError
+from provisioning_pipelines.errors import (
+    InvalidRequest,
+    PayloadTooLarge,
+    ProvisioningError,
+    ServiceUnavailable,
+)
 from provisioning_pipelines.services import accounts
 from provisioning_pipelines.services.accounts import Identity
+from provisioning_pipelines.services.validation import json_problem, type_name
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.errors import is_outage, what_is_down
 from provisioning_pipelines.storage.events import OperationStore
 
 logger = logging.getLogger("provisioning_pipelines.api")
 
 Endpoint = Callable[[Request], Awaitable[Response] | Response]
+#: The largest request body the API reads (a custom schema at its limits is ~0.5 MiB).
+MAX_BODY_BYTES = 1024 * 1024
+#: What a 503 asks a client to wait before trying again.
+RETRY_AFTER_SECONDS = 5
 
 
 class Unauthorized(ProvisioningError):
@@ -79,25 +92,66 @@ class ApiContext:
 
 
 def guard(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
-    """Map service errors to answers once; plain functions run in the thread pool."""
+    """Map errors to answers once; plain functions run in the thread pool."""
 
     async def guarded(request: Request) -> Response:
         try:
             if inspect.iscoroutinefunction(endpoint):
                 return await endpoint(request)
             return await run_in_threadpool(endpoint, request)  # type: ignore[arg-type]
-        except ProvisioningError as exc:
-            return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+        except Exception as exc:
+            return error_response(exc)
 
     return guarded
 
 
+def error_response(exc: BaseException) -> JSONResponse:
+    """The answer for an error: its own status for ours, 503 for an outage, 500 otherwise."""
+    if isinstance(exc, ProvisioningError):
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+    if is_outage(exc):
+        down = what_is_down(exc)
+        logger.warning("%s unavailable: %s: %s", down, type(exc).__name__, exc)
+        unavailable = ServiceUnavailable(f"{down} unavailable; try again shortly")
+        return JSONResponse(unavailable.to_dict(), status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+    logger.error("unexpected error", exc_info=exc)
+    return JSONResponse({"error": "internal_error", "message": "an unexpected error; it has "
+                         "been logged", "field": None}, status_code=500)
+
+
+async def read_body(request: Request, *, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The raw body, refused with 413 past ``limit`` bytes (announced or actually sent)."""
+    announced = request.headers.get("content-length")
+    if announced is not None and announced.isdigit() and int(announced) > limit:
+        raise PayloadTooLarge(f"body: larger than {limit} bytes", field="body")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body: larger than {limit} bytes", field="body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def read_json(request: Request) -> dict[str, Any]:
-    """The body as a JSON object, or 422 naming what is wrong with it."""
+    """The body as a JSON object, or 422 naming what is wrong with it (413 when too large)."""
+    raw = await read_body(request)
     try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidRequest("body: not valid JSON", field="body") from None
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise InvalidRequest("body: nested too deeply", field="body") from None
+    except ValueError as exc:
+        raise InvalidRequest(f"body: not valid JSON ({exc})"[:200], field="body") from None
     if not isinstance(body, dict):
-        raise InvalidRequest("body: expected a JSON object", field="body")
+        raise InvalidRequest(f"body: expected a JSON object, got {type_name(body)}",
+                             field="body")
+    problem = json_problem(body)
+    if problem:
+        raise InvalidRequest(problem, field=problem.split(":", 1)[0])
     return body
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")

@@ -10,14 +10,13 @@ from starlette.routing import Route
 from provisioning_pipelines.api.context import ApiContext, guard, read_json
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows import SUBGRAPH_FLOW
-from provisioning_pipelines.services import graphs, subgraphs
+from provisioning_pipelines.services import graphs, subgraphs, validation
 from provisioning_pipelines.services.accounts import Identity
 
 
 def routes(api: ApiContext) -> list[Route]:
     async def create_subgraph(request: Request) -> Response:
         graph_id = request.path_params["graph_id"]
-        body = await read_json(request)
 
         def visible() -> Identity:
             user = api.user_of(request)
@@ -26,10 +25,11 @@ def routes(api: ApiContext) -> list[Route]:
             return user
 
         user = await run_in_threadpool(visible)
+        body = await read_json(request)
         name = subgraphs.validate_subgraph_name(body.get("name"))
-        description = body.get("description")
-        if description is not None and not isinstance(description, str):
-            raise InvalidRequest("description: expected a string", field="description")
+        description = validation.text(body.get("description"), "description",
+                                      max_length=graphs.MAX_DESCRIPTION_LENGTH, multiline=True,
+                                      required=False)
         fork_parent = body.get("fork_parent", False)
         if not isinstance(fork_parent, bool):
             raise InvalidRequest("fork_parent: expected true or false", field="fork_parent")

@@ -1,7 +1,10 @@
 """``/v1/operations/{id}``: an operation's status, and its events as a Server-Sent Events stream.
 
-The stream replays after ``Last-Event-ID`` (or ``?after=``), then tails live with no gap, sends a
-keepalive comment while idle, and closes after the terminal event.
+The stream replays after ``Last-Event-ID`` (or ``?after=``; empty means from the start), then
+tails live with no gap, sends a keepalive comment while idle, and closes after the terminal event.
+A stream the server cannot go on with (the event store went down, the server shuts down) ends
+with a ``stream_error`` event and a ``retry:`` hint, never with a cut body: the client reconnects
+with the last id it saw and misses nothing.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from provisioning_pipelines.api.context import ApiContext, guard
+from provisioning_pipelines.api.context import RETRY_AFTER_SECONDS, ApiContext, guard, logger
 from provisioning_pipelines.errors import InvalidRequest, NotFound
-from provisioning_pipelines.storage.events import Operation, event_id_key
+from provisioning_pipelines.storage.events import EventStoreUnavailable, Operation, event_id_key
 
 
 def routes(api: ApiContext) -> list[Route]:
@@ -38,22 +41,28 @@ def routes(api: ApiContext) -> list[Route]:
 
     async def operation_events(request: Request) -> Response:
         operation = await run_in_threadpool(operation_of, request)
-        after = request.headers.get("last-event-id") or request.query_params.get("after")
-        if after:
+        after = (request.headers.get("last-event-id")
+                 or request.query_params.get("after") or None)
+        if after is not None:
             try:
                 event_id_key(after)
             except ValueError:
-                raise InvalidRequest(f"Last-Event-ID: {after!r} is not an event id",
+                raise InvalidRequest(f"Last-Event-ID: {after[:40]!r} is not an event id",
                                      field="Last-Event-ID") from None
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
-            async for event in api.store.subscribe(operation.id, after,
-                                                   keepalive=api.keepalive_seconds):
-                if event is None:
-                    yield ServerSentEvent(comment="keepalive")
-                else:
-                    yield ServerSentEvent(data=_dumps(event.data), event=event.type,
-                                          id=event.id)
+            try:
+                async for event in api.store.subscribe(operation.id, after,
+                                                       keepalive=api.keepalive_seconds):
+                    if event is None:
+                        yield ServerSentEvent(comment="keepalive")
+                    else:
+                        yield ServerSentEvent(data=_dumps(event.data), event=event.type,
+                                              id=event.id)
+            except EventStoreUnavailable as exc:
+                logger.warning("operation %s: stream ended, event store down (%s)",
+                               operation.id, exc)
+                yield stream_error("the event store is unavailable; reconnect shortly")
 
         return EventSourceResponse(stream(), ping=None,
                                    headers={"Cache-Control": "no-cache",
@@ -63,6 +72,12 @@ def routes(api: ApiContext) -> list[Route]:
         Route("/v1/operations/{operation_id}", guard(show_operation)),
         Route("/v1/operations/{operation_id}/events", guard(operation_events)),
     ]
+
+
+def stream_error(message: str) -> ServerSentEvent:
+    """The last event of a stream the server cannot go on with: reconnect after ``retry``."""
+    return ServerSentEvent(event="stream_error", retry=RETRY_AFTER_SECONDS * 1000,
+                           data=_dumps({"error": "unavailable", "message": message}))
 
 
 def _dumps(data: Any) -> str:

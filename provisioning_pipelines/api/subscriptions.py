@@ -17,10 +17,10 @@ PUBLIC_FIELDS = ("subscription_id", "status", "resource_type", "resource_id", "p
 
 def routes(api: ApiContext) -> list[Route]:
     async def create_subscription(request: Request) -> Response:
+        user = await run_in_threadpool(api.user_of, request)
         body = await read_json(request)
 
         def create() -> dict[str, str]:
-            user = api.user_of(request)
             with api.database.session() as session:
                 subscription = subscriptions.request_subscription(session, user.user_id, body)
                 return {"subscription_id": subscription.id, "status": subscription.status}

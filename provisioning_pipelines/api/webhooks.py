@@ -1,6 +1,8 @@
 """``POST /v1/webhooks/billing``: signed billing events, recorded once, then provisioned.
 
-The answer is 2xx only once the event and the subscription change are committed. A paid
+The answer is 2xx only once the event (and the subscription change it causes) is committed, and
+never 5xx for a body: a genuine event we cannot apply is recorded as rejected and answered 200
+with ``ignored``. Only an outage of the database answers 503, so the sender retries. A paid
 subscription is provisioned in the background when direct provisioning is on; otherwise the
 sensors launch a run for it.
 """
@@ -9,36 +11,42 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from provisioning_pipelines.api.context import ApiContext, guard
+from provisioning_pipelines.api.context import ApiContext, guard, read_body
 from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
 from provisioning_pipelines.services import webhooks
+from provisioning_pipelines.storage.errors import is_outage
 
 
 def routes(api: ApiContext) -> list[Route]:
-    async def billing_webhook(request: Request) -> Response:
-        payload = await request.body()
-        event = webhooks.verify(payload, request.headers.get("stripe-signature"),
-                                api.settings.billing_webhook_secret)
-
-        def apply() -> webhooks.Applied:
-            with api.database.session() as session:
-                return webhooks.record_and_apply(session, event)
-
-        def duplicate() -> bool:
-            with api.database.session() as session:
-                return webhooks.is_duplicate(session, event["id"])
-
+    def record(delivery: webhooks.Delivery) -> webhooks.Applied | None:
+        """Apply and commit; None for a redelivery. A refusal by the database of what the
+        event holds is kept as a rejection; an outage propagates (503)."""
         try:
-            applied = await run_in_threadpool(apply)
-        except IntegrityError:
-            if not await run_in_threadpool(duplicate):
+            with api.database.session() as session:
+                return webhooks.record_and_apply(session, delivery)
+        except SQLAlchemyError as exc:
+            if is_outage(exc):
                 raise
+            refused = exc
+        with api.database.session() as session:  # a redelivery lost the race on the id
+            if webhooks.is_duplicate(session, delivery.event_id):
+                return None
+            cause = getattr(refused, "orig", None) or refused
+            return webhooks.record_rejected(
+                session, delivery, f"the database refused it: {type(cause).__name__}")
+
+    async def billing_webhook(request: Request) -> Response:
+        payload = await read_body(request, limit=webhooks.MAX_BODY_BYTES)
+        delivery = webhooks.verify(payload, request.headers.get("stripe-signature"),
+                                   api.settings.billing_webhook_secret)
+        applied = await run_in_threadpool(record, delivery)
+        if applied is None:
             return JSONResponse({"received": True, "duplicate": True, "operation_id": None})
         operation_id = None
         if applied.paid and api.settings.direct_graph_provisioning_enabled:

@@ -6,6 +6,7 @@ write of a subscription row outside the claim is here, so entry points never tou
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from sqlalchemy import select, update
@@ -24,9 +25,14 @@ from provisioning_pipelines.storage.models import (
 
 RESOURCE_TYPES = ("graph", "repository")
 STATUSES = ("pending_payment", "provisioning", "active", "failed", "canceled")
+#: What a subscription id may look like where it comes from outside (a path, a command line).
+SUBSCRIPTION_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def get_subscription(session: Session, subscription_id: str) -> Subscription:
+    if not isinstance(subscription_id, str) or not SUBSCRIPTION_ID.fullmatch(subscription_id):
+        raise NotFound(f"subscription_id: no subscription {str(subscription_id)[:70]!r}",
+                       field="subscription_id")
     subscription = session.get(Subscription, subscription_id)
     if subscription is None:
         raise NotFound(
@@ -145,6 +151,8 @@ def summary(subscription: Subscription) -> dict[str, Any]:
 
 def subscription_of_user(session: Session, subscription_id: str, user_id: str) -> Subscription:
     """The user's own subscription; anyone else's answers exactly like one that does not exist."""
+    if not SUBSCRIPTION_ID.fullmatch(subscription_id):
+        raise NotFound(f"no subscription {subscription_id[:70]!r}", field="subscription_id")
     subscription = session.get(Subscription, subscription_id)
     if subscription is None or subscription.user_id != user_id:
         raise NotFound(f"no subscription {subscription_id!r}", field="subscription_id")

@@ -9,6 +9,7 @@ idempotent for that reason.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,15 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import InvalidRequest, NotFound
-from provisioning_pipelines.services import audit, claims, credits, custom_schemas, hosts, schemas
+from provisioning_pipelines.services import (
+    audit,
+    claims,
+    credits,
+    custom_schemas,
+    hosts,
+    schemas,
+    validation,
+)
 from provisioning_pipelines.services.catalog import Tier, customer_tier
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import LadybugEngine, expected_tables
@@ -33,8 +42,14 @@ from provisioning_pipelines.storage.models import (
 )
 
 GRAPH_ID = re.compile(r"^kg[0-9a-f]{16,}$")
+#: A graph's or a subgraph's id (``{parent}_{name}``), as it may appear in a path.
+ANY_GRAPH_ID = re.compile(r"kg[0-9a-f]{16,64}(_[A-Za-z0-9]{1,20})?")
 MAX_NAME_LENGTH = 200
+MAX_DESCRIPTION_LENGTH = 2000
 MAX_TAGS = 50
+MAX_TAG_LENGTH = 64
+MAX_ENTITY_PROPERTIES = 50
+MAX_ENTITY_TEXT = 1000
 
 
 def graph_id_for_subscription(subscription_id: str) -> str:
@@ -43,7 +58,11 @@ def graph_id_for_subscription(subscription_id: str) -> str:
 
 @dataclass(frozen=True)
 class GraphRequest:
-    """What a customer asked for, validated; kept in the subscription's metadata as ``graph``."""
+    """What a customer asked for, validated; kept in the subscription's metadata as ``graph``.
+
+    Everything provisioning would refuse is refused here, when the customer asks (422 naming
+    the field), so nobody pays for a graph that cannot be built.
+    """
 
     name: str
     description: str | None = None
@@ -55,34 +74,30 @@ class GraphRequest:
     @classmethod
     def parse(cls, data: Any, *, prefix: str = "graph") -> GraphRequest:
         if not isinstance(data, Mapping):
-            raise InvalidRequest(f"{prefix}: expected an object with at least a name",
-                                 field=prefix)
-        name = data.get("name")
-        if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_LENGTH:
-            raise InvalidRequest(
-                f"{prefix}.name: expected a non-empty string of at most {MAX_NAME_LENGTH} "
-                f"characters, got {name!r}",
-                field=f"{prefix}.name",
-            )
-        description = data.get("description")
-        if description is not None and not isinstance(description, str):
-            raise InvalidRequest(f"{prefix}.description: expected a string",
-                                 field=f"{prefix}.description")
+            raise InvalidRequest(f"{prefix}: expected an object with at least a name, got "
+                                 f"{validation.type_name(data)}", field=prefix)
+        name = validation.text(data.get("name"), f"{prefix}.name", max_length=MAX_NAME_LENGTH)
+        if not name or not name.strip():
+            raise InvalidRequest(f"{prefix}.name: must not be empty", field=f"{prefix}.name")
+        description = validation.text(data.get("description"), f"{prefix}.description",
+                                      max_length=MAX_DESCRIPTION_LENGTH, multiline=True,
+                                      required=False)
         tags = _string_list(data.get("tags"), f"{prefix}.tags", limit=MAX_TAGS)
         extensions = _string_list(data.get("schema_extensions"), f"{prefix}.schema_extensions")
-        entity = data.get("entity")
-        if entity is not None and (not isinstance(entity, Mapping) or not entity.get("name")):
-            raise InvalidRequest(f"{prefix}.entity: expected an object with a name",
-                                 field=f"{prefix}.entity")
+        entity = _entity(data.get("entity"), f"{prefix}.entity")
         custom = data.get("custom_schema")
-        if custom is not None and extensions:
+        if custom is not None and not isinstance(custom, Mapping):
+            raise InvalidRequest(f"{prefix}.custom_schema: expected an object, got "
+                                 f"{validation.type_name(custom)}",
+                                 field=f"{prefix}.custom_schema")
+        if custom is not None and (extensions or entity):
             raise InvalidRequest(
-                f"{prefix}.custom_schema: give either schema_extensions or a custom schema, "
-                "not both",
+                f"{prefix}.custom_schema: a custom schema replaces the base schema, so it "
+                "takes neither schema_extensions nor an entity",
                 field=f"{prefix}.custom_schema",
             )
         request = cls(name=name.strip(), description=description, tags=tags,
-                      schema_extensions=extensions, entity=dict(entity) if entity else None,
+                      schema_extensions=extensions, entity=entity,
                       custom_schema=dict(custom) if custom is not None else None)
         try:  # validates extensions or the custom schema now, before anything is made
             request.ddl()
@@ -109,11 +124,48 @@ class GraphRequest:
 def _string_list(value: Any, field_name: str, *, limit: int = 100) -> list[str]:
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidRequest(f"{field_name}: expected a list of strings", field=field_name)
+    if not isinstance(value, list):
+        raise InvalidRequest(f"{field_name}: expected a list of strings, got "
+                             f"{validation.type_name(value)}", field=field_name)
     if len(value) > limit:
         raise InvalidRequest(f"{field_name}: at most {limit} items", field=field_name)
-    return list(dict.fromkeys(value))
+    items = [validation.text(item, f"{field_name}[{index}]", max_length=MAX_TAG_LENGTH)
+             for index, item in enumerate(value)]
+    return list(dict.fromkeys(item for item in items if item is not None))
+
+
+def _entity(value: Any, field_name: str) -> dict[str, Any] | None:
+    """The entity a graph is about: a name and a few plain properties the Entity node keeps."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(f"{field_name}: expected an object with a name, got "
+                             f"{validation.type_name(value)}", field=field_name)
+    if len(value) > MAX_ENTITY_PROPERTIES:
+        raise InvalidRequest(f"{field_name}: at most {MAX_ENTITY_PROPERTIES} properties",
+                             field=field_name)
+    entity: dict[str, Any] = {}
+    for key, item in value.items():
+        path = f"{field_name}.{validation.text(key, field_name, max_length=64)}"
+        if isinstance(item, str):
+            validation.text(item, path, max_length=MAX_ENTITY_TEXT, multiline=True)
+        elif isinstance(item, bool) or item is None:
+            pass
+        elif isinstance(item, int):
+            if not -(2**63) <= item < 2**63:
+                raise InvalidRequest(f"{path}: out of the 64-bit integer range", field=path)
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise InvalidRequest(f"{path}: not a finite number", field=path)
+        else:
+            raise InvalidRequest(f"{path}: expected a string, number or boolean, got "
+                                 f"{validation.type_name(item)}", field=path)
+        entity[key] = item
+    name = entity.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidRequest(f"{field_name}.name: required, a non-empty string",
+                             field=f"{field_name}.name")
+    return entity
 
 
 def database_path(host: GraphHost, graph_id: str) -> Path:
@@ -221,6 +273,8 @@ def grant_role(session: Session, graph_id: str, user_id: str, role: str) -> None
 
 def visible_graph(session: Session, graph_id: str, user_id: str) -> Graph:
     """A graph the user has a role on; any other answers exactly like one that does not exist."""
+    if not ANY_GRAPH_ID.fullmatch(graph_id):
+        raise NotFound(f"no graph {graph_id[:70]!r}", field="graph_id")
     graph = session.get(Graph, graph_id)
     if graph is None or session.get(GraphUser, (graph_id, user_id)) is None:
         raise NotFound(f"no graph {graph_id!r}", field="graph_id")

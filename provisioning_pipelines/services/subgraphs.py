@@ -26,7 +26,7 @@ SUBGRAPH_NAME = re.compile(r"^[a-zA-Z0-9]{1,20}$")
 def validate_subgraph_name(name: Any) -> str:
     if not isinstance(name, str) or not SUBGRAPH_NAME.fullmatch(name):
         raise InvalidRequest(
-            f"name: {name!r} is not a valid subgraph name; use 1 to 20 letters or digits",
+            f"name: {name!r:.70} is not a valid subgraph name; use 1 to 20 letters or digits",
             field="name",
         )
     return name

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import InvalidRequest
-from provisioning_pipelines.services import accounts, billing, catalog
+from provisioning_pipelines.services import accounts, billing, catalog, validation
 from provisioning_pipelines.services.graphs import GraphRequest
 from provisioning_pipelines.storage.models import Subscription
 
@@ -32,6 +32,7 @@ def request_repository(
     session: Session, *, user_id: str, plan_name: str, repository: Any = None
 ) -> Subscription:
     planned_repository, _plan = catalog.repository_plan(plan_name)
+    repository = validation.text(repository, "repository", max_length=64, required=False)
     repository = planned_repository if repository is None else repository
     if repository != planned_repository:
         raise InvalidRequest(
@@ -49,8 +50,8 @@ def request_subscription(session: Session, user_id: str, body: Any) -> Subscript
     if not isinstance(body, dict):
         raise InvalidRequest("body: expected a JSON object", field="body")
     resource_type = body.get("resource_type")
-    plan_name = body.get("plan_name")
-    if not isinstance(plan_name, str) or not plan_name:
+    plan_name = validation.text(body.get("plan_name"), "plan_name", max_length=64)
+    if not plan_name:
         raise InvalidRequest("plan_name: required", field="plan_name")
     if resource_type == "graph":
         return request_graph(session, user_id=user_id, plan_name=plan_name,
@@ -59,6 +60,6 @@ def request_subscription(session: Session, user_id: str, body: Any) -> Subscript
         return request_repository(session, user_id=user_id, plan_name=plan_name,
                                   repository=body.get("repository"))
     raise InvalidRequest(
-        f"resource_type: expected 'graph' or 'repository', got {resource_type!r}",
+        f"resource_type: expected 'graph' or 'repository', got {resource_type!r:.70}",
         field="resource_type",
     )

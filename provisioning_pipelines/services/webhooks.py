@@ -1,11 +1,20 @@
-"""Billing webhooks in Stripe's format: verify, record once, apply.
+"""Billing webhooks in Stripe's format: verify, record once, apply, or reject and keep.
 
 The signature is checked with the ``stripe`` package (HMAC-SHA256 over ``"{t}.{raw body}"``,
-300 s tolerance), offline. The event id is inserted under a unique constraint in the same
+300 s tolerance), offline. A delivery that is not genuine, or not JSON at all, is refused (400)
+and nothing is kept. A genuine one is always recorded, under a unique event id in the same
 transaction as the change it causes, so an event is applied exactly once: a redelivery (or ten
 concurrent deliveries) fails the insert and changes nothing, and the endpoint answers 2xx only
-after that transaction committed. Reordered events are normal input: every change is conditional
-on the subscription's current status.
+after that transaction committed.
+
+A genuine event whose content we cannot apply (wrong shapes, out-of-range values, over-long or
+NUL-bearing fields that we read, JSON nested too deeply to read) is recorded as ``rejected`` with
+its reason and answered 200: the sender must not retry what will never apply, and nothing is
+lost, since ``webhooks list --rejected`` shows it and ``webhooks replay`` applies it after a fix.
+The raw body is what we keep (text, exactly as signed), so any content can be stored.
+
+Reordered events are normal input: every change is conditional on the subscription's current
+status.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,52 +32,125 @@ import stripe
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.errors import InvalidRequest
+from provisioning_pipelines.errors import Conflict, InvalidRequest, NotFound
 from provisioning_pipelines.services import audit, billing
+from provisioning_pipelines.services.validation import text_problem, type_name
 from provisioning_pipelines.storage.models import Subscription, WebhookEvent
 
 TOLERANCE_SECONDS = 300
+#: The largest body the endpoint reads; Stripe's events are a few KiB.
+MAX_BODY_BYTES = 1024 * 1024
 HANDLED = ("checkout.session.completed", "customer.subscription.deleted",
            "invoice.payment_failed")
+# Seconds since the epoch that a datetime can hold (year 1 ... 9999 would overflow below 0).
+_LATEST_TIMESTAMP = 253402300799
+# The fields of data.object each handled event reads, and their column lengths.
+_READ_FIELDS = {"customer": 128, "subscription": 128, "id": 128, "payment_status": 64}
 
 
 class InvalidWebhook(InvalidRequest):
-    """A delivery that is not a genuine, well-formed event (answered 400)."""
+    """A delivery that is not a genuine event (answered 400, nothing kept)."""
 
     status_code = 400
     code = "invalid_webhook"
 
 
 def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
-    """A ``Stripe-Signature`` header for a payload (tests and ``webhook send``)."""
+    """A ``Stripe-Signature`` header for a payload (tests and ``webhooks send``)."""
     timestamp = int(time.time()) if timestamp is None else timestamp
     signed = f"{timestamp}.".encode() + payload
     digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
     return f"t={timestamp},v1={digest}"
 
 
-def verify(payload: bytes, signature: str | None, secret: str) -> dict[str, Any]:
-    """The event, if the signature is good and the body is an event; else ``InvalidWebhook``."""
+@dataclass(frozen=True)
+class Delivery:
+    """A genuine delivery: its raw text, and the event or why it cannot be applied."""
+
+    event_id: str
+    raw: str
+    event: dict[str, Any] | None
+    rejected: str | None = None
+
+    @property
+    def event_type(self) -> str:
+        kind = self.event.get("type") if self.event else None
+        return kind if isinstance(kind, str) and not self.rejected else "unreadable"
+
+    @property
+    def created_at(self) -> datetime | None:
+        created = self.event.get("created") if self.event and not self.rejected else None
+        return datetime.fromtimestamp(created, UTC) if created is not None else None
+
+
+def verify(payload: bytes, signature: str | None, secret: str) -> Delivery:
+    """The delivery, if the signature is good and the body is JSON; else ``InvalidWebhook``."""
     if not signature:
         raise InvalidWebhook("Stripe-Signature: header missing", field="Stripe-Signature")
     try:
-        stripe.WebhookSignature.verify_header(payload.decode("utf-8"), signature, secret,
-                                              TOLERANCE_SECONDS)
+        raw = payload.decode("utf-8")
+        stripe.WebhookSignature.verify_header(raw, signature, secret, TOLERANCE_SECONDS)
     except stripe.SignatureVerificationError as exc:
         raise InvalidWebhook(f"Stripe-Signature: {exc.user_message or exc}",
                              field="Stripe-Signature") from None
     except UnicodeDecodeError:
         raise InvalidWebhook("body: not UTF-8", field="body") from None
+    return read(raw)
+
+
+def read(raw: str) -> Delivery:
+    """Parse a genuine delivery's body into the event, or the reason it cannot be applied."""
     try:
-        event = json.loads(payload)
+        event = json.loads(raw)
+    except RecursionError:
+        return Delivery(_fallback_id(raw), raw, None, "body: nested too deeply to read")
     except json.JSONDecodeError as exc:
         raise InvalidWebhook(f"body: not JSON ({exc.msg})", field="body") from None
-    if not isinstance(event, dict) or not isinstance(event.get("id"), str) \
-            or not isinstance(event.get("type"), str) \
-            or not isinstance((event.get("data") or {}).get("object"), dict):
-        raise InvalidWebhook("body: expected an event with id, type and data.object",
-                             field="body")
-    return event
+    problem = _problem(event)
+    event_id = event.get("id") if isinstance(event, dict) else None
+    if not isinstance(event_id, str) or text_problem(event_id, max_length=128):
+        event_id = _fallback_id(raw)
+    return Delivery(event_id, raw, event if isinstance(event, dict) else None, problem)
+
+
+def _fallback_id(raw: str) -> str:
+    """A stable id for an event whose own id is unusable, so its redeliveries are duplicates."""
+    return "unreadable_" + hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+def _problem(event: Any) -> str | None:
+    """Why this event cannot be applied, naming the field, or None."""
+    if not isinstance(event, dict):
+        return f"body: expected an event object, got {type_name(event)}"
+    for field, limit in (("id", 128), ("type", 64)):
+        value = event.get(field)
+        if not isinstance(value, str) or not value:
+            return f"{field}: expected a non-empty string, got {type_name(value)}"
+        problem = text_problem(value, max_length=limit)
+        if problem:
+            return f"{field}: {problem}"
+    created = event.get("created")
+    if created is not None and (
+            isinstance(created, bool) or not isinstance(created, int | float)
+            or not math.isfinite(created) or not 0 <= created <= _LATEST_TIMESTAMP):
+        return f"created: expected seconds since 1970, got {created!r:.40}"
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    if not isinstance(obj, dict):
+        return f"data.object: expected an object, got {type_name(obj)}"
+    if event["type"] not in HANDLED:
+        return None
+    for field, limit in _READ_FIELDS.items():
+        value = obj.get(field)
+        if isinstance(value, str) and (problem := text_problem(value, max_length=limit)):
+            return f"data.object.{field}: {problem}"
+    metadata = obj.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        return f"data.object.metadata: expected an object, got {type_name(metadata)}"
+    ours = (metadata or {}).get("subscription_id")
+    if isinstance(ours, str) and (problem := text_problem(ours, max_length=64)):
+        return f"data.object.metadata.subscription_id: {problem}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -81,15 +164,33 @@ class Applied:
     resource_type: str | None = None  # what to provision, when paid
 
 
-def record_and_apply(session: Session, event: dict[str, Any]) -> Applied:
-    """Insert the event (the unique id makes a duplicate fail here) and apply it."""
-    created = event.get("created")
-    session.add(WebhookEvent(
-        id=event["id"], event_type=event["type"], payload=event,
-        event_created_at=datetime.fromtimestamp(created, UTC)
-        if isinstance(created, int | float) else None,
-    ))
+def record_and_apply(session: Session, delivery: Delivery) -> Applied:
+    """Insert the event (the unique id makes a duplicate fail here), then apply or reject it."""
+    row = WebhookEvent(id=delivery.event_id, event_type=delivery.event_type[:64],
+                       raw_body=delivery.raw, event_created_at=delivery.created_at)
+    session.add(row)
     session.flush()
+    return _apply(session, row, delivery)
+
+
+def record_rejected(session: Session, delivery: Delivery, reason: str) -> Applied:
+    """Keep a delivery that could not be applied (the database refused its content)."""
+    session.add(WebhookEvent(id=delivery.event_id, event_type="unreadable",
+                             raw_body=delivery.raw, status="rejected", reason=reason))
+    return Applied(delivery.event_id, "unreadable", ignored=reason)
+
+
+def _apply(session: Session, row: WebhookEvent, delivery: Delivery) -> Applied:
+    if delivery.rejected or delivery.event is None:
+        row.status, row.reason = "rejected", delivery.rejected
+        return Applied(delivery.event_id, row.event_type, ignored=delivery.rejected)
+    applied = _act(session, delivery.event)
+    row.status = "ignored" if applied.ignored else "applied"
+    row.reason = applied.ignored
+    return applied
+
+
+def _act(session: Session, event: dict[str, Any]) -> Applied:
     obj = event["data"]["object"]
     kind = event["type"]
     if kind not in HANDLED:
@@ -116,7 +217,7 @@ def record_and_apply(session: Session, event: dict[str, Any]) -> Applied:
 
 def _subscription_of(session: Session, obj: dict[str, Any]) -> Subscription | None:
     metadata = obj.get("metadata") or {}
-    ours = metadata.get("subscription_id") if isinstance(metadata, dict) else None
+    ours = metadata.get("subscription_id")
     if isinstance(ours, str):
         return session.get(Subscription, ours)
     stripe_ids = [_str(obj.get("subscription")), _str(obj.get("id"))]
@@ -134,3 +235,37 @@ def _str(value: Any) -> str | None:
 
 def is_duplicate(session: Session, event_id: str) -> bool:
     return session.get(WebhookEvent, event_id) is not None
+
+
+# --- what an operator does with recorded events ------------------------------------------------
+
+
+def list_events(session: Session, *, rejected_only: bool = False,
+                limit: int = 100) -> list[dict[str, Any]]:
+    query = select(WebhookEvent).order_by(WebhookEvent.received_at.desc()).limit(limit)
+    if rejected_only:
+        query = query.where(WebhookEvent.status == "rejected")
+    return [{"event_id": row.id, "type": row.event_type, "status": row.status,
+             "reason": row.reason, "received_at": row.received_at}
+            for row in session.scalars(query)]
+
+
+def replay(session: Session, event_id: str) -> Applied:
+    """Apply a rejected event again, as today's code reads it (after a fix, say)."""
+    row = session.get(WebhookEvent, event_id)
+    if row is None:
+        raise NotFound(f"event_id: no webhook event {event_id!r}", field="event_id")
+    if row.status != "rejected":
+        raise Conflict(f"event {event_id!r} was {row.status} already; only a rejected event "
+                       "is replayed", field="event_id")
+    if row.raw_body is None:
+        raise Conflict(f"event {event_id!r} has no stored body to replay", field="event_id")
+    try:
+        delivery = read(row.raw_body)
+    except InvalidWebhook as exc:
+        row.reason = exc.message
+        return Applied(event_id, row.event_type, ignored=exc.message)
+    if not delivery.rejected and delivery.event is not None:
+        row.event_type = delivery.event_type
+        row.event_created_at = delivery.created_at
+    return _apply(session, row, delivery)

@@ -121,6 +121,9 @@ class Subscription(Base):
     stripe_customer_id: Mapped[str | None] = mapped_column(String(128))
     stripe_subscription_id: Mapped[str | None] = mapped_column(String(128))
     claim_token: Mapped[str | None] = mapped_column(String(64))
+    #: The operation that reports this subscription's provisioning; whoever picks the work up
+    #: (a retry, another worker after a crash) continues it, so its stream reaches an end.
+    operation_id: Mapped[str | None] = mapped_column(String(64))
     claimed_at: Mapped[datetime | None]
     lease_expires_at: Mapped[datetime | None]
     retry_after: Mapped[datetime | None]
@@ -255,7 +258,13 @@ class AuditLogEntry(Base):
 
 
 class WebhookEvent(Base):
-    """A billing event, recorded (unique id) before it is acted on: redelivery is a no-op."""
+    """A billing event, recorded (unique id) before it is acted on: redelivery is a no-op.
+
+    ``raw_body`` is the delivery exactly as signed (any content can be kept as text);
+    ``status`` is ``applied``, ``ignored`` (nothing of ours to do) or ``rejected`` (``reason``
+    says why it could not be applied; ``webhooks replay`` tries again). ``payload`` is the parsed
+    event of rows recorded before raw bodies were kept.
+    """
 
     __tablename__ = "webhook_events"
 
@@ -263,7 +272,10 @@ class WebhookEvent(Base):
     event_type: Mapped[str] = mapped_column(String(64))
     event_created_at: Mapped[datetime | None]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    raw_body: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="applied", index=True)
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Invoice(Base):

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy.exc import IntegrityError
 
+from provisioning_pipelines.errors import Conflict, NotFound
 from provisioning_pipelines.services import webhooks
 from provisioning_pipelines.services.webhooks import InvalidWebhook
 from provisioning_pipelines.storage.db import Database
@@ -28,9 +29,10 @@ def event(kind: str, subscription_id: str, *, event_id: str | None = None,
             "created": int(time.time()), "data": {"object": data}}
 
 
-def apply(database: Database, body: dict[str, Any]) -> webhooks.Applied:
+def apply(database: Database, body: dict[str, Any] | str) -> webhooks.Applied:
+    raw = body if isinstance(body, str) else json.dumps(body)
     with database.session() as session:
-        return webhooks.record_and_apply(session, body)
+        return webhooks.record_and_apply(session, webhooks.read(raw))
 
 
 def status(database: Database, sub_id: str) -> str:
@@ -43,7 +45,9 @@ def status(database: Database, sub_id: str) -> str:
 def test_a_genuine_delivery_verifies() -> None:
     payload = json.dumps(event("checkout.session.completed", "sub_x")).encode()
     verified = webhooks.verify(payload, webhooks.sign(payload, SECRET), SECRET)
-    assert verified["type"] == "checkout.session.completed"
+    assert verified.event is not None and verified.rejected is None
+    assert verified.event_type == "checkout.session.completed"
+    assert verified.raw == payload.decode()
 
 
 @pytest.mark.parametrize("tamper", ["secret", "body", "stale", "missing", "not json"])
@@ -90,6 +94,8 @@ def test_the_same_event_twice_is_refused_by_its_unique_id(database: Database) ->
         apply(database, body)
     with database.session() as session:
         assert webhooks.is_duplicate(session, body["id"])
+        [row] = webhooks.list_events(session)
+    assert (row["event_id"], row["status"]) == (body["id"], "applied")
 
 
 def test_events_we_do_not_act_on_are_recorded_and_ignored(database: Database) -> None:
@@ -138,3 +144,64 @@ def test_in_any_order_a_cancelled_subscription_is_never_provisioned_after(
     cancel_at = order.index("customer.subscription.deleted")
     assert status(database, sub_id) == "canceled"
     assert paid_at is None or paid_at < cancel_at  # paid only if it came before the cancel
+
+
+@pytest.mark.parametrize(("mutate", "reason"), [
+    (lambda e: e.update(data=["not", "an", "object"]), "data.object: expected an object"),
+    (lambda e: e.update(created=1e300), "created: expected seconds since 1970"),
+    (lambda e: e.update(id="x" * 129), "id: longer than 128 characters"),
+    (lambda e: e.update(type="t" * 65), "type: longer than 64 characters"),
+    (lambda e: e["data"]["object"].update(customer="cus\x00"),
+     "data.object.customer: contains a NUL character"),
+    (lambda e: e["data"]["object"].update(metadata="sub_1"),
+     "data.object.metadata: expected an object"),
+])
+def test_a_genuine_event_we_cannot_apply_is_kept_as_rejected_with_its_reason(
+    database: Database, mutate: Any, reason: str,
+) -> None:
+    sub_id = paid_graph_subscription(database, new_customer(database), paid=False)
+    body = event("checkout.session.completed", sub_id)
+    mutate(body)
+
+    applied = apply(database, body)
+
+    assert applied.ignored is not None and applied.ignored.startswith(reason)
+    assert status(database, sub_id) == "pending_payment"
+    with database.session() as session:
+        [row] = webhooks.list_events(session, rejected_only=True)
+    assert row["status"] == "rejected" and row["reason"] == applied.ignored
+
+
+def test_an_event_too_deep_to_read_is_kept_under_a_stable_id(database: Database) -> None:
+    raw = "[" * 100_000 + "]" * 100_000
+
+    first = apply(database, raw)
+
+    assert first.ignored == "body: nested too deeply to read"
+    assert first.event_id.startswith("unreadable_")
+    with pytest.raises(IntegrityError):  # its redelivery is a duplicate, not a second row
+        apply(database, raw)
+
+
+def test_non_json_is_refused_not_kept() -> None:
+    with pytest.raises(InvalidWebhook, match="not JSON"):
+        webhooks.read("{'single': 'quotes'}")
+
+
+def test_a_rejected_event_is_replayed_once_it_can_be_applied(database: Database) -> None:
+    sub_id = paid_graph_subscription(database, new_customer(database), paid=False)
+    body = event("checkout.session.completed", sub_id)
+    with database.session() as session:  # as if an older release had refused it
+        delivery = webhooks.read(json.dumps(body))
+        webhooks.record_rejected(session, delivery, "refused by an older release")
+
+    with database.session() as session:
+        applied = webhooks.replay(session, body["id"])
+
+    assert applied.paid and status(database, sub_id) == "provisioning"
+    with database.session() as session:
+        assert webhooks.list_events(session, rejected_only=True) == []
+        with pytest.raises(Conflict, match="only a rejected event is replayed"):
+            webhooks.replay(session, body["id"])
+        with pytest.raises(NotFound):
+            webhooks.replay(session, "evt_never_sent")

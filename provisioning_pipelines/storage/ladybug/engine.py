@@ -43,6 +43,7 @@ from provisioning_pipelines.storage.ladybug.schema import (
     TableInfo,
     expected_tables,
     schema_key,
+    schema_pool_bytes,
     table_keys,
 )
 
@@ -143,25 +144,29 @@ class LadybugEngine:
 
     # ------------------------------------------------------------------ building files
 
+    def _schema_pool(self, ddl: Sequence[str]) -> int:
+        return schema_pool_bytes(ddl, self.buffer_pool_bytes)
+
     def _build(self, target: Path, ddl: Sequence[str]) -> None:
         """Run the DDL into a fresh file (one transaction) and leave it checkpointed."""
-        with self.session(target, read_only=False) as conn:
+        with self.session(target, read_only=False, pool=self._schema_pool(ddl)) as conn:
             run_in_transaction(conn, ddl, label="schema statement")
-        self._ensure_checkpointed(target)
+        self._ensure_checkpointed(target, ddl)
 
-    def _ensure_checkpointed(self, target: Path) -> None:
+    def _ensure_checkpointed(self, target: Path, ddl: Sequence[str]) -> None:
         """A clean close checkpoints; make sure, since a copied file must stand alone."""
         if not Path(f"{target}.wal").exists():
             return
-        with self.session(target, read_only=False) as conn:
+        with self.session(target, read_only=False, pool=self._schema_pool(ddl)) as conn:
             conn.execute("CHECKPOINT")
         if Path(f"{target}.wal").exists():
             raise EngineError(f"graph database {target.name} kept a WAL after checkpoint")
 
-    def _verify(self, path: Path, expected: Sequence[TableInfo], *, exact: bool) -> bool:
-        """Open read-only and compare tables (exact, or at least the expected ones)."""
+    def _verify(self, path: Path, ddl: Sequence[str], *, exact: bool) -> bool:
+        """Open read-only and compare tables with the DDL's (exact, or at least those)."""
+        expected = expected_tables(ddl)
         try:
-            with self.session(path, read_only=True) as conn:
+            with self.session(path, read_only=True, pool=self._schema_pool(ddl)) as conn:
                 actual = table_keys(read_tables(conn))
         except NotFound:
             return False
@@ -187,7 +192,7 @@ class LadybugEngine:
             return None
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
-    def _template_ok(self, template: Path, expected: Sequence[TableInfo]) -> bool:
+    def _template_ok(self, template: Path, ddl: Sequence[str]) -> bool:
         """Verified once per process and file version (inode, size, mtime), then trusted."""
         stamp = self._stamp(template)
         if stamp is None:
@@ -197,30 +202,30 @@ class LadybugEngine:
         with self._verified_lock:
             if self._verified.get(str(template)) == stamp:
                 return True
-        if not self._verify(template, expected, exact=True):
+        if not self._verify(template, ddl, exact=True):
             return False
         with self._verified_lock:
             self._verified[str(template)] = stamp
         return True
 
-    def _template(self, ddl: Sequence[str], expected: Sequence[TableInfo]) -> Path:
+    def _template(self, ddl: Sequence[str]) -> Path:
         """The verified template for ``ddl``, built once under a thread and a file lock."""
         template = self.template_path(ddl)
         assert template is not None
-        if self._template_ok(template, expected):
+        if self._template_ok(template, ddl):
             return template
         template.parent.mkdir(parents=True, exist_ok=True)
         lock_file = template.with_suffix(".lock")
         with files.TEMPLATE_LOCKS.hold(str(template)), files.file_lock(lock_file):
-            if self._template_ok(template, expected):
+            if self._template_ok(template, ddl):
                 return template
             temp = files.temp_path(template)
             try:
                 self._build(temp, ddl)
-                if not self._verify(temp, expected, exact=True):
+                if not self._verify(temp, ddl, exact=True):
                     raise EngineError(
                         "schema template does not hold the tables its DDL declares; "
-                        f"expected {sorted(t.name for t in expected)}"
+                        f"expected {sorted(t.name for t in expected_tables(ddl))}"
                     )
                 files.fsync_file(temp)
                 files.remove_with_sidecars(template)  # a stale or broken one, if any
@@ -258,7 +263,7 @@ class LadybugEngine:
             made = False
             if self.template_path(ddl) is not None:
                 try:
-                    template = self._template(ddl, expected_tables(ddl))
+                    template = self._template(ddl)
                     shutil.copyfile(template, temp)
                     files.fsync_file(temp)
                     made = True
@@ -286,7 +291,7 @@ class LadybugEngine:
         path.parent.mkdir(parents=True, exist_ok=True)
         with files.WRITE_LOCKS.hold(files.lock_key(path)):
             if path.exists():
-                if self._verify(path, expected_tables(ddl), exact=False):
+                if self._verify(path, ddl, exact=False):
                     return False
                 logger.warning("replacing incomplete graph database %s", path.name)
             self._create_locked(path, ddl)
@@ -306,7 +311,7 @@ class LadybugEngine:
 
     def list_tables(self, path: Path) -> list[TableInfo]:
         """Tables in creation order (read-only open)."""
-        with self.session(Path(path), read_only=True) as conn:
+        with self.session(Path(path), read_only=True, pool=self.data_buffer_pool_bytes) as conn:
             return read_tables(conn)
 
     def execute(self, path: Path, statements: Sequence[Statement]) -> None:

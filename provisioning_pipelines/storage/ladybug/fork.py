@@ -28,6 +28,7 @@ from provisioning_pipelines.storage.ladybug.cypher import (
     rows,
     run_in_transaction,
 )
+from provisioning_pipelines.storage.ladybug.schema import POOL_PER_COLUMN
 
 if TYPE_CHECKING:
     from provisioning_pipelines.storage.ladybug.engine import LadybugEngine
@@ -122,14 +123,17 @@ def copy_tables(
         shutil.rmtree(workdir, ignore_errors=True)
 
 def _copy_pool(engine: LadybugEngine, *schemas: dict[str, _Table]) -> int:
-    """Bulk COPY pins ~1-2 MiB per column of the target table (lists count twice)."""
-    widest = 0
+    """Bulk COPY pins ~1-2 MiB per column of the target table (lists count twice), on top of
+    the catalog's own share (``POOL_PER_COLUMN`` for every column of the database)."""
+    widest = columns = 0
     for schema in schemas:
         for table in schema.values():
             width = sum(2 if type_.endswith("]") else 1 for _, type_ in table.columns)
             widest = max(widest, width)
+            columns += len(table.columns)
     return max(engine.buffer_pool_bytes, engine.data_buffer_pool_bytes,
-               64 * MiB + widest * 4 * MiB)
+               64 * MiB + widest * 4 * MiB + columns * POOL_PER_COLUMN)
+
 
 def _copy(
     engine: LadybugEngine,

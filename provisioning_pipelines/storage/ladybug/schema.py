@@ -42,6 +42,22 @@ def ddl_fingerprint(ddl: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
+#: LadybugDB 0.22 keeps ~10.5 KiB of buffer pool per column of the catalog pinned while a
+#: database is open or its tables are being created (100 tables of 100 columns: a 64 MiB pool
+#: fails at table 64, 112 MiB builds), so schema work gets this much per column on top of a floor.
+POOL_PER_COLUMN = 16 * 1024
+
+
+def schema_pool_bytes(ddl: Sequence[str], floor: int) -> int:
+    """The buffer pool for opening or building a database that holds ``ddl``'s schema.
+
+    Columns are counted generously (every comma of a CREATE statement), since a pool is only
+    reserved, not touched, until used: an open costs the same with 16 MiB or 1 GiB.
+    """
+    columns = sum(statement.count(",") + 1 for statement in ddl)
+    return max(floor, floor + columns * POOL_PER_COLUMN)
+
+
 def expected_tables(ddl: Sequence[str]) -> list[TableInfo]:
     """The tables a DDL list creates, read from its ``CREATE ... TABLE`` statements."""
     return list(schema_key(tuple(ddl))[1])

@@ -1,0 +1,87 @@
+"""The checks every piece of outside text goes through before it is stored or acted on.
+
+One home for "what a string from a client may be": PostgreSQL refuses NUL in text and JSON,
+columns have lengths, and control characters in names end up in logs and file listings. A value
+that fails is refused with ``InvalidRequest`` naming its field, before anything is made.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from provisioning_pipelines.errors import InvalidRequest
+
+# C0 controls but tab, newline and carriage return (allowed in descriptions), and DEL.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_LINE_BREAKS = re.compile(r"[\t\n\r]")
+#: How deeply JSON a client sends may nest (bodies, custom schemas, webhook events).
+MAX_DEPTH = 32
+
+
+def text(value: Any, field: str, *, max_length: int, multiline: bool = False,
+         required: bool = True) -> str | None:
+    """``value`` if it is a string of at most ``max_length`` characters without NUL or other
+    control characters (tabs and line breaks only where ``multiline``)."""
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{field}: expected a string, got {type_name(value)}", field=field)
+    problem = text_problem(value, max_length=max_length, multiline=multiline)
+    if problem is not None:
+        raise InvalidRequest(f"{field}: {problem}", field=field)
+    return value
+
+
+def text_problem(value: str, *, max_length: int, multiline: bool = False) -> str | None:
+    """Why ``value`` cannot be stored as text, or None."""
+    if len(value) > max_length:
+        return f"longer than {max_length} characters ({len(value)})"
+    if "\x00" in value:
+        return "contains a NUL character"
+    if _CONTROL.search(value) or (not multiline and _LINE_BREAKS.search(value)):
+        return "contains a control character"
+    return None
+
+
+def json_problem(value: Any, *, path: str = "body", depth: int = 0) -> str | None:
+    """Why a parsed JSON value cannot be kept as it is (non-finite numbers, NUL, too deep),
+    naming where, or None."""
+    if depth > MAX_DEPTH:
+        return f"{path}: nested deeper than {MAX_DEPTH} levels"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path}: {value} is not a finite number"
+    if isinstance(value, str) and "\x00" in value:
+        return f"{path}: contains a NUL character"
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if "\x00" in key:
+                return f"{path}: a key contains a NUL character"
+            found = json_problem(item, path=f"{path}.{key}", depth=depth + 1)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = json_problem(item, path=f"{path}[{index}]", depth=depth + 1)
+            if found:
+                return found
+    return None
+
+
+def type_name(value: Any) -> str:
+    """A value's JSON type, for messages: object, array, string, number, boolean, null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "array"
+    return type(value).__name__
