@@ -55,8 +55,18 @@ class Settings(BaseSettings):
     )
     max_attempts: PositiveInt = Field(3, validation_alias="PROVISIONING_MAX_ATTEMPTS")
     claim_lease_seconds: PositiveFloat = Field(
-        120.0, validation_alias="PROVISIONING_CLAIM_LEASE_SECONDS"
+        15.0, validation_alias="PROVISIONING_CLAIM_LEASE_SECONDS"
     )
+    resume_interval_seconds: float = Field(
+        5.0, ge=0, validation_alias="PROVISIONING_RESUME_INTERVAL_SECONDS"
+    )
+    housekeeping_interval_seconds: float = Field(
+        600.0, ge=0, validation_alias="HOUSEKEEPING_INTERVAL_SECONDS"
+    )
+    housekeeping_stray_age_seconds: float = Field(
+        600.0, ge=0, validation_alias="HOUSEKEEPING_STRAY_AGE_SECONDS"
+    )
+    shutdown_grace_seconds: float = Field(30.0, ge=0, validation_alias="SHUTDOWN_GRACE_SECONDS")
     retry_backoff_seconds: float = Field(
         30.0, ge=0, validation_alias="PROVISIONING_RETRY_BACKOFF_SECONDS"
     )

@@ -4,12 +4,18 @@ Paths, fields and status codes are a public contract. Every ``/v1`` path but the
 ``Authorization: Bearer <api key>``; a user sees only their own subscriptions, graphs and
 operations, and anyone else's answers 404, exactly like one that does not exist. One module per
 resource holds its endpoints; this one assembles them.
+
+While the app runs, it heals what crashed (``direct/recovery.py``: lapsed claims resumed, stray
+files swept). On shutdown (SIGTERM), open streams end with a final event, in-flight
+provisionings get ``SHUTDOWN_GRACE_SECONDS`` to finish, and the claims of those that did not are
+given back at once, so another worker continues them without waiting for a lease to lapse.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from dagster import DagsterInstance
 from starlette.applications import Starlette
@@ -17,6 +23,7 @@ from starlette.applications import Starlette
 from provisioning_pipelines.api import graphs, health, operations, subscriptions, webhooks
 from provisioning_pipelines.api.context import ApiContext
 from provisioning_pipelines.direct import DirectExecutor, default_executor
+from provisioning_pipelines.direct.recovery import Recovery
 from provisioning_pipelines.settings import Settings, get_settings
 from provisioning_pipelines.storage.events import DEFAULT_KEEPALIVE_SECONDS
 
@@ -24,10 +31,27 @@ from provisioning_pipelines.storage.events import DEFAULT_KEEPALIVE_SECONDS
 def create_app(settings: Settings | None = None, executor: DirectExecutor | None = None,
                *, dagster_instance: Callable[[], DagsterInstance] | None = None,
                keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS) -> Starlette:
-    api = ApiContext(settings=settings or get_settings(),
-                     executor=executor or default_executor(),
+    settings = settings or get_settings()
+    api = ApiContext(settings=settings, executor=executor or default_executor(),
                      dagster_instance=dagster_instance or functools.cache(DagsterInstance.get),
                      keepalive_seconds=keepalive_seconds)
+    direct_on = settings.direct_graph_provisioning_enabled
+    recovery = Recovery(api.executor,
+                        interval=settings.resume_interval_seconds if direct_on else 0,
+                        grace_seconds=settings.sensor_grace_seconds,
+                        sweep_interval=settings.housekeeping_interval_seconds,
+                        stray_age_seconds=settings.housekeeping_stray_age_seconds)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        recovery.start()
+        yield
+        await recovery.stop()
+        await api.drain(settings.shutdown_grace_seconds)
+
     routes = [route for module in (webhooks, subscriptions, graphs, operations, health)
               for route in module.routes(api)]
-    return Starlette(routes=routes)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.api = api
+    app.state.recovery = recovery
+    return app

@@ -28,7 +28,7 @@ from provisioning_pipelines.errors import (
     ProvisioningError,
     ServiceUnavailable,
 )
-from provisioning_pipelines.services import accounts
+from provisioning_pipelines.services import accounts, leases
 from provisioning_pipelines.services.accounts import Identity
 from provisioning_pipelines.services.validation import json_problem, type_name
 from provisioning_pipelines.settings import Settings
@@ -60,6 +60,10 @@ class ApiContext:
     dagster_instance: Callable[[], DagsterInstance]
     keepalive_seconds: float
     background: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: The uvicorn server running the app, when ``serve`` started it (for a second SIGTERM).
+    server: Any = None
+    shutting_down: bool = False
+    unfinished: int = 0
 
     @property
     def database(self) -> Database:
@@ -74,6 +78,29 @@ class ApiContext:
         task = asyncio.create_task(self.executor.run_async(call, *args, **kwargs))
         self.background.add(task)
         task.add_done_callback(self._forget)
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Let the provisionings started here finish within ``grace_seconds``, then give the
+        claims of any still running back, so another worker continues them at once."""
+        self.shutting_down = True
+        pending = set(self.background)
+        if pending:
+            logger.info("shutdown: waiting up to %g s for %d provisioning(s)", grace_seconds,
+                        len(pending))
+            deadline = asyncio.get_running_loop().time() + grace_seconds
+            while pending and not self.force_exit and (
+                    asyncio.get_running_loop().time() < deadline):
+                _done, pending = await asyncio.wait(pending, timeout=0.1)
+        released = sum(keeper.release_all() for keeper in leases.all_keepers())
+        if pending or released:
+            logger.warning("shutdown: %d provisioning(s) still running; gave back %d claim(s)",
+                           len(pending), released)
+        self.unfinished = len(pending)
+
+    @property
+    def force_exit(self) -> bool:
+        """A second SIGTERM: uvicorn's server says so (``serve`` hands it to us)."""
+        return bool(self.server is not None and getattr(self.server, "force_exit", False))
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self.background.discard(task)

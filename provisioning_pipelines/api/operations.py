@@ -9,10 +9,13 @@ with the last id it saw and misses nothing.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -22,6 +25,9 @@ from starlette.routing import Route
 from provisioning_pipelines.api.context import RETRY_AFTER_SECONDS, ApiContext, guard, logger
 from provisioning_pipelines.errors import InvalidRequest, NotFound
 from provisioning_pipelines.storage.events import EventStoreUnavailable, Operation, event_id_key
+
+#: Seconds a stream gets to send its final event once the server shuts down.
+SHUTDOWN_GRACE_SECONDS = 2.0
 
 
 def routes(api: ApiContext) -> list[Route]:
@@ -50,10 +56,12 @@ def routes(api: ApiContext) -> list[Route]:
                 raise InvalidRequest(f"Last-Event-ID: {after[:40]!r} is not an event id",
                                      field="Last-Event-ID") from None
 
+        shutdown = anyio.Event()
+
         async def stream() -> AsyncIterator[ServerSentEvent]:
+            events = api.store.subscribe(operation.id, after, keepalive=api.keepalive_seconds)
             try:
-                async for event in api.store.subscribe(operation.id, after,
-                                                       keepalive=api.keepalive_seconds):
+                async for event in until(events, shutdown):
                     if event is None:
                         yield ServerSentEvent(comment="keepalive")
                     else:
@@ -63,8 +71,11 @@ def routes(api: ApiContext) -> list[Route]:
                 logger.warning("operation %s: stream ended, event store down (%s)",
                                operation.id, exc)
                 yield stream_error("the event store is unavailable; reconnect shortly")
+            except ShuttingDown:
+                yield stream_error("the server is restarting; reconnect shortly")
 
-        return EventSourceResponse(stream(), ping=None,
+        return EventSourceResponse(stream(), ping=None, shutdown_event=shutdown,
+                                   shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
                                    headers={"Cache-Control": "no-cache",
                                             "X-Accel-Buffering": "no"})
 
@@ -72,6 +83,33 @@ def routes(api: ApiContext) -> list[Route]:
         Route("/v1/operations/{operation_id}", guard(show_operation)),
         Route("/v1/operations/{operation_id}/events", guard(operation_events)),
     ]
+
+
+class ShuttingDown(Exception):
+    """The server is shutting down: streams end with a final event."""
+
+
+async def until(events: AsyncIterator[Any], shutdown: anyio.Event) -> AsyncIterator[Any]:
+    """The items of ``events`` until ``shutdown`` is set (then ``ShuttingDown``)."""
+    stop = asyncio.ensure_future(shutdown.wait())
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(events))
+            done, _ = await asyncio.wait({following, stop},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if following not in done:
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await following
+                raise ShuttingDown
+            try:
+                item = following.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        stop.cancel()
+        await events.aclose()
 
 
 def stream_error(message: str) -> ServerSentEvent:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -50,7 +51,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url is None:
         upgrade_once(settings.resolved_database_url)
     settings.prepare_dagster_home()
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="info",
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds))))
+    app.state.api.server = server  # so a second SIGTERM cuts the grace short
+    server.run()
+    if app.state.api.unfinished:
+        # Their claims were given back; the threads still in them must not hold up the exit.
+        os._exit(0)
     return 0
 
 

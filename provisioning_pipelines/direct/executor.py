@@ -40,7 +40,7 @@ from provisioning_pipelines.flows import (
 from provisioning_pipelines.flows.steps import describe
 from provisioning_pipelines.orchestration.reporting import MaterializationReporter
 from provisioning_pipelines.orchestration.resources import build_resources, step_context
-from provisioning_pipelines.services.claims import ClaimHeld
+from provisioning_pipelines.services.claims import ClaimHeld, ClaimLost
 from provisioning_pipelines.services.operations import Owner, SafeEvents
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.events import OperationStore
@@ -49,6 +49,8 @@ logger = logging.getLogger("provisioning_pipelines.direct")
 
 #: How often a call waits for another worker's claim to end before trying again.
 _CLAIM_POLL_SECONDS = 0.02
+#: How long a call waits for a live holder (its heartbeat keeps the lease; a dead one's lapses).
+_WAIT_FOR_HOLDER_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -104,10 +106,19 @@ class DirectExecutor:
         """Create the operation record (pending) unless it exists; returns its id."""
         return self._events.open(kind, user_id, operation_id)
 
-    def run(self, flow: Flow, config: Any, *, operation_id: str | None = None
-            ) -> ProvisioningResult:
-        """Run (or launch) the flow for ``config`` as one operation; raises what it raised."""
+    def run(self, flow: Flow, config: Any, *, operation_id: str | None = None,
+            wait_for_holder: bool = True) -> ProvisioningResult:
+        """Run (or launch) the flow for ``config`` as one operation; raises what it raised.
+
+        Without an ``operation_id``, an operation already reporting this work and not ended (a
+        crashed worker's) is continued, so its stream reaches an end. While another worker
+        holds the claim, the call waits for it (``wait_for_holder``) and returns its result.
+        """
         database = self.resources["database"].get()
+        created = operation_id is None
+        if operation_id is None:
+            operation_id = self._open_operation_of(flow, config, database)
+            created = operation_id is None
         operation_id = self.open_operation(flow.operation_kind,
                                            lambda: flow.owner(database, config), operation_id)
         with self._slots:
@@ -117,8 +128,12 @@ class DirectExecutor:
                     result = self.launcher.run(flow, config, operation_id=operation_id)
                     outcome = None
                 else:
-                    outcome = self._execute(flow, config, operation_id)
+                    outcome = self._execute(flow, config, operation_id, wait_for_holder)
                     result = outcome.result
+            except (ClaimHeld, ClaimLost) as exc:
+                if created:  # a continued operation is ended by the worker holding the claim
+                    self._events.call(operation_id, "fail", describe(exc))
+                raise
             except Exception as exc:
                 self._events.call(operation_id, "fail", describe(exc))
                 raise
@@ -128,19 +143,38 @@ class DirectExecutor:
                                                                operation_id=operation_id))
         return ProvisioningResult(operation_id, result)
 
-    def _execute(self, flow: Flow, config: Any, operation_id: str) -> Outcome:
-        """Run the flow; while another worker holds the claim, wait for it and run again
-        (which then returns that worker's result) rather than fail the caller."""
+    def _open_operation_of(self, flow: Flow, config: Any, database: Any) -> str | None:
+        """The operation already reporting this work, if it has not ended."""
+        existing = flow.operation(database, config)
+        if existing is None:
+            return None
+        found = self._events.call(existing, "get")
+        return existing if found is not None and not found.is_terminal else None
+
+    def _execute(self, flow: Flow, config: Any, operation_id: str,
+                 wait_for_holder: bool) -> Outcome:
+        """Run the flow. While another worker holds the claim, wait and run again (which then
+        returns that worker's result). If this worker's claim lapsed and another took over, the
+        result is that worker's, said as such, not a failure."""
         ctx = step_context(self.resources, method="direct", log=logger,
                            operation_id=operation_id, events=self._events)
-        deadline = time.monotonic() + ctx.policy.claim_lease_seconds
+        deadline = time.monotonic() + _WAIT_FOR_HOLDER_SECONDS
+        lost = False
         while True:
             try:
-                return execute_flow(flow, config, ctx)
+                outcome = execute_flow(flow, config, ctx)
             except ClaimHeld as held:
-                if held.backoff or time.monotonic() > deadline:
+                if held.backoff or not wait_for_holder or time.monotonic() > deadline:
                     raise
                 time.sleep(_CLAIM_POLL_SECONDS)
+                continue
+            except ClaimLost:
+                lost = True
+                time.sleep(_CLAIM_POLL_SECONDS)
+                continue
+            if lost and outcome.result.get("already_active"):
+                outcome.result["completed_by"] = "another worker"
+            return outcome
 
     # --- async twins, for an event loop ---------------------------------------------------
 

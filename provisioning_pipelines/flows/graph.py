@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from provisioning_pipelines.flows.steps import GRAPH_TAG, Flow, StepContext, step
+from provisioning_pipelines.flows.steps import GRAPH_TAG, Flow, StepContext
 from provisioning_pipelines.flows.subscription import (
     ASSET_KEYS,
     SubscriptionConfig,
     SubscriptionWork,
-    abandon_attempt,
     activate_subscription,
+    attempt_step,
     claim_subscription,
+    subscription_operation,
     subscription_owner,
     subscription_result,
     subscription_tags,
@@ -19,7 +20,7 @@ from provisioning_pipelines.services import graphs
 GraphConfig = SubscriptionConfig
 
 
-@step(on_failure=abandon_attempt)
+@attempt_step
 def create_graph_database(ctx: StepContext, work: SubscriptionWork) -> SubscriptionWork:
     """Create the graph: database file with its schema, schema rows, admin role, credit pool."""
     if work.claim.already_active:
@@ -48,5 +49,6 @@ GRAPH_FLOW = Flow(
     steps=(claim_subscription, create_graph_database, activate_subscription),
     tags=graph_tags,
     owner=subscription_owner,
+    operation=subscription_operation,
     result=subscription_result,
 )

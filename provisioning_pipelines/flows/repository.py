@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from provisioning_pipelines.errors import InvalidRequest
-from provisioning_pipelines.flows.steps import Flow, StepContext, step
+from provisioning_pipelines.flows.steps import Flow, StepContext
 from provisioning_pipelines.flows.subscription import (
     ASSET_KEYS,
     SubscriptionConfig,
     SubscriptionWork,
-    abandon_attempt,
     activate_subscription,
+    attempt_step,
     claim_subscription,
+    subscription_operation,
     subscription_owner,
     subscription_result,
     subscription_tags,
@@ -31,7 +32,7 @@ def _repository_and_plan(work: SubscriptionWork) -> tuple[str, catalog.Repositor
     return catalog.open_repository(repository), plan
 
 
-@step(on_failure=abandon_attempt)
+@attempt_step
 def grant_repository_access(ctx: StepContext, work: SubscriptionWork) -> SubscriptionWork:
     """Grant the subscriber access to the repository at the plan's level (idempotent)."""
     if work.claim.already_active:
@@ -47,7 +48,7 @@ def grant_repository_access(ctx: StepContext, work: SubscriptionWork) -> Subscri
                              access_level=plan.access_level)
 
 
-@step(on_failure=abandon_attempt)
+@attempt_step
 def allocate_plan_credits(ctx: StepContext, work: SubscriptionWork) -> SubscriptionWork:
     """Allocate the plan's monthly credits; the same plan again adds nothing."""
     if work.claim.already_active:
@@ -72,5 +73,6 @@ REPOSITORY_FLOW = Flow(
            activate_subscription),
     tags=subscription_tags,
     owner=subscription_owner,
+    operation=subscription_operation,
     result=subscription_result,
 )

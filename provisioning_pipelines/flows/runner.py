@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 from dagster import AssetKey, AssetMaterialization
@@ -54,7 +55,8 @@ def run_step(
     """Run ``step`` on ``value``: retried while transient errors allow, undone when it fails."""
     while True:
         try:
-            return step(ctx, value)
+            with step.around(ctx, value) if step.around else nullcontext():
+                return step(ctx, value)
         except Exception as exc:
             delay = retry_delay(step, exc, retries_done)
             if delay is None:

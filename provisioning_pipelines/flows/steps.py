@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,6 +67,9 @@ class StepContext:
     policy: Policy
     method: str
     log: logging.Logger | Any = field(default_factory=lambda: logging.getLogger("provisioning"))
+    #: The operation reporting this work, if any: recorded on the subscription it claims, so
+    #: whoever picks the work up after a crash continues the same operation.
+    operation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,8 @@ class Outcome:
 
 
 FailureHandler = Callable[[StepContext, Any, BaseException], None]
+#: What a step runs inside of, e.g. the heartbeat that keeps a claim's lease alive.
+Surrounding = Callable[[StepContext, Any], AbstractContextManager[Any]]
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,7 @@ class Step:
     retry: RetryPolicy | None = None
     on_failure: FailureHandler | None = None
     config_cls: type[Config] | None = None
+    around: Surrounding | None = None
 
     def __call__(self, ctx: StepContext, value: Any) -> Any:
         return self.fn(ctx, value)
@@ -104,13 +111,14 @@ def step(
     retry: RetryPolicy | None = TRANSIENT_RETRY,
     on_failure: FailureHandler | None = None,
     config: type[Config] | None = None,
+    around: Surrounding | None = None,
 ) -> Callable[[Callable[[StepContext, Any], Any]], Step]:
     """Declare a step; its docstring becomes the op's description in the Dagster UI."""
 
     def wrap(fn: Callable[[StepContext, Any], Any]) -> Step:
         doc = (fn.__doc__ or fn.__name__).strip().split("\n\n")[0]
         return Step(name=fn.__name__, fn=fn, description=" ".join(doc.split()), retry=retry,
-                    on_failure=on_failure, config_cls=config)
+                    on_failure=on_failure, config_cls=config, around=around)
 
     return wrap
 
@@ -119,9 +127,10 @@ def step(
 class Flow:
     """An ordered list of steps, defined once; both execution paths are built from it.
 
-    ``tags``, ``owner`` and ``result`` describe a run of the flow for every trigger: the tags
-    it is launched with (derived from its config, so the run queue sees them), the user who
-    owns its operation, and what a finished run left behind, read back from the database.
+    ``tags``, ``owner``, ``result`` and ``operation`` describe a run of the flow for every
+    trigger: the tags it is launched with (derived from its config, so the run queue sees them),
+    the user who owns its operation, what a finished run left behind (read back from the
+    database), and the operation already reporting this work (to continue after a crash).
     """
 
     name: str
@@ -133,6 +142,7 @@ class Flow:
     tags: Callable[[Any], dict[str, str]]
     owner: Callable[[Database, Any], str | None]
     result: Callable[[Database, Any], dict[str, Any]]
+    operation: Callable[[Database, Any], str | None] = lambda database, config: None
 
     @property
     def config_cls(self) -> type[Config]:

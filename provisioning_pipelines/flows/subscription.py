@@ -8,6 +8,7 @@ Shared by the graph and repository flows (one op each in Dagster, so one config 
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from provisioning_pipelines.flows.steps import (
     step,
     worth_retrying,
 )
-from provisioning_pipelines.services import billing, claims, credits, graphs, repositories
+from provisioning_pipelines.services import billing, claims, credits, graphs, leases, repositories
 from provisioning_pipelines.services.claims import Claim
 from provisioning_pipelines.storage.db import Database
 
@@ -78,12 +79,23 @@ def abandon_attempt(ctx: StepContext, work: Any, exc: BaseException) -> None:
                 max_attempts=ctx.policy.max_attempts,
                 backoff_seconds=ctx.policy.retry_backoff_seconds,
             )
-    except claims.ClaimLost:
+    except claims.ClaimLost as lost:
         ctx.log.warning(f"subscription {claim.subscription_id}: claim lapsed; leaving its "
                         "work to the worker that took over")
-        return
+        raise lost from exc
     ctx.log.error(f"subscription {claim.subscription_id}: attempt {claim.attempt} failed "
                   f"({error}); subscription is now {status}")
+
+
+def hold_claim(ctx: StepContext, work: Any) -> AbstractContextManager[Any]:
+    """While a step works under a claim, this process's heartbeat keeps its lease alive."""
+    if isinstance(work, SubscriptionWork) and not work.claim.already_active:
+        return leases.keeper(ctx.database, ctx.policy.claim_lease_seconds).holding(work.claim)
+    return nullcontext()
+
+
+#: A step of an attempt: it runs under the attempt's claim, and its failure abandons the attempt.
+attempt_step = step(on_failure=abandon_attempt, around=hold_claim)
 
 
 @step(config=SubscriptionConfig, on_failure=None)
@@ -96,7 +108,7 @@ def claim_subscription(ctx: StepContext, config: SubscriptionConfig) -> Subscrip
     with ctx.database.session() as session:
         claim = claims.claim(
             session, config.subscription_id, lease_seconds=ctx.policy.claim_lease_seconds,
-            max_attempts=ctx.policy.max_attempts,
+            max_attempts=ctx.policy.max_attempts, operation_id=ctx.operation_id,
         )
     if claim.already_active:
         ctx.progress(f"Subscription already active with {claim.resource_id}", 90)
@@ -106,7 +118,7 @@ def claim_subscription(ctx: StepContext, config: SubscriptionConfig) -> Subscrip
     return SubscriptionWork(claim=claim, started_at=started_at)
 
 
-@step(on_failure=abandon_attempt)
+@attempt_step
 def activate_subscription(ctx: StepContext, work: SubscriptionWork) -> Outcome:
     """Mark the subscription active with its resource id; invoice customers billed by invoice."""
     claim = work.claim
@@ -139,6 +151,11 @@ def subscription_tags(config: SubscriptionConfig) -> dict[str, str]:
 def subscription_owner(database: Database, config: SubscriptionConfig) -> str | None:
     with database.session() as session:
         return billing.owner_of(session, config.subscription_id)
+
+
+def subscription_operation(database: Database, config: SubscriptionConfig) -> str | None:
+    with database.session() as session:
+        return billing.operation_of(session, config.subscription_id)
 
 
 def subscription_result(database: Database, config: SubscriptionConfig) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from provisioning_pipelines.orchestration.resources import (
     ProgressResource,
     step_context,
 )
+from provisioning_pipelines.services.claims import ClaimLost
 
 _ops: dict[str, OpDefinition] = {}
 
@@ -56,6 +57,7 @@ def run_step_in_op(step: Step, context: OpExecutionContext, value: Any, *,
                  "policy": policy}
     ctx = step_context(resources, method="dagster", log=context.log,
                        operation_id=context.run.tags.get(OPERATION_TAG))
+    operation = progress.reporter(context.log, ctx.operation_id)
     try:
         output = run_step(step, ctx, value, retries_done=context.retry_number,
                           hand_over_retries=True)
@@ -63,6 +65,8 @@ def run_step_in_op(step: Step, context: OpExecutionContext, value: Any, *,
         raise RetryRequested(max_retries=retry.max_retries,
                              seconds_to_wait=retry.delay) from retry.cause
     except Exception as exc:
+        if not isinstance(exc, ClaimLost):  # else the worker that took over ends it
+            operation.fail(describe(exc))
         raise Failure(description=f"{step.name}: {describe(exc)}",
                       metadata={"error": type(exc).__name__, "step": step.name},
                       allow_retries=False) from exc
@@ -70,6 +74,7 @@ def run_step_in_op(step: Step, context: OpExecutionContext, value: Any, *,
         if output.materialize:
             context.log_event(materialization(output, "dagster"))
         context.add_output_metadata({"result": output.result})
+        operation.complete({**output.result, "run_id": context.run_id})
     return output
 
 

@@ -168,4 +168,5 @@ def step_context(resources: Mapping[str, Any], *, method: str, log: Any,
         policy=resources["policy"].get(),
         method=method,
         log=log,
+        operation_id=operation_id,
     )

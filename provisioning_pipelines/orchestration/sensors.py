@@ -18,6 +18,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from dagster import (
+    DefaultSensorStatus,
     RunRequest,
     SensorDefinition,
     SensorEvaluationContext,
@@ -27,7 +28,7 @@ from dagster import (
 )
 
 from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, Flow, SubscriptionConfig
-from provisioning_pipelines.flows.steps import ATTEMPT_TAG, USER_TAG
+from provisioning_pipelines.flows.steps import ATTEMPT_TAG, OPERATION_TAG, USER_TAG
 from provisioning_pipelines.orchestration.jobs import JOBS
 from provisioning_pipelines.orchestration.resources import DatabaseResource, PolicyResource
 from provisioning_pipelines.services import claims
@@ -36,10 +37,13 @@ from provisioning_pipelines.services.claims import DueSubscription
 
 def run_request(flow: Flow, due: DueSubscription) -> RunRequest:
     config = SubscriptionConfig(subscription_id=due.subscription_id)
+    tags = {USER_TAG: due.user_id, ATTEMPT_TAG: str(due.attempt)}
+    if due.operation_id:  # the run continues the operation a crashed worker left open
+        tags[OPERATION_TAG] = due.operation_id
     return RunRequest(
         run_key=f"{due.subscription_id}:attempt:{due.attempt}",
         run_config=flow.run_config(config),
-        tags=flow.run_tags(config, **{USER_TAG: due.user_id, ATTEMPT_TAG: str(due.attempt)}),
+        tags=flow.run_tags(config, **tags),
     )
 
 
@@ -52,6 +56,7 @@ def subscription_sensor(
         name=f"pending_{resource_type}_subscription_sensor",
         job=JOBS[flow.name],
         minimum_interval_seconds=interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
         description=f"Launches {flow.job_name} for paid {resource_type} subscriptions that "
         + ("nobody claimed within the grace period or whose claim lapsed."
            if direct_enabled else "nobody has claimed."),

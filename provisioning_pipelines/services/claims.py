@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, PaymentRequired
@@ -68,11 +68,14 @@ class Claim:
 
 @dataclass(frozen=True)
 class DueSubscription:
-    """A subscription a sensor should launch a run for, and the attempt that run will be."""
+    """A subscription a run should be launched for, the attempt that run will be, and the
+    operation it continues (if any)."""
 
     subscription_id: str
     user_id: str
     attempt: int
+    resource_type: str
+    operation_id: str | None
 
 
 def _free(now: datetime) -> ColumnElement[bool]:
@@ -97,8 +100,13 @@ def claim(
     lease_seconds: float,
     max_attempts: int,
     now: datetime | None = None,
+    operation_id: str | None = None,
 ) -> Claim:
-    """Win the subscription for one attempt, or say why not."""
+    """Win the subscription for one attempt, or say why not.
+
+    The winner's ``operation_id`` (if any) is recorded on the subscription, so a worker that
+    picks the work up after a crash continues the same operation.
+    """
     now = now or utcnow()
     subscription = billing.get_subscription(session, subscription_id)
     if subscription.status == "active":
@@ -124,6 +132,7 @@ def claim(
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             attempts=Subscription.attempts + 1,
             updated_at=now,
+            operation_id=func.coalesce(operation_id, Subscription.operation_id),
         )
         .execution_options(synchronize_session=False)
     )
@@ -309,10 +318,12 @@ def due_for_launch(
         due = and_(due, or_(Subscription.claim_token.is_not(None),
                             Subscription.updated_at <= quiet_since))
     rows = session.execute(
-        select(Subscription.id, Subscription.user_id, Subscription.attempts)
+        select(Subscription.id, Subscription.user_id, Subscription.attempts,
+               Subscription.resource_type, Subscription.operation_id)
         .where(due).order_by(Subscription.updated_at).limit(LAUNCH_BATCH)
     ).all()
-    return [DueSubscription(row.id, row.user_id, row.attempts + 1) for row in rows]
+    return [DueSubscription(row.id, row.user_id, row.attempts + 1, row.resource_type,
+                            row.operation_id) for row in rows]
 
 
 def fail_exhausted(session: Session, resource_type: str, *, now: datetime,

@@ -65,7 +65,8 @@ class SafeEvents:
 
 class ProgressReporter:
     """``progress(message, percent)`` for step code: always to the log, and appended to the
-    operation's events, synchronously and in order, when there is an operation."""
+    operation's events, synchronously and in order, when there is an operation. A Dagster run
+    also ends its operation with it (``complete``, ``fail``); the first terminal write wins."""
 
     def __init__(self, log: Any, events: SafeEvents | None, operation_id: str | None) -> None:
         self.log = log
@@ -74,5 +75,14 @@ class ProgressReporter:
 
     def __call__(self, message: str, percent: int | None = None) -> None:
         self.log.info(f"[{percent if percent is not None else '-'}%] {message}")
+        self._write("progress", message, percent)
+
+    def complete(self, result: dict[str, Any]) -> None:
+        self._write("complete", {**result, "operation_id": self.operation_id})
+
+    def fail(self, error: str) -> None:
+        self._write("fail", error)
+
+    def _write(self, method: str, *args: Any) -> None:
         if self.events is not None and self.operation_id is not None:
-            self.events.call(self.operation_id, "progress", message, percent)
+            self.events.call(self.operation_id, method, *args)

@@ -1,0 +1,120 @@
+"""An API process heals what crashed: it resumes lapsed work and sweeps leftovers, by itself.
+
+The resumer asks the claim's own question every ``interval`` seconds: which paid subscriptions
+may start an attempt now that nobody works on (a dead worker's lease lapsed; a payment nobody
+picked up within the grace period; a backoff that ended)? It runs each on the direct executor,
+continuing the operation the dead worker left open, without waiting behind a live holder. Every
+API process does this; they race on the claim like any other trigger, so the work is done once.
+Subscriptions with no attempt left are failed, as the sensors do. The sensors stay the safety
+net for when no API process is up.
+
+The sweeper removes what crashes leave on disk (``services/housekeeping.py``) at start-up and
+every ``sweep_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from provisioning_pipelines.direct.executor import DirectExecutor
+from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
+from provisioning_pipelines.services import claims, housekeeping
+from provisioning_pipelines.services.claims import DueSubscription
+
+logger = logging.getLogger("provisioning_pipelines.recovery")
+
+
+class Recovery:
+    """The resumer and the sweeper of one API process, as asyncio tasks."""
+
+    def __init__(self, executor: DirectExecutor, *, interval: float, grace_seconds: float,
+                 sweep_interval: float, stray_age_seconds: float) -> None:
+        self.executor = executor
+        self.interval = interval
+        self.grace_seconds = grace_seconds
+        self.sweep_interval = sweep_interval
+        self.stray_age_seconds = stray_age_seconds
+        self.resumed = 0
+        self._running: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @property
+    def _database(self) -> Any:
+        return self.executor.resources["database"].get()
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self._spawn(self._resume_forever())
+        if self.sweep_interval > 0:
+            self._spawn(self._sweep_forever())
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _resume_forever(self) -> None:
+        while True:
+            try:
+                for due in await asyncio.to_thread(self.find_due):
+                    if due.subscription_id not in self._running:
+                        self._running.add(due.subscription_id)
+                        self._spawn(self._resume(due))
+            except Exception as exc:  # an outage: the next round tries again
+                logger.warning("resumer: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(self.interval)
+
+    def find_due(self) -> list[DueSubscription]:
+        now = datetime.now(UTC)
+        policy = self.executor.resources["policy"].get()
+        due: list[DueSubscription] = []
+        with self._database.session() as session:
+            for resource_type in SUBSCRIPTION_FLOWS:
+                for failed in claims.fail_exhausted(session, resource_type, now=now,
+                                                    max_attempts=policy.max_attempts,
+                                                    actor="resumer"):
+                    logger.warning("subscription %s: no attempts left; failed", failed)
+                due += claims.due_for_launch(session, resource_type, now=now,
+                                             grace_seconds=self.grace_seconds,
+                                             direct_enabled=True,
+                                             max_attempts=policy.max_attempts)
+        return due
+
+    async def _resume(self, due: DueSubscription) -> None:
+        try:
+            flow = SUBSCRIPTION_FLOWS[due.resource_type]
+            config = SubscriptionConfig(subscription_id=due.subscription_id)
+            made = await self.executor.run_async(self.executor.run, flow, config,
+                                                 wait_for_holder=False)
+            self.resumed += 1
+            logger.info("resumed subscription %s (operation %s)", due.subscription_id,
+                        made.operation_id)
+        except claims.ClaimHeld:
+            pass  # someone else holds it now: theirs to finish
+        except Exception as exc:
+            logger.warning("resuming subscription %s failed: %s", due.subscription_id, exc)
+        finally:
+            self._running.discard(due.subscription_id)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.sweep)
+            except Exception as exc:
+                logger.warning("housekeeping: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(self.sweep_interval)
+
+    def sweep(self) -> housekeeping.SweepReport:
+        graph_dir = self.executor.resources["graph_engine"].graph_data_dir
+        with self._database.session() as session:
+            return housekeeping.sweep(session, graph_dir,
+                                      min_age_seconds=self.stray_age_seconds)
