@@ -124,6 +124,13 @@ def database(database_url: str) -> Database:
     return get_database(database_url)
 
 
+@pytest.fixture
+def postgres_database(postgres_app_url: str) -> Database:
+    """The session's PostgreSQL app database, emptied: for tests whose processes share it."""
+    _truncate_all(postgres_app_url)
+    return get_database(postgres_app_url)
+
+
 @pytest.fixture(scope="session")
 def sqlite_database(sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
                     ) -> Iterator[Database]:
@@ -224,3 +231,17 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     yield url, server
     server.kill()
     server.wait()
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        require("Redis", str(exc))
+    prefix = f"test:{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+    client.close()

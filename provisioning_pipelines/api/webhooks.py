@@ -21,15 +21,17 @@ from provisioning_pipelines.api.context import ApiContext, guard, read_body
 from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
 from provisioning_pipelines.services import webhooks
 from provisioning_pipelines.storage.errors import is_outage
+from provisioning_pipelines.storage.events import new_operation_id
 
 
 def routes(api: ApiContext) -> list[Route]:
-    def record(delivery: webhooks.Delivery) -> webhooks.Applied | None:
+    def record(delivery: webhooks.Delivery, operation_id: str | None
+               ) -> webhooks.Applied | None:
         """Apply and commit; None for a redelivery. A refusal by the database of what the
         event holds is kept as a rejection; an outage propagates (503)."""
         try:
             with api.database.session() as session:
-                return webhooks.record_and_apply(session, delivery)
+                return webhooks.record_and_apply(session, delivery, operation_id=operation_id)
         except SQLAlchemyError as exc:
             if is_outage(exc):
                 raise
@@ -45,14 +47,19 @@ def routes(api: ApiContext) -> list[Route]:
         payload = await read_body(request, limit=webhooks.MAX_BODY_BYTES)
         delivery = webhooks.verify(payload, request.headers.get("stripe-signature"),
                                    api.settings.billing_webhook_secret)
-        applied = await run_in_threadpool(record, delivery)
+        direct = api.settings.direct_graph_provisioning_enabled
+        # The operation's id is recorded with the payment, so whoever provisions it (this
+        # process, or another after a crash) reports to the one the caller watches.
+        planned = new_operation_id() if direct else None
+        applied = await run_in_threadpool(record, delivery, planned)
         if applied is None:
             return JSONResponse({"received": True, "duplicate": True, "operation_id": None})
         operation_id = None
-        if applied.paid and api.settings.direct_graph_provisioning_enabled:
+        if applied.paid and direct:
             flow = SUBSCRIPTION_FLOWS[str(applied.resource_type)]
             operation_id = await run_in_threadpool(api.executor.open_operation,
-                                                   flow.operation_kind, applied.user_id)
+                                                   flow.operation_kind, applied.user_id,
+                                                   planned)
             api.start(api.executor.run, flow,
                       SubscriptionConfig(subscription_id=applied.subscription_id),
                       operation_id=operation_id)

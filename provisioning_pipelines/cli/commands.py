@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -51,6 +52,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url is None:
         upgrade_once(settings.resolved_database_url)
     settings.prepare_dagster_home()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(
         app, host=args.host, port=args.port, log_level="info",

@@ -71,8 +71,13 @@ def mark_paid(
     *,
     stripe_customer_id: str | None = None,
     stripe_subscription_id: str | None = None,
+    operation_id: str | None = None,
 ) -> bool:
-    """``pending_payment`` -> ``provisioning``; False (and no change) from any other status."""
+    """``pending_payment`` -> ``provisioning``; False (and no change) from any other status.
+
+    ``operation_id`` is the operation that will report the provisioning, recorded in the same
+    transaction, so whoever picks the work up (after a crash, say) continues it.
+    """
     now = utcnow()
     moved = session.execute(
         update(Subscription)
@@ -83,6 +88,7 @@ def mark_paid(
             updated_at=now,
             stripe_customer_id=stripe_customer_id,
             stripe_subscription_id=stripe_subscription_id,
+            operation_id=operation_id,
         )
     )
     if moved.rowcount == 1:

@@ -164,13 +164,18 @@ class Applied:
     resource_type: str | None = None  # what to provision, when paid
 
 
-def record_and_apply(session: Session, delivery: Delivery) -> Applied:
-    """Insert the event (the unique id makes a duplicate fail here), then apply or reject it."""
+def record_and_apply(session: Session, delivery: Delivery, *,
+                     operation_id: str | None = None) -> Applied:
+    """Insert the event (the unique id makes a duplicate fail here), then apply or reject it.
+
+    ``operation_id`` is recorded on a subscription this event pays for (``Applied.paid``): the
+    operation the caller then opens and provisions under.
+    """
     row = WebhookEvent(id=delivery.event_id, event_type=delivery.event_type[:64],
                        raw_body=delivery.raw, event_created_at=delivery.created_at)
     session.add(row)
     session.flush()
-    return _apply(session, row, delivery)
+    return _apply(session, row, delivery, operation_id)
 
 
 def record_rejected(session: Session, delivery: Delivery, reason: str) -> Applied:
@@ -180,17 +185,18 @@ def record_rejected(session: Session, delivery: Delivery, reason: str) -> Applie
     return Applied(delivery.event_id, "unreadable", ignored=reason)
 
 
-def _apply(session: Session, row: WebhookEvent, delivery: Delivery) -> Applied:
+def _apply(session: Session, row: WebhookEvent, delivery: Delivery,
+           operation_id: str | None = None) -> Applied:
     if delivery.rejected or delivery.event is None:
         row.status, row.reason = "rejected", delivery.rejected
         return Applied(delivery.event_id, row.event_type, ignored=delivery.rejected)
-    applied = _act(session, delivery.event)
+    applied = _act(session, delivery.event, operation_id)
     row.status = "ignored" if applied.ignored else "applied"
     row.reason = applied.ignored
     return applied
 
 
-def _act(session: Session, event: dict[str, Any]) -> Applied:
+def _act(session: Session, event: dict[str, Any], operation_id: str | None) -> Applied:
     obj = event["data"]["object"]
     kind = event["type"]
     if kind not in HANDLED:
@@ -201,7 +207,7 @@ def _act(session: Session, event: dict[str, Any]) -> Applied:
     if kind == "checkout.session.completed":
         paid = obj.get("payment_status") == "paid" and billing.mark_paid(
             session, subscription.id, stripe_customer_id=_str(obj.get("customer")),
-            stripe_subscription_id=_str(obj.get("subscription")))
+            stripe_subscription_id=_str(obj.get("subscription")), operation_id=operation_id)
         if not paid:
             return Applied(event["id"], kind, subscription.id)
         return Applied(event["id"], kind, subscription.id, paid=True,

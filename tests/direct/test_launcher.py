@@ -4,13 +4,11 @@ daemon (the production dagster.yaml on dagster-postgres) and mirrors the run int
 from __future__ import annotations
 
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from provisioning_pipelines.cli.dev import ROOT, dagster_servers
 from provisioning_pipelines.direct import DirectExecutor
@@ -24,23 +22,8 @@ from tests.conftest import (
     drop_postgres_database,
     free_port,
     make_resources,
-    require,
 )
 from tests.factories import new_customer, paid_graph_subscription
-
-
-@pytest.fixture
-def redis_prefix() -> Iterator[str]:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        require("Redis", str(exc))
-    prefix = f"test:{uuid.uuid4().hex[:8]}:"
-    yield prefix
-    for key in client.scan_iter(f"{prefix}*"):
-        client.delete(key)
-    client.close()
 
 
 @pytest.fixture

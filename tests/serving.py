@@ -1,0 +1,85 @@
+"""The API as a real process (``provisioning-pipelines serve``), for tests that kill or stop it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from provisioning_pipelines.services import webhooks
+from tests.conftest import free_port
+
+CLI = str(Path(sys.executable).parent / "provisioning-pipelines")
+SECRET = "whsec_process_tests"
+
+
+class ServerProcess:
+    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.process = process
+        self.url = url
+        self.log = log
+
+    def signal(self, number: int) -> None:
+        self.process.send_signal(number)
+
+    def wait(self, timeout: float) -> int:
+        return self.process.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def pay(self, subscription_id: str, *, event_id: str | None = None) -> httpx.Response:
+        """Deliver a signed ``checkout.session.completed`` for the subscription."""
+        event = {"id": event_id or f"evt_{subscription_id}", "type": "checkout.session.completed",
+                 "created": int(time.time()),
+                 "data": {"object": {"payment_status": "paid",
+                                     "metadata": {"subscription_id": subscription_id}}}}
+        payload = json.dumps(event).encode()
+        return httpx.post(f"{self.url}/v1/webhooks/billing", content=payload, timeout=30,
+                          headers={"Stripe-Signature": webhooks.sign(payload, SECRET)})
+
+
+def server_env(tmp_path: Path, **settings: Any) -> dict[str, str]:
+    """The environment of a server process: its own data folder, the given settings."""
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+           "DATA_DIR": str(tmp_path / "data"), "BILLING_WEBHOOK_SECRET": SECRET,
+           "GRAPH_DATA_DIR": str(tmp_path / "graphs")}
+    env.update({key: str(value) for key, value in settings.items()})
+    return env
+
+
+@contextmanager
+def api_process(env: dict[str, str], log: Path, *, ready_timeout: float = 90
+                ) -> Iterator[ServerProcess]:
+    """Start ``serve``; yields once it answers; kills whatever is left at the end."""
+    port = free_port()
+    with log.open("ab") as out:
+        process = subprocess.Popen([CLI, "serve", "--port", str(port)], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"serve exited with {process.returncode}:\n{server.output()}")
+            try:
+                httpx.get(f"{server.url}/healthz", timeout=5)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        yield server
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
