@@ -176,7 +176,8 @@ async def read_json(request: Request) -> dict[str, Any]:
                              field="body")
     problem = json_problem(body)
     if problem:
-        raise InvalidRequest(problem, field=problem.split(":", 1)[0])
+        field, why = problem
+        raise InvalidRequest(f"{field}: {why}", field=field)
     return body
 
 

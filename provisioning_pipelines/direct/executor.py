@@ -110,15 +110,12 @@ class DirectExecutor:
             wait_for_holder: bool = True) -> ProvisioningResult:
         """Run (or launch) the flow for ``config`` as one operation; raises what it raised.
 
-        Without an ``operation_id``, an operation already reporting this work and not ended (a
-        crashed worker's) is continued, so its stream reaches an end. While another worker
-        holds the claim, the call waits for it (``wait_for_holder``) and returns its result.
+        Without an ``operation_id`` one is made; with one, that operation is continued (made if
+        it does not exist). While another worker holds the claim, the call waits for it
+        (``wait_for_holder``) and returns its result.
         """
         database = self.resources["database"].get()
         created = operation_id is None
-        if operation_id is None:
-            operation_id = self._open_operation_of(flow, config, database)
-            created = operation_id is None
         operation_id = self.open_operation(flow.operation_kind,
                                            lambda: flow.owner(database, config), operation_id)
         with self._slots:
@@ -143,13 +140,12 @@ class DirectExecutor:
                                                                operation_id=operation_id))
         return ProvisioningResult(operation_id, result)
 
-    def _open_operation_of(self, flow: Flow, config: Any, database: Any) -> str | None:
-        """The operation already reporting this work, if it has not ended."""
-        existing = flow.operation(database, config)
-        if existing is None:
+    def live_operation(self, operation_id: str | None) -> str | None:
+        """``operation_id`` if that operation exists and has not ended (a crashed worker's)."""
+        if operation_id is None:
             return None
-        found = self._events.call(existing, "get")
-        return existing if found is not None and not found.is_terminal else None
+        found = self._events.call(operation_id, "get")
+        return operation_id if found is not None and not found.is_terminal else None
 
     def _execute(self, flow: Flow, config: Any, operation_id: str,
                  wait_for_holder: bool) -> Outcome:

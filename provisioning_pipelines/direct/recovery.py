@@ -93,7 +93,11 @@ class Recovery:
         try:
             flow = SUBSCRIPTION_FLOWS[due.resource_type]
             config = SubscriptionConfig(subscription_id=due.subscription_id)
+            # Continue the operation the dead worker left open, so its stream ends.
+            operation_id = await asyncio.to_thread(self.executor.live_operation,
+                                                   due.operation_id)
             made = await self.executor.run_async(self.executor.run, flow, config,
+                                                 operation_id=operation_id,
                                                  wait_for_holder=False)
             self.resumed += 1
             logger.info("resumed subscription %s (operation %s)", due.subscription_id,

@@ -10,7 +10,6 @@ from provisioning_pipelines.flows.subscription import (
     activate_subscription,
     attempt_step,
     claim_subscription,
-    subscription_operation,
     subscription_owner,
     subscription_result,
     subscription_tags,
@@ -49,6 +48,5 @@ GRAPH_FLOW = Flow(
     steps=(claim_subscription, create_graph_database, activate_subscription),
     tags=graph_tags,
     owner=subscription_owner,
-    operation=subscription_operation,
     result=subscription_result,
 )

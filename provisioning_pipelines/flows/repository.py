@@ -11,7 +11,6 @@ from provisioning_pipelines.flows.subscription import (
     activate_subscription,
     attempt_step,
     claim_subscription,
-    subscription_operation,
     subscription_owner,
     subscription_result,
     subscription_tags,
@@ -73,6 +72,5 @@ REPOSITORY_FLOW = Flow(
            activate_subscription),
     tags=subscription_tags,
     owner=subscription_owner,
-    operation=subscription_operation,
     result=subscription_result,
 )

@@ -25,6 +25,7 @@ from dagster import Backoff, Config, RetryPolicy
 
 from provisioning_pipelines.errors import ProvisioningError
 from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.errors import is_refused_data
 from provisioning_pipelines.storage.ladybug import LadybugEngine
 
 #: Transient failures (a dropped connection, a busy database) get two more tries inside one step.
@@ -127,10 +128,9 @@ def step(
 class Flow:
     """An ordered list of steps, defined once; both execution paths are built from it.
 
-    ``tags``, ``owner``, ``result`` and ``operation`` describe a run of the flow for every
-    trigger: the tags it is launched with (derived from its config, so the run queue sees them),
-    the user who owns its operation, what a finished run left behind (read back from the
-    database), and the operation already reporting this work (to continue after a crash).
+    ``tags``, ``owner`` and ``result`` describe a run of the flow for every trigger: the tags
+    it is launched with (derived from its config, so the run queue sees them), the user who
+    owns its operation, and what a finished run left behind, read back from the database.
     """
 
     name: str
@@ -142,7 +142,6 @@ class Flow:
     tags: Callable[[Any], dict[str, str]]
     owner: Callable[[Database, Any], str | None]
     result: Callable[[Database, Any], dict[str, Any]]
-    operation: Callable[[Database, Any], str | None] = lambda database, config: None
 
     @property
     def config_cls(self) -> type[Config]:
@@ -160,15 +159,17 @@ class Flow:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Worth another try inside the same step: an infrastructure hiccup, not a domain error."""
-    return not isinstance(exc, ProvisioningError)
+    """Worth another try inside the same step: an infrastructure hiccup, not a domain error
+    nor data the store refuses."""
+    return not isinstance(exc, ProvisioningError) and not is_refused_data(exc)
 
 
 def worth_retrying(exc: BaseException) -> bool:
-    """Errors a user caused never pass by themselves; anything else might."""
+    """Another attempt could succeed: errors a user caused, or data the store refuses, never
+    pass by themselves; anything else might."""
     if isinstance(exc, ProvisioningError):
         return exc.retryable
-    return True
+    return not is_refused_data(exc)
 
 
 def describe(exc: BaseException) -> str:

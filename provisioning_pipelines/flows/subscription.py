@@ -153,11 +153,6 @@ def subscription_owner(database: Database, config: SubscriptionConfig) -> str | 
         return billing.owner_of(session, config.subscription_id)
 
 
-def subscription_operation(database: Database, config: SubscriptionConfig) -> str | None:
-    with database.session() as session:
-        return billing.operation_of(session, config.subscription_id)
-
-
 def subscription_result(database: Database, config: SubscriptionConfig) -> dict[str, Any]:
     """Where a run left the subscription: its status, resource and error."""
     with database.session() as session:

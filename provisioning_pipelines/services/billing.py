@@ -169,11 +169,6 @@ def owner_of(session: Session, subscription_id: str) -> str | None:
     return session.scalar(select(Subscription.user_id).where(Subscription.id == subscription_id))
 
 
-def operation_of(session: Session, subscription_id: str) -> str | None:
-    """The operation reporting the subscription's provisioning (see ``claims.claim``)."""
-    return session.scalar(
-        select(Subscription.operation_id).where(Subscription.id == subscription_id))
-
 
 def list_subscriptions(session: Session, *, user_id: str | None = None,
                        status: str | None = None) -> list[Subscription]:

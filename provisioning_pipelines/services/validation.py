@@ -46,25 +46,27 @@ def text_problem(value: str, *, max_length: int, multiline: bool = False) -> str
     return None
 
 
-def json_problem(value: Any, *, path: str = "body", depth: int = 0) -> str | None:
-    """Why a parsed JSON value cannot be kept as it is (non-finite numbers, NUL, too deep),
-    naming where, or None."""
+def json_problem(value: Any, *, path: str = "", depth: int = 0) -> tuple[str, str] | None:
+    """Where and why a parsed JSON value cannot be kept as it is (non-finite numbers, NUL,
+    too deep): ``(field path, problem)``, or None. The path of the whole value is ``body``."""
+    where = path or "body"
     if depth > MAX_DEPTH:
-        return f"{path}: nested deeper than {MAX_DEPTH} levels"
+        return where, f"nested deeper than {MAX_DEPTH} levels"
     if isinstance(value, float) and not math.isfinite(value):
-        return f"{path}: {value} is not a finite number"
+        return where, f"{value} is not a finite number"
     if isinstance(value, str) and "\x00" in value:
-        return f"{path}: contains a NUL character"
+        return where, "contains a NUL character"
     if isinstance(value, Mapping):
         for key, item in value.items():
             if "\x00" in key:
-                return f"{path}: a key contains a NUL character"
-            found = json_problem(item, path=f"{path}.{key}", depth=depth + 1)
+                return where, "a key contains a NUL character"
+            found = json_problem(item, path=f"{path}.{key}" if path else str(key)[:64],
+                                 depth=depth + 1)
             if found:
                 return found
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            found = json_problem(item, path=f"{path}[{index}]", depth=depth + 1)
+            found = json_problem(item, path=f"{where}[{index}]", depth=depth + 1)
             if found:
                 return found
     return None

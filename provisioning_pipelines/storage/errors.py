@@ -25,3 +25,12 @@ def is_outage(error: BaseException) -> bool:
 def what_is_down(error: BaseException) -> str:
     """The store an outage is about, for a message a client reads."""
     return "operation events (Redis)" if isinstance(error, EventStoreUnavailable) else "database"
+
+
+def is_refused_data(error: BaseException) -> bool:
+    """The store refused the data itself (a value out of range, text it cannot hold): the same
+    write fails again however often it is tried."""
+    if isinstance(error, sql.DataError):
+        return True
+    # psycopg2 refuses NUL in text before sending it, with a plain ValueError.
+    return isinstance(error, ValueError) and "NUL (0x00)" in str(error)

@@ -43,14 +43,17 @@ class Api:
                                headers={"Stripe-Signature": signature,
                                         "Content-Type": "application/json"})
 
-    def wait_status(self, api_key: str, subscription_id: str, status: str) -> dict[str, Any]:
+    def wait_status(self, api_key: str, subscription_id: str, status: str,
+                    timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
         with self.client(api_key) as client:
-            for _ in range(200):
+            while True:
                 answer = client.get(f"/v1/subscriptions/{subscription_id}").json()
                 if answer["status"] == status:
                     return answer
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"subscription stayed {answer['status']}: {answer}")
                 time.sleep(0.05)
-        raise AssertionError(f"subscription stayed {answer['status']}: {answer}")
 
     def events(self, api_key: str, operation_id: str, *, last_event_id: str | None = None,
                stop_after: int | None = None) -> list[tuple[str, str, dict[str, Any]]]:

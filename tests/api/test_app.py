@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,6 @@ from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.models import Graph, Subscription, WebhookEvent
 from tests.api.helpers import SECRET, Api, make_api, serve
 from tests.factories import graph_request, new_customer
-
-
-@pytest.fixture
-def api(database: Database, resources: dict[str, Any], dagster_instance: DagsterInstance
-        ) -> Iterator[Api]:
-    app, executor = make_api(database, resources, dagster_instance)
-    with serve(app) as url:
-        yield Api(url, database, executor)
-    executor.close()
 
 
 def checkout_event(subscription_id: str, *, event_id: str | None = None,

@@ -127,7 +127,8 @@ def test_an_api_process_resumes_lapsed_work_and_continues_its_operation(
         try:
             while row(database, sub_id).status != "active":
                 await asyncio.sleep(0.05)
-            while executor.store.get(operation_id).status != "completed":
+            while executor.store.get(operation_id).status != "completed" or \
+                    recovery.resumed < 1:
                 await asyncio.sleep(0.05)
         finally:
             await recovery.stop()

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from dagster import Backoff, DagsterEventType, DagsterInstance, Jitter, RetryPolicy
+from sqlalchemy import text
+from sqlalchemy.exc import DataError
 
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows import (
@@ -24,7 +26,7 @@ from provisioning_pipelines.flows import (
     materialization,
     run_step,
 )
-from provisioning_pipelines.flows.steps import TRANSIENT_RETRY, Policy, step
+from provisioning_pipelines.flows.steps import TRANSIENT_RETRY, Policy, step, worth_retrying
 from provisioning_pipelines.orchestration.resources import GraphEngineResource
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import LadybugEngine
@@ -159,3 +161,19 @@ def test_in_a_run_a_transient_error_shows_as_a_dagster_retry_of_the_step(
                if event.event_type == DagsterEventType.STEP_UP_FOR_RETRY]
     assert retried == ["create_graph_database"]
     assert result.output_for_node("activate_subscription").result["status"] == "active"
+
+
+def test_data_the_database_refuses_is_final_at_once(postgres_database: Database) -> None:
+    def store_out_of_range(ctx: StepContext, value: Any) -> Any:
+        with postgres_database.session() as session:
+            session.execute(text("SELECT CAST(:big AS INTEGER)"), {"big": 2**40})
+
+    undone: list[BaseException] = []
+    refusing = step(on_failure=lambda ctx, value, exc: undone.append(exc))(store_out_of_range)
+
+    with pytest.raises(DataError):
+        run_step(refusing, bare_context(), None, sleep=lambda seconds: pytest.fail("retried"))
+
+    assert len(undone) == 1 and not worth_retrying(undone[0])  # no attempt is burnt on it
+    assert not worth_retrying(ValueError("A string literal cannot contain NUL (0x00) characters."))
+    assert worth_retrying(OSError("disk hiccup"))
