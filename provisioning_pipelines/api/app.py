@@ -36,9 +36,11 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
                      dagster_instance=dagster_instance or functools.cache(DagsterInstance.get),
                      keepalive_seconds=keepalive_seconds)
     direct_on = settings.direct_graph_provisioning_enabled
+    # A payment nobody claimed within one lease is resumed: a live direct path claims within
+    # milliseconds, so waiting longer (as the sensors' grace does) only delays a crash's victims.
     recovery = Recovery(api.executor,
                         interval=settings.resume_interval_seconds if direct_on else 0,
-                        grace_seconds=settings.sensor_grace_seconds,
+                        grace_seconds=settings.claim_lease_seconds,
                         sweep_interval=settings.housekeeping_interval_seconds,
                         stray_age_seconds=settings.housekeeping_stray_age_seconds)
 

@@ -148,6 +148,39 @@ def _webhook_send(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if answer.is_success else 1
 
 
+def _webhooks_list(args: argparse.Namespace, settings: Settings) -> int:
+    from provisioning_pipelines.services import webhooks
+
+    with _database(settings).session() as session:
+        rows = webhooks.list_events(session, rejected_only=args.rejected, limit=args.limit)
+    for row in rows:
+        reason = f"  {row['reason']}" if row["reason"] else ""
+        print(f"{row['received_at']:%Y-%m-%d %H:%M:%S}  {row['status']:<8} {row['event_id']}  "
+              f"{row['type']}{reason}")
+    return 0
+
+
+def _webhooks_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from provisioning_pipelines.direct import build_executor
+    from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
+    from provisioning_pipelines.services import webhooks
+
+    with _database(settings).session() as session:
+        applied = webhooks.replay(session, args.event_id)
+    answer: dict[str, object] = {"event_id": args.event_id, "ignored": applied.ignored,
+                                 "paid": applied.paid, "subscription_id": applied.subscription_id}
+    if applied.paid and settings.direct_graph_provisioning_enabled:
+        executor = build_executor(settings)
+        try:
+            made = executor.run(SUBSCRIPTION_FLOWS[str(applied.resource_type)],
+                                SubscriptionConfig(subscription_id=str(applied.subscription_id)))
+        finally:
+            executor.close()
+        answer.update(operation_id=made.operation_id, result=made.result)
+    _print(answer)
+    return 1 if applied.ignored else 0
+
+
 def _provision(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.direct import build_executor
 
@@ -248,8 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub_retry.add_argument("subscription_id")
     sub_retry.set_defaults(run=_subscriptions_retry)
 
-    webhook = commands.add_parser("webhook", help="billing webhooks").add_subparsers(
+    webhook = commands.add_parser("webhooks", aliases=["webhook"],
+                                  help="billing webhooks: send, list, replay").add_subparsers(
         dest="webhook_command", required=True)
+    listing = webhook.add_parser("list", help="the newest recorded billing events")
+    listing.add_argument("--rejected", action="store_true",
+                         help="only events that were genuine but could not be applied")
+    listing.add_argument("--limit", type=int, default=100, help="how many (default 100)")
+    listing.set_defaults(run=_webhooks_list)
+    replay = webhook.add_parser("replay", help="apply a rejected event again (after a fix), "
+                                "and provision what it pays for")
+    replay.add_argument("event_id")
+    replay.set_defaults(run=_webhooks_replay)
     send = webhook.add_parser("send", help="sign an event with the configured secret and post it")
     send.add_argument("--subscription", required=True)
     send.add_argument("--type", default="checkout.session.completed")

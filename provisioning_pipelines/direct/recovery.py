@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from provisioning_pipelines.direct.executor import DirectExecutor
 from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
-from provisioning_pipelines.services import claims, housekeeping
+from provisioning_pipelines.services import billing, claims, housekeeping
 from provisioning_pipelines.services.claims import DueSubscription
 
 logger = logging.getLogger("provisioning_pipelines.recovery")
+_BATCH = 500
 
 
 class Recovery:
@@ -39,6 +40,10 @@ class Recovery:
         self.stray_age_seconds = stray_age_seconds
         self.resumed = 0
         self._running: set[str] = set()
+        policy = executor.resources["policy"].get()
+        self.lease_seconds = policy.claim_lease_seconds
+        self.operation_ttl_seconds = executor.store.ttl_seconds
+        self._settled_until: datetime | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -65,6 +70,7 @@ class Recovery:
     async def _resume_forever(self) -> None:
         while True:
             try:
+                await asyncio.to_thread(self.end_orphaned_operations)
                 for due in await asyncio.to_thread(self.find_due):
                     if due.subscription_id not in self._running:
                         self._running.add(due.subscription_id)
@@ -72,6 +78,42 @@ class Recovery:
             except Exception as exc:  # an outage: the next round tries again
                 logger.warning("resumer: %s: %s", type(exc).__name__, exc)
             await asyncio.sleep(self.interval)
+
+    def end_orphaned_operations(self) -> int:
+        """End the operations of subscriptions settled by a worker that died before it could
+        say so (active: completed with the subscription; failed: failed with its error).
+
+        The first round looks back over the operations' lifetime, later rounds over what
+        settled since the previous one; what settled within the last lease is left to the
+        worker that settled it, which ends its operation within milliseconds.
+        """
+        now = datetime.now(UTC)
+        until = now - timedelta(seconds=self.lease_seconds)
+        since = self._settled_until or now - timedelta(seconds=self.operation_ttl_seconds)
+        settled: list[dict[str, Any]] = []
+        while since < until:  # in batches, oldest first
+            with self._database.session() as session:
+                batch = billing.settled_between(session, since, until, limit=_BATCH)
+            settled += batch
+            if len(batch) < _BATCH:
+                break
+            since = batch[-1]["settled_at"]
+        ended = 0
+        for row in settled:
+            row.pop("settled_at")
+            operation_id = self.executor.live_operation(row.pop("operation_id"))
+            if operation_id is None:
+                continue
+            if row["status"] == "active":
+                self.executor.store.complete(operation_id, {
+                    **row, "operation_id": operation_id, "completed_by": "another worker"})
+            else:
+                self.executor.store.fail(operation_id, row["error"] or "provisioning failed")
+            ended += 1
+            logger.warning("operation %s: ended for subscription %s, whose worker died after "
+                           "settling it", operation_id, row["subscription_id"])
+        self._settled_until = max(until, since)
+        return ended
 
     def find_due(self) -> list[DueSubscription]:
         now = datetime.now(UTC)

@@ -7,6 +7,7 @@ write of a subscription row outside the claim is here, so entry points never tou
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -168,6 +169,20 @@ def subscription_of_user(session: Session, subscription_id: str, user_id: str) -
 def owner_of(session: Session, subscription_id: str) -> str | None:
     return session.scalar(select(Subscription.user_id).where(Subscription.id == subscription_id))
 
+
+
+def settled_between(session: Session, since: datetime, until: datetime,
+                    limit: int = 1000) -> list[dict[str, Any]]:
+    """Subscriptions that became ``active`` or ``failed`` in the window, with the operation
+    that reported them: a worker that died right after settling one never ended it."""
+    rows = session.scalars(
+        select(Subscription)
+        .where(Subscription.status.in_(("active", "failed")),
+               Subscription.operation_id.is_not(None),
+               Subscription.updated_at >= since, Subscription.updated_at < until)
+        .order_by(Subscription.updated_at).limit(limit))
+    return [{**summary(row), "operation_id": row.operation_id, "settled_at": row.updated_at}
+            for row in rows]
 
 
 def list_subscriptions(session: Session, *, user_id: str | None = None,

@@ -140,3 +140,34 @@ def test_an_api_process_resumes_lapsed_work_and_continues_its_operation(
     assert events[0] == "operation_started" and events[-1] == "operation_completed"
     assert recovery.resumed == 1
     executor.close()
+
+
+def test_an_operation_left_open_by_a_worker_that_died_after_settling_is_ended(
+    database: Database, resources: dict[str, Any],
+) -> None:
+    user = new_customer(database)
+    executor = DirectExecutor(resources)
+    done, failed = (paid_graph_subscription(database, user) for _ in range(2))
+    executor.graph(done)
+    orphans = {}
+    for sub_id, status, error in ((done, "active", None), (failed, "failed", "disk full")):
+        operation_id = executor.open_operation("graph_provisioning", user.user_id)
+        executor.store.start(operation_id)  # the worker died before it could end this
+        with database.session() as session:
+            session.execute(update(Subscription).where(Subscription.id == sub_id).values(
+                status=status, last_error=error, operation_id=operation_id,
+                updated_at=utcnow() - timedelta(minutes=5)))
+        orphans[status] = operation_id
+    recovery = Recovery(executor, interval=0, grace_seconds=15, sweep_interval=0,
+                        stray_age_seconds=600)
+
+    assert recovery.end_orphaned_operations() == 2
+    assert recovery.end_orphaned_operations() == 0  # each once
+
+    completed = executor.store.get(orphans["active"])
+    assert completed.status == "completed"
+    assert completed.result["completed_by"] == "another worker"
+    assert completed.result["subscription_id"] == done
+    failed_op = executor.store.get(orphans["failed"])
+    assert failed_op.status == "failed" and failed_op.error == "disk full"
+    executor.close()

@@ -208,6 +208,7 @@ class OperationStore(ABC):
     """The contract both stores keep; the public write methods are shared, the storage is not."""
 
     replay_batch: int = 500  # events per read while a subscriber replays or catches up
+    ttl_seconds: float  # how long an operation's keys live after its last write
 
     @abstractmethod
     def create(
