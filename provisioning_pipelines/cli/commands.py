@@ -10,8 +10,10 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from provisioning_pipelines.errors import ProvisioningError
 from provisioning_pipelines.settings import Settings, SettingsError, load_settings
@@ -54,7 +56,14 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     settings.prepare_dagster_home()
     logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit and sig == signal.SIGTERM:
+                self.force_exit = True  # uvicorn forces only on a second SIGINT
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(
         app, host=args.host, port=args.port, log_level="info",
         timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds))))
     app.state.api.server = server  # so a second SIGTERM cuts the grace short

@@ -140,7 +140,7 @@ def test_sigterm_lets_work_in_flight_finish_and_ends_streams_with_a_final_event(
         assert session.get(Subscription, sub_id).status == "active"
 
 
-def test_a_second_sigterm_or_the_grace_running_out_gives_the_claim_back(
+def test_the_grace_running_out_gives_the_claim_back(
     postgres_database: Database, postgres_app_url: str, redis_prefix: str, tmp_path: Path,
 ) -> None:
     database = postgres_database
@@ -190,3 +190,29 @@ def _wait_for(condition: Any, timeout: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_a_second_sigterm_exits_at_once(
+    postgres_database: Database, postgres_app_url: str, redis_prefix: str, tmp_path: Path,
+) -> None:
+    database = postgres_database
+    sub_id = paid_graph_subscription(database, new_customer(database), paid=False)
+    env = server_env(tmp_path, DATABASE_URL=postgres_app_url, REDIS_URL=REDIS_URL,
+                     REDIS_KEY_PREFIX=redis_prefix, SHUTDOWN_GRACE_SECONDS=60,
+                     PROVISIONING_RESUME_INTERVAL_SECONDS=0)
+
+    with api_process(env, tmp_path / "server.log") as server, \
+            template_build_held(Path(env["GRAPH_DATA_DIR"])):
+        server.pay(sub_id)
+        _wait_for(lambda: _claimed(database, sub_id))
+        server.signal(signal.SIGTERM)
+        _wait_for(lambda: "shutdown: waiting up to 60 s" in server.output())
+        signalled = time.monotonic()
+        server.signal(signal.SIGTERM)
+        server.wait(30)
+        took = time.monotonic() - signalled
+        with database.session() as session:
+            row = session.get(Subscription, sub_id)
+            assert row is not None and row.lease_expires_at is not None
+            assert row.lease_expires_at <= utcnow()  # given back on the way out
+    assert took < 10, took  # not the 60 s grace
