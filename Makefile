@@ -22,7 +22,7 @@ lint: setup
 	$(BIN)/lint-imports
 
 # Dagster commands run on the embedded instance under .data/dagster unless DAGSTER_HOME is set
-# (the top-level dagster.yaml is the production instance on dagster-postgres).
+# (deploy/dagster.yaml is the production instance on dagster-postgres).
 export DAGSTER_HOME ?= $(abspath .data/dagster)
 
 validate: setup
@@ -40,8 +40,4 @@ demo: setup
 
 # The Dagster UI and daemon (http://127.0.0.1:3000) plus the API (http://127.0.0.1:8000).
 dev: setup
-	mkdir -p $(DAGSTER_HOME)
-	test -f $(DAGSTER_HOME)/dagster.yaml || printf "telemetry:\n  enabled: false\n" > $(DAGSTER_HOME)/dagster.yaml
-	trap 'kill 0' INT TERM EXIT; \
-	$(BIN)/provisioning-pipelines serve --port 8000 & \
-	$(BIN)/dagster dev -w workspace.yaml -p 3000
+	$(BIN)/provisioning-pipelines dev --port 8000 --dagster-port 3000

@@ -30,6 +30,12 @@ class InvalidRequest(ProvisioningError):
     retryable = False
 
 
+class Unauthorized(ProvisioningError):
+    status_code = 401
+    code = "unauthorized"
+    retryable = False
+
+
 class NotFound(ProvisioningError):
     status_code = 404
     code = "not_found"

@@ -2,13 +2,15 @@
 
 With nothing set, everything runs embedded under ``./.data``: a SQLite app database, LadybugDB files
 under ``.data/graphs``, the in-memory operation store and a Dagster home of its own under
-``.data/dagster`` (the top-level ``dagster.yaml`` describes the production instance on
+``.data/dagster`` (``deploy/dagster.yaml`` describes the production instance on
 dagster-postgres, so the embedded default must not read it). Every variable is documented in
 ``.env.example``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +24,7 @@ from provisioning_pipelines.storage.ladybug import DEFAULT_BUFFER_POOL_MB
 DEFAULT_DATA_DIR = Path(".data")
 EMBEDDED_DAGSTER_YAML = """\
 # The embedded Dagster instance: default SQLite storage under this folder.
-# Written by provisioning_pipelines.settings; the production instance is the top-level dagster.yaml.
+# Written by provisioning_pipelines.settings; the production instance is deploy/dagster.yaml.
 telemetry:
   enabled: false
 """
@@ -53,6 +55,8 @@ class Settings(BaseSettings):
     billing_webhook_secret: str = Field(
         "whsec_local_development_only", validation_alias="BILLING_WEBHOOK_SECRET"
     )
+    session_secret: str | None = Field(None, validation_alias="SESSION_SECRET")
+    cors_allow_origins: str = Field("", validation_alias="CORS_ALLOW_ORIGINS")
     max_attempts: PositiveInt = Field(3, validation_alias="PROVISIONING_MAX_ATTEMPTS")
     claim_lease_seconds: PositiveFloat = Field(
         15.0, validation_alias="PROVISIONING_CLAIM_LEASE_SECONDS"
@@ -85,7 +89,8 @@ class Settings(BaseSettings):
     )
     graph_templates_enabled: bool = Field(True, validation_alias="GRAPH_TEMPLATES_ENABLED")
 
-    @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home", mode="before")
+    @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home",
+                     "session_secret", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -103,6 +108,19 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("expected a redis:// URL")
         return value
+
+    @property
+    def resolved_session_secret(self) -> str:
+        """Signs browser sessions. Unset: derived from the webhook secret, so every worker with
+        the same configuration accepts the same sessions."""
+        if self.session_secret:
+            return self.session_secret
+        return hmac.new(self.billing_webhook_secret.encode(), b"browser sessions",
+                        hashlib.sha256).hexdigest()
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [o.strip() for o in self.cors_allow_origins.split(",") if o.strip()]
 
     @property
     def resolved_database_url(self) -> str:
@@ -125,7 +143,7 @@ class Settings(BaseSettings):
         """
         home = self.resolved_dagster_home
         home.mkdir(parents=True, exist_ok=True)
-        if self.dagster_home is None and not (home / "dagster.yaml").exists():
+        if not (home / "dagster.yaml").exists():  # what Dagster assumes anyway, said quietly
             (home / "dagster.yaml").write_text(EMBEDDED_DAGSTER_YAML)
         os.environ["DAGSTER_HOME"] = str(home)
         return home

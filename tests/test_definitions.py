@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +14,7 @@ import pytest
 from dagster import AssetKey, Definitions
 
 ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
 
 
 def load() -> Definitions:
@@ -68,15 +73,54 @@ def test_jobs_follow_the_flows_step_for_step() -> None:
             step.name for step in flow.steps]
 
 
+def dagster(*words: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """Dagster's own CLI in a session of its own, and whatever it started stopped after."""
+    process = subprocess.Popen([str(BIN / "dagster"), *words], cwd=cwd, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=240)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a code server it left to linger
+            os.killpg(process.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
 def test_dagster_validates_the_workspace(tmp_path: Path) -> None:
-    # As `make validate` does: the embedded instance, not the production dagster.yaml at the top.
+    # As `make validate` does: the embedded instance, not deploy/dagster.yaml.
     home = tmp_path / "data" / "dagster"
     home.mkdir(parents=True)
-    env = {"PATH": str(Path(sys.executable).parent), "DATA_DIR": str(tmp_path / "data"),
-           "HOME": str(tmp_path), "DAGSTER_HOME": str(home)}
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate",
-         "-w", "workspace.yaml"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
-    )
+    env = {"PATH": str(BIN), "DATA_DIR": str(tmp_path / "data"), "HOME": str(tmp_path),
+           "DAGSTER_HOME": str(home)}
+    result = dagster("definitions", "validate", "-w", "workspace.yaml", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dagsters_cli_works_in_the_repository_root_with_nothing_set(tmp_path: Path) -> None:
+    env = {"PATH": str(BIN), "HOME": str(tmp_path), "DATA_DIR": str(tmp_path / "data")}
+    validated = dagster("definitions", "validate", env=env)
+    listed = dagster("job", "list", "-w", "workspace.yaml", env=env)
+
+    cli = [str(BIN / "provisioning-pipelines")]
+    user = json.loads(subprocess.run([*cli, "users", "create", "--email", "d@example.com",
+                                      "--json"], env=env, capture_output=True, text=True,
+                                     check=True).stdout)
+    made = json.loads(subprocess.run([*cli, "subscriptions", "create", "--user",
+                                      user["user_id"]], env=env, capture_output=True,
+                                     text=True, check=True).stdout)
+    subprocess.run([*cli, "subscriptions", "pay", made["subscription_id"]], env=env,
+                   check=True, capture_output=True)
+    config = tmp_path / "run.yaml"
+    config.write_text("ops:\n  claim_subscription:\n    config:\n"
+                      f"      subscription_id: {made['subscription_id']}\n")
+    executed = dagster("job", "execute", "-m", "provisioning_pipelines.definitions", "-j",
+                       "provision_graph_job",
+                       "-c", str(config), env=env)
+    shown = json.loads(subprocess.run([*cli, "subscriptions", "show", made["subscription_id"]],
+                                      env=env, capture_output=True, text=True).stdout)
+
+    for result in (validated, listed, executed):
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+    assert "provision_graph_job" in listed.stdout
+    assert shown["status"] == "active" and shown["resource_id"].startswith("kg")

@@ -19,8 +19,19 @@ from contextlib import asynccontextmanager
 
 from dagster import DagsterInstance
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 
-from provisioning_pipelines.api import graphs, health, operations, subscriptions, webhooks
+from provisioning_pipelines.api import (
+    graphs,
+    health,
+    metrics,
+    operations,
+    page,
+    session,
+    subscriptions,
+    webhooks,
+)
 from provisioning_pipelines.api.context import ApiContext
 from provisioning_pipelines.direct import DirectExecutor, default_executor
 from provisioning_pipelines.direct.recovery import Recovery
@@ -51,9 +62,15 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
         await recovery.stop()
         await api.drain(settings.shutdown_grace_seconds)
 
-    routes = [route for module in (webhooks, subscriptions, graphs, operations, health)
-              for route in module.routes(api)]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    modules = (webhooks, session, subscriptions, graphs, operations, health, metrics, page)
+    routes = [route for module in modules for route in module.routes(api)]
+    middleware = []
+    if settings.cors_origins:  # only origins named in CORS_ALLOW_ORIGINS, with their cookies
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"], max_age=600))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.api = api
     app.state.recovery = recovery
     return app

@@ -21,12 +21,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from provisioning_pipelines import metrics
 from provisioning_pipelines.direct import DirectExecutor, ProvisioningResult
 from provisioning_pipelines.errors import (
     InvalidRequest,
     PayloadTooLarge,
     ProvisioningError,
     ServiceUnavailable,
+    Unauthorized,
 )
 from provisioning_pipelines.services import accounts, leases
 from provisioning_pipelines.services.accounts import Identity
@@ -43,12 +45,8 @@ Endpoint = Callable[[Request], Awaitable[Response] | Response]
 MAX_BODY_BYTES = 1024 * 1024
 #: What a 503 asks a client to wait before trying again.
 RETRY_AFTER_SECONDS = 5
-
-
-class Unauthorized(ProvisioningError):
-    status_code = 401
-    code = "unauthorized"
-    retryable = False
+#: The browser session's cookie (HttpOnly, SameSite=Strict): a signed token, never the key.
+SESSION_COOKIE = "pp_session"
 
 
 @dataclass
@@ -108,11 +106,16 @@ class ApiContext:
             logger.warning("background provisioning ended with an error: %s", task.exception())
 
     def user_of(self, request: Request) -> Identity:
-        """The caller, from ``Authorization: Bearer <api key>``; 401 otherwise."""
+        """The caller, from ``Authorization: Bearer <api key>`` or a browser's session cookie;
+        401 otherwise."""
         header = request.headers.get("authorization", "")
         key = header[7:].strip() if header.lower().startswith("bearer ") else None
         with self.database.session() as session:
-            user = accounts.authenticate(session, key)
+            if key is not None:
+                user = accounts.authenticate(session, key)
+            else:
+                user = accounts.session_user(session, request.cookies.get(SESSION_COOKIE),
+                                             self.settings.resolved_session_secret)
         if user is None:
             raise Unauthorized("Authorization: a valid 'Bearer <api key>' is required")
         return user
@@ -138,6 +141,7 @@ def error_response(exc: BaseException) -> JSONResponse:
         return JSONResponse(exc.to_dict(), status_code=exc.status_code)
     if is_outage(exc):
         down = what_is_down(exc)
+        metrics.OUTAGES.labels("database" if down == "database" else "event_store").inc()
         logger.warning("%s unavailable: %s: %s", down, type(exc).__name__, exc)
         unavailable = ServiceUnavailable(f"{down} unavailable; try again shortly")
         return JSONResponse(unavailable.to_dict(), status_code=503,

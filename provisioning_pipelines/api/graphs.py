@@ -39,4 +39,19 @@ def routes(api: ApiContext) -> list[Route]:
                   fork_parent=fork_parent, operation_id=operation_id)
         return JSONResponse({"operation_id": operation_id}, status_code=202)
 
-    return [Route("/v1/graphs/{graph_id}/subgraphs", guard(create_subgraph), methods=["POST"])]
+    def list_graphs(request: Request) -> Response:
+        user = api.user_of(request)
+        with api.database.session() as session:
+            return JSONResponse({"graphs": graphs.graphs_of(session, user.user_id)})
+
+    def show_graph(request: Request) -> Response:
+        user = api.user_of(request)
+        with api.database.session() as session:
+            graph = graphs.visible_graph(session, request.path_params["graph_id"], user.user_id)
+            return JSONResponse(graphs.describe(session, graph))
+
+    return [
+        Route("/v1/graphs", guard(list_graphs)),
+        Route("/v1/graphs/{graph_id}", guard(show_graph)),
+        Route("/v1/graphs/{graph_id}/subgraphs", guard(create_subgraph), methods=["POST"]),
+    ]

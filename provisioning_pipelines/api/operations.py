@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from provisioning_pipelines import metrics
 from provisioning_pipelines.api.context import RETRY_AFTER_SECONDS, ApiContext, guard, logger
 from provisioning_pipelines.errors import InvalidRequest, NotFound
 from provisioning_pipelines.storage.events import EventStoreUnavailable, Operation, event_id_key
@@ -40,10 +41,12 @@ def routes(api: ApiContext) -> list[Route]:
         return operation
 
     def show_operation(request: Request) -> Response:
-        operation = operation_of(request)
-        return JSONResponse({"operation_id": operation.id, "status": operation.status,
-                             "progress": operation.progress, "message": operation.message,
-                             "result": operation.result, "error": operation.error})
+        return JSONResponse(_view(operation_of(request)))
+
+    def list_operations(request: Request) -> Response:
+        user = api.user_of(request)
+        return JSONResponse({"operations": [_view(operation, kind=True) for operation in
+                                            api.store.operations_of(user.user_id)]})
 
     async def operation_events(request: Request) -> Response:
         operation = await run_in_threadpool(operation_of, request)
@@ -55,11 +58,16 @@ def routes(api: ApiContext) -> list[Route]:
             except ValueError:
                 raise InvalidRequest(f"Last-Event-ID: {after[:40]!r} is not an event id",
                                      field="Last-Event-ID") from None
+            if operation.is_terminal and not await run_in_threadpool(
+                    api.store.events, operation.id, after):
+                # The client saw the end already: 204 tells an EventSource to stop retrying.
+                return Response(status_code=204)
 
         shutdown = anyio.Event()
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
             events = api.store.subscribe(operation.id, after, keepalive=api.keepalive_seconds)
+            metrics.STREAMS.inc()
             try:
                 async for event in until(events, shutdown):
                     if event is None:
@@ -73,6 +81,8 @@ def routes(api: ApiContext) -> list[Route]:
                 yield stream_error("the event store is unavailable; reconnect shortly")
             except ShuttingDown:
                 yield stream_error("the server is restarting; reconnect shortly")
+            finally:
+                metrics.STREAMS.dec()
 
         return EventSourceResponse(stream(), ping=None, shutdown_event=shutdown,
                                    shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
@@ -80,6 +90,7 @@ def routes(api: ApiContext) -> list[Route]:
                                             "X-Accel-Buffering": "no"})
 
     return [
+        Route("/v1/operations", guard(list_operations)),
         Route("/v1/operations/{operation_id}", guard(show_operation)),
         Route("/v1/operations/{operation_id}/events", guard(operation_events)),
     ]
@@ -110,6 +121,15 @@ async def until(events: AsyncIterator[Any], shutdown: anyio.Event) -> AsyncItera
     finally:
         stop.cancel()
         await events.aclose()
+
+
+def _view(operation: Operation, *, kind: bool = False) -> dict[str, Any]:
+    view = {"operation_id": operation.id, "status": operation.status,
+            "progress": operation.progress, "message": operation.message,
+            "result": operation.result, "error": operation.error}
+    if kind:
+        view.update(kind=operation.kind, created_at=operation.created_at.isoformat())
+    return view
 
 
 def stream_error(message: str) -> ServerSentEvent:

@@ -35,7 +35,14 @@ def routes(api: ApiContext) -> list[Route]:
             found = billing.summary(subscription)
         return JSONResponse({key: found[key] for key in PUBLIC_FIELDS})
 
+    def list_subscriptions(request: Request) -> Response:
+        user = api.user_of(request)
+        with api.database.session() as session:
+            return JSONResponse({"subscriptions": billing.subscriptions_of(session,
+                                                                           user.user_id)})
+
     return [
+        Route("/v1/subscriptions", guard(list_subscriptions), methods=["GET"]),
         Route("/v1/subscriptions", guard(create_subscription), methods=["POST"]),
         Route("/v1/subscriptions/{subscription_id}", guard(show_subscription)),
     ]

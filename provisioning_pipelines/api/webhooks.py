@@ -17,7 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from provisioning_pipelines import metrics
 from provisioning_pipelines.api.context import ApiContext, guard, read_body
+from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
 from provisioning_pipelines.services import webhooks
 from provisioning_pipelines.storage.errors import is_outage
@@ -34,6 +36,7 @@ def routes(api: ApiContext) -> list[Route]:
                 return webhooks.record_and_apply(session, delivery, operation_id=operation_id)
         except SQLAlchemyError as exc:
             if is_outage(exc):
+                metrics.WEBHOOKS.labels("unavailable").inc()
                 raise
             refused = exc
         with api.database.session() as session:  # a redelivery lost the race on the id
@@ -44,14 +47,19 @@ def routes(api: ApiContext) -> list[Route]:
                 session, delivery, f"the database refused it: {type(cause).__name__}")
 
     async def billing_webhook(request: Request) -> Response:
-        payload = await read_body(request, limit=webhooks.MAX_BODY_BYTES)
-        delivery = webhooks.verify(payload, request.headers.get("stripe-signature"),
-                                   api.settings.billing_webhook_secret)
+        try:
+            payload = await read_body(request, limit=webhooks.MAX_BODY_BYTES)
+            delivery = webhooks.verify(payload, request.headers.get("stripe-signature"),
+                                       api.settings.billing_webhook_secret)
+        except InvalidRequest:
+            metrics.WEBHOOKS.labels("refused").inc()
+            raise
         direct = api.settings.direct_graph_provisioning_enabled
         # The operation's id is recorded with the payment, so whoever provisions it (this
         # process, or another after a crash) reports to the one the caller watches.
         planned = new_operation_id() if direct else None
         applied = await run_in_threadpool(record, delivery, planned)
+        metrics.WEBHOOKS.labels(applied.status if applied else "duplicate").inc()
         if applied is None:
             return JSONResponse({"received": True, "duplicate": True, "operation_id": None})
         operation_id = None

@@ -1,25 +1,25 @@
-"""The ``provisioning-pipelines`` command: its parser and one handler per subcommand.
+"""One handler per subcommand of ``provisioning-pipelines`` (the parser is in ``parser.py``).
 
-A user's mistake (bad input, a missing record, an invalid setting) is one line on stderr and exit
-status 2, never a traceback.
+Each takes the parsed arguments and the settings and returns the exit status. Imports are local
+so that ``--help`` and light commands do not pay for Dagster's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
 from typing import Any
 
 from provisioning_pipelines.errors import ProvisioningError
-from provisioning_pipelines.settings import Settings, SettingsError, load_settings
+from provisioning_pipelines.settings import Settings
 
 
-def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.storage.migrate import upgrade
 
     upgrade(settings.resolved_database_url)
@@ -27,7 +27,7 @@ def _db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _users_create(args: argparse.Namespace, settings: Settings) -> int:
+def users_create(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.services import accounts
     from provisioning_pipelines.storage.db import get_database
     from provisioning_pipelines.storage.migrate import upgrade_once
@@ -45,7 +45,7 @@ def _users_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace, settings: Settings) -> int:
+def serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from provisioning_pipelines.api.app import create_app
@@ -87,7 +87,7 @@ def _print(value: object) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
-def _subscriptions_create(args: argparse.Namespace, settings: Settings) -> int:
+def subscriptions_create(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.services import billing, subscriptions
 
     if args.repository:
@@ -104,7 +104,7 @@ def _subscriptions_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _subscriptions_list(args: argparse.Namespace, settings: Settings) -> int:
+def subscriptions_list(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.services import billing
 
     with _database(settings).session() as session:
@@ -115,7 +115,7 @@ def _subscriptions_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _subscriptions_show(args: argparse.Namespace, settings: Settings) -> int:
+def subscriptions_show(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.services import billing
 
     with _database(settings).session() as session:
@@ -123,7 +123,20 @@ def _subscriptions_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _subscriptions_retry(args: argparse.Namespace, settings: Settings) -> int:
+def subscriptions_pay(args: argparse.Namespace, settings: Settings) -> int:
+    from provisioning_pipelines.services import billing
+
+    with _database(settings).session() as session:
+        if not billing.mark_paid(session, args.subscription_id):
+            status = billing.get_subscription(session, args.subscription_id).status
+            raise ProvisioningError(f"subscription {args.subscription_id!r} is {status}, not "
+                                    "pending_payment; nothing to pay")
+    print(f"{args.subscription_id} is paid and waits in provisioning: a sensor launches its "
+          "Dagster run (or run: provisioning-pipelines provision ...)")
+    return 0
+
+
+def subscriptions_retry(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.services import billing, claims
 
     with _database(settings).session() as session:
@@ -136,7 +149,7 @@ def _subscriptions_retry(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _webhook_send(args: argparse.Namespace, settings: Settings) -> int:
+def webhook_send(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
     import httpx
@@ -154,10 +167,10 @@ def _webhook_send(args: argparse.Namespace, settings: Settings) -> int:
                             payload, settings.billing_webhook_secret),
                             "Content-Type": "application/json"})
     print(answer.text)
-    return 0 if answer.is_success else 1
+    return 0 if answer.is_success else 2
 
 
-def _webhooks_list(args: argparse.Namespace, settings: Settings) -> int:
+def webhooks_list(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.services import webhooks
 
     with _database(settings).session() as session:
@@ -169,7 +182,7 @@ def _webhooks_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _webhooks_replay(args: argparse.Namespace, settings: Settings) -> int:
+def webhooks_replay(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.direct import build_executor
     from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
     from provisioning_pipelines.services import webhooks
@@ -190,7 +203,7 @@ def _webhooks_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if applied.ignored else 0
 
 
-def _provision(args: argparse.Namespace, settings: Settings) -> int:
+def provision(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.direct import build_executor
 
     if args.via_dagster:
@@ -206,7 +219,7 @@ def _provision(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _subgraphs_create(args: argparse.Namespace, settings: Settings) -> int:
+def subgraphs_create(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.direct import build_executor
 
     _database(settings)
@@ -220,7 +233,7 @@ def _subgraphs_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _operations_watch(args: argparse.Namespace, settings: Settings) -> int:
+def operations_watch(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.cli.watch import watch
 
     watched = watch(args.url, args.api_key, args.operation_id)
@@ -231,7 +244,7 @@ def _operations_watch(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
-def _bench(args: argparse.Namespace, settings: Settings) -> int:
+def bench(args: argparse.Namespace, settings: Settings) -> int:
     import subprocess
 
     from provisioning_pipelines.cli.dev import ROOT
@@ -243,122 +256,29 @@ def _bench(args: argparse.Namespace, settings: Settings) -> int:
     return subprocess.call(command, cwd=ROOT)
 
 
-def _demo(args: argparse.Namespace, settings: Settings) -> int:
+def dev(args: argparse.Namespace, settings: Settings) -> int:
+    import subprocess
+
+    from provisioning_pipelines.cli.dev import dagster_servers, stop
+
+    home = settings.prepare_dagster_home()
+    api = subprocess.Popen([sys.executable, "-m", "provisioning_pipelines.cli", "serve",
+                            "--port", str(args.port)], start_new_session=True)
+    try:
+        with dagster_servers(home, port=args.dagster_port) as url:
+            print(f"Dagster UI     {url}\n"
+                  f"API            http://127.0.0.1:{args.port}\n"
+                  f"operations     http://127.0.0.1:{args.port}/ui/\n"
+                  f"Dagster logs   {home}/webserver.log, {home}/daemon.log\n"
+                  "Ctrl-C stops all three.", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                api.wait()
+    finally:
+        stop(api)
+    return 0
+
+
+def demo(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.cli.demo import run_demo
 
     return run_demo(settings)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="provisioning-pipelines", description=__doc__.split(
-        "\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    db = commands.add_parser("db", help="the app database").add_subparsers(dest="db_command",
-                                                                           required=True)
-    db.add_parser("upgrade", help="migrate the database to the newest schema").set_defaults(
-        run=_db_upgrade)
-
-    users = commands.add_parser("users", help="users and API keys").add_subparsers(
-        dest="users_command", required=True)
-    create = users.add_parser("create", help="create a user (and organization) with an API key")
-    create.add_argument("--email", required=True)
-    create.add_argument("--org", help="organization name (joined if it exists)")
-    create.add_argument("--invoice-billing", action="store_true",
-                        help="bill the new organization by invoice")
-    create.add_argument("--json", action="store_true", help="print JSON")
-    create.set_defaults(run=_users_create)
-
-    subs = commands.add_parser("subscriptions", help="subscriptions").add_subparsers(
-        dest="subscriptions_command", required=True)
-    sub_create = subs.add_parser("create", help="ask for a graph or a repository (unpaid)")
-    sub_create.add_argument("--user", required=True, help="user id (usr_...)")
-    sub_create.add_argument("--plan", help="ladybug-standard|large|xlarge, or sec-starter ...")
-    sub_create.add_argument("--graph-name", help="name of the graph to make")
-    sub_create.add_argument("--extension", action="append", help="schema extension (repeat)")
-    sub_create.add_argument("--entity", help="make an entity graph about this entity")
-    sub_create.add_argument("--repository", help="ask for repository access instead (sec)")
-    sub_create.set_defaults(run=_subscriptions_create)
-    sub_list = subs.add_parser("list", help="list subscriptions")
-    sub_list.add_argument("--user")
-    sub_list.add_argument("--status")
-    sub_list.set_defaults(run=_subscriptions_list)
-    sub_show = subs.add_parser("show", help="show one subscription")
-    sub_show.add_argument("subscription_id")
-    sub_show.set_defaults(run=_subscriptions_show)
-    sub_retry = subs.add_parser("retry", help="put a failed subscription back to provisioning")
-    sub_retry.add_argument("subscription_id")
-    sub_retry.set_defaults(run=_subscriptions_retry)
-
-    webhook = commands.add_parser("webhooks", aliases=["webhook"],
-                                  help="billing webhooks: send, list, replay").add_subparsers(
-        dest="webhook_command", required=True)
-    listing = webhook.add_parser("list", help="the newest recorded billing events")
-    listing.add_argument("--rejected", action="store_true",
-                         help="only events that were genuine but could not be applied")
-    listing.add_argument("--limit", type=int, default=100, help="how many (default 100)")
-    listing.set_defaults(run=_webhooks_list)
-    replay = webhook.add_parser("replay", help="apply a rejected event again (after a fix), "
-                                "and provision what it pays for")
-    replay.add_argument("event_id")
-    replay.set_defaults(run=_webhooks_replay)
-    send = webhook.add_parser("send", help="sign an event with the configured secret and post it")
-    send.add_argument("--subscription", required=True)
-    send.add_argument("--type", default="checkout.session.completed")
-    send.add_argument("--event-id")
-    send.add_argument("--url", default="http://127.0.0.1:8000")
-    send.set_defaults(run=_webhook_send)
-
-    provision = commands.add_parser("provision", help="provision a paid subscription now")
-    provision.add_argument("kind", choices=["graph", "repository"])
-    provision.add_argument("--subscription", required=True)
-    provision.add_argument("--via-dagster", action="store_true",
-                           help="launch the Dagster job through the webserver instead")
-    provision.add_argument("--retry-failed", action="store_true",
-                           help="put a failed subscription back first")
-    provision.set_defaults(run=_provision)
-
-    subgraphs = commands.add_parser("subgraphs", help="subgraphs").add_subparsers(
-        dest="subgraphs_command", required=True)
-    sg_create = subgraphs.add_parser("create", help="create a subgraph of a graph")
-    sg_create.add_argument("--user", required=True)
-    sg_create.add_argument("--parent", required=True, help="parent graph id (kg...)")
-    sg_create.add_argument("--name", required=True, help="1 to 20 letters or digits")
-    sg_create.add_argument("--description")
-    sg_create.add_argument("--fork", action="store_true", help="copy the parent's data")
-    sg_create.set_defaults(run=_subgraphs_create)
-
-    operations = commands.add_parser("operations", help="operations").add_subparsers(
-        dest="operations_command", required=True)
-    op_watch = operations.add_parser("watch", help="follow an operation with a progress bar")
-    op_watch.add_argument("operation_id")
-    op_watch.add_argument("--url", default="http://127.0.0.1:8000")
-    op_watch.add_argument("--api-key", required=True)
-    op_watch.set_defaults(run=_operations_watch)
-
-    bench = commands.add_parser("bench", help="run the flows benchmark")
-    bench.add_argument("--runs", type=int, default=15)
-    bench.add_argument("--launched-runs", type=int, default=0)
-    bench.add_argument("--postgres")
-    bench.set_defaults(run=_bench)
-
-    demo = commands.add_parser("demo", help="the whole story on the embedded default")
-    demo.set_defaults(run=_demo)
-
-    serve = commands.add_parser("serve", help="run the HTTP API (webhooks, operations, SSE)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.set_defaults(run=_serve)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    run: Callable[[argparse.Namespace, Settings], int] = args.run
-    try:
-        return run(args, load_settings())
-    except (ProvisioningError, SettingsError) as exc:
-        print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
-        return 2
-
-

@@ -32,7 +32,7 @@ from provisioning_pipelines.storage.migrate import upgrade_once
 
 
 def run_demo(settings: Settings) -> int:
-    console = Console()
+    console = Console(soft_wrap=True)  # piped output keeps whole lines
     upgrade_once(settings.resolved_database_url)
     home = settings.prepare_dagster_home()
     executor = build_executor(settings)
@@ -74,13 +74,17 @@ def run_demo(settings: Settings) -> int:
         access = _follow(console, url, user.api_key, _pay(url, settings, repo_sub))
         console.print(f"   {access['access_level']} access to {access['repository']}, "
                       f"{access['credits_added']} credits")
+        executor.reporter.wait_idle(settings.dagster_materialization_timeout)
+        scrape = api.get("/metrics").text
     finally:
         server.should_exit = True
         executor.close()  # waits for the background reports to Dagster
     reports = executor.reporter.outcomes if executor.reporter else {}
     console.print(f"[bold]5.[/] reported to the Dagster instance in {home}: {reports}")
-    console.print(f"   see them with: DAGSTER_HOME={home} .venv/bin/dagster dev "
-                  "-w workspace.yaml (or make dev)")
+    console.print("   see them with: make dev (the Dagster UI at http://127.0.0.1:3000)")
+    saved = settings.data_dir / "demo-metrics.txt"
+    saved.write_text(scrape)
+    console.print(f"[bold]6.[/] the API's /metrics after the demo: {saved}")
     return 0
 
 

@@ -7,6 +7,7 @@ graph folder and Redis as the caller) plus ``DAGSTER_HOME``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -48,15 +49,22 @@ def dagster_servers(
         _wait_ready(url, processes, ready_timeout)
         yield url
     finally:
-        for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        # The daemon first (so it does not call a code server that is already gone), then the
+        # webserver; then whatever each left in its process group (a code server of its own).
+        for process in reversed(processes):
+            stop(process)
+
+
+def stop(process: subprocess.Popen[bytes], *, grace: float = 20) -> None:
+    """SIGTERM a process started in a session of its own, wait, then SIGKILL its whole group."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # children still in the group
+    process.wait()
 
 
 def _wait_ready(url: str, processes: list[subprocess.Popen[bytes]], timeout: float) -> None:

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from provisioning_pipelines import metrics
 from provisioning_pipelines.direct.launcher import GraphQLJobLauncher, JobLauncher
 from provisioning_pipelines.flows import (
     GRAPH_FLOW,
@@ -118,22 +119,30 @@ class DirectExecutor:
         created = operation_id is None
         operation_id = self.open_operation(flow.operation_kind,
                                            lambda: flow.owner(database, config), operation_id)
+        method = "launched" if self.launcher is not None else "direct"
+        metrics.WAITING.inc()
         with self._slots:
+            metrics.WAITING.dec()
+            started = time.perf_counter()
             self._events.call(operation_id, "start", f"{flow.name} provisioning started")
             try:
-                if self.launcher is not None:
-                    result = self.launcher.run(flow, config, operation_id=operation_id)
-                    outcome = None
-                else:
-                    outcome = self._execute(flow, config, operation_id, wait_for_holder)
-                    result = outcome.result
+                with metrics.RUNNING.track_inprogress():
+                    if self.launcher is not None:
+                        result = self.launcher.run(flow, config, operation_id=operation_id)
+                        outcome = None
+                    else:
+                        outcome = self._execute(flow, config, operation_id, wait_for_holder)
+                        result = outcome.result
             except (ClaimHeld, ClaimLost) as exc:
+                _count(flow, method, "claim_held", started)
                 if created:  # a continued operation is ended by the worker holding the claim
                     self._events.call(operation_id, "fail", describe(exc))
                 raise
             except Exception as exc:
+                _count(flow, method, "failed", started)
                 self._events.call(operation_id, "fail", describe(exc))
                 raise
+            _count(flow, method, "completed", started)
         self._events.call(operation_id, "complete", {**result, "operation_id": operation_id})
         if outcome is not None and outcome.materialize and self.reporter is not None:
             self.reporter.submit(operation_id, materialization(outcome, "direct",
@@ -183,6 +192,11 @@ class DirectExecutor:
         self._pool.shutdown(wait=True)
         if self.reporter is not None:
             self.reporter.close()
+
+
+def _count(flow: Flow, method: str, outcome: str, started: float) -> None:
+    metrics.PROVISIONINGS.labels(flow.name, method, outcome).inc()
+    metrics.DURATION.labels(flow.name, method).observe(time.perf_counter() - started)
 
 
 def build_executor(settings: Settings) -> DirectExecutor:

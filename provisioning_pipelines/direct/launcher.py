@@ -11,12 +11,14 @@ from the flow's own description of its runs, as for every other trigger.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from dagster_graphql import DagsterGraphQLClient
+from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 
-from provisioning_pipelines.errors import ProvisioningError
+from provisioning_pipelines.errors import ProvisioningError, ServiceUnavailable
 from provisioning_pipelines.flows import Flow
 from provisioning_pipelines.flows.steps import OPERATION_TAG
 
@@ -34,6 +36,7 @@ class RunFailed(ProvisioningError):
 class GraphQLJobLauncher:
     def __init__(self, url: str, resources: dict[str, Any], *, poll_seconds: float = 0.5,
                  timeout_seconds: float = 900) -> None:
+        self.url = url
         parsed = urlparse(url)
         self.client = DagsterGraphQLClient(parsed.hostname or "127.0.0.1",
                                            port_number=parsed.port,
@@ -43,14 +46,16 @@ class GraphQLJobLauncher:
         self.timeout_seconds = timeout_seconds
 
     def run(self, flow: Flow, config: Any, *, operation_id: str) -> dict[str, Any]:
-        run_id = self.client.submit_job_execution(
-            flow.job_name, run_config=flow.run_config(config),
-            tags=flow.run_tags(config, **{OPERATION_TAG: operation_id}),
-        )
+        with self._reachable():
+            run_id = self.client.submit_job_execution(
+                flow.job_name, run_config=flow.run_config(config),
+                tags=flow.run_tags(config, **{OPERATION_TAG: operation_id}),
+            )
         deadline = time.monotonic() + self.timeout_seconds
         status = "QUEUED"
         while time.monotonic() < deadline:
-            status = self.client.get_run_status(run_id).value
+            with self._reachable():
+                status = self.client.get_run_status(run_id).value
             if status in TERMINAL:
                 break
             time.sleep(self.poll_seconds)
@@ -59,3 +64,13 @@ class GraphQLJobLauncher:
             raise RunFailed(f"Dagster run {run_id} ended {status}"
                             + (f": {result['error']}" if result.get("error") else ""))
         return {**result, "run_id": run_id}
+
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """The webserver not answering is an outage a caller is told in one line."""
+        try:
+            yield
+        except DagsterGraphQLClientError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ServiceUnavailable(f"the Dagster webserver at {self.url} did not answer: "
+                                     f"{first[:200]}") from exc

@@ -19,6 +19,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from provisioning_pipelines import metrics
 from provisioning_pipelines.direct.executor import DirectExecutor
 from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
 from provisioning_pipelines.services import billing, claims, housekeeping
@@ -142,6 +143,7 @@ class Recovery:
                                                  operation_id=operation_id,
                                                  wait_for_holder=False)
             self.resumed += 1
+            metrics.RESUMED.inc()
             logger.info("resumed subscription %s (operation %s)", due.subscription_id,
                         made.operation_id)
         except claims.ClaimHeld:

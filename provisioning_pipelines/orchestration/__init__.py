@@ -1,4 +1,5 @@
-"""Dagster's side: assets, jobs built from the flows, sensors, resources and the reporter.
+"""Dagster's side: assets and their checks, jobs built from the flows, sensors, a schedule,
+resources and the reporter.
 
 ``build_definitions`` assembles them from the settings; ``definitions.py`` calls it when Dagster
 loads the code location, not when the module is imported.
@@ -6,9 +7,17 @@ loads the code location, not when the module is imported.
 
 from __future__ import annotations
 
-from dagster import Definitions
+import warnings
+
+from dagster import BetaWarning, Definitions
 
 from provisioning_pipelines.orchestration.assets import ASSETS
+from provisioning_pipelines.orchestration.checks import (
+    CHECKS,
+    build_run_failure_sensor,
+    provisioning_checks_job,
+    provisioning_checks_schedule,
+)
 from provisioning_pipelines.orchestration.jobs import JOBS
 from provisioning_pipelines.orchestration.resources import build_resources
 from provisioning_pipelines.orchestration.sensors import build_sensors
@@ -16,12 +25,23 @@ from provisioning_pipelines.settings import Settings
 
 
 def build_definitions(settings: Settings) -> Definitions:
+    with warnings.catch_warnings():
+        # Dagster 1.13's own sensor decorators pass ``owners=None`` to a beta parameter and warn
+        # about it on every load; nothing of ours uses owners.
+        warnings.filterwarnings("ignore", category=BetaWarning, message=".*`owners`")
+        return _definitions(settings)
+
+
+def _definitions(settings: Settings) -> Definitions:
     return Definitions(
         assets=ASSETS,
-        jobs=list(JOBS.values()),
-        sensors=build_sensors(grace_seconds=settings.sensor_grace_seconds,
-                              direct_enabled=settings.direct_graph_provisioning_enabled,
-                              interval_seconds=settings.sensor_interval_seconds),
+        asset_checks=CHECKS,
+        jobs=[*JOBS.values(), provisioning_checks_job],
+        schedules=[provisioning_checks_schedule],
+        sensors=[*build_sensors(grace_seconds=settings.sensor_grace_seconds,
+                                direct_enabled=settings.direct_graph_provisioning_enabled,
+                                interval_seconds=settings.sensor_interval_seconds),
+                 build_run_failure_sensor()],
         resources=build_resources(settings, env_vars=True),
     )
 

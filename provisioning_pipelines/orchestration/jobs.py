@@ -27,6 +27,7 @@ from dagster import (
     op,
 )
 
+from provisioning_pipelines.errors import ProvisioningError
 from provisioning_pipelines.flows import (
     FLOWS,
     Flow,
@@ -67,8 +68,13 @@ def run_step_in_op(step: Step, context: OpExecutionContext, value: Any, *,
     except Exception as exc:
         if not isinstance(exc, ClaimLost):  # else the worker that took over ends it
             operation.fail(describe(exc))
-        raise Failure(description=f"{step.name}: {describe(exc)}",
-                      metadata={"error": type(exc).__name__, "step": step.name},
+        metadata = {"error": type(exc).__name__, "step": step.name}
+        if isinstance(exc, ProvisioningError):
+            # A refusal (unpaid, over a limit, ...) is one line and its field, not a trace.
+            raise Failure(description=f"{step.name}: {exc.message}",
+                          metadata={**metadata, "field": exc.field or ""},
+                          allow_retries=False) from None
+        raise Failure(description=f"{step.name}: {describe(exc)}", metadata=metadata,
                       allow_retries=False) from exc
     if isinstance(output, Outcome):
         if output.materialize:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from dagster import AssetMaterialization, DagsterInstance
 
+from provisioning_pipelines import metrics
 from provisioning_pipelines.storage.events import OperationStore
 
 logger = logging.getLogger("provisioning_pipelines.reporting")
@@ -115,6 +116,7 @@ class MaterializationReporter:
                 return
             report.settled.set()
         self.outcomes[outcome] += 1
+        metrics.REPORTS.labels(outcome).inc()
         log = logger.info if outcome == "ok" else logger.warning
         log("operation %s: Dagster report %s%s", report.operation_id, outcome,
             f" ({detail})" if detail else "")

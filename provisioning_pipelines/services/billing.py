@@ -156,6 +156,14 @@ def summary(subscription: Subscription) -> dict[str, Any]:
             "attempts": subscription.attempts, "error": subscription.last_error}
 
 
+def subscriptions_of(session: Session, user_id: str, limit: int = 200) -> list[dict[str, Any]]:
+    """The user's subscriptions, newest first, with the operation reporting each."""
+    rows = session.scalars(select(Subscription).where(Subscription.user_id == user_id)
+                           .order_by(Subscription.created_at.desc()).limit(limit))
+    return [{**summary(row), "operation_id": row.operation_id,
+             "created_at": row.created_at.isoformat()} for row in rows]
+
+
 def subscription_of_user(session: Session, subscription_id: str, user_id: str) -> Subscription:
     """The user's own subscription; anyone else's answers exactly like one that does not exist."""
     if not SUBSCRIPTION_ID.fullmatch(subscription_id):

@@ -281,6 +281,33 @@ def visible_graph(session: Session, graph_id: str, user_id: str) -> Graph:
     return graph
 
 
+def describe(session: Session, graph: Graph) -> dict[str, Any]:
+    """A graph as its owner sees it (``GET /v1/graphs``): with its subgraphs and file size."""
+    children = session.scalars(select(Graph).where(Graph.parent_graph_id == graph.id)
+                               .order_by(Graph.subgraph_index)).all()
+    return {**_view(graph), "subgraphs": [_view(child) for child in children]}
+
+
+def _view(graph: Graph) -> dict[str, Any]:
+    try:
+        size = Path(graph.database_path).stat().st_size
+    except OSError:
+        size = None
+    return {"graph_id": graph.id, "name": graph.name, "status": "active", "tier": graph.tier,
+            "size_bytes": size, "host_id": graph.host_id,
+            "parent_graph_id": graph.parent_graph_id,
+            "created_at": graph.created_at.isoformat()}
+
+
+def graphs_of(session: Session, user_id: str) -> list[dict[str, Any]]:
+    """The top-level graphs the user has a role on, newest first, with their subgraphs."""
+    graphs = session.scalars(
+        select(Graph).join(GraphUser, GraphUser.graph_id == Graph.id)
+        .where(GraphUser.user_id == user_id, Graph.parent_graph_id.is_(None))
+        .order_by(Graph.created_at.desc())).all()
+    return [describe(session, graph) for graph in graphs]
+
+
 def schema_statements(session: Session, graph_id: str) -> list[str]:
     row = session.scalar(select(GraphSchema).where(GraphSchema.graph_id == graph_id))
     if row is None:

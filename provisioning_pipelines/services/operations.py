@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from provisioning_pipelines import metrics
 from provisioning_pipelines.storage.events import OperationStore, new_operation_id
 
 logger = logging.getLogger("provisioning_pipelines")
@@ -54,6 +55,7 @@ class SafeEvents:
             return None
 
     def _failed(self, operation_id: str, exc: Exception) -> None:
+        metrics.OUTAGES.labels("event_store").inc()
         with self._lock:
             self.failures += 1
             first = operation_id not in self._warned

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from provisioning_pipelines.errors import Conflict, InvalidRequest, LimitReached, NotFound
 from provisioning_pipelines.services import audit, graphs
 from provisioning_pipelines.services.catalog import TIERS
-from provisioning_pipelines.storage.models import Graph, GraphHost, GraphUser
+from provisioning_pipelines.storage.models import Graph, GraphHost, GraphUser, User
 
 SUBGRAPH_NAME = re.compile(r"^[a-zA-Z0-9]{1,20}$")
 
@@ -54,6 +54,11 @@ def reserve_subgraph(
     second sees the first's count.
     """
     validate_subgraph_name(name)
+    if session.get(User, user_id) is None:
+        raise NotFound(f"user_id: no user {user_id[:70]!r}", field="user_id")
+    if not graphs.ANY_GRAPH_ID.fullmatch(parent_graph_id):
+        raise NotFound(f"parent_graph_id: no graph {parent_graph_id[:70]!r}",
+                       field="parent_graph_id")
     parent = session.get(Graph, parent_graph_id)
     role = session.get(GraphUser, (parent_graph_id, user_id)) if parent else None
     if parent is None or role is None:

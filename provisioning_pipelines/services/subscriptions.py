@@ -31,8 +31,10 @@ def request_graph(
 def request_repository(
     session: Session, *, user_id: str, plan_name: str, repository: Any = None
 ) -> Subscription:
-    planned_repository, _plan = catalog.repository_plan(plan_name)
     repository = validation.text(repository, "repository", max_length=64, required=False)
+    if repository is not None:
+        catalog.open_repository(repository)  # an unknown one is said as such, first
+    planned_repository, _plan = catalog.repository_plan(plan_name)
     repository = planned_repository if repository is None else repository
     if repository != planned_repository:
         raise InvalidRequest(

@@ -24,7 +24,7 @@ import hmac
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -162,6 +162,7 @@ class Applied:
     ignored: str | None = None
     user_id: str | None = None  # the subscriber, when paid
     resource_type: str | None = None  # what to provision, when paid
+    status: str = "applied"  # as recorded: applied, ignored or rejected
 
 
 def record_and_apply(session: Session, delivery: Delivery, *,
@@ -182,18 +183,19 @@ def record_rejected(session: Session, delivery: Delivery, reason: str) -> Applie
     """Keep a delivery that could not be applied (the database refused its content)."""
     session.add(WebhookEvent(id=delivery.event_id, event_type="unreadable",
                              raw_body=delivery.raw, status="rejected", reason=reason))
-    return Applied(delivery.event_id, "unreadable", ignored=reason)
+    return Applied(delivery.event_id, "unreadable", ignored=reason, status="rejected")
 
 
 def _apply(session: Session, row: WebhookEvent, delivery: Delivery,
            operation_id: str | None = None) -> Applied:
     if delivery.rejected or delivery.event is None:
         row.status, row.reason = "rejected", delivery.rejected
-        return Applied(delivery.event_id, row.event_type, ignored=delivery.rejected)
+        return Applied(delivery.event_id, row.event_type, ignored=delivery.rejected,
+                       status="rejected")
     applied = _act(session, delivery.event, operation_id)
     row.status = "ignored" if applied.ignored else "applied"
     row.reason = applied.ignored
-    return applied
+    return replace(applied, status=row.status)
 
 
 def _act(session: Session, event: dict[str, Any], operation_id: str | None) -> Applied:

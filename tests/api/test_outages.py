@@ -51,12 +51,15 @@ def test_with_redis_down_reads_answer_503_streams_end_cleanly_and_provisioning_g
         api = Api(base, database, executor)
         waiting = executor.open_operation("graph_provisioning", user.user_id)  # never runs
         events: list[tuple[str, str]] = []
+        open_and_idle = threading.Event()
 
         def follow() -> None:
             with api.client(user.api_key) as client, client.stream(
                     "GET", f"/v1/operations/{waiting}/events") as response:
                 kind = ""
                 for line in response.iter_lines():
+                    if line.startswith(":"):  # a keepalive: the stream is open and idle
+                        open_and_idle.set()
                     if line.startswith(("event:", "retry:")):
                         kind = line
                     elif line.startswith("data:"):
@@ -64,7 +67,7 @@ def test_with_redis_down_reads_answer_503_streams_end_cleanly_and_provisioning_g
 
         stream = threading.Thread(target=follow)
         stream.start()
-        time.sleep(0.5)  # the stream is open and idle
+        assert open_and_idle.wait(30)
         server.kill()
         server.wait()
 

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
 
 from provisioning_pipelines.services import webhooks
 from provisioning_pipelines.storage.db import dispose_database, get_database
+from tests.conftest import free_port
 from tests.factories import new_customer, paid_graph_subscription
+from tests.serving import api_process, server_env
 
 BIN = Path(sys.executable).parent
 
@@ -70,3 +78,93 @@ def test_a_rejected_webhook_is_listed_and_replayed_into_a_graph(tmp_path: Path) 
     assert again.returncode == 2 and "only a rejected event is replayed" in again.stderr
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: event_id: no webhook")
     assert cli("webhooks", "list", "--rejected", env=env).stdout == ""
+
+
+def test_every_command_answers_a_mistake_in_one_line_with_status_2(
+    tmp_path: Path, postgres_server: str,
+) -> None:
+    env = {"DATA_DIR": str(tmp_path / "data"), "DAGSTER_WEBSERVER_URL": f"http://127.0.0.1:{free_port()}"}
+    assert cli("db", "upgrade", env=env).returncode == 0
+    database_url = f"sqlite:///{(tmp_path / 'data' / 'provisioning.db').resolve()}"
+    database = get_database(database_url)
+    user = new_customer(database)
+    paid = paid_graph_subscription(database, user)
+    dispose_database(database_url)
+    dead = f"http://127.0.0.1:{free_port()}"
+    missing_db = make_url(postgres_server).set(database="pp_no_such_database").render_as_string(
+        hide_password=False)
+    mistakes = [
+        ((), {}),
+        (("nonsense",), {}),
+        (("db", "upgrade"), {"DATABASE_URL": missing_db}),
+        (("users", "create", "--email", "not-an-email"), {}),
+        (("subscriptions", "create", "--user", "usr_nobody"), {}),
+        (("subscriptions", "create", "--user", user.user_id, "--repository", "nope"), {}),
+        (("subscriptions", "list", "--status", "bogus"), {}),
+        (("subscriptions", "show", "sub_nope"), {}),
+        (("subscriptions", "pay", "sub_nope"), {}),
+        (("subscriptions", "pay", paid), {}),
+        (("subscriptions", "retry", "sub_nope"), {}),
+        (("webhooks", "send", "--subscription", paid, "--url", dead), {}),
+        (("webhooks", "list", "--limit", "many"), {}),
+        (("webhooks", "replay", "evt_nope"), {}),
+        (("provision", "graph", "--subscription", "sub_nope"), {}),
+        (("provision", "graph", "--subscription", paid, "--via-dagster"), {}),
+        (("subgraphs", "create", "--user", "usr_nobody", "--parent", "kg0123456789abcdef",
+          "--name", "a"), {}),
+        (("subgraphs", "create", "--user", user.user_id, "--parent", "kg0123456789abcdef",
+          "--name", "not valid!"), {}),
+        (("operations", "watch", "op_x", "--api-key", "k", "--url", dead), {}),
+        (("bench", "--runs", "x"), {}),
+        (("serve", "--port", "x"), {}),
+    ]
+
+    def attempt(mistake: tuple[tuple[str, ...], dict[str, str]]) -> tuple[Any, ...]:
+        words, extra = mistake
+        return words, cli(*words, env={**env, **extra})
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(attempt, mistakes))
+    for words, answer in answers:
+        lines = answer.stderr.strip().splitlines()
+        assert answer.returncode == 2, (words, answer.returncode, answer.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (words, answer.stderr)
+    said = {words: answer.stderr for words, answer in answers}
+    assert "no user 'usr_nobody'" in said[("subscriptions", "create", "--user", "usr_nobody")]
+    assert "unknown repository 'nope'" in said[
+        ("subscriptions", "create", "--user", user.user_id, "--repository", "nope")]
+    assert "cannot reach the API" in said[("operations", "watch", "op_x", "--api-key", "k",
+                                           "--url", dead)]
+    assert "database unavailable" in said[("db", "upgrade")]
+    assert "Dagster webserver" in said[("provision", "graph", "--subscription", paid,
+                                        "--via-dagster")]
+
+
+def test_watch_names_a_refused_key_and_an_unknown_operation(tmp_path: Path) -> None:
+    env = server_env(tmp_path, PROVISIONING_RESUME_INTERVAL_SECONDS=0)
+    with api_process(env, tmp_path / "server.log") as server:
+        made = cli("users", "create", "--email", "w@example.com", "--json", env=env)
+        key = json.loads(made.stdout)["api_key"]
+        refused = cli("operations", "watch", "op_1", "--api-key", "ppk_wrong", "--url",
+                      server.url, env=env)
+        unknown = cli("operations", "watch", "op_1", "--api-key", key, "--url", server.url,
+                      env=env)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: api key refused")
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == "error: no operation 'op_1' for this api key"
+
+
+def test_every_option_says_what_it_is_for() -> None:
+    from provisioning_pipelines.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, Any]]:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from walk(child, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction):
+                yield path, action
+
+    undocumented = [f"{path} {action.dest}" for path, action in walk(build_parser(), "")
+                    if not action.help]
+    assert undocumented == []

@@ -34,7 +34,7 @@ def production_shape(tmp_path: Path, postgres_app_url: str, redis_prefix: str
     dagster_url = create_postgres_database("pp_dagster_prod")
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
     graphs = tmp_path / "graphs"
     env = {"DATABASE_URL": postgres_app_url, "GRAPH_DATA_DIR": str(graphs),
            "REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix,

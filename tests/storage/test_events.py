@@ -641,3 +641,30 @@ def test_redis_sets_one_ttl_on_every_key_and_refreshes_them_together(
         write()
         ttls = [client.pttl(record_key), client.pttl(stream_key)]
         assert all(98_000 < ttl <= 100_000 for ttl in ttls), ttls
+
+
+def test_a_users_operations_are_listed_newest_first_and_only_theirs(
+    make_store: MakeStore,
+) -> None:
+    store = make_store()
+    mine = []
+    for index in range(3):
+        mine.append(store.create("graph_provisioning", user_id="usr_a").id)
+        time.sleep(0.002 * (index + 1))  # distinct creation times
+    store.create("graph_provisioning", user_id="usr_b")
+    store.create("graph_provisioning")  # nobody's
+
+    assert [o.id for o in store.operations_of("usr_a")] == list(reversed(mine))
+    assert [o.id for o in store.operations_of("usr_a", limit=2)] == list(reversed(mine))[:2]
+    assert len(store.operations_of("usr_b")) == 1
+    assert store.operations_of("usr_nobody") == []
+
+
+def test_expired_operations_leave_the_users_list(make_store: MakeStore) -> None:
+    short = make_store(ttl_seconds=2)
+    gone = short.create("graph_provisioning", user_id="usr_a").id
+    time.sleep(2.3)
+    kept = short.create("graph_provisioning", user_id="usr_a").id
+
+    assert [o.id for o in short.operations_of("usr_a")] == [kept]
+    assert gone not in [o.id for o in short.operations_of("usr_a")]

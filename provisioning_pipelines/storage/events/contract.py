@@ -224,6 +224,10 @@ class OperationStore(ABC):
     def get(self, operation_id: str) -> Operation | None: ...
 
     @abstractmethod
+    def operations_of(self, user_id: str, limit: int = 50) -> list[Operation]:
+        """The user's operations that have not expired, newest first."""
+
+    @abstractmethod
     def record_report(self, operation_id: str, outcome: str, detail: str | None = None) -> None:
         """Record how reporting to Dagster went; allowed after terminal, unknown ids ignored."""
 

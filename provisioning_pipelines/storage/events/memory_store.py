@@ -104,6 +104,15 @@ class InMemoryOperationStore(OperationStore):
             )
         return operation
 
+    def operations_of(self, user_id: str, limit: int = 50) -> list[Operation]:
+        with self._lock:
+            self._sweep()
+            mine = [record.operation for key in list(self._records)
+                    if (record := self._live(key)) is not None
+                    and record.operation.user_id == user_id]
+        mine.sort(key=lambda operation: operation.created_at, reverse=True)
+        return mine[:limit]
+
     def get(self, operation_id: str) -> Operation | None:
         with self._lock:
             record = self._live(operation_id)

@@ -126,6 +126,10 @@ class RedisOperationStore(OperationStore):
         record = f"{self.prefix}op:{operation_id}"
         return [record, f"{record}:events"]
 
+    def _owner_key(self, user_id: str) -> str:
+        """The owner's index of operation records (sorted by creation)."""
+        return f"{self.prefix}owner:{user_id}:operations"
+
     @staticmethod
     def _operation(operation_id: str, fields: Mapping[str, str]) -> Operation | None:
         if not fields or "status" not in fields:
@@ -181,11 +185,14 @@ class RedisOperationStore(OperationStore):
             "created_at": now.isoformat(),
             "updated_at": now.isoformat(),
         }
+        keys = self._keys(operation_id)
         if user_id is not None:
             fields["user_id"] = user_id
-        args = [self._ttl_ms, *(item for pair in fields.items() for item in pair)]
+            keys.append(self._owner_key(user_id))
+        args = [self._ttl_ms, str(int(now.timestamp() * 1000)),
+                *(item for pair in fields.items() for item in pair)]
         with _redis_errors():
-            created = self._create_script(keys=self._keys(operation_id), args=args)
+            created = self._create_script(keys=keys, args=args)
         if not created:
             raise ValueError(f"operation {operation_id!r} already exists")
         return Operation.pending(operation_id, kind, user_id, now)
@@ -225,6 +232,26 @@ class RedisOperationStore(OperationStore):
             self._report_script(keys=self._keys(operation_id), args=args)
 
     # reads
+
+    def operations_of(self, user_id: str, limit: int = 50) -> list[Operation]:
+        index = self._owner_key(user_id)
+        with _redis_errors():
+            members = self._redis.zrevrange(index, 0, max(0, limit - 1))
+            pipe = self._redis.pipeline(transaction=False)
+            for member in members:
+                pipe.hgetall(member)
+            records = pipe.execute() if members else []
+        found, gone = [], []
+        for member, fields in zip(members, records, strict=True):
+            operation = self._operation(member.removeprefix(f"{self.prefix}op:"), fields)
+            if operation is None:
+                gone.append(member)
+            elif operation.user_id == user_id:
+                found.append(operation)
+        if gone:  # expired: forget them
+            with _redis_errors():
+                self._redis.zrem(index, *gone)
+        return found
 
     def get(self, operation_id: str) -> Operation | None:
         if not is_operation_id(operation_id):
