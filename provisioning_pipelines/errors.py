@@ -36,6 +36,14 @@ class Unauthorized(ProvisioningError):
     retryable = False
 
 
+class Forbidden(ProvisioningError):
+    """The caller sees the thing but may not do this to it (a viewer deleting a graph)."""
+
+    status_code = 403
+    code = "forbidden"
+    retryable = False
+
+
 class NotFound(ProvisioningError):
     status_code = 404
     code = "not_found"

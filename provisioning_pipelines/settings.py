@@ -71,6 +71,14 @@ class Settings(BaseSettings):
         600.0, ge=0, validation_alias="HOUSEKEEPING_STRAY_AGE_SECONDS"
     )
     shutdown_grace_seconds: float = Field(30.0, ge=0, validation_alias="SHUTDOWN_GRACE_SECONDS")
+    deletion_grace_days: float = Field(7.0, ge=0, validation_alias="GRAPH_DELETION_GRACE_DAYS")
+    backup_dir: Path | None = Field(None, validation_alias="BACKUP_DIR")
+    final_backup_retention_days: PositiveInt = Field(
+        90, validation_alias="FINAL_BACKUP_RETENTION_DAYS"
+    )
+    unprovisioned_alert_minutes: PositiveFloat = Field(
+        15.0, validation_alias="UNPROVISIONED_ALERT_MINUTES"
+    )
     retry_backoff_seconds: float = Field(
         30.0, ge=0, validation_alias="PROVISIONING_RETRY_BACKOFF_SECONDS"
     )
@@ -90,7 +98,7 @@ class Settings(BaseSettings):
     graph_templates_enabled: bool = Field(True, validation_alias="GRAPH_TEMPLATES_ENABLED")
 
     @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home",
-                     "session_secret", mode="before")
+                     "session_secret", "backup_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -131,6 +139,10 @@ class Settings(BaseSettings):
     @property
     def resolved_graph_data_dir(self) -> Path:
         return (self.graph_data_dir or self.data_dir / "graphs").resolve()
+
+    @property
+    def resolved_backup_dir(self) -> Path:
+        return (self.backup_dir or self.data_dir / "backups").resolve()
 
     @property
     def resolved_dagster_home(self) -> Path:

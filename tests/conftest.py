@@ -168,14 +168,17 @@ def make_resources(database_url: str, graph_dir: Path | str, **settings: Any
     """The resources every entry point builds (``build_resources``), from settings given by
     their environment names, pointed at a test's database and graph folder."""
     values = {"DATABASE_URL": database_url, "GRAPH_DATA_DIR": str(graph_dir),
+              "BACKUP_DIR": str(Path(graph_dir).parent / "backups"),
               "PROVISIONING_RETRY_BACKOFF_SECONDS": 0, **settings}
     return build_resources(load_settings(**values))
 
 
 def make_policy(*, max_attempts: int = 3, claim_lease_seconds: float = 120,
-                retry_backoff_seconds: float = 0) -> PolicyResource:
+                retry_backoff_seconds: float = 0, deletion_grace_days: float = 7
+                ) -> PolicyResource:
     return PolicyResource(max_attempts=max_attempts, claim_lease_seconds=claim_lease_seconds,
-                          retry_backoff_seconds=retry_backoff_seconds)
+                          retry_backoff_seconds=retry_backoff_seconds,
+                          deletion_grace_days=deletion_grace_days)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The HTTP API: billing webhooks, subscriptions, subgraphs, operations and their SSE stream.
+"""The HTTP API: billing webhooks, subscriptions, graphs and their lifecycle, operations and
+their SSE stream.
 
 Paths, fields and status codes are a public contract. Every ``/v1`` path but the webhook needs
 ``Authorization: Bearer <api key>``; a user sees only their own subscriptions, graphs and
@@ -25,6 +26,7 @@ from starlette.middleware.cors import CORSMiddleware
 from provisioning_pipelines.api import (
     graphs,
     health,
+    lifecycle,
     metrics,
     operations,
     page,
@@ -62,7 +64,8 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
         await recovery.stop()
         await api.drain(settings.shutdown_grace_seconds)
 
-    modules = (webhooks, session, subscriptions, graphs, operations, health, metrics, page)
+    modules = (webhooks, session, subscriptions, graphs, lifecycle, operations, health, metrics,
+               page)
     routes = [route for module in modules for route in module.routes(api)]
     middleware = []
     if settings.cors_origins:  # only origins named in CORS_ALLOW_ORIGINS, with their cookies

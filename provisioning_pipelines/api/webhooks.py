@@ -2,9 +2,10 @@
 
 The answer is 2xx only once the event (and the subscription change it causes) is committed, and
 never 5xx for a body: a genuine event we cannot apply is recorded as rejected and answered 200
-with ``ignored``. Only an outage of the database answers 503, so the sender retries. A paid
-subscription is provisioned in the background when direct provisioning is on; otherwise the
-sensors launch a run for it.
+with ``ignored``. Only an outage of the database answers 503, so the sender retries. With direct
+provisioning on, what the event changed follows in the background (a paid subscription is
+provisioned, a cancelled one's resource suspended, one paid again reactivated); otherwise, or
+if this process dies first, the sensors launch a run for it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from starlette.routing import Route
 from provisioning_pipelines import metrics
 from provisioning_pipelines.api.context import ApiContext, guard, read_body
 from provisioning_pipelines.errors import InvalidRequest
-from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
+from provisioning_pipelines.flows import (
+    REACTIVATION_FLOW,
+    SUBSCRIPTION_FLOWS,
+    SUSPENSION_FLOW,
+    Flow,
+    LifecycleConfig,
+    SubscriptionConfig,
+)
 from provisioning_pipelines.services import webhooks
 from provisioning_pipelines.storage.errors import is_outage
 from provisioning_pipelines.storage.events import new_operation_id
@@ -63,14 +71,13 @@ def routes(api: ApiContext) -> list[Route]:
         if applied is None:
             return JSONResponse({"received": True, "duplicate": True, "operation_id": None})
         operation_id = None
-        if applied.paid and direct:
-            flow = SUBSCRIPTION_FLOWS[str(applied.resource_type)]
+        follow_up = _follow_up(applied) if direct else None
+        if follow_up is not None:
+            flow, config = follow_up
             operation_id = await run_in_threadpool(api.executor.open_operation,
                                                    flow.operation_kind, applied.user_id,
-                                                   planned)
-            api.start(api.executor.run, flow,
-                      SubscriptionConfig(subscription_id=applied.subscription_id),
-                      operation_id=operation_id)
+                                                   planned if applied.paid else None)
+            api.start(api.executor.run, flow, config, operation_id=operation_id)
         body: dict[str, Any] = {"received": True, "duplicate": False,
                                 "operation_id": operation_id}
         if applied.ignored:
@@ -78,3 +85,20 @@ def routes(api: ApiContext) -> list[Route]:
         return JSONResponse(body)
 
     return [Route("/v1/webhooks/billing", guard(billing_webhook), methods=["POST"])]
+
+
+def _follow_up(applied: webhooks.Applied) -> tuple[Flow, Any] | None:
+    """The flow an applied event starts: provisioning what was paid, suspending what was
+    cancelled, reactivating what was paid again."""
+    if applied.paid:
+        return (SUBSCRIPTION_FLOWS[str(applied.resource_type)],
+                SubscriptionConfig(subscription_id=applied.subscription_id))
+    if applied.canceled:
+        return SUSPENSION_FLOW, LifecycleConfig(subscription_id=applied.subscription_id,
+                                                actor="billing",
+                                                reason=f"billing event {applied.event_id}")
+    if applied.reactivated:
+        return REACTIVATION_FLOW, LifecycleConfig(subscription_id=applied.subscription_id,
+                                                  actor="billing",
+                                                  reason=f"billing event {applied.event_id}")
+    return None

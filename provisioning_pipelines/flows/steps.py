@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from dagster import Backoff, Config, RetryPolicy
 
 from provisioning_pipelines.errors import ProvisioningError
+from provisioning_pipelines.services.backups import BackupPolicy
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.errors import is_refused_data
 from provisioning_pipelines.storage.ladybug import LadybugEngine
@@ -54,6 +55,7 @@ class Policy:
     max_attempts: int
     claim_lease_seconds: float
     retry_backoff_seconds: float
+    deletion_grace_seconds: float
 
 
 @dataclass
@@ -71,6 +73,8 @@ class StepContext:
     #: The operation reporting this work, if any: recorded on the subscription it claims, so
     #: whoever picks the work up after a crash continues the same operation.
     operation_id: str | None = None
+    #: Where backups go and how long the final one is kept (lifecycle flows).
+    backups: BackupPolicy | None = None
 
 
 @dataclass(frozen=True)

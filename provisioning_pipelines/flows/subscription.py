@@ -90,7 +90,8 @@ def abandon_attempt(ctx: StepContext, work: Any, exc: BaseException) -> None:
 def hold_claim(ctx: StepContext, work: Any) -> AbstractContextManager[Any]:
     """While a step works under a claim, this process's heartbeat keeps its lease alive."""
     if isinstance(work, SubscriptionWork) and not work.claim.already_active:
-        return leases.keeper(ctx.database, ctx.policy.claim_lease_seconds).holding(work.claim)
+        keeper = leases.keeper(ctx.database, ctx.policy.claim_lease_seconds)
+        return keeper.holding(work.claim.token)
     return nullcontext()
 
 

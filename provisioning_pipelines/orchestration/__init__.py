@@ -19,6 +19,7 @@ from provisioning_pipelines.orchestration.checks import (
     provisioning_checks_schedule,
 )
 from provisioning_pipelines.orchestration.jobs import JOBS
+from provisioning_pipelines.orchestration.lifecycle import SCHEDULES, lifecycle_reaper_sensor
 from provisioning_pipelines.orchestration.resources import build_resources
 from provisioning_pipelines.orchestration.sensors import build_sensors
 from provisioning_pipelines.settings import Settings
@@ -37,10 +38,12 @@ def _definitions(settings: Settings) -> Definitions:
         assets=ASSETS,
         asset_checks=CHECKS,
         jobs=[*JOBS.values(), provisioning_checks_job],
-        schedules=[provisioning_checks_schedule],
+        schedules=[provisioning_checks_schedule, *SCHEDULES],
         sensors=[*build_sensors(grace_seconds=settings.sensor_grace_seconds,
                                 direct_enabled=settings.direct_graph_provisioning_enabled,
                                 interval_seconds=settings.sensor_interval_seconds),
+                 lifecycle_reaper_sensor(interval_seconds=settings.sensor_interval_seconds,
+                                         alert_minutes=settings.unprovisioned_alert_minutes),
                  build_run_failure_sensor()],
         resources=build_resources(settings, env_vars=True),
     )

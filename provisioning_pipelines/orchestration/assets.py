@@ -8,11 +8,12 @@ with ``report_runless_asset_event``. One history per asset, told apart by the
 
 from dagster import AssetKey, AssetSpec
 
-from provisioning_pipelines.flows import GRAPH_FLOW, REPOSITORY_FLOW, SUBGRAPH_FLOW
+from provisioning_pipelines.flows import BACKUP_FLOW, GRAPH_FLOW, REPOSITORY_FLOW, SUBGRAPH_FLOW
 
 GRAPH_ASSET = AssetSpec(
     key=AssetKey(list(GRAPH_FLOW.asset_key)),
-    description="Customer graph databases (LadybugDB), one materialization per graph provisioned.",
+    description="Customer graph databases (LadybugDB): a materialization each time one is "
+    "provisioned, suspended, reactivated, deleted or restored.",
     group_name="provisioning",
     kinds={"ladybug"},
 )
@@ -28,4 +29,11 @@ REPOSITORY_ACCESS_ASSET = AssetSpec(
     group_name="provisioning",
     kinds={"sql"},
 )
-ASSETS = [GRAPH_ASSET, SUBGRAPH_ASSET, REPOSITORY_ACCESS_ASSET]
+GRAPH_BACKUP_ASSET = AssetSpec(
+    key=AssetKey(list(BACKUP_FLOW.asset_key)),
+    description="Backups of graphs: consistent copies of their database files, with manifests "
+    "(daily, on demand, and the final one before a deletion).",
+    group_name="provisioning",
+    kinds={"ladybug"},
+)
+ASSETS = [GRAPH_ASSET, SUBGRAPH_ASSET, REPOSITORY_ACCESS_ASSET, GRAPH_BACKUP_ASSET]

@@ -39,6 +39,7 @@ from provisioning_pipelines.flows import (
 )
 from provisioning_pipelines.flows.steps import FLOW_TAG, OPERATION_TAG, USER_TAG, describe
 from provisioning_pipelines.orchestration.resources import (
+    BackupsResource,
     DatabaseResource,
     GraphEngineResource,
     PolicyResource,
@@ -50,12 +51,10 @@ from provisioning_pipelines.services.claims import ClaimLost
 _ops: dict[str, OpDefinition] = {}
 
 
-def run_step_in_op(step: Step, context: OpExecutionContext, value: Any, *,
-                   database: DatabaseResource, graph_engine: GraphEngineResource,
-                   progress: ProgressResource, policy: PolicyResource) -> Any:
+def run_step_in_op(step: Step, context: OpExecutionContext, value: Any,
+                   resources: dict[str, Any]) -> Any:
     """Run one step inside an op and log its outcome as the asset's materialization."""
-    resources = {"database": database, "graph_engine": graph_engine, "progress": progress,
-                 "policy": policy}
+    progress: ProgressResource = resources["progress"]
     ctx = step_context(resources, method="dagster", log=context.log,
                        operation_id=context.run.tags.get(OPERATION_TAG))
     operation = progress.reporter(context.log, ctx.operation_id)
@@ -113,10 +112,12 @@ def op_for(step: Step) -> OpDefinition:
     if step.config_cls is not None:
         def compute_with_config(context: OpExecutionContext, config: Any,
                                 database: DatabaseResource, graph_engine: GraphEngineResource,
-                                progress: ProgressResource, policy: PolicyResource) -> Any:
+                                progress: ProgressResource, policy: PolicyResource,
+                                backups: BackupsResource) -> Any:
             label_run(context, config, database)
-            return run_step_in_op(step, context, config, database=database,
-                                  graph_engine=graph_engine, progress=progress, policy=policy)
+            return run_step_in_op(step, context, config, {
+                "database": database, "graph_engine": graph_engine, "progress": progress,
+                "policy": policy, "backups": backups})
 
         # Dagster infers Pythonic config from the annotation of the ``config`` parameter.
         compute_with_config.__annotations__["config"] = step.config_cls
@@ -124,9 +125,10 @@ def op_for(step: Step) -> OpDefinition:
     else:
         def compute(context: OpExecutionContext, work: Any, database: DatabaseResource,
                     graph_engine: GraphEngineResource, progress: ProgressResource,
-                    policy: PolicyResource) -> Any:
-            return run_step_in_op(step, context, work, database=database,
-                                  graph_engine=graph_engine, progress=progress, policy=policy)
+                    policy: PolicyResource, backups: BackupsResource) -> Any:
+            return run_step_in_op(step, context, work, {
+                "database": database, "graph_engine": graph_engine, "progress": progress,
+                "policy": policy, "backups": backups})
 
         definition = op(ins={"work": In(Any)}, **common)(compute)
     _ops[step.name] = definition

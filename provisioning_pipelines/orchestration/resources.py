@@ -25,6 +25,7 @@ from pydantic import Field
 
 from provisioning_pipelines.flows import Policy, StepContext
 from provisioning_pipelines.orchestration.reporting import MaterializationReporter
+from provisioning_pipelines.services.backups import BackupPolicy
 from provisioning_pipelines.services.operations import ProgressReporter, SafeEvents
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import Database, get_database
@@ -102,9 +103,22 @@ class PolicyResource(ConfigurableResource):
     claim_lease_seconds: float = Field(description="How long one attempt's claim lasts.")
     retry_backoff_seconds: float = Field(
         description="Base of the backoff: attempt n+1 waits this * 2**(n-1) seconds.")
+    deletion_grace_days: float = Field(
+        description="Days a suspended graph is kept before it is deleted.")
 
     def get(self) -> Policy:
-        return Policy(self.max_attempts, self.claim_lease_seconds, self.retry_backoff_seconds)
+        return Policy(self.max_attempts, self.claim_lease_seconds, self.retry_backoff_seconds,
+                      self.deletion_grace_days * 86400)
+
+
+class BackupsResource(ConfigurableResource):
+    """Where graph backups go, and how long the backup taken before a deletion is kept."""
+
+    backup_dir: str = Field(description="Folder of backups (one folder per graph).")
+    final_retention_days: int = Field(description="Days the final backup is kept.")
+
+    def get(self) -> BackupPolicy:
+        return BackupPolicy(Path(self.backup_dir), self.final_retention_days)
 
 
 class ReporterResource(ConfigurableResource):
@@ -147,7 +161,10 @@ def build_resources(settings: Settings, *, env_vars: bool = False
         "progress": ProgressResource(events=events),
         "policy": PolicyResource(max_attempts=settings.max_attempts,
                                  claim_lease_seconds=settings.claim_lease_seconds,
-                                 retry_backoff_seconds=settings.retry_backoff_seconds),
+                                 retry_backoff_seconds=settings.retry_backoff_seconds,
+                                 deletion_grace_days=settings.deletion_grace_days),
+        "backups": BackupsResource(backup_dir=str(settings.resolved_backup_dir),
+                                   final_retention_days=settings.final_backup_retention_days),
         "dagster_reporter": ReporterResource(
             timeout_seconds=settings.dagster_materialization_timeout),
     }
@@ -169,4 +186,5 @@ def step_context(resources: Mapping[str, Any], *, method: str, log: Any,
         method=method,
         log=log,
         operation_id=operation_id,
+        backups=resources["backups"].get() if "backups" in resources else None,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.storage.models import AuditLogEntry
@@ -27,3 +28,16 @@ def record(
             details=details or {},
         )
     )
+
+
+def record_once(session: Session, *, actor: str, action: str, subject_type: str,
+                subject_id: str, details: dict[str, Any] | None = None) -> bool:
+    """Record ``action`` on the subject unless it was recorded before (an alert, say)."""
+    seen = session.scalar(select(AuditLogEntry.id).where(
+        AuditLogEntry.action == action, AuditLogEntry.subject_type == subject_type,
+        AuditLogEntry.subject_id == subject_id).limit(1))
+    if seen is not None:
+        return False
+    record(session, actor=actor, action=action, subject_type=subject_type,
+           subject_id=subject_id, details=details)
+    return True

@@ -100,16 +100,91 @@ def mark_paid(
     return False
 
 
-def cancel(session: Session, subscription_id: str) -> bool:
+def cancel(session: Session, subscription_id: str, *, actor: str = "billing") -> bool:
+    """The subscription ends now; its resource is then suspended (a lifecycle flow).
+
+    A provisioning in flight loses its claim: its next fenced write fails, and what it made is
+    suspended like any other cancelled subscription's resource. A user's cancellation (any
+    ``actor`` but billing) is a decision as of now: a billing event sent before it is older.
+    """
     subscription = get_subscription(session, subscription_id)
     if subscription.status == "canceled":
         return False
+    if actor != "billing":
+        _decided_now(subscription, "canceled", actor)
     subscription.status = "canceled"
     subscription.canceled_at = utcnow()
     subscription.claim_token = None
-    audit.record(session, actor="billing", action="subscription.canceled",
+    subscription.lease_expires_at = None
+    audit.record(session, actor=actor, action="subscription.canceled",
                  subject_type="subscription", subject_id=subscription_id)
     return True
+
+
+def schedule_cancellation(session: Session, subscription: Subscription,
+                          at: datetime | None, key: EventKey) -> None:
+    """Cancel at the period's end (``at``), or not any more (None), as the event ``key``
+    (the newest update so far) says."""
+    subscription.cancel_at = at
+    subscription.schedule_event_at, _rank, subscription.schedule_event_id = key
+    audit.record(session, actor="billing", action="subscription.cancel_scheduled"
+                 if at else "subscription.cancel_unscheduled", subject_type="subscription",
+                 subject_id=subscription.id, details={"at": at.isoformat() if at else None})
+
+
+def reactivate(session: Session, subscription: Subscription, *, actor: str = "billing") -> None:
+    """A cancelled subscription with a live resource is active again (a user's reactivation
+    is a decision as of now, like a cancellation)."""
+    if actor != "billing":
+        _decided_now(subscription, "reactivated", actor)
+    subscription.status = "active"
+    subscription.canceled_at = None
+    audit.record(session, actor=actor, action="subscription.reactivated",
+                 subject_type="subscription", subject_id=subscription.id)
+
+
+def repay(session: Session, subscription: Subscription, *,
+          operation_id: str | None) -> None:
+    """A cancelled subscription that never got its resource is paid again: provision it."""
+    subscription.status = "provisioning"
+    subscription.canceled_at = None
+    subscription.attempts = 0
+    subscription.retry_after = None
+    subscription.last_error = None
+    subscription.paid_at = utcnow()
+    if operation_id is not None:
+        subscription.operation_id = operation_id
+    audit.record(session, actor="billing", action="subscription.paid",
+                 subject_type="subscription", subject_id=subscription.id)
+
+
+#: An event's place in time: its own ``created``, its kind's rank within a second, its id.
+EventKey = tuple[datetime, int, str]
+
+
+def newer_than_applied(subscription: Subscription, key: EventKey) -> bool:
+    """Whether an event comes after every status decision applied to the subscription."""
+    if subscription.last_event_at is None:
+        return True
+    applied = (subscription.last_event_at, subscription.last_event_rank or 0,
+               subscription.last_event_id or "")
+    return key > applied
+
+
+def newer_schedule(subscription: Subscription, key: EventKey) -> bool:
+    """Whether an update comes after every update applied to the subscription."""
+    if subscription.schedule_event_at is None:
+        return True
+    return (key[0], key[2]) > (subscription.schedule_event_at,
+                               subscription.schedule_event_id or "")
+
+
+def _decided_now(subscription: Subscription, what: str, actor: str) -> None:
+    mark_applied(subscription, (utcnow(), 3, f"{what}_by:{actor}"[:128]))
+
+
+def mark_applied(subscription: Subscription, key: EventKey) -> None:
+    subscription.last_event_at, subscription.last_event_rank, subscription.last_event_id = key
 
 
 def price_cents(subscription: Subscription) -> int:
@@ -204,3 +279,14 @@ def list_subscriptions(session: Session, *, user_id: str | None = None,
     if status is not None:
         query = query.where(Subscription.status == status)
     return list(session.scalars(query))
+
+
+def unprovisioned(session: Session, *, paid_before: datetime, limit: int = 100
+                  ) -> list[Subscription]:
+    """Paid subscriptions still without their resource (provisioning or failed) since before
+    ``paid_before``: a customer who paid and has nothing."""
+    return list(session.scalars(
+        select(Subscription)
+        .where(Subscription.status.in_(("provisioning", "failed")),
+               Subscription.resource_id.is_(None), Subscription.paid_at < paid_before)
+        .order_by(Subscription.paid_at).limit(limit)))

@@ -18,6 +18,8 @@ class Tier:
     max_subgraphs: int
     price_cents: int
     host_capacity: int
+    #: How long daily and on-demand backups are kept.
+    backup_retention_days: int = 7
 
 
 TIERS: dict[str, Tier] = {
@@ -29,6 +31,7 @@ TIERS: dict[str, Tier] = {
             max_subgraphs=0,
             price_cents=4_900,
             host_capacity=200,
+            backup_retention_days=7,
         ),
         Tier(
             "ladybug-large",
@@ -36,6 +39,7 @@ TIERS: dict[str, Tier] = {
             max_subgraphs=10,
             price_cents=19_900,
             host_capacity=50,
+            backup_retention_days=14,
         ),
         Tier(
             "ladybug-xlarge",
@@ -43,6 +47,7 @@ TIERS: dict[str, Tier] = {
             max_subgraphs=25,
             price_cents=49_900,
             host_capacity=20,
+            backup_retention_days=30,
         ),
         Tier(
             "ladybug-shared", monthly_credits=0, max_subgraphs=0, price_cents=0, host_capacity=100

@@ -64,6 +64,8 @@ def allocate_repository_plan(
 def _allocate(
     session: Session, pool: CreditPool, amount: int, reference: str, subscription_id: str | None
 ) -> int:
+    if pool.status != "active":
+        return 0  # a suspended resource's pool is frozen: no new credit
     exists = session.scalar(
         select(CreditTransaction.id).where(CreditTransaction.reference == reference)
     )

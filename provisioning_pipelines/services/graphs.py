@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import InvalidRequest, NotFound
@@ -41,6 +41,8 @@ from provisioning_pipelines.storage.models import (
     GraphUser,
 )
 
+#: A graph being restored from a backup: nobody sees it until it is ``active``.
+RESTORING = "restoring"
 GRAPH_ID = re.compile(r"^kg[0-9a-f]{16,}$")
 #: A graph's or a subgraph's id (``{parent}_{name}``), as it may appear in a path.
 ANY_GRAPH_ID = re.compile(r"kg[0-9a-f]{16,64}(_[A-Za-z0-9]{1,20})?")
@@ -272,13 +274,30 @@ def grant_role(session: Session, graph_id: str, user_id: str, role: str) -> None
 
 
 def visible_graph(session: Session, graph_id: str, user_id: str) -> Graph:
-    """A graph the user has a role on; any other answers exactly like one that does not exist."""
+    """A graph the user owns or has a role on; any other answers exactly like one that does
+    not exist. (A deleted graph's roles are gone; its owner still sees its tombstone.)"""
     if not ANY_GRAPH_ID.fullmatch(graph_id):
         raise NotFound(f"no graph {graph_id[:70]!r}", field="graph_id")
     graph = session.get(Graph, graph_id)
-    if graph is None or session.get(GraphUser, (graph_id, user_id)) is None:
+    if graph is None or graph.status == RESTORING or (
+            graph.owner_user_id != user_id
+            and session.get(GraphUser, (graph_id, user_id)) is None):
         raise NotFound(f"no graph {graph_id!r}", field="graph_id")
     return graph
+
+
+def top_level_graph(session: Session, graph_id: str | None) -> Graph:
+    if not graph_id or not GRAPH_ID.fullmatch(graph_id):
+        raise NotFound(f"graph_id: no graph {str(graph_id)[:70]!r}", field="graph_id")
+    graph = session.get(Graph, graph_id)
+    if graph is None:
+        raise NotFound(f"graph_id: no graph {graph_id!r}", field="graph_id")
+    return graph
+
+
+def graph_of_subscription(session: Session, subscription_id: str) -> Graph | None:
+    return session.scalar(select(Graph).where(Graph.subscription_id == subscription_id,
+                                              Graph.parent_graph_id.is_(None)))
 
 
 def describe(session: Session, graph: Graph) -> dict[str, Any]:
@@ -293,17 +312,21 @@ def _view(graph: Graph) -> dict[str, Any]:
         size = Path(graph.database_path).stat().st_size
     except OSError:
         size = None
-    return {"graph_id": graph.id, "name": graph.name, "status": "active", "tier": graph.tier,
+    return {"graph_id": graph.id, "name": graph.name, "status": graph.status,
+            "tier": graph.tier,
             "size_bytes": size, "host_id": graph.host_id,
             "parent_graph_id": graph.parent_graph_id,
-            "created_at": graph.created_at.isoformat()}
+            "created_at": graph.created_at.isoformat(),
+            "delete_after": graph.delete_after.isoformat() if graph.delete_after else None,
+            "deleted_at": graph.deleted_at.isoformat() if graph.deleted_at else None}
 
 
 def graphs_of(session: Session, user_id: str) -> list[dict[str, Any]]:
-    """The top-level graphs the user has a role on, newest first, with their subgraphs."""
+    """The top-level graphs the user owns or has a role on, newest first, with subgraphs."""
+    roles = select(GraphUser.graph_id).where(GraphUser.user_id == user_id)
     graphs = session.scalars(
-        select(Graph).join(GraphUser, GraphUser.graph_id == Graph.id)
-        .where(GraphUser.user_id == user_id, Graph.parent_graph_id.is_(None))
+        select(Graph).where(Graph.parent_graph_id.is_(None), Graph.status != RESTORING,
+                            or_(Graph.owner_user_id == user_id, Graph.id.in_(roles)))
         .order_by(Graph.created_at.desc())).all()
     return [describe(session, graph) for graph in graphs]
 

@@ -2,11 +2,11 @@
 
 A claim's lease is short (``PROVISIONING_CLAIM_LEASE_SECONDS``, 15 s), so a worker that dies is
 noticed within seconds; a worker that lives renews its leases every third of that. One thread per
-process and database renews all of its claims in one ``UPDATE ... WHERE claim_token IN (...)``,
-so a burst of provisionings costs one statement per beat, not one thread each. A renewal that
-finds a claim gone (another worker took it over) marks it lost; the worker's next fenced write
-raises ``ClaimLost`` as before. ``release_all`` gives every claim of the process back at once,
-for a shutdown that cannot wait for its work to finish.
+process and database renews all of its claims, a subscription's (provisioning) and a graph's
+(backup, deletion, restore), in one ``UPDATE ... WHERE token IN (...)`` per table and beat, so a
+burst of work costs a statement per beat, not a thread each. A renewal that finds a claim gone
+(another worker took it over) marks it lost; the worker's next fenced write raises as before.
+``release_all`` gives every claim of the process back at once, for a shutdown that cannot wait.
 """
 
 from __future__ import annotations
@@ -16,14 +16,21 @@ import logging
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import update
 
-from provisioning_pipelines.services.claims import Claim
 from provisioning_pipelines.storage.db import Database
-from provisioning_pipelines.storage.models import Subscription, utcnow
+from provisioning_pipelines.storage.models import Graph, Subscription, utcnow
 
 logger = logging.getLogger("provisioning_pipelines.leases")
+
+#: (the table's model, its token column, its lease column, a condition for a live claim)
+_TABLES: dict[str, tuple[Any, Any, str, Any]] = {
+    "subscription": (Subscription, Subscription.claim_token, "lease_expires_at",
+                     Subscription.status == "provisioning"),
+    "graph": (Graph, Graph.lifecycle_token, "lifecycle_lease_expires_at", None),
+}
 
 
 class LeaseKeeper:
@@ -33,21 +40,22 @@ class LeaseKeeper:
         self.database = database
         self.lease_seconds = lease_seconds
         self.interval = max(lease_seconds / 3, 0.05)
-        self._held: dict[str, int] = {}  # claim token -> how many holders
-        self._lost: set[str] = set()
+        self._held: dict[tuple[str, str], int] = {}  # (table, token) -> how many holders
+        self._lost: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self.beats = 0
 
     @contextlib.contextmanager
-    def holding(self, claim: Claim) -> Iterator[None]:
-        """Keep ``claim``'s lease alive for the duration of the block."""
-        if claim.token is None:  # already active: nothing is held
+    def holding(self, token: str | None, table: str = "subscription") -> Iterator[None]:
+        """Keep the claim's lease alive for the duration of the block (None: nothing held)."""
+        if token is None:
             yield
             return
+        key = (table, token)
         with self._lock:
-            self._held[claim.token] = self._held.get(claim.token, 0) + 1
+            self._held[key] = self._held.get(key, 0) + 1
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="claim-heartbeat",
                                                 daemon=True)
@@ -56,16 +64,16 @@ class LeaseKeeper:
             yield
         finally:
             with self._lock:
-                left = self._held.get(claim.token, 1) - 1
+                left = self._held.get(key, 1) - 1
                 if left:
-                    self._held[claim.token] = left
+                    self._held[key] = left
                 else:
-                    self._held.pop(claim.token, None)
-                    self._lost.discard(claim.token)
+                    self._held.pop(key, None)
+                    self._lost.discard(key)
 
-    def lost(self, claim: Claim) -> bool:
+    def lost(self, token: str, table: str = "subscription") -> bool:
         with self._lock:
-            return claim.token in self._lost
+            return (table, token) in self._lost
 
     def _run(self) -> None:
         while True:
@@ -74,28 +82,31 @@ class LeaseKeeper:
                     self._thread = None
                     return
                 self._wake.wait(self.interval)
-                tokens = list(self._held)
-            if tokens:
-                self._renew(tokens)
+                held = list(self._held)
+            if held:
+                self._renew(held)
 
-    def _renew(self, tokens: list[str]) -> None:
-        now = utcnow()
+    def _renew(self, held: list[tuple[str, str]]) -> None:
+        expires = utcnow() + timedelta(seconds=self.lease_seconds)
+        gone: set[tuple[str, str]] = set()
         try:
             with self.database.session() as session:
-                renewed = session.execute(
-                    update(Subscription)
-                    .where(Subscription.claim_token.in_(tokens),
-                           Subscription.status == "provisioning")
-                    .values(lease_expires_at=now + timedelta(seconds=self.lease_seconds))
-                    .returning(Subscription.claim_token)
-                    .execution_options(synchronize_session=False)
-                ).scalars().all()
+                for table, (model, token_column, lease, live) in _TABLES.items():
+                    tokens = [token for kind, token in held if kind == table]
+                    if not tokens:
+                        continue
+                    statement = update(model).where(token_column.in_(tokens))
+                    if live is not None:
+                        statement = statement.where(live)
+                    renewed = session.execute(
+                        statement.values({lease: expires}).returning(token_column)
+                        .execution_options(synchronize_session=False)).scalars().all()
+                    gone |= {(table, token) for token in set(tokens) - set(renewed)}
         except Exception as exc:  # the database is down: the next beat tries again
-            logger.warning("could not renew %d claim(s): %s: %s", len(tokens),
+            logger.warning("could not renew %d claim(s): %s: %s", len(held),
                            type(exc).__name__, exc)
             return
         self.beats += 1
-        gone = set(tokens) - set(renewed)
         if gone:
             with self._lock:
                 self._lost |= gone & set(self._held)
@@ -103,15 +114,18 @@ class LeaseKeeper:
     def release_all(self) -> int:
         """Let every claim held here lapse now (a shutdown that cannot wait); returns how many."""
         with self._lock:
-            tokens = list(self._held)
-        if not tokens:
+            held = list(self._held)
+        if not held:
             return 0
+        past = utcnow() - timedelta(seconds=1)
         with self.database.session() as session:
-            session.execute(
-                update(Subscription).where(Subscription.claim_token.in_(tokens))
-                .values(lease_expires_at=utcnow() - timedelta(seconds=1))
-                .execution_options(synchronize_session=False))
-        return len(tokens)
+            for table, (model, token_column, lease, _live) in _TABLES.items():
+                tokens = [token for kind, token in held if kind == table]
+                if tokens:
+                    session.execute(update(model).where(token_column.in_(tokens))
+                                    .values({lease: past})
+                                    .execution_options(synchronize_session=False))
+        return len(held)
 
 
 _keepers: dict[tuple[str, float], LeaseKeeper] = {}

@@ -70,6 +70,9 @@ def reserve_subgraph(
             "be made from a top-level graph",
             field="parent_graph_id",
         )
+    if parent.status != "active" or not role.enabled:
+        raise Conflict(f"parent_graph_id: graph {parent_graph_id!r} is {parent.status}; no new "
+                       "subgraph can be made from it", field="parent_graph_id")
     if role.role != "admin":
         raise InvalidRequest(f"parent_graph_id: you need the admin role on {parent_graph_id!r}",
                              field="parent_graph_id")
@@ -138,3 +141,35 @@ def subgraph_summary(session: Session, subgraph_id: str) -> dict[str, Any] | Non
     return {"graph_id": graph.id, "parent_graph_id": graph.parent_graph_id,
             "database_path": graph.database_path,
             "fork_status": (graph.details or {}).get("fork_status", "not_requested")}
+
+
+def deletable_subgraph(session: Session, *, user_id: str, parent_graph_id: str,
+                       name: str) -> str:
+    """The subgraph ``name`` of a parent the user is an admin of, with the parent's row locked
+    (a deletion of the parent waits, or is waited for)."""
+    validate_subgraph_name(name)
+    if not graphs.GRAPH_ID.fullmatch(parent_graph_id):
+        raise NotFound(f"parent_graph_id: no graph {parent_graph_id[:70]!r}",
+                       field="parent_graph_id")
+    parent = session.scalar(select(Graph).where(Graph.id == parent_graph_id).with_for_update())
+    role = session.get(GraphUser, (parent_graph_id, user_id)) if parent else None
+    if parent is None or (role is None and parent.owner_user_id != user_id):
+        raise NotFound(f"parent_graph_id: no graph {parent_graph_id!r}",
+                       field="parent_graph_id")
+    if parent.status != "active":
+        raise Conflict(f"parent_graph_id: graph {parent_graph_id!r} is {parent.status}; its "
+                       "subgraphs go with it", field="parent_graph_id")
+    if role is None or role.role != "admin":
+        raise InvalidRequest(f"parent_graph_id: you need the admin role on {parent_graph_id!r}",
+                             field="parent_graph_id")
+    subgraph_id = f"{parent_graph_id}_{name}"
+    subgraph = session.get(Graph, subgraph_id)
+    if subgraph is None or subgraph.parent_graph_id != parent_graph_id:
+        raise NotFound(f"name: graph {parent_graph_id!r} has no subgraph {name!r}",
+                       field="name")
+    return subgraph_id
+
+
+def record_deletion(session: Session, subgraph_id: str, *, actor: str) -> None:
+    audit.record(session, actor=actor, action="subgraph.deleted", subject_type="graph",
+                 subject_id=subgraph_id)

@@ -33,15 +33,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, InvalidRequest, NotFound
-from provisioning_pipelines.services import audit, billing
+from provisioning_pipelines.services import audit, billing, lifecycle
 from provisioning_pipelines.services.validation import text_problem, type_name
 from provisioning_pipelines.storage.models import Subscription, WebhookEvent
 
 TOLERANCE_SECONDS = 300
 #: The largest body the endpoint reads; Stripe's events are a few KiB.
 MAX_BODY_BYTES = 1024 * 1024
-HANDLED = ("checkout.session.completed", "customer.subscription.deleted",
-           "invoice.payment_failed")
+HANDLED = ("checkout.session.completed", "customer.subscription.updated",
+           "customer.subscription.deleted", "invoice.payment_failed")
+#: Events of one second are ordered by what must come after what: paying, then changing the
+#: subscription, then ending it. With the event id, the order of any two events is total.
+RANK = {"checkout.session.completed": 0, "customer.subscription.updated": 1,
+        "invoice.payment_failed": 1, "customer.subscription.deleted": 2}
 # Seconds since the epoch that a datetime can hold (year 1 ... 9999 would overflow below 0).
 _LATEST_TIMESTAMP = 253402300799
 # The fields of data.object each handled event reads, and their column lengths.
@@ -163,6 +167,8 @@ class Applied:
     user_id: str | None = None  # the subscriber, when paid
     resource_type: str | None = None  # what to provision, when paid
     status: str = "applied"  # as recorded: applied, ignored or rejected
+    canceled: bool = False  # this event cancelled the subscription: its resource is suspended
+    reactivated: bool = False  # a new payment for a cancelled one: its resource comes back
 
 
 def record_and_apply(session: Session, delivery: Delivery, *,
@@ -206,21 +212,66 @@ def _act(session: Session, event: dict[str, Any], operation_id: str | None) -> A
     subscription = _subscription_of(session, obj)
     if subscription is None:
         return Applied(event["id"], kind, ignored="no subscription of ours")
-    if kind == "checkout.session.completed":
-        paid = obj.get("payment_status") == "paid" and billing.mark_paid(
-            session, subscription.id, stripe_customer_id=_str(obj.get("customer")),
-            stripe_subscription_id=_str(obj.get("subscription")), operation_id=operation_id)
-        if not paid:
-            return Applied(event["id"], kind, subscription.id)
-        return Applied(event["id"], kind, subscription.id, paid=True,
-                       user_id=subscription.user_id, resource_type=subscription.resource_type)
+    applied = Applied(event["id"], kind, subscription.id, user_id=subscription.user_id,
+                      resource_type=subscription.resource_type)
+    if kind == "invoice.payment_failed":
+        audit.record(session, actor="billing", action="invoice.payment_failed",
+                     subject_type="subscription", subject_id=subscription.id,
+                     details={"event_id": event["id"], "invoice": _str(obj.get("id"))})
+        return applied
+    key = (_created(event), RANK[kind], event["id"])
+    if kind == "customer.subscription.updated":
+        # Only the newest update decides when the subscription ends; it never touches the
+        # status, so the two converge each on its own newest event.
+        if not billing.newer_schedule(subscription, key):
+            return replace(applied, ignored="older than an update already applied")
+        cancel_at = obj.get("cancel_at") or obj.get("current_period_end")
+        billing.schedule_cancellation(
+            session, subscription, _timestamp(cancel_at)
+            if obj.get("cancel_at_period_end") is True else None, key)
+        return applied
+    if kind == "checkout.session.completed" and obj.get("payment_status") != "paid":
+        return applied
+    if not billing.newer_than_applied(subscription, key):
+        # An older or repeated event never undoes or extends what a newer one decided.
+        return replace(applied, ignored="older than an event already applied")
+    billing.mark_applied(subscription, key)
     if kind == "customer.subscription.deleted":
-        billing.cancel(session, subscription.id)
-        return Applied(event["id"], kind, subscription.id)
-    audit.record(session, actor="billing", action="invoice.payment_failed",
-                 subject_type="subscription", subject_id=subscription.id,
-                 details={"event_id": event["id"], "invoice": _str(obj.get("id"))})
-    return Applied(event["id"], kind, subscription.id)
+        return replace(applied, canceled=billing.cancel(session, subscription.id))
+    if subscription.status == "canceled":
+        return _paid_again(session, subscription, applied, operation_id)
+    paid = billing.mark_paid(
+        session, subscription.id, stripe_customer_id=_str(obj.get("customer")),
+        stripe_subscription_id=_str(obj.get("subscription")), operation_id=operation_id)
+    return replace(applied, paid=paid)
+
+
+def _paid_again(session: Session, subscription: Subscription, applied: Applied,
+                operation_id: str | None) -> Applied:
+    """A new payment for a cancelled subscription: its resource comes back within the grace,
+    or is provisioned if it never was; one deleted already stays deleted."""
+    state = lifecycle.resource_state(session, subscription)
+    if state == "gone":
+        return replace(applied, ignored="the subscription ended and its resource was deleted")
+    if state == "live":
+        billing.reactivate(session, subscription)
+        return replace(applied, reactivated=True)
+    billing.repay(session, subscription, operation_id=operation_id)
+    return replace(applied, paid=True)
+
+
+def _created(event: dict[str, Any]) -> datetime:
+    """The event's own time (a missing one sorts before any other)."""
+    created = event.get("created")
+    return _timestamp(created) or datetime.min.replace(tzinfo=UTC)
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not 0 <= value <= _LATEST_TIMESTAMP:
+        return None
+    return datetime.fromtimestamp(value, UTC)
 
 
 def _subscription_of(session: Session, obj: dict[str, Any]) -> Subscription | None:

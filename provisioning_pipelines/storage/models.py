@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -132,6 +133,16 @@ class Subscription(Base):
     paid_at: Mapped[datetime | None]
     activated_at: Mapped[datetime | None]
     canceled_at: Mapped[datetime | None]
+    #: When a cancellation takes effect (end of the period); None when none is scheduled.
+    cancel_at: Mapped[datetime | None] = mapped_column(index=True)
+    #: The newest event (by created, rank, id) that decided the status (paid or ended), or a
+    #: user's decision: an older or repeated one is never applied after it.
+    last_event_at: Mapped[datetime | None]
+    last_event_rank: Mapped[int | None] = mapped_column(Integer)
+    last_event_id: Mapped[str | None] = mapped_column(String(128))
+    #: The newest ``customer.subscription.updated`` applied (it decides ``cancel_at`` only).
+    schedule_event_at: Mapped[datetime | None]
+    schedule_event_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -173,6 +184,16 @@ class Graph(Base):
     tags: Mapped[list[str]] = mapped_column(JSON, default=list)
     details: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: active -> suspended (cancelled; roles off) -> deleting -> deleted (the row stays as a
+    #: tombstone: who, when, why); suspended -> active again within the grace.
+    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
+    suspended_at: Mapped[datetime | None]
+    delete_after: Mapped[datetime | None] = mapped_column(index=True)
+    deleted_at: Mapped[datetime | None]
+    #: The claim of a lifecycle operation (backup, deletion, restore), fenced like a
+    #: subscription's: a worker whose lease lapsed cannot write over the one that took over.
+    lifecycle_token: Mapped[str | None] = mapped_column(String(64))
+    lifecycle_lease_expires_at: Mapped[datetime | None]
 
     __table_args__ = (UniqueConstraint("parent_graph_id", "subgraph_index"),)
 
@@ -184,6 +205,8 @@ class GraphUser(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
     role: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: False while the graph is suspended: the role is kept, not usable.
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class GraphSchema(Base):
@@ -224,6 +247,8 @@ class CreditPool(Base):
     plan_name: Mapped[str] = mapped_column(String(64))
     monthly_allocation: Mapped[int] = mapped_column(Integer)
     balance: Mapped[int] = mapped_column(Integer, default=0)
+    #: active, or frozen while what it pays for is cancelled (no credit is added or spent).
+    status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -289,3 +314,23 @@ class Invoice(Base):
     currency: Mapped[str] = mapped_column(String(3), default="usd")
     status: Mapped[str] = mapped_column(String(32), default="open")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GraphBackup(Base):
+    """A consistent copy of a graph's database file under ``BACKUP_DIR``, with a manifest.
+
+    Ids say what a backup is for, so making one twice is one backup: ``bk_final_<graph>``,
+    ``bk_daily_<graph>_<YYYYMMDD>``, ``bk_<uuid>`` on demand.
+    """
+
+    __tablename__ = "graph_backups"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    graph_id: Mapped[str] = mapped_column(ForeignKey("graphs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(String(1024))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    checksum: Mapped[str] = mapped_column(String(64))
+    schema_fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)

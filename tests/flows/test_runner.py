@@ -38,7 +38,7 @@ def bare_context() -> StepContext:
     """A context for steps that touch nothing but the log."""
     return StepContext(database=None, engine=None, graph_data_dir=Path("."),  # type: ignore[arg-type]
                        progress=lambda message, percent=None: None,
-                       policy=Policy(3, 120, 0), method="direct",
+                       policy=Policy(3, 120, 0, 0), method="direct",
                        log=logging.getLogger("tests"))
 
 

@@ -1,0 +1,258 @@
+"""Backing up a graph, and restoring a backup as a new graph.
+
+A backup runs under the graph's lifecycle claim (so it never overlaps the graph's deletion or
+another backup of it): the copy of the checkpointed file, then its row and manifest. Its id says
+what it is for (``bk_daily_<graph>_<day>`` for the schedule's), so the same backup made twice is
+one backup.
+
+A restore never touches the original: it makes a new graph, whose id is derived from the
+restore's id, from a backup whose checksum is checked before anything is made. The new graph is
+``restoring`` (seen by nobody) until its file, schema, role and credits are all in place; a
+restore that fails is removed, and one whose worker died is removed by the reaper.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from dagster import Config
+from pydantic import Field
+
+from provisioning_pipelines.errors import InvalidRequest
+from provisioning_pipelines.flows.deletion import give_back, hold_graph
+from provisioning_pipelines.flows.steps import (
+    GRAPH_TAG,
+    USER_TAG,
+    Flow,
+    Outcome,
+    StepContext,
+    describe,
+    step,
+)
+from provisioning_pipelines.services import backups, graphs, lifecycle
+from provisioning_pipelines.services.backups import RestorePlan
+from provisioning_pipelines.services.lifecycle import GraphClaim
+from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.ladybug import backups as backup_files
+
+BACKUP_ASSET = ("provisioning", "graph_backup")
+GRAPH_ASSET = ("provisioning", "graph")
+
+
+class BackupConfig(Config):
+    """The graph to back up."""
+
+    graph_id: str = Field(description="The top-level graph, kg….")
+    kind: str = Field(default="on_demand", description="on_demand or daily (the schedule's).")
+    backup_id: str | None = Field(default=None, description="Given by the API so it can be "
+                                  "named before the run; made up when empty.")
+    actor: str = Field(default="operator", description="Who asks, for the audit log.")
+
+
+@dataclass(frozen=True)
+class BackupWork:
+    claim: GraphClaim
+    path: Path
+    backup_id: str
+    kind: str
+    started_at: float
+    copy: backup_files.BackupFile | None = None
+
+
+def _backup_id(config: BackupConfig) -> str:
+    if config.backup_id:
+        return config.backup_id
+    return backups.backup_id_for(config.kind, config.graph_id)
+
+
+@step(config=BackupConfig)
+def claim_graph_for_backup(ctx: StepContext, config: BackupConfig) -> BackupWork:
+    """Claim the graph (active or suspended) for the copy; a backup that exists is kept."""
+    if config.kind not in ("on_demand", "daily"):
+        raise InvalidRequest(f"kind: {config.kind[:40]!r} is not on_demand or daily",
+                             field="kind")
+    started_at = time.time()
+    with ctx.database.session() as session:
+        claim = lifecycle.claim_graph(session, config.graph_id, statuses=lifecycle.LIVE,
+                                      lease_seconds=ctx.policy.claim_lease_seconds)
+        path = Path(graphs.top_level_graph(session, config.graph_id).database_path)
+    ctx.progress(f"Backing up graph {config.graph_id}", 10)
+    return BackupWork(claim, path, _backup_id(config), config.kind, started_at)
+
+
+backup_step = step(on_failure=give_back, around=hold_graph)
+
+
+@backup_step
+def copy_graph_database(ctx: StepContext, work: BackupWork) -> BackupWork:
+    """Copy the checkpointed database file (nobody writes during the copy)."""
+    assert ctx.backups is not None, "the backups resource is required"
+    with ctx.database.session() as session:
+        done = backups.exists(session, work.backup_id)
+    if done:
+        return work
+    copy = backup_files.back_up(ctx.engine, work.path,
+                                backups.file_of(ctx.backups, work.claim.graph_id,
+                                                work.backup_id))
+    ctx.progress(f"Copied {work.path.name} ({copy.size_bytes:,} bytes)", 70)
+    return replace(work, copy=copy)
+
+
+@backup_step
+def record_backup(ctx: StepContext, work: BackupWork) -> Outcome:
+    """Keep the backup's row and manifest, and give the graph back."""
+    assert ctx.backups is not None, "the backups resource is required"
+    with ctx.database.session() as session:
+        graph = lifecycle.assert_graph_held(session, work.claim)
+        backup = backups.record(session, ctx.backups, graph, work.backup_id, work.kind,
+                                work.copy)
+        lifecycle.release_graph(session, work.claim)
+        view = backups.describe(backup)
+        user_id = graph.owner_user_id
+    ctx.progress(f"Backup {work.backup_id} kept until {view['expires_at'][:10]}", 100)
+    return Outcome(asset_key=BACKUP_ASSET,
+                   result={"graph_id": work.claim.graph_id, **view},
+                   metadata={"graph_id": work.claim.graph_id, "backup_id": work.backup_id,
+                             "kind": work.kind, "size_bytes": view["size_bytes"],
+                             "checksum": view["checksum"], "user_id": user_id},
+                   started_at=work.started_at)
+
+
+def backup_tags(config: BackupConfig) -> dict[str, str]:
+    return {GRAPH_TAG: config.graph_id}
+
+
+def graph_owner(database: Database, config: Any) -> str | None:
+    with database.session() as session:
+        try:
+            return graphs.top_level_graph(session, config.graph_id).owner_user_id
+        except Exception:
+            return None
+
+
+def backup_result(database: Database, config: BackupConfig) -> dict[str, Any]:
+    with database.session() as session:
+        found = backups.backups_of(session, config.graph_id)
+        wanted = [b for b in found if b.id == config.backup_id] if config.backup_id else found
+        return {"graph_id": config.graph_id,
+                **(backups.describe(wanted[0]) if wanted else {"backup_id": None})}
+
+
+BACKUP_FLOW = Flow(
+    name="backup", job_name="back_up_graph_job", operation_kind="graph_backup",
+    description="Back up a graph: a consistent copy of its database file, with a manifest.",
+    asset_key=BACKUP_ASSET, steps=(claim_graph_for_backup, copy_graph_database, record_backup),
+    tags=backup_tags, owner=graph_owner, result=backup_result)
+
+
+# --- restore -------------------------------------------------------------------------------------
+
+
+class RestoreConfig(Config):
+    """The backup to restore, and whose new graph it becomes."""
+
+    user_id: str = Field(description="The owner of the backed-up graph.")
+    graph_id: str = Field(description="The graph the backup is of (it may be deleted).")
+    backup_id: str = Field(description="bk_…")
+    restore_id: str | None = Field(default=None, description="Names the new graph (its id is "
+                                   "derived from it); made up when empty.")
+
+
+@dataclass(frozen=True)
+class RestoreWork:
+    plan: RestorePlan
+    claim: GraphClaim
+    path: Path
+    started_at: float
+
+
+def discard_restore(ctx: StepContext, work: Any, exc: BaseException) -> None:
+    """A restore that failed leaves nothing: the new graph's file, rows and slot go."""
+    if not isinstance(work, RestoreWork):
+        return
+    with ctx.database.session() as session:
+        graphs.discard_graph(session, ctx.engine, work.plan.graph_id)
+    ctx.log.error(f"restore into {work.plan.graph_id}: {describe(exc)}; removed")
+
+
+restore_step = step(on_failure=discard_restore, around=hold_graph)
+
+
+@step(config=RestoreConfig)
+def plan_restore(ctx: StepContext, config: RestoreConfig) -> RestoreWork:
+    """Check the backup (owner, file, checksum) before anything is made, then reserve the new
+    graph's row and host slot."""
+    started_at = time.time()
+    restore_id = config.restore_id or uuid.uuid4().hex
+    with ctx.database.session() as session:
+        plan = backups.plan_restore(session, user_id=config.user_id, graph_id=config.graph_id,
+                                    backup_id=config.backup_id, restore_id=restore_id)
+    ctx.progress(f"Checking backup {plan.backup_id}", 10)
+    backup_files.verify(plan.backup_path, plan.checksum)
+    with ctx.database.session() as session:
+        graph = backups.reserve_restored_graph(session, plan, graph_data_dir=ctx.graph_data_dir,
+                                               operation_id=ctx.operation_id)
+        path = Path(graph.database_path)
+    with ctx.database.session() as session:
+        claim = lifecycle.claim_graph(session, plan.graph_id, statuses=(backups.RESTORING,),
+                                      lease_seconds=ctx.policy.claim_lease_seconds)
+    ctx.progress(f"Restoring into new graph {plan.graph_id}", 30)
+    return RestoreWork(plan, claim, path, started_at)
+
+
+@restore_step
+def restore_database_file(ctx: StepContext, work: RestoreWork) -> RestoreWork:
+    """Copy the backup into the new graph's file, checking the copy's checksum."""
+    with ctx.database.session() as session:
+        lifecycle.assert_graph_held(session, work.claim)
+    backup_files.restore(work.plan.backup_path, work.plan.checksum, work.path)
+    ctx.progress(f"Restored {work.path.name}", 70)
+    return work
+
+
+@restore_step
+def finish_restore(ctx: StepContext, work: RestoreWork) -> Outcome:
+    """Schema rows, the owner's admin role and a credit pool; the new graph is ``active``."""
+    with ctx.database.session() as session:
+        graph = lifecycle.assert_graph_held(session, work.claim)
+        backups.finish_restore(session, work.plan, graph)
+        lifecycle.release_graph(session, work.claim)
+        view = graphs.describe(session, graph)
+    ctx.progress(f"Graph {work.plan.graph_id} restored", 100)
+    tables = ctx.engine.list_tables(work.path)
+    result = {**view, "restored_from": {"graph_id": work.plan.source_graph_id,
+                                        "backup_id": work.plan.backup_id},
+              "tables": [table.name for table in tables]}
+    return Outcome(asset_key=GRAPH_ASSET, result=result,
+                   metadata={"graph_id": work.plan.graph_id, "user_id": work.plan.user_id,
+                             "lifecycle": "restored",
+                             "source_graph_id": work.plan.source_graph_id,
+                             "backup_id": work.plan.backup_id},
+                   started_at=work.started_at)
+
+
+def restore_tags(config: RestoreConfig) -> dict[str, str]:
+    return {GRAPH_TAG: config.graph_id, USER_TAG: config.user_id}
+
+
+def restore_result(database: Database, config: RestoreConfig) -> dict[str, Any]:
+    if not config.restore_id:
+        return {"graph_id": None}
+    graph_id = backups.restored_graph_id(config.restore_id)
+    with database.session() as session:
+        try:
+            return graphs.describe(session, graphs.visible_graph(session, graph_id,
+                                                                 config.user_id))
+        except Exception:
+            return {"graph_id": graph_id, "status": None}
+
+
+RESTORE_FLOW = Flow(
+    name="restore", job_name="restore_graph_job", operation_kind="graph_restore",
+    description="Restore a backup as a new graph (the original is never touched).",
+    asset_key=GRAPH_ASSET, steps=(plan_restore, restore_database_file, finish_restore),
+    tags=restore_tags, owner=lambda database, config: config.user_id, result=restore_result)

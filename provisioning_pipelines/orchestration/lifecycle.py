@@ -1,0 +1,162 @@
+"""The rest of a resource's life, on Dagster's clock: a reaper sensor and the daily backups.
+
+The reaper (``lifecycle_reaper_sensor``) is the safety net under every lifecycle change that a
+webhook or a user starts directly. Each tick it
+
+* launches a suspension for a subscription that billing ended (now, or at its period's end)
+  while its resource is still live, and a reactivation for an active one whose graph is
+  suspended (``lifecycle.out_of_step``);
+* launches the deletion of each suspended graph past its grace, and of each deletion that began
+  and did not finish (a teardown killed half-way is run again, and finishes);
+* removes what a restore whose worker died left (file, rows, slot) and backups past retention;
+* logs an alert for each paid customer still without a resource after
+  ``UNPROVISIONED_ALERT_MINUTES``, written once to the audit log.
+
+(Subscriptions stuck ``provisioning`` past their attempts are failed by the provisioning
+sensors, which own them.) Runs are keyed by the resource and a ten-minute window: a tick does not
+launch the same change twice, and a run that failed is launched again in the next window. Every
+flow is idempotent, so a run that finds the change made already says so and changes nothing.
+
+The daily schedule backs up every live graph once a day: one run per graph per day, keyed by the
+backup's own id (``bk_daily_<graph>_<YYYYMMDD>``), kept for the tier's retention.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from dagster import (
+    DefaultScheduleStatus,
+    DefaultSensorStatus,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    schedule,
+    sensor,
+)
+
+from provisioning_pipelines.flows import (
+    BACKUP_FLOW,
+    DELETION_FLOW,
+    REACTIVATION_FLOW,
+    SUSPENSION_FLOW,
+    BackupConfig,
+    DeletionConfig,
+    Flow,
+    LifecycleConfig,
+)
+from provisioning_pipelines.orchestration.jobs import JOBS
+from provisioning_pipelines.orchestration.resources import DatabaseResource, GraphEngineResource
+from provisioning_pipelines.services import audit, backups, billing, graphs, lifecycle
+
+#: A change is launched at most once per window; one that failed is launched again in the next.
+WINDOW_SECONDS = 600
+#: When the daily backups run (UTC).
+DAILY_BACKUP_CRON = "0 2 * * *"
+
+
+def _request(flow: Flow, config: object, key: str, now: datetime) -> RunRequest:
+    window = int(now.timestamp() // WINDOW_SECONDS)
+    return RunRequest(run_key=f"{flow.name}:{key}:{window}", job_name=JOBS[flow.name].name,
+                      run_config=flow.run_config(config), tags=flow.run_tags(config))
+
+
+def lifecycle_requests(database: DatabaseResource, now: datetime) -> list[RunRequest]:
+    """The suspensions, reactivations and deletions that are due."""
+    with database.get().session() as session:
+        changes = lifecycle.out_of_step(session, now=now)
+        deletions = lifecycle.due_deletions(session, now=now)
+    requests = []
+    for change in changes:
+        flow = SUSPENSION_FLOW if change["action"] == "suspend" else REACTIVATION_FLOW
+        config = LifecycleConfig(subscription_id=change["subscription_id"], actor="reaper",
+                                 reason="billing ended the subscription"
+                                 if change["action"] == "suspend" else "billing resumed it")
+        requests.append(_request(flow, config, change["subscription_id"], now))
+    for graph_id in deletions:
+        config = DeletionConfig(graph_id=graph_id, actor="reaper",
+                                reason="the grace after cancellation is over")
+        requests.append(_request(DELETION_FLOW, config, graph_id, now))
+    return requests
+
+
+def reap(context: SensorEvaluationContext, database: DatabaseResource,
+         graph_engine: GraphEngineResource, now: datetime, alert_minutes: float) -> list[str]:
+    """Remove dead restores and expired backups; alert on paid customers without a resource.
+    Returns what was done, one line each."""
+    done = []
+    with database.get().session() as session:
+        for graph_id in backups.stale_restores(session, now=now):
+            graphs.discard_graph(session, graph_engine.get(), graph_id)
+            done.append(f"removed the unfinished restore {graph_id}")
+        for backup in backups.expired(session, now=now):
+            backups.prune(session, backup)
+            done.append(f"pruned backup {backup.id} (expired {backup.expires_at:%Y-%m-%d})")
+        waiting = billing.unprovisioned(
+            session, paid_before=now - timedelta(minutes=alert_minutes))
+        for subscription in waiting:
+            context.log.error(
+                f"ALERT: subscription {subscription.id} ({subscription.resource_type}, user "
+                f"{subscription.user_id}) was paid at {subscription.paid_at:%Y-%m-%d %H:%M} UTC "
+                f"and has no resource ({subscription.status}: "
+                f"{subscription.last_error or 'no error recorded'})")
+            audit.record_once(session, actor="reaper", action="alert.paid_without_resource",
+                              subject_type="subscription", subject_id=subscription.id,
+                              details={"status": subscription.status,
+                                       "last_error": subscription.last_error})
+    return done
+
+
+def lifecycle_reaper_sensor(*, interval_seconds: int, alert_minutes: float) -> SensorDefinition:
+    @sensor(
+        name="lifecycle_reaper_sensor",
+        jobs=[JOBS[flow.name] for flow in (SUSPENSION_FLOW, REACTIVATION_FLOW, DELETION_FLOW)],
+        minimum_interval_seconds=interval_seconds,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Suspends what billing ended, reactivates what it resumed, deletes graphs "
+        "past their grace (and finishes interrupted deletions), removes dead restores and "
+        "expired backups, and alerts on paid customers without a resource.",
+    )
+    def _sensor(context: SensorEvaluationContext, database: DatabaseResource,
+                graph_engine: GraphEngineResource) -> SensorResult:
+        now = datetime.now(UTC)
+        requests = lifecycle_requests(database, now)
+        for line in reap(context, database, graph_engine, now, alert_minutes):
+            context.log.info(line)
+        if not requests:
+            return SensorResult(skip_reason=SkipReason("no lifecycle change is due"))
+        return SensorResult(run_requests=requests)
+
+    return _sensor
+
+
+@schedule(
+    name="daily_graph_backups",
+    cron_schedule=DAILY_BACKUP_CRON,
+    execution_timezone="UTC",
+    job=JOBS[BACKUP_FLOW.name],
+    default_status=DefaultScheduleStatus.RUNNING,
+    description="Backs up every live graph once a day, kept for its tier's retention.",
+)
+def daily_graph_backups(context: ScheduleEvaluationContext,
+                        database: DatabaseResource) -> list[RunRequest] | SkipReason:
+    day = context.scheduled_execution_time or datetime.now(UTC)
+    with database.get().session() as session:
+        graph_ids = lifecycle.live_graphs(session)
+    if not graph_ids:
+        return SkipReason("no live graph to back up")
+    requests = []
+    for graph_id in graph_ids:
+        backup_id = backups.backup_id_for("daily", graph_id, day=day)
+        config = BackupConfig(graph_id=graph_id, kind="daily", backup_id=backup_id,
+                              actor="schedule")
+        requests.append(RunRequest(run_key=backup_id, run_config=BACKUP_FLOW.run_config(config),
+                                   tags=BACKUP_FLOW.run_tags(config)))
+    return requests
+
+
+SCHEDULES: list[ScheduleDefinition] = [daily_graph_backups]

@@ -1,0 +1,103 @@
+"""Backups of database files: a consistent copy out, a checked copy back in.
+
+A backup is a copy of the checkpointed file taken while this process holds the file's write
+handle: LadybugDB lets one process at a time open a file read-write, so nobody writes during the
+copy, and the checkpoint first moves the write-ahead log into the file, so the copy stands alone
+(no WAL needed). The copy is hashed (sha256) as it is written, and published with a rename, so a
+backup file is whole or absent. A restore copies into a temp file, hashing as it goes, and
+publishes it (without overwriting) only if the hash is the manifest's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from provisioning_pipelines.errors import InvalidRequest, NotFound
+from provisioning_pipelines.storage.ladybug import files
+
+if TYPE_CHECKING:
+    from provisioning_pipelines.storage.ladybug.engine import LadybugEngine
+
+CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BackupFile:
+    path: Path
+    size_bytes: int
+    checksum: str  # sha256, hex
+
+
+def back_up(engine: LadybugEngine, database: Path, destination: Path) -> BackupFile:
+    """Copy ``database`` to ``destination`` consistently; an existing backup is kept as is."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if destination.is_file():  # made before (a retry): the same backup
+        return BackupFile(destination, destination.stat().st_size, checksum_of(destination))
+    temp = files.temp_path(destination)
+    try:
+        with engine.writing(database) as conn:
+            conn.execute("CHECKPOINT")
+            checksum = _copy(database, temp)
+        files.fsync_file(temp)
+        os.replace(temp, destination)
+        files.fsync_dir(destination.parent)
+    finally:
+        files.remove_with_sidecars(temp)
+    return BackupFile(destination, destination.stat().st_size, checksum)
+
+
+def verify(backup: Path, checksum: str) -> None:
+    """Refuse a backup whose file is missing or whose sha256 is not ``checksum``."""
+    if not backup.is_file():
+        raise NotFound(f"backup_id: the backup's file is missing ({backup.name})",
+                       field="backup_id")
+    actual = checksum_of(backup)
+    if actual != checksum:
+        raise _damaged(backup, actual, checksum)
+
+
+def restore(backup: Path, checksum: str, destination: Path) -> None:
+    """Make ``destination`` from a backup, hashing what is copied: a copy whose sha256 is not
+    ``checksum`` is thrown away, and nothing is published. A finished restore is kept as is."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if destination.is_file():
+        return  # restored before (a retry); the database may have been opened since
+    if not backup.is_file():
+        raise NotFound(f"backup_id: the backup's file is missing ({backup.name})",
+                       field="backup_id")
+    temp = files.temp_path(destination)
+    try:
+        actual = _copy(backup, temp)
+        if actual != checksum:
+            raise _damaged(backup, actual, checksum)
+        files.fsync_file(temp)
+        files.publish(temp, destination)
+    finally:
+        files.remove_with_sidecars(temp)
+
+
+def _damaged(backup: Path, actual: str, expected: str) -> InvalidRequest:
+    return InvalidRequest(f"backup_id: backup {backup.stem} is damaged: its sha256 is "
+                          f"{actual[:12]}…, the manifest says {expected[:12]}…",
+                          field="backup_id")
+
+
+def checksum_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while chunk := source.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _copy(source: Path, destination: Path) -> str:
+    digest = hashlib.sha256()
+    with source.open("rb") as reading, destination.open("wb") as writing:
+        while chunk := reading.read(CHUNK):
+            digest.update(chunk)
+            writing.write(chunk)
+    return digest.hexdigest()
