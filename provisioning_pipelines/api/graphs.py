@@ -1,4 +1,5 @@
-"""``/v1/graphs/{graph_id}/subgraphs``: create a subgraph of a graph the caller administers."""
+"""``/v1/graphs``: the caller's graphs, one graph, and creating a subgraph of a graph the caller
+administers."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def routes(api: ApiContext) -> list[Route]:
         def visible() -> Identity:
             user = api.user_of(request)
             with api.database.session() as session:
-                graphs.visible_graph(session, graph_id, user.user_id)
+                subgraphs.check_parent_active(
+                    graphs.visible_graph(session, graph_id, user.user_id))
             return user
 
         user = await run_in_threadpool(visible)

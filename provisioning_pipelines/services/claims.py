@@ -216,6 +216,11 @@ def assert_held(session: Session, claim: Claim) -> Subscription:
         .with_for_update()
     )
     if subscription is None:
+        if session.scalar(select(Subscription.status).where(
+                Subscription.id == claim.subscription_id)) == "canceled":
+            raise ClaimLost(f"subscription {claim.subscription_id!r} was cancelled while it was "
+                            "being provisioned; what was made is suspended",
+                            field="subscription_id")
         raise ClaimLost(
             f"subscription {claim.subscription_id!r}: this attempt's claim lapsed and another "
             "worker took over",

@@ -32,6 +32,13 @@ def validate_subgraph_name(name: Any) -> str:
     return name
 
 
+def check_parent_active(parent: Graph) -> None:
+    """Only an active graph gets new subgraphs (a suspended one's roles are off)."""
+    if parent.status != "active":
+        raise Conflict(f"parent_graph_id: graph {parent.id!r} is {parent.status}; no new "
+                       "subgraph can be made from it", field="parent_graph_id")
+
+
 @dataclass(frozen=True)
 class ReservedSubgraph:
     """A subgraph whose rows exist, and what making its file needs."""
@@ -70,9 +77,7 @@ def reserve_subgraph(
             "be made from a top-level graph",
             field="parent_graph_id",
         )
-    if parent.status != "active" or not role.enabled:
-        raise Conflict(f"parent_graph_id: graph {parent_graph_id!r} is {parent.status}; no new "
-                       "subgraph can be made from it", field="parent_graph_id")
+    check_parent_active(parent)
     if role.role != "admin":
         raise InvalidRequest(f"parent_graph_id: you need the admin role on {parent_graph_id!r}",
                              field="parent_graph_id")
