@@ -74,7 +74,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _database(settings: Settings):  # type: ignore[no-untyped-def]
+def database_of(settings: Settings):  # type: ignore[no-untyped-def]
     from provisioning_pipelines.storage.db import get_database
     from provisioning_pipelines.storage.migrate import upgrade_once
 
@@ -83,7 +83,7 @@ def _database(settings: Settings):  # type: ignore[no-untyped-def]
     return get_database(settings.resolved_database_url)
 
 
-def _print(value: object) -> None:
+def print_json(value: object) -> None:
     print(json.dumps(value, indent=2, default=str))
 
 
@@ -98,16 +98,16 @@ def subscriptions_create(args: argparse.Namespace, settings: Settings) -> int:
                 "graph": {"name": args.graph_name or "My graph",
                           "schema_extensions": args.extension or [],
                           "entity": {"name": args.entity} if args.entity else None}}
-    with _database(settings).session() as session:
+    with database_of(settings).session() as session:
         subscription = subscriptions.request_subscription(session, args.user, body)
-        _print(billing.summary(subscription))
+        print_json(billing.summary(subscription))
     return 0
 
 
 def subscriptions_list(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.services import billing
 
-    with _database(settings).session() as session:
+    with database_of(settings).session() as session:
         rows = billing.list_subscriptions(session, user_id=args.user, status=args.status)
         for row in rows:
             print(f"{row.id}  {row.status:<16} {row.resource_type:<10} {row.plan_name:<18} "
@@ -118,15 +118,15 @@ def subscriptions_list(args: argparse.Namespace, settings: Settings) -> int:
 def subscriptions_show(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.services import billing
 
-    with _database(settings).session() as session:
-        _print(billing.summary(billing.get_subscription(session, args.subscription_id)))
+    with database_of(settings).session() as session:
+        print_json(billing.summary(billing.get_subscription(session, args.subscription_id)))
     return 0
 
 
 def subscriptions_pay(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.services import billing
 
-    with _database(settings).session() as session:
+    with database_of(settings).session() as session:
         if not billing.mark_paid(session, args.subscription_id):
             status = billing.get_subscription(session, args.subscription_id).status
             raise ProvisioningError(f"subscription {args.subscription_id!r} is {status}, not "
@@ -139,7 +139,7 @@ def subscriptions_pay(args: argparse.Namespace, settings: Settings) -> int:
 def subscriptions_retry(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.services import billing, claims
 
-    with _database(settings).session() as session:
+    with database_of(settings).session() as session:
         if not claims.reset_failed(session, args.subscription_id, actor="cli"):
             status = billing.get_subscription(session, args.subscription_id).status
             raise ProvisioningError(f"subscription {args.subscription_id!r} is {status}, not "
@@ -173,7 +173,7 @@ def webhook_send(args: argparse.Namespace, settings: Settings) -> int:
 def webhooks_list(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.services import webhooks
 
-    with _database(settings).session() as session:
+    with database_of(settings).session() as session:
         rows = webhooks.list_events(session, rejected_only=args.rejected, limit=args.limit)
     for row in rows:
         reason = f"  {row['reason']}" if row["reason"] else ""
@@ -187,7 +187,7 @@ def webhooks_replay(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
     from provisioning_pipelines.services import webhooks
 
-    with _database(settings).session() as session:
+    with database_of(settings).session() as session:
         applied = webhooks.replay(session, args.event_id)
     answer: dict[str, object] = {"event_id": args.event_id, "ignored": applied.ignored,
                                  "paid": applied.paid, "subscription_id": applied.subscription_id}
@@ -199,7 +199,7 @@ def webhooks_replay(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             executor.close()
         answer.update(operation_id=made.operation_id, result=made.result)
-    _print(answer)
+    print_json(answer)
     return 1 if applied.ignored else 0
 
 
@@ -208,28 +208,28 @@ def provision(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.via_dagster:
         settings = settings.model_copy(update={"direct_graph_provisioning_enabled": False})
-    _database(settings)
+    database_of(settings)
     executor = build_executor(settings)
     call = executor.graph if args.kind == "graph" else executor.repository
     try:
         made = call(args.subscription, retry_failed=args.retry_failed)
     finally:
         executor.close()
-    _print({"operation_id": made.operation_id, **made.result})
+    print_json({"operation_id": made.operation_id, **made.result})
     return 0
 
 
 def subgraphs_create(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.direct import build_executor
 
-    _database(settings)
+    database_of(settings)
     executor = build_executor(settings)
     try:
         made = executor.subgraph(args.user, args.parent, args.name,
                                  description=args.description, fork_parent=args.fork)
     finally:
         executor.close()
-    _print({"operation_id": made.operation_id, **made.result})
+    print_json({"operation_id": made.operation_id, **made.result})
     return 0
 
 
@@ -238,7 +238,7 @@ def operations_watch(args: argparse.Namespace, settings: Settings) -> int:
 
     watched = watch(args.url, args.api_key, args.operation_id)
     if watched.status == "completed":
-        _print(watched.result)
+        print_json(watched.result)
         return 0
     print(f"operation {args.operation_id} {watched.status}: {watched.error}", file=sys.stderr)
     return 1

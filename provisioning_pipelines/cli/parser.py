@@ -9,11 +9,12 @@ that failed.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from provisioning_pipelines.cli import commands
+from provisioning_pipelines.cli import commands, lifecycle
 from provisioning_pipelines.errors import ProvisioningError
 from provisioning_pipelines.settings import Settings, SettingsError, load_settings
 
@@ -25,7 +26,7 @@ class HelpWithDefaults(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         help_text = action.help or ""
-        if action.default not in (None, False, [], argparse.SUPPRESS) and action.option_strings:
+        if action.default not in (None, False, [], "", argparse.SUPPRESS) and action.option_strings:
             help_text += " (default: %(default)s)"
         return help_text
 
@@ -158,6 +159,8 @@ def build_parser() -> Parser:
     dev.add_argument("--dagster-port", type=int, default=3000, help="the Dagster UI's port")
     dev.set_defaults(run=commands.dev)
 
+    lifecycle.add_commands(commands_, subgraphs, subs)
+
     serve = commands_.add_parser("serve", help="run the HTTP API (webhooks, operations, SSE)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -170,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace, Settings], int] = args.run
     try:
         return run(args, load_settings())
+    except BrokenPipeError:  # the reader went away (``| head``): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ProvisioningError, SettingsError) as exc:
         return _fail(getattr(exc, "message", str(exc)))
     except Exception as exc:

@@ -125,7 +125,8 @@ def suspend_resource(ctx: StepContext, target: Target) -> Outcome:
             changed, details = False, {}
     ctx.progress(f"Suspended {target.graph_id or target.resource_id or '-'}", 100)
     done = replace(target, changed=changed)
-    return _outcome(done, "suspended", details, "suspended" if changed else "already")
+    return _outcome(done, _state(ctx, target, "suspended"), details,
+                    "suspended" if changed else "already")
 
 
 # --- reactivation --------------------------------------------------------------------------------
@@ -165,7 +166,17 @@ def reactivate_resource(ctx: StepContext, target: Target) -> Outcome:
             changed = False
     ctx.progress(f"Reactivated {target.graph_id or target.resource_id or '-'}", 100)
     done = replace(target, changed=changed)
-    return _outcome(done, "active", {}, "reactivated" if changed else "already")
+    return _outcome(done, _state(ctx, target, "active"), {},
+                    "reactivated" if changed else "already")
+
+
+def _state(ctx: StepContext, target: Target, otherwise: str) -> str:
+    """The graph's status as the flow leaves it (a repository access has no status of its
+    own: ``otherwise``)."""
+    if not target.graph_id:
+        return otherwise
+    with ctx.database.session() as session:
+        return graphs.top_level_graph(session, target.graph_id).status
 
 
 def lifecycle_tags(config: LifecycleConfig) -> dict[str, str]:

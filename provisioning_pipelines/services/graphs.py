@@ -331,6 +331,13 @@ def graphs_of(session: Session, user_id: str) -> list[dict[str, Any]]:
     return [describe(session, graph) for graph in graphs]
 
 
+def all_graphs(session: Session, *, limit: int = 1000) -> list[dict[str, Any]]:
+    """Every top-level graph, newest first (the operator's list)."""
+    found = session.scalars(select(Graph).where(Graph.parent_graph_id.is_(None))
+                            .order_by(Graph.created_at.desc()).limit(limit)).all()
+    return [describe(session, graph) for graph in found]
+
+
 def schema_statements(session: Session, graph_id: str) -> list[str]:
     row = session.scalar(select(GraphSchema).where(GraphSchema.graph_id == graph_id))
     if row is None:

@@ -27,7 +27,7 @@ from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, Forbidden, NotFound
-from provisioning_pipelines.services import audit, graphs, hosts
+from provisioning_pipelines.services import audit, billing, graphs, hosts
 from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.models import (
     CreditPool,
@@ -212,6 +212,8 @@ def begin_deletion(session: Session, claim: GraphClaim, *, now_too: bool, actor:
     graph.status = "deleting"
     audit.record(session, actor=actor, action="graph.deleting", subject_type="graph",
                  subject_id=graph.id, details={"reason": reason, "at_once": now_too})
+    if graph.subscription_id:  # a graph deleted at once ends its subscription with it
+        billing.cancel(session, graph.subscription_id, actor=actor)
     return graph
 
 

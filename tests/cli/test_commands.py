@@ -114,6 +114,14 @@ def test_every_command_answers_a_mistake_in_one_line_with_status_2(
           "--name", "a"), {}),
         (("subgraphs", "create", "--user", user.user_id, "--parent", "kg0123456789abcdef",
           "--name", "not valid!"), {}),
+        (("graphs", "show", "kg_nope"), {}),
+        (("graphs", "list", "--status", "bogus"), {}),
+        (("graphs", "delete", "kg0123456789abcdef"), {}),
+        (("graphs", "backups", "nope"), {}),
+        (("graphs", "restore-backup", "kg0123456789abcdef", "bk_x"), {}),
+        (("subgraphs", "delete", "--user", user.user_id, "--parent", "kg0123456789abcdef",
+          "--name", "a"), {}),
+        (("subscriptions", "cancel", "sub_nope"), {}),
         (("operations", "watch", "op_x", "--api-key", "k", "--url", dead), {}),
         (("bench", "--runs", "x"), {}),
         (("serve", "--port", "x"), {}),
@@ -168,3 +176,40 @@ def test_every_option_says_what_it_is_for() -> None:
     undocumented = [f"{path} {action.dest}" for path, action in walk(build_parser(), "")
                     if not action.help]
     assert undocumented == []
+
+
+def test_a_graphs_life_from_the_command_line(tmp_path: Path) -> None:
+    env = {"DATA_DIR": str(tmp_path / "data"), "PROVISIONING_RETRY_BACKOFF_SECONDS": "0"}
+
+    def run(*words: str) -> subprocess.CompletedProcess[str]:
+        answer = cli(*words, env=env)
+        assert answer.returncode == 0, (words, answer.stderr)
+        return answer
+
+    user = json.loads(run("users", "create", "--email", "ops@example.com", "--json").stdout)
+    sub_id = json.loads(run("subscriptions", "create", "--user", user["user_id"], "--plan",
+                            "ladybug-large").stdout)["subscription_id"]
+    run("subscriptions", "pay", sub_id)
+    graph_id = json.loads(run("provision", "graph", "--subscription", sub_id).stdout)[
+        "resource_id"]
+    assert run("graphs", "list").stdout.split()[:2] == [graph_id, "active"]
+
+    backup_id = json.loads(run("graphs", "backup", graph_id).stdout)["backup_id"]
+    assert run("graphs", "backups", graph_id).stdout.split()[0] == backup_id
+    suspended = json.loads(run("graphs", "delete", graph_id).stdout)
+    assert (suspended["status"], suspended["changed"]) == ("suspended", True)
+    assert "deleted after" in run("graphs", "list", "--status", "suspended").stdout
+    assert json.loads(run("graphs", "restore", graph_id).stdout)["status"] == "active"
+
+    deleted = json.loads(run("graphs", "delete", graph_id, "--now", "--reason", "test").stdout)
+    assert deleted["status"] == "deleted" and deleted["final_backup_id"]
+    shown = json.loads(run("subscriptions", "show", sub_id).stdout)
+    assert shown["status"] == "canceled"  # deleting the graph at once ended its subscription
+    again = cli("subscriptions", "cancel", sub_id, env=env)
+    assert again.returncode == 2 and "cancelled already" in again.stderr
+
+    restored = json.loads(run("graphs", "restore-backup", graph_id, backup_id).stdout)
+    assert restored["status"] == "active" and restored["graph_id"] != graph_id
+    listed = run("graphs", "list").stdout.splitlines()
+    assert {line.split()[0]: line.split()[1] for line in listed} == {
+        graph_id: "deleted", restored["graph_id"]: "active"}
