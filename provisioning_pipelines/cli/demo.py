@@ -1,8 +1,9 @@
 """The whole story on the embedded default, over real HTTP: ``make demo``.
 
 A user asks for a graph, a signed ``checkout.session.completed`` reaches the real app, the
-provisioning is followed live on the SSE stream, then a subgraph forks the graph's data and the
-user gets access to the ``sec`` repository. The materializations land in the local Dagster
+provisioning is followed live on the SSE stream, then a subgraph forks the graph's data, the user
+gets access to the ``sec`` repository, and the graph is backed up, deleted (suspended for the
+grace) and its backup restored as a new graph. The materializations land in the local Dagster
 instance (``.data/dagster``), so ``dagster dev`` shows them. Every run makes a new user, so it
 can be run again and again.
 """
@@ -74,17 +75,36 @@ def run_demo(settings: Settings) -> int:
         access = _follow(console, url, user.api_key, _pay(url, settings, repo_sub))
         console.print(f"   {access['access_level']} access to {access['repository']}, "
                       f"{access['credits_added']} credits")
+        graph_id = graph["graph_id"]
+        console.print(f"[bold]5.[/] a backup of {graph_id}, its deletion (suspended for the "
+                      "grace), and the backup restored as a new graph")
+        made = api.post(f"/v1/graphs/{graph_id}/backups")
+        made.raise_for_status()
+        backup = _follow(console, url, user.api_key, made.json()["operation_id"])
+        console.print(f"   backup {backup['backup_id']}: {backup['size_bytes']:,} bytes, "
+                      f"sha256 {backup['checksum'][:12]}…, kept until {backup['expires_at'][:10]}")
+        deleted = api.delete(f"/v1/graphs/{graph_id}")
+        deleted.raise_for_status()
+        gone = _follow(console, url, user.api_key, deleted.json()["operation_id"])
+        console.print(f"   {graph_id} is {gone['status']}; deleted after "
+                      f"{gone['delete_after'][:16]} unless restored (POST /v1/graphs/{graph_id}"
+                      "/restore)")
+        restore = api.post(f"/v1/graphs/{graph_id}/backups/{backup['backup_id']}/restore")
+        restore.raise_for_status()
+        copy = _follow(console, url, user.api_key, restore.json()["operation_id"])
+        console.print(f"   new graph [bold green]{copy['graph_id']}[/] ({copy['status']}) with "
+                      f"{len(copy['tables'])} tables, from {backup['backup_id']}")
         executor.reporter.wait_idle(settings.dagster_materialization_timeout)
         scrape = api.get("/metrics").text
     finally:
         server.should_exit = True
         executor.close()  # waits for the background reports to Dagster
     reports = executor.reporter.outcomes if executor.reporter else {}
-    console.print(f"[bold]5.[/] reported to the Dagster instance in {home}: {reports}")
+    console.print(f"[bold]6.[/] reported to the Dagster instance in {home}: {reports}")
     console.print("   see them with: make dev (the Dagster UI at http://127.0.0.1:3000)")
     saved = settings.data_dir / "demo-metrics.txt"
     saved.write_text(scrape)
-    console.print(f"[bold]6.[/] the API's /metrics after the demo: {saved}")
+    console.print(f"[bold]7.[/] the API's /metrics after the demo: {saved}")
     return 0
 
 
