@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +30,9 @@ from provisioning_pipelines.storage.models import Graph, GraphBackup, GraphSchem
 
 KINDS = ("daily", "on_demand", "final")
 RESTORING = graphs.RESTORING
+#: What a backup id may look like (``bk_`` and what ``backup_id_for`` makes); others are not
+#: looked up.
+BACKUP_ID = re.compile(r"bk_[A-Za-z0-9_]{1,124}")
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ def backups_of(session: Session, graph_id: str) -> list[GraphBackup]:
 
 
 def backup_of(session: Session, graph_id: str, backup_id: str) -> GraphBackup:
-    backup = session.get(GraphBackup, backup_id)
+    backup = session.get(GraphBackup, backup_id) if BACKUP_ID.fullmatch(backup_id) else None
     if backup is None or backup.graph_id != graph_id:
         raise NotFound(f"backup_id: no backup {backup_id[:80]!r} of graph {graph_id!r}",
                        field="backup_id")
@@ -154,8 +158,8 @@ def restored_graph_id(restore_id: str) -> str:
 
 def plan_restore(session: Session, *, user_id: str, graph_id: str, backup_id: str,
                  restore_id: str) -> RestorePlan:
-    """The owner's backup of a graph (deleted or not); refused if its file is not whole."""
-    graph = session.get(Graph, graph_id)
+    """The owner's backup of a graph (deleted or not)."""
+    graph = session.get(Graph, graph_id) if graphs.GRAPH_ID.fullmatch(graph_id) else None
     if graph is None or graph.owner_user_id != user_id or graph.parent_graph_id is not None:
         raise NotFound(f"graph_id: no graph {graph_id[:70]!r}", field="graph_id")
     backup = backup_of(session, graph_id, backup_id)

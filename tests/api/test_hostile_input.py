@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 from provisioning_pipelines.services import webhooks
 from provisioning_pipelines.storage.models import Subscription, WebhookEvent
 from tests.api.helpers import SECRET, Api
-from tests.factories import new_customer
+from tests.factories import new_customer, paid_graph_subscription
 
 # --- hand-picked ----------------------------------------------------------------------------
 
@@ -214,14 +214,25 @@ def test_no_signed_webhook_body_gets_a_5xx_and_every_one_is_kept(postgres_api: A
 
 
 ROUTES = [("POST", "/v1/subscriptions"), ("GET", "/v1/subscriptions/{id}"),
+          ("DELETE", "/v1/subscriptions/{id}"),
           ("POST", "/v1/graphs/{id}/subgraphs"), ("GET", "/v1/operations/{id}"),
-          ("GET", "/v1/operations/{id}/events"), ("GET", "/healthz")]
+          ("GET", "/v1/operations/{id}/events"), ("GET", "/healthz"),
+          ("GET", "/v1/graphs/{id}"), ("DELETE", "/v1/graphs/{id}"),
+          ("POST", "/v1/graphs/{id}/restore"), ("GET", "/v1/graphs/{id}/backups"),
+          ("POST", "/v1/graphs/{id}/backups"), ("POST", "/v1/graphs/{id}/backups/{id}/restore"),
+          ("DELETE", "/v1/graphs/{id}/subgraphs/{id}"),
+          # the caller's own graph, with the rest of the path generated
+          ("POST", "/v1/graphs/{graph}/backups/{id}/restore"),
+          ("DELETE", "/v1/graphs/{graph}/subgraphs/{id}"),
+          ("POST", "/v1/graphs/{graph}/subgraphs"), ("GET", "/v1/graphs/{graph}/backups")]
 
 
 def test_no_api_request_gets_a_5xx(postgres_api: Api) -> None:
     api = postgres_api
     user = new_customer(api.database)
     clients = {True: api.client(user.api_key), False: api.client()}
+    sub_id = paid_graph_subscription(api.database, user, plan_name="ladybug-large")
+    graph_id = api.executor.graph(sub_id).result["graph_id"]
 
     @settings(max_examples=3000, deadline=None, derandomize=True,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -234,7 +245,7 @@ def test_no_api_request_gets_a_5xx(postgres_api: Api) -> None:
     def request(route: tuple[str, str], ident: str, body: Any, authed: bool,
                 query: str) -> None:
         method, template = route
-        path = template.replace("{id}", quote(ident, safe=""))
+        path = template.replace("{graph}", graph_id).replace("{id}", quote(ident, safe=""))
         answer = clients[authed].request(method, path + query, timeout=30,
                                          content=json.dumps(body, allow_nan=True).encode())
         assert answer.status_code < 500, (method, path, answer.status_code, answer.text)
