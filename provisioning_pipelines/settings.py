@@ -96,6 +96,7 @@ class Settings(BaseSettings):
         DEFAULT_BUFFER_POOL_MB, validation_alias="LADYBUG_BUFFER_POOL_MB"
     )
     graph_templates_enabled: bool = Field(True, validation_alias="GRAPH_TEMPLATES_ENABLED")
+    local_host_capacity: PositiveInt | None = Field(None, validation_alias="LOCAL_HOST_CAPACITY")
 
     @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home",
                      "session_secret", "backup_dir", mode="before")

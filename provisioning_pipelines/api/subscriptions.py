@@ -8,11 +8,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from provisioning_pipelines.api.context import ApiContext, guard, read_json
-from provisioning_pipelines.services import billing, subscriptions
+from provisioning_pipelines.services import billing, queue, subscriptions
 
 #: What ``GET /v1/subscriptions/{id}`` shows of a subscription.
 PUBLIC_FIELDS = ("subscription_id", "status", "resource_type", "resource_id", "plan_name",
-                 "error")
+                 "error", "queue_position")
 
 
 def routes(api: ApiContext) -> list[Route]:
@@ -32,7 +32,7 @@ def routes(api: ApiContext) -> list[Route]:
         with api.database.session() as session:
             subscription = billing.subscription_of_user(
                 session, request.path_params["subscription_id"], user.user_id)
-            found = billing.summary(subscription)
+            found = queue.summary(session, subscription)
         return JSONResponse({key: found[key] for key in PUBLIC_FIELDS})
 
     def list_subscriptions(request: Request) -> Response:

@@ -116,10 +116,11 @@ def subscriptions_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def subscriptions_show(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services import billing
+    from provisioning_pipelines.services import billing, queue
 
     with database_of(settings).session() as session:
-        print_json(billing.summary(billing.get_subscription(session, args.subscription_id)))
+        print_json(queue.summary(session, billing.get_subscription(session,
+                                                                   args.subscription_id)))
     return 0
 
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from provisioning_pipelines.cli import commands, lifecycle
+from provisioning_pipelines.cli import commands, hosts, lifecycle
 from provisioning_pipelines.errors import ProvisioningError
 from provisioning_pipelines.settings import Settings, SettingsError, load_settings
 
@@ -81,7 +81,7 @@ def build_parser() -> Parser:
     sub_list = subs.add_parser("list", help="list subscriptions, oldest first")
     sub_list.add_argument("--user", help="only this user's")
     sub_list.add_argument("--status", help="only those in this status: pending_payment, "
-                          "provisioning, active, failed, canceled")
+                          "provisioning, queued, active, failed, canceled")
     sub_list.set_defaults(run=commands.subscriptions_list)
     sub_show = subs.add_parser("show", help="show one subscription")
     sub_show.add_argument("subscription_id", help="sub_...")
@@ -160,6 +160,7 @@ def build_parser() -> Parser:
     dev.set_defaults(run=commands.dev)
 
     lifecycle.add_commands(commands_, subgraphs, subs)
+    hosts.add_commands(commands_)
 
     serve = commands_.add_parser("serve", help="run the HTTP API (webhooks, operations, SSE)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")

@@ -41,7 +41,7 @@ from provisioning_pipelines.flows import (
 from provisioning_pipelines.flows.steps import describe
 from provisioning_pipelines.orchestration.reporting import MaterializationReporter
 from provisioning_pipelines.orchestration.resources import build_resources, step_context
-from provisioning_pipelines.services.claims import ClaimHeld, ClaimLost
+from provisioning_pipelines.services.claims import ClaimHeld, ClaimLost, Queued
 from provisioning_pipelines.services.operations import Owner, SafeEvents
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.events import OperationStore
@@ -133,6 +133,12 @@ class DirectExecutor:
                     else:
                         outcome = self._execute(flow, config, operation_id, wait_for_holder)
                         result = outcome.result
+            except Queued as queued:  # its operation goes on: whoever provisions it ends it
+                _count(flow, method, "queued", started)
+                self._events.call(operation_id, "progress", queued.message, None)
+                return ProvisioningResult(operation_id, {
+                    "subscription_id": getattr(config, "subscription_id", None),
+                    "status": "queued", "queue_position": queued.position})
             except (ClaimHeld, ClaimLost) as exc:
                 _count(flow, method, "claim_held", started)
                 if created:  # a continued operation is ended by the worker holding the claim
@@ -142,6 +148,9 @@ class DirectExecutor:
                 _count(flow, method, "failed", started)
                 self._events.call(operation_id, "fail", describe(exc))
                 raise
+            if outcome is not None and outcome.pending:
+                _count(flow, method, "queued", started)
+                return ProvisioningResult(operation_id, result)
             _count(flow, method, "completed", started)
         self._events.call(operation_id, "complete", {**result, "operation_id": operation_id})
         if outcome is not None and outcome.materialize and self.reporter is not None:

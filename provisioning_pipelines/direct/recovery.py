@@ -2,7 +2,8 @@
 
 The resumer asks the claim's own question every ``interval`` seconds: which paid subscriptions
 may start an attempt now that nobody works on (a dead worker's lease lapsed; a payment nobody
-picked up within the grace period; a backoff that ended)? It runs each on the direct executor,
+picked up within the grace period; a backoff that ended; a queued one for which a slot is now
+free)? It runs each on the direct executor,
 continuing the operation the dead worker left open, without waiting behind a live holder. Every
 API process does this; they race on the claim like any other trigger, so the work is done once.
 Subscriptions with no attempt left are failed, as the sensors do. The sensors stay the safety
@@ -22,7 +23,7 @@ from typing import Any
 from provisioning_pipelines import metrics
 from provisioning_pipelines.direct.executor import DirectExecutor
 from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
-from provisioning_pipelines.services import billing, claims, housekeeping
+from provisioning_pipelines.services import billing, claims, housekeeping, queue
 from provisioning_pipelines.services.claims import DueSubscription
 
 logger = logging.getLogger("provisioning_pipelines.recovery")
@@ -120,6 +121,8 @@ class Recovery:
         now = datetime.now(UTC)
         policy = self.executor.resources["policy"].get()
         due: list[DueSubscription] = []
+        with self._database.session() as session:  # free slots go to the queue first, in order
+            due += queue.release(session, now=now)
         with self._database.session() as session:
             for resource_type in SUBSCRIPTION_FLOWS:
                 for failed in claims.fail_exhausted(session, resource_type, now=now,

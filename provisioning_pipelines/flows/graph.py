@@ -1,7 +1,13 @@
-"""Provision a graph database for a paid graph subscription."""
+"""Provision a graph database for a paid graph subscription.
+
+When the tier has no free slot the subscription is queued (``services/queue.py``), not failed:
+the run ends, its operation stays open, and whoever provisions it once a slot is free continues
+that operation.
+"""
 
 from __future__ import annotations
 
+from provisioning_pipelines.errors import CapacityExhausted
 from provisioning_pipelines.flows.steps import GRAPH_TAG, Flow, StepContext
 from provisioning_pipelines.flows.subscription import (
     ASSET_KEYS,
@@ -14,7 +20,7 @@ from provisioning_pipelines.flows.subscription import (
     subscription_result,
     subscription_tags,
 )
-from provisioning_pipelines.services import graphs
+from provisioning_pipelines.services import graphs, queue
 
 GraphConfig = SubscriptionConfig
 
@@ -27,8 +33,16 @@ def create_graph_database(ctx: StepContext, work: SubscriptionWork) -> Subscript
     plan = graphs.plan_graph(work.claim)
     ctx.progress(f"Creating graph {plan.graph_id} ({plan.tier.name}, {len(plan.ddl)} "
                  "schema statements)", 30)
-    details = graphs.create_graph(ctx.database, ctx.engine, work.claim, plan,
-                                  graph_data_dir=ctx.graph_data_dir)
+    try:
+        details = graphs.create_graph(ctx.database, ctx.engine, work.claim, plan,
+                                      graph_data_dir=ctx.graph_data_dir,
+                                      local_host_capacity=ctx.local_host_capacity)
+    except CapacityExhausted as full:
+        with ctx.database.session() as session:
+            position = queue.enqueue(session, work.claim)
+        ctx.progress(f"Queued at position {position}: {full.message}; it is provisioned as "
+                     "soon as a slot is free")
+        return work.with_details(queued=position, tier=plan.tier.name)
     ctx.progress(f"Graph {plan.graph_id} created with {len(details['tables'])} tables", 80)
     return work.with_details(resource_id=plan.graph_id, **details)
 

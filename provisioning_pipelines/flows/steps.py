@@ -75,6 +75,8 @@ class StepContext:
     operation_id: str | None = None
     #: Where backups go and how long the final one is kept (lifecycle flows).
     backups: BackupPolicy | None = None
+    #: Slots of each tier's local host when a fresh install registers it (None: the tier's).
+    local_host_capacity: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,9 @@ class Outcome:
     metadata: dict[str, Any]
     started_at: float
     materialize: bool = True
+    #: The work waits (a full tier's queue): its operation stays open, and whoever provisions
+    #: the subscription later continues and ends it.
+    pending: bool = False
 
     def materialization_metadata(self, method: str) -> dict[str, Any]:
         duration_ms = round((time.time() - self.started_at) * 1000, 3)

@@ -129,6 +129,11 @@ def activate_subscription(ctx: StepContext, work: SubscriptionWork) -> Outcome:
                        result={"subscription_id": claim.subscription_id, "status": "active",
                                "resource_id": claim.resource_id, "already_active": True},
                        metadata={})
+    if "queued" in work.details:
+        return Outcome(asset_key=asset_key, started_at=work.started_at, materialize=False,
+                       pending=True, metadata={},
+                       result={"subscription_id": claim.subscription_id, "status": "queued",
+                               "queue_position": work.details["queued"]})
     resource_id = work.details["resource_id"]
     with ctx.database.session() as session:
         claims.activate(session, claim, resource_id)

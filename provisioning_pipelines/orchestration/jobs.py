@@ -46,7 +46,7 @@ from provisioning_pipelines.orchestration.resources import (
     ProgressResource,
     step_context,
 )
-from provisioning_pipelines.services.claims import ClaimLost
+from provisioning_pipelines.services.claims import ClaimLost, Queued
 
 _ops: dict[str, OpDefinition] = {}
 
@@ -65,7 +65,9 @@ def run_step_in_op(step: Step, context: OpExecutionContext, value: Any,
         raise RetryRequested(max_retries=retry.max_retries,
                              seconds_to_wait=retry.delay) from retry.cause
     except Exception as exc:
-        if not isinstance(exc, ClaimLost):  # else the worker that took over ends it
+        if isinstance(exc, Queued):  # the operation goes on; whoever provisions it ends it
+            operation(describe(exc))
+        elif not isinstance(exc, ClaimLost):  # else the worker that took over ends it
             operation.fail(describe(exc))
         metadata = {"error": type(exc).__name__, "step": step.name}
         if isinstance(exc, ProvisioningError):
@@ -79,7 +81,8 @@ def run_step_in_op(step: Step, context: OpExecutionContext, value: Any,
         if output.materialize:
             context.log_event(materialization(output, "dagster"))
         context.add_output_metadata({"result": output.result})
-        operation.complete({**output.result, "run_id": context.run_id})
+        if not output.pending:
+            operation.complete({**output.result, "run_id": context.run_id})
     return output
 
 

@@ -52,6 +52,9 @@ class GraphEngineResource(ConfigurableResource):
     data_dir: str = Field(description="Folder under which each host keeps its graph files.")
     buffer_pool_mb: int = Field(description="Buffer pool per open database, for schema work.")
     use_templates: bool = Field(description="Make graphs by copying verified schema templates.")
+    local_host_capacity: int | None = Field(
+        default=None, description="Slots of each tier's local host when it is registered "
+        "(none: the tier's own figure).")
 
     def get(self) -> LadybugEngine:
         return _engine(self.data_dir, self.buffer_pool_mb, self.use_templates)
@@ -156,7 +159,8 @@ def build_resources(settings: Settings, *, env_vars: bool = False
                                      auto_migrate=settings.database_url is None),
         "graph_engine": GraphEngineResource(data_dir=str(settings.resolved_graph_data_dir),
                                             buffer_pool_mb=settings.ladybug_buffer_pool_mb,
-                                            use_templates=settings.graph_templates_enabled),
+                                            use_templates=settings.graph_templates_enabled,
+                                            local_host_capacity=settings.local_host_capacity),
         "operation_events": events,
         "progress": ProgressResource(events=events),
         "policy": PolicyResource(max_attempts=settings.max_attempts,
@@ -181,6 +185,7 @@ def step_context(resources: Mapping[str, Any], *, method: str, log: Any,
         database=resources["database"].get(),
         engine=resources["graph_engine"].get(),
         graph_data_dir=resources["graph_engine"].graph_data_dir,
+        local_host_capacity=resources["graph_engine"].local_host_capacity,
         progress=resources["progress"].reporter(log, operation_id, events=events),
         policy=resources["policy"].get(),
         method=method,

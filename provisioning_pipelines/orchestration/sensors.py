@@ -31,7 +31,7 @@ from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, Flow, SubscriptionC
 from provisioning_pipelines.flows.steps import ATTEMPT_TAG, OPERATION_TAG, USER_TAG
 from provisioning_pipelines.orchestration.jobs import JOBS
 from provisioning_pipelines.orchestration.resources import DatabaseResource, PolicyResource
-from provisioning_pipelines.services import claims
+from provisioning_pipelines.services import claims, queue
 from provisioning_pipelines.services.claims import DueSubscription
 
 
@@ -66,6 +66,8 @@ def subscription_sensor(
         now = datetime.now(UTC)
         max_attempts = policy.get().max_attempts
         with database.get().session() as session:
+            if resource_type == "graph":  # free slots go to the queue first, in order
+                queue.release(session, now=now)
             failed = claims.fail_exhausted(session, resource_type, now=now,
                                            max_attempts=max_attempts)
             due = claims.due_for_launch(session, resource_type, now=now,

@@ -25,7 +25,7 @@ from provisioning_pipelines.storage.models import (
 )
 
 RESOURCE_TYPES = ("graph", "repository")
-STATUSES = ("pending_payment", "provisioning", "active", "failed", "canceled")
+STATUSES = ("pending_payment", "provisioning", "queued", "active", "failed", "canceled")
 #: What a subscription id may look like where it comes from outside (a path, a command line).
 SUBSCRIPTION_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -148,6 +148,7 @@ def repay(session: Session, subscription: Subscription, *,
     """A cancelled subscription that never got its resource is paid again: provision it."""
     subscription.status = "provisioning"
     subscription.canceled_at = None
+    subscription.queued_at = None
     subscription.attempts = 0
     subscription.retry_after = None
     subscription.last_error = None
@@ -283,10 +284,10 @@ def list_subscriptions(session: Session, *, user_id: str | None = None,
 
 def unprovisioned(session: Session, *, paid_before: datetime, limit: int = 100
                   ) -> list[Subscription]:
-    """Paid subscriptions still without their resource (provisioning or failed) since before
-    ``paid_before``: a customer who paid and has nothing."""
+    """Paid subscriptions still without their resource (provisioning, queued for a slot, or
+    failed) since before ``paid_before``: a customer who paid and has nothing."""
     return list(session.scalars(
         select(Subscription)
-        .where(Subscription.status.in_(("provisioning", "failed")),
+        .where(Subscription.status.in_(("provisioning", "queued", "failed")),
                Subscription.resource_id.is_(None), Subscription.paid_at < paid_before)
         .order_by(Subscription.paid_at).limit(limit)))

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, PaymentRequired
@@ -45,6 +45,18 @@ class ClaimLost(Conflict):
     """This worker's lease lapsed and another worker took the subscription over."""
 
     code = "claim_lost"
+
+
+class Queued(ClaimHeld):
+    """The subscription waits for a free slot in its tier's queue."""
+
+    code = "queued"
+
+    def __init__(self, subscription_id: str, tier: str, position: int) -> None:
+        super().__init__(f"subscription {subscription_id!r} waits for a free slot on tier "
+                         f"{tier}: position {position} in its queue", field="subscription_id",
+                         backoff=True)
+        self.position = position
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,9 @@ def claim(
             f"subscription {subscription_id!r} is not paid yet (status pending_payment)",
             field="subscription_id",
         )
+    if subscription.status == "queued":
+        raise Queued(subscription_id, subscription.plan_name,
+                     position_of(session, subscription) or 1)
     if subscription.status in ("failed", "canceled"):
         detail = f": {subscription.last_error}" if subscription.last_error else ""
         raise Conflict(
@@ -342,3 +357,14 @@ def fail_exhausted(session: Session, resource_type: str, *, now: datetime,
     reason = f"no attempts left of {max_attempts}"
     return [subscription_id for subscription_id in candidates
             if _give_up(session, subscription_id, now=now, actor=actor, reason=reason)]
+
+
+def position_of(session: Session, subscription: Subscription) -> int | None:
+    """1 for the next in line; None unless the subscription is queued."""
+    if subscription.status != "queued" or subscription.queued_at is None:
+        return None
+    ahead = session.scalar(select(func.count()).select_from(Subscription).where(
+        Subscription.status == "queued", Subscription.plan_name == subscription.plan_name,
+        tuple_(Subscription.queued_at, Subscription.id)
+        < tuple_(subscription.queued_at, subscription.id)))
+    return int(ahead or 0) + 1

@@ -19,13 +19,14 @@ from typing import Any
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.errors import InvalidRequest, NotFound
+from provisioning_pipelines.errors import CapacityExhausted, InvalidRequest, NotFound
 from provisioning_pipelines.services import (
     audit,
     claims,
     credits,
     custom_schemas,
     hosts,
+    queue,
     schemas,
     validation,
 )
@@ -193,15 +194,22 @@ def plan_graph(claim: claims.Claim) -> GraphPlan:
 
 def create_graph(
     database: Database, engine: LadybugEngine, claim: claims.Claim, plan: GraphPlan,
-    *, graph_data_dir: Path,
+    *, graph_data_dir: Path, local_host_capacity: int | None = None,
 ) -> dict[str, Any]:
-    """Make (or finish making) the graph: row and host slot, file, schema rows, owner, credits."""
+    """Make (or finish making) the graph: row and host slot, file, schema rows, owner, credits.
+
+    ``CapacityExhausted`` (nothing made) when the tier has no free slot, or when others of the
+    tier wait for one first: the caller queues the subscription.
+    """
     request = plan.request
     with database.session() as session:
         claims.assert_held(session, claim)
         graph = session.get(Graph, plan.graph_id)
         if graph is None:
-            hosts.ensure_local_hosts(session, graph_data_dir)
+            hosts.ensure_local_hosts(session, graph_data_dir, local_host_capacity)
+            if queue.must_wait(session, claim):
+                raise CapacityExhausted(f"tier {plan.tier.name!r}: others wait for a slot "
+                                        "first")
             host = hosts.allocate_slot(session, plan.tier.name)
             graph = Graph(
                 id=plan.graph_id, org_id=claim.org_id, owner_user_id=claim.user_id,

@@ -7,22 +7,25 @@ so concurrent allocations can never overfill a host whatever they read before.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.errors import CapacityExhausted
+from provisioning_pipelines.errors import CapacityExhausted, Conflict, InvalidRequest, NotFound
 from provisioning_pipelines.services.catalog import TIERS
-from provisioning_pipelines.storage.models import GraphHost
+from provisioning_pipelines.storage.models import GraphHost, Subscription
 
 
 def local_host_id(tier: str) -> str:
     return f"local-{tier}"
 
 
-def ensure_local_hosts(session: Session, graph_data_dir: Path) -> list[GraphHost]:
-    """Register one local host per tier under ``graph_data_dir`` (a fresh install's hosts)."""
+def ensure_local_hosts(session: Session, graph_data_dir: Path,
+                       capacity: int | None = None) -> list[GraphHost]:
+    """Register one local host per tier under ``graph_data_dir`` (a fresh install's hosts),
+    with ``capacity`` slots each (``LOCAL_HOST_CAPACITY``) or the tier's own figure."""
     hosts = []
     for tier in TIERS.values():
         host = session.get(GraphHost, local_host_id(tier.name))
@@ -30,7 +33,7 @@ def ensure_local_hosts(session: Session, graph_data_dir: Path) -> list[GraphHost
             host = GraphHost(
                 id=local_host_id(tier.name),
                 tier=tier.name,
-                capacity=tier.host_capacity,
+                capacity=capacity or tier.host_capacity,
                 slots_used=0,
                 data_root=str(graph_data_dir / tier.name),
                 status="available",
@@ -69,3 +72,62 @@ def release_slot(session: Session, host_id: str) -> None:
         .where(GraphHost.id == host_id, GraphHost.slots_used > 0)
         .values(slots_used=GraphHost.slots_used - 1)
     )
+
+
+# --- an operator's capacity -----------------------------------------------------------------------
+
+HOST_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def add_host(session: Session, *, tier: str, capacity: int, data_root: Path | None,
+             graph_data_dir: Path, host_id: str | None = None) -> GraphHost:
+    """Register a host: ``capacity`` more slots for ``tier``, its files under ``data_root``
+    (default: a folder named after it under ``graph_data_dir``)."""
+    if tier not in TIERS or tier == "ladybug-shared":
+        raise InvalidRequest(f"tier: {tier!r} is not a graph tier; one of "
+                             f"{', '.join(t for t in TIERS if t != 'ladybug-shared')}",
+                             field="tier")
+    if not isinstance(capacity, int) or not 1 <= capacity <= 1_000_000:
+        raise InvalidRequest("capacity: a whole number from 1 to 1,000,000", field="capacity")
+    count = session.scalar(select(func.count()).select_from(GraphHost)
+                           .where(GraphHost.tier == tier)) or 0
+    host_id = host_id or f"{tier}-{count + 1}"
+    if not HOST_ID.fullmatch(host_id):
+        raise InvalidRequest(f"id: {host_id[:70]!r} is not a host id; use lower-case letters, "
+                             "digits and '-'", field="id")
+    if session.get(GraphHost, host_id) is not None:
+        raise Conflict(f"id: host {host_id!r} exists already", field="id")
+    host = GraphHost(id=host_id, tier=tier, capacity=capacity, slots_used=0,
+                     data_root=str(data_root or graph_data_dir / host_id), status="available")
+    session.add(host)
+    session.flush()
+    return host
+
+
+def set_status(session: Session, host_id: str, status: str) -> GraphHost:
+    """``draining`` (its graphs stay, no new one is placed on it) or ``available``."""
+    host = session.get(GraphHost, host_id) if HOST_ID.fullmatch(host_id) else None
+    if host is None:
+        raise NotFound(f"host_id: no host {host_id[:70]!r}", field="host_id")
+    host.status = status
+    return host
+
+
+def list_hosts(session: Session) -> list[GraphHost]:
+    return list(session.scalars(select(GraphHost).order_by(GraphHost.tier, GraphHost.id)))
+
+
+def free_slots(session: Session, tier: str) -> int:
+    """Slots free on the tier's available hosts."""
+    return int(session.scalar(
+        select(func.coalesce(func.sum(GraphHost.capacity - GraphHost.slots_used), 0))
+        .where(GraphHost.tier == tier, GraphHost.status == "available",
+               GraphHost.slots_used < GraphHost.capacity)) or 0)
+
+
+def queue_lengths(session: Session) -> dict[str, int]:
+    """Paid subscriptions waiting for a slot, per tier."""
+    rows = session.execute(select(Subscription.plan_name, func.count())
+                           .where(Subscription.status == "queued")
+                           .group_by(Subscription.plan_name)).all()
+    return {tier: int(count) for tier, count in rows}

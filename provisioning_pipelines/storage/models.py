@@ -133,6 +133,9 @@ class Subscription(Base):
     paid_at: Mapped[datetime | None]
     activated_at: Mapped[datetime | None]
     canceled_at: Mapped[datetime | None]
+    #: When the subscription first waited for a free slot: its place in its tier's queue
+    #: (first in, first out), kept if it has to wait again.
+    queued_at: Mapped[datetime | None] = mapped_column(index=True)
     #: When a cancellation takes effect (end of the period); None when none is scheduled.
     cancel_at: Mapped[datetime | None] = mapped_column(index=True)
     #: The newest event (by created, rank, id) that decided the status (paid or ended), or a
@@ -160,6 +163,7 @@ class GraphHost(Base):
     capacity: Mapped[int] = mapped_column(Integer)
     slots_used: Mapped[int] = mapped_column(Integer, default=0)
     data_root: Mapped[str] = mapped_column(String(1024))
+    #: ``available``, or ``draining``: its graphs stay, no new one is placed on it.
     status: Mapped[str] = mapped_column(String(32), default="available")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -122,6 +122,9 @@ def test_every_command_answers_a_mistake_in_one_line_with_status_2(
         (("subgraphs", "delete", "--user", user.user_id, "--parent", "kg0123456789abcdef",
           "--name", "a"), {}),
         (("subscriptions", "cancel", "sub_nope"), {}),
+        (("hosts", "add", "--tier", "bogus", "--capacity", "3"), {}),
+        (("hosts", "add", "--tier", "ladybug-standard", "--capacity", "0"), {}),
+        (("hosts", "drain", "no-such-host"), {}),
         (("operations", "watch", "op_x", "--api-key", "k", "--url", dead), {}),
         (("bench", "--runs", "x"), {}),
         (("serve", "--port", "x"), {}),
@@ -213,3 +216,37 @@ def test_a_graphs_life_from_the_command_line(tmp_path: Path) -> None:
     listed = run("graphs", "list").stdout.splitlines()
     assert {line.split()[0]: line.split()[1] for line in listed} == {
         graph_id: "deleted", restored["graph_id"]: "active"}
+
+
+def test_a_full_tier_queues_and_hosts_add_provisions_the_queue_in_order(
+        tmp_path: Path) -> None:
+    env = {"DATA_DIR": str(tmp_path / "data"), "LOCAL_HOST_CAPACITY": "1"}
+
+    def run(*words: str) -> subprocess.CompletedProcess[str]:
+        answer = cli(*words, env=env)
+        assert answer.returncode == 0, (words, answer.stderr)
+        return answer
+
+    user = json.loads(run("users", "create", "--email", "ops@example.com", "--json").stdout)
+    subs = []
+    for _ in range(3):
+        sub_id = json.loads(run("subscriptions", "create", "--user", user["user_id"]).stdout)[
+            "subscription_id"]
+        run("subscriptions", "pay", sub_id)
+        made = json.loads(run("provision", "graph", "--subscription", sub_id).stdout)
+        subs.append((sub_id, made["status"], made.get("queue_position")))
+    assert [(status, position) for _, status, position in subs] == [
+        ("active", None), ("queued", 1), ("queued", 2)]
+    assert "queue ladybug-standard: 2 waiting" in run("hosts", "list").stdout
+
+    added = json.loads(run("hosts", "add", "--tier", "ladybug-standard", "--capacity",
+                           "1").stdout)
+
+    assert added["host_id"] == "ladybug-standard-2"
+    assert [(p["subscription_id"], p["status"]) for p in added["provisioned"]] == [
+        (subs[1][0], "active")]
+    assert json.loads(run("subscriptions", "show", subs[2][0]).stdout)["queue_position"] == 1
+    listed = run("hosts", "list").stdout
+    assert "ladybug-standard-2" in listed and "queue ladybug-standard: 1 waiting" in listed
+    run("hosts", "drain", "ladybug-standard-2")
+    assert "draining" in run("hosts", "list").stdout

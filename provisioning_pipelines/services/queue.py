@@ -1,0 +1,109 @@
+"""The queue of paid graph subscriptions waiting for a free slot: one per tier, first in, first
+out.
+
+A paid subscription whose tier has no free slot is not failed: its attempt gives the claim back
+without using up an attempt, and it waits as ``queued`` (``queued_at`` is its place, kept if it
+has to wait again). A new payment does not jump the queue: it waits too while anyone of its tier
+is queued, or while the free slots are all promised to subscriptions released from the queue.
+When slots appear (``hosts add``, a host back from draining, a graph deleted), ``release`` moves
+as many subscriptions as there are free slots back to ``provisioning``, oldest first; from there
+the claim makes each happen exactly once, as for any paid subscription.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.orm import Session
+
+from provisioning_pipelines.services import audit, billing, hosts
+from provisioning_pipelines.services.claims import (
+    Claim,
+    DueSubscription,
+    assert_held,
+    position_of,
+)
+from provisioning_pipelines.storage.models import Subscription, utcnow
+
+
+def must_wait(session: Session, claim: Claim) -> bool:
+    """Whether someone of the same tier is ahead of this subscription for a slot."""
+    me = session.get(Subscription, claim.subscription_id)
+    assert me is not None
+    if me.queued_at is not None:  # released from the queue: only those queued before it
+        return session.scalar(select(func.count()).select_from(Subscription).where(
+            Subscription.status == "queued", Subscription.plan_name == me.plan_name,
+            Subscription.queued_at < me.queued_at)) > 0
+    if session.scalar(select(func.count()).select_from(Subscription).where(
+            Subscription.status == "queued", Subscription.plan_name == me.plan_name)) > 0:
+        return True
+    return _released(session, me.plan_name) >= hosts.free_slots(session, me.plan_name)
+
+
+def enqueue(session: Session, claim: Claim, *, now: datetime | None = None) -> int:
+    """Give the claim back, attempt not used up, and wait in the tier's queue; returns the
+    position (1 is next)."""
+    subscription = assert_held(session, claim)
+    subscription.status = "queued"
+    subscription.queued_at = subscription.queued_at or now or utcnow()
+    subscription.claim_token = None
+    subscription.lease_expires_at = None
+    subscription.retry_after = None
+    subscription.attempts = max(subscription.attempts - 1, 0)
+    session.flush()
+    position = position_of(session, subscription) or 1
+    audit.record(session, actor="provisioning", action="subscription.queued",
+                 subject_type="subscription", subject_id=subscription.id,
+                 details={"tier": subscription.plan_name, "position": position})
+    return position
+
+
+def release(session: Session, tier: str | None = None, *, now: datetime | None = None
+            ) -> list[DueSubscription]:
+    """Move as many queued subscriptions as there are free slots back to ``provisioning``,
+    oldest first (of ``tier``, or of every tier); returns them in that order, due for an
+    attempt that continues their operation."""
+    now = now or utcnow()
+    tiers = [tier] if tier else list(session.scalars(
+        select(Subscription.plan_name).where(Subscription.status == "queued").distinct()))
+    released: list[DueSubscription] = []
+    for name in tiers:
+        room = hosts.free_slots(session, name) - _released(session, name)
+        if room <= 0:
+            continue
+        head = list(session.scalars(
+            select(Subscription).where(Subscription.status == "queued",
+                                       Subscription.plan_name == name)
+            .order_by(Subscription.queued_at, Subscription.id).limit(room)
+            .with_for_update(skip_locked=True)))
+        for subscription in head:
+            moved = session.execute(
+                update(Subscription)
+                .where(Subscription.id == subscription.id, Subscription.status == "queued")
+                .values(status="provisioning", updated_at=now)
+                .execution_options(synchronize_session=False))
+            if moved.rowcount == 1:
+                session.refresh(subscription)
+                released.append(DueSubscription(
+                    subscription.id, subscription.user_id, subscription.attempts + 1,
+                    subscription.resource_type, subscription.operation_id))
+                audit.record(session, actor="provisioning", action="subscription.released",
+                             subject_type="subscription", subject_id=subscription.id,
+                             details={"tier": name})
+    return released
+
+
+def _released(session: Session, tier: str) -> int:
+    """Subscriptions of the tier released from the queue and not provisioned yet: the free
+    slots are theirs first."""
+    return int(session.scalar(select(func.count()).select_from(Subscription).where(and_(
+        Subscription.status == "provisioning", Subscription.plan_name == tier,
+        Subscription.queued_at.is_not(None), Subscription.resource_id.is_(None)))) or 0)
+
+
+def summary(session: Session, subscription: Subscription) -> dict[str, Any]:
+    """``billing.summary`` and, while it waits for a slot, its place in the queue."""
+    return {**billing.summary(subscription),
+            "queue_position": position_of(session, subscription)}
