@@ -44,6 +44,12 @@ OUTAGES = Counter(
     "event_store).", ["store"], registry=REGISTRY)
 STREAMS = Gauge("provisioning_open_streams", "Server-Sent Events streams open now.",
                 registry=REGISTRY)
+STREAM_READERS = Gauge(
+    "provisioning_stream_readers", "Event store readers open now: one per operation with a "
+    "stream open in this process, however many streams it has.", registry=REGISTRY)
+SLOW_CLIENTS = Counter(
+    "provisioning_slow_clients", "SSE clients dropped for taking no event for "
+    "SLOW_CLIENT_TIMEOUT_SECONDS.", registry=REGISTRY)
 
 
 def scrape() -> tuple[bytes, str]:

@@ -63,6 +63,7 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
         yield
         await recovery.stop()
         await api.drain(settings.shutdown_grace_seconds)
+        await api.fanout.aclose()
 
     modules = (webhooks, session, subscriptions, graphs, lifecycle, operations, health, metrics,
                page)

@@ -36,7 +36,7 @@ from provisioning_pipelines.services.validation import json_problem, type_name
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.errors import is_outage, what_is_down
-from provisioning_pipelines.storage.events import OperationStore
+from provisioning_pipelines.storage.events import Fanout, OperationStore
 
 logger = logging.getLogger("provisioning_pipelines.api")
 
@@ -62,6 +62,11 @@ class ApiContext:
     server: Any = None
     shutting_down: bool = False
     unfinished: int = 0
+    #: Every SSE stream of this process reads through it: one store reader per operation.
+    fanout: Fanout = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fanout = Fanout(self.executor.store, keepalive=self.keepalive_seconds)
 
     @property
     def database(self) -> Database:

@@ -14,7 +14,8 @@ from provisioning_pipelines.api.context import ApiContext, guard
 
 
 def routes(api: ApiContext) -> list[Route]:
-    def scrape(request: Request) -> Response:
+    async def scrape(request: Request) -> Response:
+        metrics.STREAM_READERS.set(api.fanout.readers)  # the fanout lives on this loop
         body, content_type = metrics.scrape()
         return Response(body, media_type=content_type)
 

@@ -1,5 +1,6 @@
 """``/v1/operations/{id}``: an operation's status, and its events as a Server-Sent Events stream.
 
+Every stream of one operation in this process reads through one shared reader (``Fanout``).
 The stream replays after ``Last-Event-ID`` (or ``?after=``; empty means from the start), then
 tails live with no gap, sends a keepalive comment while idle, and closes after the terminal event.
 A stream the server cannot go on with (the event store went down, the server shuts down) ends
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import EventSourceResponse, SendTimeoutError, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,6 +30,9 @@ from provisioning_pipelines.storage.events import EventStoreUnavailable, Operati
 
 #: Seconds a stream gets to send its final event once the server shuts down.
 SHUTDOWN_GRACE_SECONDS = 2.0
+#: A client that takes no event for this long is dropped (it reconnects with Last-Event-ID and
+#: misses nothing); until then its own socket holds it back, never the other viewers.
+SLOW_CLIENT_TIMEOUT_SECONDS = 30.0
 
 
 def routes(api: ApiContext) -> list[Route]:
@@ -66,7 +70,7 @@ def routes(api: ApiContext) -> list[Route]:
         shutdown = anyio.Event()
 
         async def stream() -> AsyncIterator[ServerSentEvent]:
-            events = api.store.subscribe(operation.id, after, keepalive=api.keepalive_seconds)
+            events = api.fanout.subscribe(operation.id, after, keepalive=api.keepalive_seconds)
             metrics.STREAMS.inc()
             try:
                 async for event in until(events, shutdown):
@@ -84,8 +88,9 @@ def routes(api: ApiContext) -> list[Route]:
             finally:
                 metrics.STREAMS.dec()
 
-        return EventSourceResponse(stream(), ping=None, shutdown_event=shutdown,
+        return _Stream(stream(), ping=None, shutdown_event=shutdown,
                                    shutdown_grace_period=SHUTDOWN_GRACE_SECONDS,
+                                   send_timeout=SLOW_CLIENT_TIMEOUT_SECONDS,
                                    headers={"Cache-Control": "no-cache",
                                             "X-Accel-Buffering": "no"})
 
@@ -94,6 +99,19 @@ def routes(api: ApiContext) -> list[Route]:
         Route("/v1/operations/{operation_id}", guard(show_operation)),
         Route("/v1/operations/{operation_id}/events", guard(operation_events)),
     ]
+
+
+class _Stream(EventSourceResponse):
+    """An SSE response that drops a client taking no event for ``SLOW_CLIENT_TIMEOUT_SECONDS``
+    as the ordinary event it is, not as a server error."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except* SendTimeoutError:
+            metrics.SLOW_CLIENTS.inc()
+            logger.info("dropped an SSE client that took no event for %g s",
+                        SLOW_CLIENT_TIMEOUT_SECONDS)
 
 
 class ShuttingDown(Exception):

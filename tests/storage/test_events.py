@@ -9,12 +9,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import re
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,6 +29,7 @@ from provisioning_pipelines.storage.events import (
     TERMINAL_EVENT_TYPES,
     TERMINAL_STATUSES,
     EventStoreUnavailable,
+    Fanout,
     InMemoryOperationStore,
     OperationEvent,
     OperationStore,
@@ -38,85 +37,16 @@ from provisioning_pipelines.storage.events import (
     build_operation_store,
     event_id_key,
 )
-
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-UNREACHABLE_URL = "redis://127.0.0.1:1/0"
-
-MakeStore = Callable[..., OperationStore]
-
-
-@functools.cache
-def _redis_reachable() -> bool:
-    try:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except (redis.ConnectionError, redis.TimeoutError):
-        return False
+from tests.storage.conftest import (
+    UNREACHABLE_URL,
+    MakeStore,
+)
 
 
-def _require_redis() -> None:
-    if _redis_reachable():
-        return
-    message = f"Redis is not reachable at {REDIS_URL}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message + " (CI=true: Redis tests must run)")
-    pytest.skip(message)
-
-
-def _delete_prefix(prefix: str) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-def make_store(request: pytest.FixtureRequest) -> Iterator[MakeStore]:
-    """A factory (so a test can pick a TTL) of stores of the parametrized kind."""
-    kind = request.param
-    prefix = f"test:{uuid.uuid4().hex}:"
-    if kind == "redis":
-        _require_redis()
-    created: list[OperationStore] = []
-
-    def make(ttl_seconds: float = 86400) -> OperationStore:
-        store: OperationStore
-        if kind == "redis":
-            store = RedisOperationStore(REDIS_URL, prefix=prefix, ttl_seconds=ttl_seconds)
-        else:
-            store = InMemoryOperationStore(ttl_seconds=ttl_seconds)
-        created.append(store)
-        return store
-
-    yield make
-    for store in created:
-        store.close()
-    if kind == "redis":
-        _delete_prefix(prefix)
-
-
-@pytest.fixture
-def store(make_store: MakeStore) -> OperationStore:
-    return make_store()
-
-
-@pytest.fixture
-def redis_store() -> Iterator[tuple[RedisOperationStore, redis.Redis]]:
-    """A Redis store with a raw client on the same database, for checking keys directly."""
-    _require_redis()
-    prefix = f"test:{uuid.uuid4().hex}:"
-    store = RedisOperationStore(REDIS_URL, prefix=prefix, ttl_seconds=100)
-    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-    yield store, client
-    store.close()
-    client.close()
-    _delete_prefix(prefix)
+@pytest.fixture(params=["store", "fanout"])
+def via(request: pytest.FixtureRequest) -> str:
+    """Subscribe on the store itself, or through the API's per-process ``Fanout`` over it."""
+    return str(request.param)
 
 
 def _collect(
@@ -127,12 +57,15 @@ def _collect(
     keepalive: float = 5.0,
     limit: float = 20.0,
     on_item: Callable[[OperationEvent | None], Any] | None = None,
+    via: str = "store",
 ) -> list[OperationEvent | None]:
-    """Run ``subscribe`` to its end in a fresh event loop, bounded by ``limit`` seconds."""
+    """Run ``subscribe`` to its end in a fresh event loop, bounded by ``limit`` seconds, on the
+    store itself or through a ``Fanout`` over it (``via``): both keep one contract."""
 
     async def consume() -> list[OperationEvent | None]:
         items: list[OperationEvent | None] = []
-        async for item in store.subscribe(operation_id, after, keepalive=keepalive):
+        source = store if via == "store" else Fanout(store, keepalive=keepalive)
+        async for item in source.subscribe(operation_id, after, keepalive=keepalive):
             items.append(item)
             if on_item is not None:
                 on_item(item)
@@ -187,7 +120,7 @@ def test_factory_picks_the_store_by_url() -> None:
     remote.close()
 
 
-def test_unreachable_redis_fails_fast_with_event_store_unavailable() -> None:
+def test_unreachable_redis_fails_fast_with_event_store_unavailable(via: str) -> None:
     store = RedisOperationStore(UNREACHABLE_URL)
     started = time.monotonic()
     assert store.ping() is False
@@ -199,7 +132,7 @@ def test_unreachable_redis_fails_fast_with_event_store_unavailable() -> None:
         lambda: store.record_report("op_x", "ok"),
         lambda: store.events("op_x"),
         lambda: store.wait_events("op_x", None, 5.0),
-        lambda: _collect(store, "op_x"),
+        lambda: _collect(store, "op_x", via=via),
     ]
     for call in calls:
         with pytest.raises(EventStoreUnavailable):
@@ -249,7 +182,9 @@ def test_create_and_get_round_trip(store: OperationStore) -> None:
     assert store.events("op_missing") == []
 
 
-def test_a_malformed_id_names_no_operation(store: OperationStore) -> None:
+def test_a_malformed_id_names_no_operation(
+    store: OperationStore, via: str,
+) -> None:
     op = store.create("graph", operation_id="op_a").id
     store.start(op)
     # "op_a:events" would be op_a's stream key in Redis: it must not reach it
@@ -261,7 +196,7 @@ def test_a_malformed_id_names_no_operation(store: OperationStore) -> None:
         assert store.progress(bad, "x", 1) is None
         assert store.complete(bad, {}) is None
         store.record_report(bad, "ok")
-        assert _collect(store, bad) == []
+        assert _collect(store, bad, via=via) == []
     assert len(store.events(op)) == 1
 
 
@@ -443,7 +378,9 @@ def test_record_report_after_completion(store: OperationStore) -> None:
 # ----------------------------------------------------------------------------- replay
 
 
-def test_events_replay_after_a_given_id(store: OperationStore) -> None:
+def test_events_replay_after_a_given_id(
+    store: OperationStore, via: str,
+) -> None:
     op = store.create("graph").id
     store.start(op)
     for i in range(8):
@@ -464,7 +401,7 @@ def test_events_replay_after_a_given_id(store: OperationStore) -> None:
         with pytest.raises(ValueError):
             store.wait_events(op, bad, 0.1)
         with pytest.raises(ValueError):
-            _collect(store, op, bad)
+            _collect(store, op, bad, via=via)
 
 
 def test_wait_events_wakes_on_an_event_from_another_thread(store: OperationStore) -> None:
@@ -493,7 +430,9 @@ def test_wait_events_wakes_on_an_event_from_another_thread(store: OperationStore
     assert time.monotonic() - started < 1.0
 
 
-def test_subscribe_replays_then_tails_without_gap_or_duplicate(store: OperationStore) -> None:
+def test_subscribe_replays_then_tails_without_gap_or_duplicate(
+    store: OperationStore, via: str,
+) -> None:
     op = store.create("graph").id
     store.start(op)
     for i in range(30):
@@ -518,7 +457,7 @@ def test_subscribe_replays_then_tails_without_gap_or_duplicate(store: OperationS
         replay_started.set()
         time.sleep(0.0005)  # a slow consumer, so the writer overlaps the replay
 
-    items = _collect(store, op, on_item=on_item)
+    items = _collect(store, op, on_item=on_item, via=via)
     writer.join(10)
     received = [item for item in items if item is not None]
     stored = store.events(op)
@@ -528,16 +467,18 @@ def test_subscribe_replays_then_tails_without_gap_or_duplicate(store: OperationS
     assert received[-1].type == EVENT_COMPLETED
 
     # resuming from a Last-Event-ID replays only what follows it, then ends
-    resumed = _collect(store, op, stored[100].id)
+    resumed = _collect(store, op, stored[100].id, via=via)
     assert resumed == stored[101:]
 
 
-def test_subscribe_keepalive_yields_none_when_idle(store: OperationStore) -> None:
+def test_subscribe_keepalive_yields_none_when_idle(
+    store: OperationStore, via: str,
+) -> None:
     op = store.create("graph").id
     first = store.start(op)
     assert first is not None
     writer = _later(0.45, lambda: store.complete(op, {"graph_id": "kg1"}))
-    items = _collect(store, op, keepalive=0.1)
+    items = _collect(store, op, keepalive=0.1, via=via)
     writer.join()
     assert items[0] == first
     assert items[-1] is not None and items[-1].type == EVENT_COMPLETED
@@ -545,7 +486,9 @@ def test_subscribe_keepalive_yields_none_when_idle(store: OperationStore) -> Non
     assert len(items[1:-1]) >= 2
 
 
-def test_subscribe_wakes_promptly_on_a_write_from_another_thread(store: OperationStore) -> None:
+def test_subscribe_wakes_promptly_on_a_write_from_another_thread(
+    store: OperationStore, via: str,
+) -> None:
     op = store.create("graph").id
     store.start(op)
     written_at: list[float] = []
@@ -565,7 +508,7 @@ def test_subscribe_wakes_promptly_on_a_write_from_another_thread(store: Operatio
         if item is not None and item.type != EVENT_STARTED:
             received_at.append(time.monotonic())
 
-    items = _collect(store, op, keepalive=10.0, on_item=on_item)
+    items = _collect(store, op, keepalive=10.0, on_item=on_item, via=via)
     writer.join()
     assert None not in items  # keepalive is 10 s: the wake-up came from the write
     assert len(received_at) == 2
@@ -574,16 +517,18 @@ def test_subscribe_wakes_promptly_on_a_write_from_another_thread(store: Operatio
     assert time.monotonic() - started < 3.0
 
 
-def test_subscribe_ends_at_once_when_there_is_nothing_to_tail(store: OperationStore) -> None:
+def test_subscribe_ends_at_once_when_there_is_nothing_to_tail(
+    store: OperationStore, via: str,
+) -> None:
     started = time.monotonic()
-    assert _collect(store, "op_unknown", keepalive=10.0) == []
+    assert _collect(store, "op_unknown", keepalive=10.0, via=via) == []
 
     op = store.create("graph").id
     store.start(op)
     done = store.fail(op, "boom")
     assert done is not None
-    assert _collect(store, op, done.id, keepalive=10.0) == []  # terminal already seen
-    assert _collect(store, op, keepalive=10.0)[-1] == done
+    assert _collect(store, op, done.id, keepalive=10.0, via=via) == []  # terminal already seen
+    assert _collect(store, op, keepalive=10.0, via=via)[-1] == done
     assert time.monotonic() - started < 2.0
 
 
@@ -591,7 +536,7 @@ def test_subscribe_ends_at_once_when_there_is_nothing_to_tail(store: OperationSt
 
 
 def test_operation_expires_after_its_ttl_and_every_write_refreshes_it(
-    make_store: MakeStore,
+    make_store: MakeStore, via: str,
 ) -> None:
     store = make_store(ttl_seconds=0.6)
     op = store.create("graph").id
@@ -609,7 +554,7 @@ def test_operation_expires_after_its_ttl_and_every_write_refreshes_it(
     assert store.get(op) is None
     assert store.events(op) == []
     assert store.start(op) is None
-    assert _collect(store, op) == []
+    assert _collect(store, op, via=via) == []
     store.create("graph", operation_id=op)  # the id is free again, with an empty stream
     assert store.events(op) == []
 

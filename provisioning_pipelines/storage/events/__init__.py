@@ -38,6 +38,7 @@ from provisioning_pipelines.storage.events.contract import (
     is_operation_id,
     new_operation_id,
 )
+from provisioning_pipelines.storage.events.fanout import Fanout
 from provisioning_pipelines.storage.events.memory_store import InMemoryOperationStore
 from provisioning_pipelines.storage.events.redis_store import RedisOperationStore
 
@@ -67,6 +68,7 @@ __all__ = [
     "TERMINAL_EVENT_TYPES",
     "TERMINAL_STATUSES",
     "EventStoreUnavailable",
+    "Fanout",
     "InMemoryOperationStore",
     "Operation",
     "OperationEvent",

@@ -8,6 +8,7 @@ the TTL on both keys together.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -84,7 +85,9 @@ class RedisOperationStore(OperationStore):
     surfaces as ``EventStoreUnavailable`` instead of hanging a request. Blocking reads (XREAD
     BLOCK) use their own pool whose socket timeout is longer than the longest block, and block
     in chunks of at most ``_BLOCK_CHUNK`` seconds. ``subscribe`` opens an asyncio client per
-    subscriber (asyncio connections belong to one event loop) and closes it when it ends.
+    subscriber (asyncio connections belong to one event loop), named ``{prefix}subscribe`` in
+    ``CLIENT LIST``, and closes it when it ends; the API reads through a ``Fanout``, so that is
+    one per operation per process, however many streams watch it.
     """
 
     _BLOCK_CHUNK = 5.0
@@ -119,6 +122,11 @@ class RedisOperationStore(OperationStore):
         self._create_script = self._redis.register_script(_script("create"))
         self._transition_script = self._redis.register_script(_script("transition"))
         self._report_script = self._redis.register_script(_script("report"))
+
+    @property
+    def subscriber_name(self) -> str:
+        """The ``CLIENT SETNAME`` of ``subscribe``'s connections (Redis allows no spaces)."""
+        return f"{self.prefix}subscribe".replace(" ", "_")
 
     # keys and decoding
 
@@ -325,6 +333,7 @@ class RedisOperationStore(OperationStore):
             socket_connect_timeout=self._connect_timeout,
             socket_timeout=keepalive + self._socket_timeout,
             retry=AsyncRetry(NoBackoff(), 0),
+            client_name=self.subscriber_name,
         )
         try:
             while True:
@@ -359,7 +368,8 @@ class RedisOperationStore(OperationStore):
                     if event.is_terminal:
                         return
         finally:
-            await client.aclose()
+            # Shielded: a reader cancelled while closing still closes its connection.
+            await asyncio.shield(client.aclose())
 
     def ping(self) -> bool:
         try:
