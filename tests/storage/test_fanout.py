@@ -268,3 +268,24 @@ def test_redis_stopping_ends_every_subscriber_with_unavailable_then_a_new_one_re
         store.close()
         server.kill()
         server.wait(10)
+
+
+def test_wake_ends_the_subscribers_whose_stop_is_true(store: OperationStore) -> None:
+    """How the API ends its streams at shutdown: no event comes, yet they end at once."""
+    op = store.create("graph").id
+    store.start(op)
+
+    async def watch() -> list[OperationEvent | None]:
+        fanout = Fanout(store, keepalive=30.0)
+        stopping = False
+        stream = fanout.subscribe(op, None, keepalive=30.0, stop=lambda: stopping)
+        received = [await anext(stream)]
+        waiting = asyncio.create_task(anext(stream))
+        await asyncio.sleep(0.05)
+        stopping = True
+        fanout.wake(op)
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(waiting, 5)
+        return received
+
+    assert [event.type for event in asyncio.run(watch()) if event] == [EVENT_STARTED]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from bisect import bisect_right
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from provisioning_pipelines.storage.events.contract import (
     DEFAULT_KEEPALIVE_SECONDS,
@@ -54,14 +54,14 @@ class _Feed:
     def append(self, event: OperationEvent) -> None:
         self.events.append(event)
         self.keys.append(event_id_key(event.id))
-        self._wake()
+        self.wake()
 
     def end(self, error: str | None = None) -> None:
         self.ended = True
         self.error = error
-        self._wake()
+        self.wake()
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
@@ -91,18 +91,23 @@ class Fanout:
 
     async def subscribe(
         self, operation_id: str, after: str | None = None, *,
-        keepalive: float = DEFAULT_KEEPALIVE_SECONDS,
+        keepalive: float = DEFAULT_KEEPALIVE_SECONDS, stop: Callable[[], bool] | None = None,
     ) -> AsyncIterator[OperationEvent | None]:
+        """As ``OperationStore.subscribe``; also ends, early, once ``stop()`` is true after a
+        ``wake`` (how the API ends its streams at shutdown without a task per event)."""
         cursor = parse_after(after)
         if keepalive <= 0:
             raise ValueError("keepalive must be positive")
         feed = self._join(operation_id)
         try:
-            while True:
+            while stop is None or not stop():
                 index = bisect_right(feed.keys, cursor)
                 if index < len(feed.events):
                     event = feed.events[index]
                     cursor = feed.keys[index]
+                    # Take turns: every subscriber gets this event before anyone the next, so
+                    # the last event reaches all of them together instead of one by one.
+                    await asyncio.sleep(0)
                     yield event
                     if event.is_terminal:
                         return
@@ -118,6 +123,12 @@ class Fanout:
                     yield None
         finally:
             self._leave(operation_id, feed)
+
+    def wake(self, operation_id: str) -> None:
+        """Wake every subscriber of the operation now (each checks its ``stop``)."""
+        feed = self._feeds.get(operation_id)
+        if feed is not None:
+            feed.wake()
 
     def _join(self, operation_id: str) -> _Feed:
         feed = self._feeds.get(operation_id)
