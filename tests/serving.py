@@ -58,12 +58,13 @@ def server_env(tmp_path: Path, **settings: Any) -> dict[str, str]:
 
 
 @contextmanager
-def api_process(env: dict[str, str], log: Path, *, ready_timeout: float = 90
+def api_process(env: dict[str, str], log: Path, *, ready_timeout: float = 90, workers: int = 1
                 ) -> Iterator[ServerProcess]:
     """Start ``serve``; yields once it answers; kills whatever is left at the end."""
     port = free_port()
     with log.open("ab") as out:
-        process = subprocess.Popen([CLI, "serve", "--port", str(port)], env=env, stdout=out,
+        process = subprocess.Popen([CLI, "serve", "--port", str(port), "--workers",
+                                    str(workers)], env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     server = ServerProcess(process, f"http://127.0.0.1:{port}", log)
     try:

@@ -9,11 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
-import os
-import signal
 import sys
-from typing import Any
 
 from provisioning_pipelines.errors import ProvisioningError
 from provisioning_pipelines.settings import Settings
@@ -46,32 +42,9 @@ def users_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def serve(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
+    from provisioning_pipelines.cli.serving import serve as serve_
 
-    from provisioning_pipelines.api.app import create_app
-    from provisioning_pipelines.storage.migrate import upgrade_once
-
-    if settings.database_url is None:
-        upgrade_once(settings.resolved_database_url)
-    settings.prepare_dagster_home()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)-9s %(name)s: %(message)s")
-    app = create_app(settings)
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            if self.should_exit and sig == signal.SIGTERM:
-                self.force_exit = True  # uvicorn forces only on a second SIGINT
-            super().handle_exit(sig, frame)
-
-    server = Server(uvicorn.Config(
-        app, host=args.host, port=args.port, log_level="info",
-        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds))))
-    app.state.api.server = server  # so a second SIGTERM cuts the grace short
-    server.run()
-    if app.state.api.unfinished:
-        # Their claims were given back; the threads still in them must not hold up the exit.
-        os._exit(0)
-    return 0
+    return serve_(args.host, args.port, args.workers, settings)
 
 
 def database_of(settings: Settings):  # type: ignore[no-untyped-def]

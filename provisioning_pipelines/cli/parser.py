@@ -165,6 +165,9 @@ def build_parser() -> Parser:
     serve = commands_.add_parser("serve", help="run the HTTP API (webhooks, operations, SSE)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="API worker processes on one port (more than 1 needs DATABASE_URL "
+                       "and REDIS_URL)")
     serve.set_defaults(run=commands.serve)
     return parser
 

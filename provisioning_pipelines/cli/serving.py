@@ -1,0 +1,125 @@
+"""``provisioning-pipelines serve [--workers N]``: the HTTP API in one process or several.
+
+With ``--workers N`` the parent binds the port once and starts N worker processes that accept
+on that one socket (the kernel hands each connection to one of them), then only supervises:
+a worker that dies is replaced, and a SIGTERM is passed on to every worker, which stops the way
+one server does (open streams get a final event, in-flight provisionings their grace, claims
+given back; a second SIGTERM cuts the grace short). The workers share nothing but PostgreSQL and
+Redis, which is why several need both: every claim is a row in the database (exactly once across
+processes), and operations and their events live in Redis, so a stream can be served by a
+worker other than the one provisioning. Each worker has its own ``DIRECT_MAX_CONCURRENCY``
+provisioning threads and its own ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from provisioning_pipelines.errors import InvalidRequest
+from provisioning_pipelines.settings import Settings, get_settings
+
+logger = logging.getLogger("provisioning_pipelines.serve")
+
+#: How often the supervisor looks at its workers.
+_SUPERVISE_SECONDS = 0.5
+
+
+def serve(host: str, port: int, workers: int, settings: Settings) -> int:
+    from provisioning_pipelines.storage.migrate import upgrade_once
+
+    if workers < 1:
+        raise InvalidRequest("--workers: must be at least 1", field="workers")
+    if workers > 1 and not (settings.database_url and settings.redis_url):
+        raise InvalidRequest("--workers: several workers share work through PostgreSQL and "
+                             "Redis; set DATABASE_URL and REDIS_URL", field="workers")
+    if settings.database_url is None:
+        upgrade_once(settings.resolved_database_url)
+    settings.prepare_dagster_home()
+    _configure_logging(workers)
+    if workers == 1:
+        return run_worker(settings, host=host, port=port)
+    listener = socket.create_server((host, port), backlog=4096)
+    listener.set_inheritable(True)
+    return _supervise(listener, workers)
+
+
+def _configure_logging(workers: int) -> None:
+    where = " [%(process)d]" if workers > 1 else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(levelname)-9s{where} %(name)s: %(message)s")
+
+
+def run_worker(settings: Settings, *, host: str = "127.0.0.1", port: int = 0,
+               listener: socket.socket | None = None) -> int:
+    """One API server: on ``host:port``, or accepting on a socket the supervisor bound."""
+    import uvicorn
+
+    from provisioning_pipelines.api.app import create_app
+
+    app = create_app(settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit and sig == signal.SIGTERM:
+                self.force_exit = True  # uvicorn forces only on a second SIGINT
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(
+        app, host=host, port=port, log_level="info", backlog=4096,
+        timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_seconds))))
+    app.state.api.server = server  # so a second SIGTERM cuts the grace short
+    server.run(sockets=[listener] if listener is not None else None)
+    if app.state.api.unfinished:
+        # Their claims were given back; the threads still in them must not hold up the exit.
+        os._exit(0)
+    return 0
+
+
+def _worker_main(listener: socket.socket, workers: int) -> None:
+    """A worker process's entry (spawned: it imports everything afresh, holds no parent
+    thread or connection)."""
+    _configure_logging(workers)
+    run_worker(get_settings(), listener=listener)
+
+
+def _supervise(listener: socket.socket, count: int) -> int:
+    context = multiprocessing.get_context("spawn")
+    signals_seen = 0
+
+    def start() -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=_worker_main, args=(listener, count),
+                                  name="provisioning-api-worker")
+        process.start()
+        return process
+
+    def stop(sig: int, frame: Any) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        if sig == signal.SIGTERM:  # a terminal's Ctrl-C already reached every worker
+            for process in workers:
+                if process.pid is not None and process.is_alive():
+                    os.kill(process.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    workers = [start() for _ in range(count)]
+    logger.info("serving on %s:%d with %d workers: %s", *listener.getsockname()[:2], count,
+                ", ".join(str(process.pid) for process in workers))
+    while True:
+        if signals_seen:
+            if not any(process.is_alive() for process in workers):
+                break
+        else:
+            for index, process in enumerate(workers):
+                if not process.is_alive():
+                    logger.warning("worker %s exited with %s; starting another", process.pid,
+                                   process.exitcode)
+                    workers[index] = start()
+        time.sleep(_SUPERVISE_SECONDS)
+    listener.close()
+    return 0
