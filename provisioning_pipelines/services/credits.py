@@ -15,9 +15,20 @@ from provisioning_pipelines.storage.models import CreditPool, CreditTransaction,
 
 
 def create_graph_pool(
-    session: Session, *, graph_id: str, tier: Tier, subscription_id: str | None
+    session: Session, *, graph_id: str, tier: Tier, subscription_id: str | None,
+    fresh: bool = False,
 ) -> CreditPool:
-    """The graph's pool with its first month's credits; idempotent per graph."""
+    """The graph's pool with its first month's credits; idempotent per graph (``fresh``: the
+    graph was made in this transaction, so it has no pool to look for)."""
+    reference = f"graph:{graph_id}:initial"
+    if fresh:
+        pool = CreditPool(id=new_id("pool"), owner_type="graph", graph_id=graph_id,
+                          plan_name=tier.name, monthly_allocation=tier.monthly_credits,
+                          balance=tier.monthly_credits)
+        session.add(pool)
+        session.flush()  # before the allocation that refers to it
+        session.add(_allocation(pool, tier.monthly_credits, reference, subscription_id))
+        return pool
     pool = session.scalar(select(CreditPool).where(CreditPool.graph_id == graph_id))
     if pool is None:
         pool = CreditPool(
@@ -30,7 +41,7 @@ def create_graph_pool(
         )
         session.add(pool)
         session.flush()
-    _allocate(session, pool, tier.monthly_credits, f"graph:{graph_id}:initial", subscription_id)
+    _allocate(session, pool, tier.monthly_credits, reference, subscription_id)
     return pool
 
 
@@ -71,19 +82,17 @@ def _allocate(
     )
     if exists is not None:
         return 0
-    session.add(
-        CreditTransaction(
-            pool_id=pool.id,
-            amount=amount,
-            kind="allocation",
-            reference=reference,
-            subscription_id=subscription_id,
-            description=f"monthly allocation for {pool.plan_name}",
-        )
-    )
+    session.add(_allocation(pool, amount, reference, subscription_id))
     pool.balance += amount
     session.flush()
     return amount
+
+
+def _allocation(pool: CreditPool, amount: int, reference: str, subscription_id: str | None
+                ) -> CreditTransaction:
+    return CreditTransaction(pool_id=pool.id, amount=amount, kind="allocation",
+                             reference=reference, subscription_id=subscription_id,
+                             description=f"monthly allocation for {pool.plan_name}")
 
 
 def remove_subscription_allocations(session: Session, subscription_id: str) -> None:

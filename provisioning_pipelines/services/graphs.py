@@ -196,18 +196,24 @@ def create_graph(
     database: Database, engine: LadybugEngine, claim: claims.Claim, plan: GraphPlan,
     *, graph_data_dir: Path, local_host_capacity: int | None = None,
 ) -> dict[str, Any]:
-    """Make (or finish making) the graph: row and host slot, file, schema rows, owner, credits.
+    """Make (or finish making) the graph: its rows (graph, host slot, schema, owner's role,
+    credit pool, audit) in one transaction, then its file.
 
+    The rows commit before the file exists, so a crash in between leaves a graph a retry
+    finishes (``ensure_database`` builds the missing file; each row is written only if absent),
+    or the undo discards, never a file nobody knows about. A graph first made by this attempt
+    cannot have any of the other rows yet, so they are inserted without looking first.
     ``CapacityExhausted`` (nothing made) when the tier has no free slot, or when others of the
     tier wait for one first: the caller queues the subscription.
     """
     request = plan.request
     with database.session() as session:
-        claims.assert_held(session, claim)
+        subscription = claims.assert_held(session, claim)
         graph = session.get(Graph, plan.graph_id)
+        fresh = graph is None
         if graph is None:
             hosts.ensure_local_hosts(session, graph_data_dir, local_host_capacity)
-            if queue.must_wait(session, claim):
+            if queue.must_wait(session, subscription):
                 raise CapacityExhausted(f"tier {plan.tier.name!r}: others wait for a slot "
                                         "first")
             host = hosts.allocate_slot(session, plan.tier.name)
@@ -221,8 +227,17 @@ def create_graph(
                 details={"entity": request.entity} if request.entity else {},
             )
             session.add(graph)
-            session.flush()
-        claims.record_resource(session, claim, plan.graph_id)
+            session.flush()  # the rows below refer to it
+        subscription.resource_id = plan.graph_id  # under the row lock assert_held took
+        store_schema(session, plan.graph_id, plan.ddl, request, fresh=fresh)
+        grant_role(session, plan.graph_id, claim.user_id, "admin", fresh=fresh)
+        credits.create_graph_pool(session, graph_id=plan.graph_id, tier=plan.tier,
+                                  subscription_id=claim.subscription_id, fresh=fresh)
+        if fresh:
+            audit.record(session, actor=claim.user_id, action="graph.created",
+                         subject_type="graph", subject_id=plan.graph_id,
+                         details={"tier": plan.tier.name,
+                                  "subscription_id": claim.subscription_id})
         path = Path(graph.database_path)
         host_id = graph.host_id
 
@@ -230,16 +245,6 @@ def create_graph(
     made_file = engine.ensure_database(path, plan.ddl)
     if request.entity:
         _write_entity(engine, path, request.entity)
-
-    with database.session() as session:
-        claims.assert_held(session, claim)
-        store_schema(session, plan.graph_id, plan.ddl, request)
-        grant_role(session, plan.graph_id, claim.user_id, "admin")
-        credits.create_graph_pool(session, graph_id=plan.graph_id, tier=plan.tier,
-                                  subscription_id=claim.subscription_id)
-        audit.record(session, actor=claim.user_id, action="graph.created", subject_type="graph",
-                     subject_id=plan.graph_id, details={"tier": plan.tier.name,
-                                                        "subscription_id": claim.subscription_id})
     tables = [t.name for t in expected_tables(plan.ddl)]  # ensure_database verified them
     return {"graph_id": plan.graph_id, "tier": plan.tier.name, "host_id": host_id,
             "database_path": str(path), "graph_type": request.graph_type, "tables": tables,
@@ -263,8 +268,11 @@ def _slug(text: str) -> str:
 
 
 def store_schema(session: Session, graph_id: str, ddl: Sequence[str],
-                  request: GraphRequest | None, *, schema_type: str | None = None) -> None:
-    if session.scalar(select(GraphSchema.id).where(GraphSchema.graph_id == graph_id)):
+                 request: GraphRequest | None, *, schema_type: str | None = None,
+                 fresh: bool = False) -> None:
+    """The graph's schema row, unless it has one (``fresh``: it cannot have one yet)."""
+    if not fresh and session.scalar(select(GraphSchema.id)
+                                    .where(GraphSchema.graph_id == graph_id)):
         return
     kind = schema_type or ("custom" if request and request.custom_schema is not None
                            else "extensions")
@@ -276,8 +284,9 @@ def store_schema(session: Session, graph_id: str, ddl: Sequence[str],
     ))
 
 
-def grant_role(session: Session, graph_id: str, user_id: str, role: str) -> None:
-    if session.get(GraphUser, (graph_id, user_id)) is None:
+def grant_role(session: Session, graph_id: str, user_id: str, role: str, *,
+               fresh: bool = False) -> None:
+    if fresh or session.get(GraphUser, (graph_id, user_id)) is None:
         session.add(GraphUser(graph_id=graph_id, user_id=user_id, role=role))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import CapacityExhausted, Conflict, InvalidRequest, NotFound
@@ -25,44 +25,46 @@ def local_host_id(tier: str) -> str:
 def ensure_local_hosts(session: Session, graph_data_dir: Path,
                        capacity: int | None = None) -> list[GraphHost]:
     """Register one local host per tier under ``graph_data_dir`` (a fresh install's hosts),
-    with ``capacity`` slots each (``LOCAL_HOST_CAPACITY``) or the tier's own figure."""
-    hosts = []
-    for tier in TIERS.values():
-        host = session.get(GraphHost, local_host_id(tier.name))
-        if host is None:
-            host = GraphHost(
-                id=local_host_id(tier.name),
-                tier=tier.name,
-                capacity=capacity or tier.host_capacity,
-                slots_used=0,
-                data_root=str(graph_data_dir / tier.name),
-                status="available",
-            )
-            session.add(host)
-        hosts.append(host)
+    with ``capacity`` slots each (``LOCAL_HOST_CAPACITY``) or the tier's own figure. One query
+    when they exist, as they do after the first graph."""
+    wanted = {local_host_id(tier.name): tier for tier in TIERS.values()}
+    present = {host.id: host for host in
+               session.scalars(select(GraphHost).where(GraphHost.id.in_(wanted)))}
+    for host_id, tier in wanted.items():
+        if host_id not in present:
+            present[host_id] = GraphHost(id=host_id, tier=tier.name,
+                                         capacity=capacity or tier.host_capacity, slots_used=0,
+                                         data_root=str(graph_data_dir / tier.name),
+                                         status="available")
+            session.add(present[host_id])
     session.flush()
-    return hosts
+    return [present[host_id] for host_id in wanted]
+
+
+#: How often a slot is looked for again when a racing allocation took the chosen one.
+_ALLOCATION_ATTEMPTS = 20
 
 
 def allocate_slot(session: Session, tier: str) -> GraphHost:
-    """Take a slot on the least-used available host of the tier."""
-    candidates = session.scalars(
-        select(GraphHost.id)
-        .where(GraphHost.tier == tier, GraphHost.status == "available",
-               GraphHost.slots_used < GraphHost.capacity)
-        .order_by(GraphHost.slots_used, GraphHost.id)
-    ).all()
-    for host_id in candidates:
-        taken = session.execute(
+    """Take a slot on the least-used available host of the tier: one statement, which picks
+    the host and takes its slot (``UPDATE ... WHERE id = (least used) ... RETURNING``)."""
+    for _ in range(_ALLOCATION_ATTEMPTS):
+        least_used = (select(GraphHost.id)
+                      .where(GraphHost.tier == tier, GraphHost.status == "available",
+                             GraphHost.slots_used < GraphHost.capacity)
+                      .order_by(GraphHost.slots_used, GraphHost.id).limit(1)
+                      .scalar_subquery())
+        host = session.scalars(
             update(GraphHost)
-            .where(GraphHost.id == host_id, GraphHost.slots_used < GraphHost.capacity)
+            .where(GraphHost.id == least_used, GraphHost.slots_used < GraphHost.capacity)
             .values(slots_used=GraphHost.slots_used + 1)
-        )
-        if taken.rowcount == 1:
-            host = session.get(GraphHost, host_id)
-            assert host is not None
-            session.refresh(host)
+            .returning(GraphHost),
+            execution_options={"synchronize_session": False, "populate_existing": True},
+        ).first()
+        if host is not None:
             return host
+        if free_slots(session, tier) == 0:
+            break
     raise CapacityExhausted(f"tier {tier!r}: no host has a free slot")
 
 
@@ -117,12 +119,15 @@ def list_hosts(session: Session) -> list[GraphHost]:
     return list(session.scalars(select(GraphHost).order_by(GraphHost.tier, GraphHost.id)))
 
 
-def free_slots(session: Session, tier: str) -> int:
+def free_slots_query(tier: str) -> Select[tuple[int]]:
     """Slots free on the tier's available hosts."""
-    return int(session.scalar(
-        select(func.coalesce(func.sum(GraphHost.capacity - GraphHost.slots_used), 0))
-        .where(GraphHost.tier == tier, GraphHost.status == "available",
-               GraphHost.slots_used < GraphHost.capacity)) or 0)
+    return (select(func.coalesce(func.sum(GraphHost.capacity - GraphHost.slots_used), 0))
+            .where(GraphHost.tier == tier, GraphHost.status == "available",
+                   GraphHost.slots_used < GraphHost.capacity))
+
+
+def free_slots(session: Session, tier: str) -> int:
+    return int(session.scalar(free_slots_query(tier)) or 0)
 
 
 def queue_lengths(session: Session) -> dict[str, int]:

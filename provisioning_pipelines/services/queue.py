@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import Select, and_, func, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.services import audit, billing, hosts
@@ -28,18 +28,18 @@ from provisioning_pipelines.services.claims import (
 from provisioning_pipelines.storage.models import Subscription, utcnow
 
 
-def must_wait(session: Session, claim: Claim) -> bool:
+def must_wait(session: Session, me: Subscription) -> bool:
     """Whether someone of the same tier is ahead of this subscription for a slot."""
-    me = session.get(Subscription, claim.subscription_id)
-    assert me is not None
     if me.queued_at is not None:  # released from the queue: only those queued before it
         return session.scalar(select(func.count()).select_from(Subscription).where(
             Subscription.status == "queued", Subscription.plan_name == me.plan_name,
             Subscription.queued_at < me.queued_at)) > 0
-    if session.scalar(select(func.count()).select_from(Subscription).where(
-            Subscription.status == "queued", Subscription.plan_name == me.plan_name)) > 0:
-        return True
-    return _released(session, me.plan_name) >= hosts.free_slots(session, me.plan_name)
+    # One round trip: anyone queued, released ones still to provision, free slots.
+    queued, released, free = session.execute(select(
+        _queued(me.plan_name).exists(),
+        _released_query(me.plan_name).scalar_subquery(),
+        hosts.free_slots_query(me.plan_name).scalar_subquery())).one()
+    return bool(queued) or released >= free
 
 
 def enqueue(session: Session, claim: Claim, *, now: datetime | None = None) -> int:
@@ -95,12 +95,21 @@ def release(session: Session, tier: str | None = None, *, now: datetime | None =
     return released
 
 
-def _released(session: Session, tier: str) -> int:
+def _queued(tier: str) -> Select[tuple[str]]:
+    return select(Subscription.id).where(Subscription.status == "queued",
+                                         Subscription.plan_name == tier)
+
+
+def _released_query(tier: str) -> Select[tuple[int]]:
     """Subscriptions of the tier released from the queue and not provisioned yet: the free
     slots are theirs first."""
-    return int(session.scalar(select(func.count()).select_from(Subscription).where(and_(
+    return select(func.count()).select_from(Subscription).where(and_(
         Subscription.status == "provisioning", Subscription.plan_name == tier,
-        Subscription.queued_at.is_not(None), Subscription.resource_id.is_(None)))) or 0)
+        Subscription.queued_at.is_not(None), Subscription.resource_id.is_(None)))
+
+
+def _released(session: Session, tier: str) -> int:
+    return int(session.scalar(_released_query(tier)) or 0)
 
 
 def summary(session: Session, subscription: Subscription) -> dict[str, Any]:

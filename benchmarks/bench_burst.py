@@ -1,0 +1,213 @@
+"""A burst of paid webhooks at once, against ``serve`` with one worker and with several.
+
+    python -m benchmarks.bench_burst [--graphs 500] [--workers 1 3] [--duplicates 0.1]
+
+For each worker count, in one run: a fresh PostgreSQL app database, Redis prefix and Dagster
+instance (dagster-postgres, as deployed), ``--graphs`` unpaid graph subscriptions, then every
+payment webhook plus ``--duplicates`` of them delivered a second time, all sent at once from
+one asyncio client (``--senders``: all at once, or at most that many in flight, as a billing
+provider delivers). Printed: the webhook answer's median and p99, graphs per second from the
+first delivery sent until the last subscription active, and whether every subscription has
+exactly one graph and every operation's materialization was reported to Dagster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from provisioning_pipelines.services import accounts, subscriptions, webhooks
+from provisioning_pipelines.storage.db import get_database
+from provisioning_pipelines.storage.events import RedisOperationStore
+from provisioning_pipelines.storage.migrate import upgrade
+from provisioning_pipelines.storage.models import Graph, Subscription
+
+CLI = str(Path(sys.executable).parent / "provisioning-pipelines")
+SECRET = "whsec_bench_burst"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def body(subscription_id: str) -> tuple[bytes, dict[str, str]]:
+    event = {"id": f"evt_{subscription_id}", "type": "checkout.session.completed",
+             "created": int(time.time()),
+             "data": {"object": {"payment_status": "paid",
+                                 "metadata": {"subscription_id": subscription_id}}}}
+    payload = json.dumps(event).encode()
+    return payload, {"Stripe-Signature": webhooks.sign(payload, SECRET),
+                     "Content-Type": "application/json"}
+
+
+async def deliver_all(url: str, ids: list[str], senders: int
+                      ) -> tuple[list[float], list[dict[str, Any]]]:
+    latencies: list[float] = []
+    gate = asyncio.Semaphore(senders or len(ids))
+    answers: list[dict[str, Any]] = []
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+
+        async def one(subscription_id: str) -> None:
+            payload, headers = body(subscription_id)
+            async with gate:
+                started = time.perf_counter()
+                answer = await client.post("/v1/webhooks/billing", content=payload,
+                                           headers=headers)
+                latencies.append(time.perf_counter() - started)
+            answer.raise_for_status()
+            answers.append(answer.json())
+
+        await asyncio.gather(*(one(sub) for sub in ids))
+    return latencies, answers
+
+
+def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: str, redis_url: str,
+        folder: Path) -> dict[str, Any]:
+    name = f"pp_bench_burst_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+        connection.execute(text(f'CREATE DATABASE "{name}_dagster"'))
+    database_url = make_url(postgres).set(database=name).render_as_string(hide_password=False)
+    dagster_url = make_url(postgres).set(database=f"{name}_dagster").render_as_string(
+        hide_password=False)
+    home = folder / name
+    (home / "dagster").mkdir(parents=True)
+    (home / "dagster" / "dagster.yaml").write_text(
+        "storage:\n  postgres:\n    postgres_url:\n      env: DAGSTER_PG_URL\n"
+        "telemetry:\n  enabled: false\n")
+    prefix = f"{name}:"
+    process = None
+    try:
+        upgrade(database_url)
+        database = get_database(database_url)
+        with database.session() as session:
+            user = accounts.create_user(session, email=f"{name}@example.com")
+            ids = [subscriptions.request_graph(session, user_id=user.user_id,
+                                               plan_name="ladybug-standard",
+                                               graph={"name": f"g{i}"}).id
+                   for i in range(graphs)]
+        env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home),
+               "DATA_DIR": str(home / "data"), "GRAPH_DATA_DIR": str(home / "graphs"),
+               "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+               "REDIS_KEY_PREFIX": prefix, "BILLING_WEBHOOK_SECRET": SECRET,
+               "DAGSTER_HOME": str(home / "dagster"), "DAGSTER_PG_URL": dagster_url,
+               "LOCAL_HOST_CAPACITY": str(graphs * 2)}
+        port = free_port()
+        log = (home / "serve.log").open("ab")
+        process = subprocess.Popen([CLI, "serve", "--port", str(port), "--workers",
+                                    str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        time.sleep(3 * workers)  # every worker has booted (each imports Dagster)
+
+        sends = ids + random.Random(7).sample(ids, int(graphs * duplicates))
+        random.Random(8).shuffle(sends)
+        started = time.perf_counter()
+        latencies, answers = asyncio.run(deliver_all(url, sends, senders))
+        with database.session() as session:
+            while True:
+                active = session.scalar(select(func.count()).select_from(Subscription)
+                                        .where(Subscription.status == "active"))
+                if active == graphs or time.perf_counter() - started > 600:
+                    break
+                session.commit()
+                time.sleep(0.01)
+        took = time.perf_counter() - started
+        with database.session() as session:
+            made = session.scalar(select(func.count()).select_from(Graph))
+            owners = session.scalar(select(func.count(func.distinct(Graph.subscription_id))))
+        operations = [a["operation_id"] for a in answers if a.get("operation_id")]
+        store = RedisOperationStore(redis_url, prefix=prefix)
+        deadline = time.monotonic() + 120
+        reported: dict[str | None, int] = {}
+        while time.monotonic() < deadline:
+            reported = {}
+            for op in operations:
+                record = store.get(op)
+                outcome = record.dagster_report if record else "missing"
+                reported[outcome] = reported.get(outcome, 0) + 1
+            if reported.get("ok", 0) == len(operations):
+                break
+            time.sleep(0.5)
+        store.close()
+        latencies.sort()
+        return {"workers": workers, "sent": len(sends), "active": active, "graphs": made,
+                "owners": owners, "seconds": took, "rate": graphs / took,
+                "p50_ms": statistics.median(latencies) * 1000,
+                "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+                "operations": len(operations), "reported": reported}
+    finally:
+        if process is not None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(120)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        get_database(database_url).dispose()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}_dagster" WITH (FORCE)'))
+        admin.dispose()
+        client = redis.Redis.from_url(redis_url)
+        for key in client.scan_iter(f"{prefix}*", count=1000):
+            client.delete(key)
+        client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--graphs", type=int, default=500)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--duplicates", type=float, default=0.1)
+    parser.add_argument("--senders", type=int, nargs="+", default=[0, 20],
+                        help="deliveries in flight at most (0: all at once)")
+    parser.add_argument("--postgres", default="postgresql+psycopg2://postgres@127.0.0.1:5432/"
+                        "postgres")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="bench-burst-"))
+    print(f"{args.graphs} paid webhooks at once + {args.duplicates:.0%} duplicate deliveries, "
+          f"PostgreSQL + Redis + dagster-postgres, {os.cpu_count()} cores")
+    results = []
+    for workers, senders in [(w, s) for s in args.senders for w in args.workers]:
+        result = run(workers, senders, args.graphs, args.duplicates, args.postgres, args.redis,
+                     folder)
+        results.append(result)
+        exact = result["graphs"] == result["owners"] == result["active"] == args.graphs
+        print(f"  --workers {workers}, {senders or 'all'} in flight: {result['sent']} "
+              f"deliveries; webhook answer p50 "
+              f"{result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; all {result['active']}"
+              f" active in {result['seconds']:.1f} s = {result['rate']:.0f} graphs/s; "
+              f"exactly one graph each: {exact}; materializations reported: "
+              f"{result['reported'].get('ok', 0)}/{result['operations']} {result['reported']}")
+
+
+if __name__ == "__main__":
+    main()
