@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -195,18 +196,22 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="bench-burst-"))
     print(f"{args.graphs} paid webhooks at once + {args.duplicates:.0%} duplicate deliveries, "
           f"PostgreSQL + Redis + dagster-postgres, {os.cpu_count()} cores")
-    results = []
-    for workers, senders in [(w, s) for s in args.senders for w in args.workers]:
-        result = run(workers, senders, args.graphs, args.duplicates, args.postgres, args.redis,
-                     folder)
-        results.append(result)
-        exact = result["graphs"] == result["owners"] == result["active"] == args.graphs
-        print(f"  --workers {workers}, {senders or 'all'} in flight: {result['sent']} "
-              f"deliveries; webhook answer p50 "
-              f"{result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; all {result['active']}"
-              f" active in {result['seconds']:.1f} s = {result['rate']:.0f} graphs/s; "
-              f"exactly one graph each: {exact}; materializations reported: "
-              f"{result['reported'].get('ok', 0)}/{result['operations']} {result['reported']}")
+    try:
+        for workers, senders in [(w, s) for s in args.senders for w in args.workers]:
+            show(run(workers, senders, args.graphs, args.duplicates, args.postgres, args.redis,
+                     folder), workers, senders, args.graphs)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def show(result: dict[str, Any], workers: int, senders: int, graphs: int) -> None:
+    exact = result["graphs"] == result["owners"] == result["active"] == graphs
+    print(f"  --workers {workers}, {senders or 'all'} in flight: {result['sent']} "
+          f"deliveries; webhook answer p50 "
+          f"{result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; all {result['active']}"
+          f" active in {result['seconds']:.1f} s = {result['rate']:.0f} graphs/s; "
+          f"exactly one graph each: {exact}; materializations reported: "
+          f"{result['reported'].get('ok', 0)}/{result['operations']} {result['reported']}")
 
 
 if __name__ == "__main__":
