@@ -84,7 +84,7 @@ async def deliver_all(url: str, ids: list[str], senders: int
 
 
 def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: str, redis_url: str,
-        folder: Path) -> dict[str, Any]:
+        folder: Path, answer_only: bool = False) -> dict[str, Any]:
     name = f"pp_bench_burst_{uuid.uuid4().hex[:8]}"
     admin = create_engine(postgres, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
@@ -114,7 +114,9 @@ def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: st
                "DATABASE_URL": database_url, "REDIS_URL": redis_url,
                "REDIS_KEY_PREFIX": prefix, "BILLING_WEBHOOK_SECRET": SECRET,
                "DAGSTER_HOME": str(home / "dagster"), "DAGSTER_PG_URL": dagster_url,
-               "LOCAL_HOST_CAPACITY": str(graphs * 2)}
+               "LOCAL_HOST_CAPACITY": str(graphs * 2),
+               # answer only: what recording a webhook costs with no provisioning beside it
+               "DIRECT_GRAPH_PROVISIONING_ENABLED": str(not answer_only).lower()}
         port = free_port()
         log = (home / "serve.log").open("ab")
         process = subprocess.Popen([CLI, "serve", "--port", str(port), "--workers",
@@ -132,6 +134,13 @@ def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: st
         random.Random(8).shuffle(sends)
         started = time.perf_counter()
         latencies, answers = asyncio.run(deliver_all(url, sends, senders))
+        latencies.sort()
+        answered = {"workers": workers, "sent": len(sends), "answered_s":
+                    time.perf_counter() - started,
+                    "p50_ms": statistics.median(latencies) * 1000,
+                    "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000}
+        if answer_only:
+            return answered
         with database.session() as session:
             while True:
                 active = session.scalar(select(func.count()).select_from(Subscription)
@@ -158,12 +167,9 @@ def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: st
                 break
             time.sleep(0.5)
         store.close()
-        latencies.sort()
-        return {"workers": workers, "sent": len(sends), "active": active, "graphs": made,
-                "owners": owners, "seconds": took, "rate": graphs / took,
-                "p50_ms": statistics.median(latencies) * 1000,
-                "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
-                "operations": len(operations), "reported": reported}
+        return {**answered, "active": active, "graphs": made, "owners": owners,
+                "seconds": took, "rate": graphs / took, "operations": len(operations),
+                "reported": reported}
     finally:
         if process is not None:
             process.send_signal(signal.SIGTERM)
@@ -187,6 +193,8 @@ def main() -> None:
     parser.add_argument("--graphs", type=int, default=500)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--duplicates", type=float, default=0.1)
+    parser.add_argument("--answer-only", action="store_true",
+                        help="direct provisioning off: only what answering the webhooks costs")
     parser.add_argument("--senders", type=int, nargs="+", default=[0, 20],
                         help="deliveries in flight at most (0: all at once)")
     parser.add_argument("--postgres", default="postgresql+psycopg2://postgres@127.0.0.1:5432/"
@@ -198,8 +206,14 @@ def main() -> None:
           f"PostgreSQL + Redis + dagster-postgres, {os.cpu_count()} cores")
     try:
         for workers, senders in [(w, s) for s in args.senders for w in args.workers]:
-            show(run(workers, senders, args.graphs, args.duplicates, args.postgres, args.redis,
-                     folder), workers, senders, args.graphs)
+            result = run(workers, senders, args.graphs, args.duplicates, args.postgres,
+                         args.redis, folder, args.answer_only)
+            if args.answer_only:
+                print(f"  --workers {workers}, {senders or 'all'} in flight, no provisioning: "
+                      f"{result['sent']} answered in {result['answered_s']:.1f} s; answer p50 "
+                      f"{result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms")
+            else:
+                show(result, workers, senders, args.graphs)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
