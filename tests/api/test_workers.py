@@ -7,11 +7,13 @@ provisioned it.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -28,14 +30,15 @@ WORKERS = 3
 
 
 def children_of(pid: int) -> list[int]:
-    """The live child processes of ``pid`` (from /proc)."""
+    """The live worker processes ``serve`` spawned (not multiprocessing's resource tracker)."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == pid and fields[0] != "Z":
+        if int(fields[1]) == pid and fields[0] != "Z" and b"spawn_main" in command:
             found.append(int(stat.parent.name))
     return found
 
@@ -104,3 +107,23 @@ def test_several_workers_need_postgres_and_redis(tmp_path: Path) -> None:
     assert "DATABASE_URL and REDIS_URL" in done.stderr
     assert "Traceback" not in done.stderr
 
+
+
+def test_a_worker_killed_is_replaced_and_the_port_keeps_answering(
+    postgres_database: Database, postgres_app_url: str, redis_prefix: str, tmp_path: Path,
+) -> None:
+    env = server_env(tmp_path, DATABASE_URL=postgres_app_url, REDIS_URL=REDIS_URL,
+                     REDIS_KEY_PREFIX=redis_prefix)
+    with api_process(env, tmp_path / "serve.log", workers=2) as server:
+        wait_for(lambda: len(children_of(server.process.pid)) >= 2, 60,
+                 "the workers did not start")
+        first = children_of(server.process.pid)
+        os.kill(first[0], signal.SIGKILL)
+        wait_for(lambda: len(set(children_of(server.process.pid)) - set(first)) == 1, 60,
+                 "the dead worker was not replaced")
+        assert len(children_of(server.process.pid)) == 2
+        for _ in range(10):  # whichever worker takes it, the port answers
+            assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
+        assert "starting another" in server.output()
+        server.signal(signal.SIGTERM)
+        assert server.wait(60) == 0
