@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import redis
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
+from benchmarks.scratch import ScratchDatabases, delete_redis_prefix
 from provisioning_pipelines.services import accounts, subscriptions, webhooks
 from provisioning_pipelines.storage.db import get_database
 from provisioning_pipelines.storage.events import RedisOperationStore
@@ -86,13 +85,9 @@ async def deliver_all(url: str, ids: list[str], senders: int
 def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: str, redis_url: str,
         folder: Path, answer_only: bool = False) -> dict[str, Any]:
     name = f"pp_bench_burst_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(postgres, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-        connection.execute(text(f'CREATE DATABASE "{name}_dagster"'))
-    database_url = make_url(postgres).set(database=name).render_as_string(hide_password=False)
-    dagster_url = make_url(postgres).set(database=f"{name}_dagster").render_as_string(
-        hide_password=False)
+    scratch = ScratchDatabases(postgres)
+    database_url = scratch.create(name)
+    dagster_url = scratch.create(f"{name}_dagster")
     home = folder / name
     (home / "dagster").mkdir(parents=True)
     (home / "dagster" / "dagster.yaml").write_text(
@@ -177,15 +172,8 @@ def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: st
                 process.wait(120)
             except subprocess.TimeoutExpired:
                 process.kill()
-        get_database(database_url).dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}_dagster" WITH (FORCE)'))
-        admin.dispose()
-        client = redis.Redis.from_url(redis_url)
-        for key in client.scan_iter(f"{prefix}*", count=1000):
-            client.delete(key)
-        client.close()
+        scratch.drop_all()
+        delete_redis_prefix(redis_url, prefix)
 
 
 def main() -> None:

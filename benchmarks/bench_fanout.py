@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,9 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
+from benchmarks.scratch import ScratchDatabases, delete_redis_prefix
 from provisioning_pipelines.services import accounts
 from provisioning_pipelines.storage.db import get_database
 from provisioning_pipelines.storage.events import OperationEvent, RedisOperationStore
@@ -245,11 +245,8 @@ def main() -> None:
         return
 
     name = f"pp_bench_fanout_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    database_url = make_url(args.postgres).set(database=name).render_as_string(
-        hide_password=False)
+    scratch = ScratchDatabases(args.postgres)
+    database_url = scratch.create(name)
     folder = Path(tempfile.mkdtemp(prefix="bench-fanout-"))
     prefix = f"{name}:"
     try:
@@ -288,14 +285,9 @@ def main() -> None:
                                              args.operations, args.per_operation, args.redis,
                                              prefix))
     finally:
-        get_database(database_url).dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        client = redis.Redis.from_url(args.redis)
-        for key in client.scan_iter(f"{prefix}*", count=1000):
-            client.delete(key)
-        client.close()
+        scratch.drop_all()
+        delete_redis_prefix(args.redis, prefix)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

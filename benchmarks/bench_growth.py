@@ -24,16 +24,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import redis
-from sqlalchemy import create_engine, event, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import event, func, select
 
 from benchmarks.bench_flows import Workload
+from benchmarks.scratch import ScratchDatabases, delete_redis_prefix
 from provisioning_pipelines.direct import DirectExecutor
 from provisioning_pipelines.flows import GRAPH_FLOW
 from provisioning_pipelines.orchestration.resources import build_resources
 from provisioning_pipelines.settings import load_settings
-from provisioning_pipelines.storage.db import dispose_database
 from provisioning_pipelines.storage.migrate import upgrade
 from provisioning_pipelines.storage.models import Graph
 
@@ -44,11 +42,8 @@ class Install:
     def __init__(self, label: str, postgres: str, redis_url: str, folder: Path) -> None:
         self.label = label
         self.name = f"pp_bench_growth_{label}_{uuid.uuid4().hex[:6]}"
-        self.admin = create_engine(postgres, isolation_level="AUTOCOMMIT")
-        with self.admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{self.name}"'))
-        self.url = make_url(postgres).set(database=self.name).render_as_string(
-            hide_password=False)
+        self.scratch = ScratchDatabases(postgres)
+        self.url = self.scratch.create(self.name)
         self.prefix = f"{self.name}:"
         self.redis_url = redis_url
         upgrade(self.url)
@@ -71,14 +66,8 @@ class Install:
 
     def close(self) -> None:
         self.executor.close()
-        dispose_database(self.url)
-        with self.admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        self.admin.dispose()
-        client = redis.Redis.from_url(self.redis_url)
-        for key in client.scan_iter(f"{self.prefix}*", count=1000):
-            client.delete(key)
-        client.close()
+        self.scratch.drop_all()
+        delete_redis_prefix(self.redis_url, self.prefix)
 
 
 def grow(install: Install, graphs: int) -> float:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,9 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import select
 
+from benchmarks.scratch import ScratchDatabases, delete_redis_prefix
 from provisioning_pipelines.services import accounts, subscriptions, webhooks
 from provisioning_pipelines.storage.db import get_database
 from provisioning_pipelines.storage.migrate import upgrade
@@ -85,11 +86,8 @@ def main() -> None:
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     name = f"pp_bench_recovery_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    database_url = make_url(args.postgres).set(database=name).render_as_string(
-        hide_password=False)
+    scratch = ScratchDatabases(args.postgres)
+    database_url = scratch.create(name)
     folder = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
     try:
         upgrade(database_url)
@@ -142,10 +140,9 @@ def main() -> None:
         print(f"  stray files left (temp files are swept when older than "
               f"HOUSEKEEPING_STRAY_AGE_SECONDS): {len(strays)}")
     finally:
-        get_database(database_url).dispose()
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        scratch.drop_all()
+        delete_redis_prefix(args.redis, f"{name}:")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
