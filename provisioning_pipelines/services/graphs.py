@@ -32,7 +32,11 @@ from provisioning_pipelines.services import (
 )
 from provisioning_pipelines.services.catalog import Tier, customer_tier
 from provisioning_pipelines.storage.db import Database
-from provisioning_pipelines.storage.ladybug import LadybugEngine, expected_tables
+from provisioning_pipelines.storage.ladybug import (
+    LadybugEngine,
+    expected_tables,
+    node_properties,
+)
 from provisioning_pipelines.storage.models import (
     CreditPool,
     CreditTransaction,
@@ -244,16 +248,18 @@ def create_graph(
     path.parent.mkdir(parents=True, exist_ok=True)
     made_file = engine.ensure_database(path, plan.ddl)
     if request.entity:
-        _write_entity(engine, path, request.entity)
+        _write_entity(engine, path, request.entity, plan.ddl)
     tables = [t.name for t in expected_tables(plan.ddl)]  # ensure_database verified them
     return {"graph_id": plan.graph_id, "tier": plan.tier.name, "host_id": host_id,
             "database_path": str(path), "graph_type": request.graph_type, "tables": tables,
             "resumed": not made_file}
 
 
-def _write_entity(engine: LadybugEngine, path: Path, entity: Mapping[str, Any]) -> None:
-    """The entity a graph is about becomes its first node (properties the schema knows only)."""
-    known = {row["name"] for row in engine.query(path, "CALL table_info('Entity') RETURN *")}
+def _write_entity(engine: LadybugEngine, path: Path, entity: Mapping[str, Any],
+                  ddl: Sequence[str]) -> None:
+    """The entity a graph is about becomes its first node (properties the schema knows only,
+    read from the DDL: one open of the new file, the write, not a second to ask)."""
+    known = set(node_properties(ddl, "Entity"))
     values = {key: value for key, value in entity.items()
               if key in known and isinstance(value, str | int | float | bool)}
     values.setdefault("identifier", _slug(str(entity["name"])))

@@ -12,6 +12,7 @@ from provisioning_pipelines.storage.ladybug.schema import (
     TableInfo,
     ddl_fingerprint,
     expected_tables,
+    node_properties,
     normalise_statement,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "ddl_fingerprint",
     "expected_tables",
     "has_sidecars",
+    "node_properties",
     "normalise_statement",
     "sidecars",
 ]

@@ -58,6 +58,27 @@ def schema_pool_bytes(ddl: Sequence[str], floor: int) -> int:
     return max(floor, floor + columns * POOL_PER_COLUMN)
 
 
+def node_properties(ddl: Sequence[str], table: str) -> list[str]:
+    """The property names a ``CREATE NODE TABLE`` in ``ddl`` gives ``table`` (none if absent),
+    read from the statement, so nobody has to open the file to ask."""
+    for statement in ddl:
+        match = _CREATE_TABLE_RE.match(statement)
+        if not match or match.group(2).strip("`").lower() != table.lower():
+            continue
+        body = statement[statement.index("(", match.end()) + 1:statement.rindex(")")]
+        names, depth, start = [], 0, 0
+        for index, char in enumerate(body + ","):
+            depth += char in "([<"
+            depth -= char in ")]>"
+            if char == "," and depth == 0:
+                words = body[start:index].split()
+                if words and words[0].upper() != "PRIMARY":
+                    names.append(words[0].strip("`"))
+                start = index + 1
+        return names
+    return []
+
+
 def expected_tables(ddl: Sequence[str]) -> list[TableInfo]:
     """The tables a DDL list creates, read from its ``CREATE ... TABLE`` statements."""
     return list(schema_key(tuple(ddl))[1])
