@@ -199,9 +199,10 @@ def _apply(session: Session, row: WebhookEvent, delivery: Delivery,
         return Applied(delivery.event_id, row.event_type, ignored=delivery.rejected,
                        status="rejected")
     applied = _act(session, delivery.event, operation_id)
-    row.status = "ignored" if applied.ignored else "applied"
-    row.reason = applied.ignored
-    return replace(applied, status=row.status)
+    status = "ignored" if applied.ignored else "applied"
+    if (row.status, row.reason) != (status, applied.ignored):  # a new applied row: no write
+        row.status, row.reason = status, applied.ignored
+    return replace(applied, status=status)
 
 
 def _act(session: Session, event: dict[str, Any], operation_id: str | None) -> Applied:
