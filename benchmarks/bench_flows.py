@@ -14,6 +14,7 @@ PostgreSQL server, in databases made for the run and dropped after.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import socket
 import statistics
@@ -26,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from dagster import DagsterInstance, RunConfig, instance_for_test
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
+from benchmarks.scratch import ScratchDatabases
 from provisioning_pipelines.cli.dev import dagster_servers
 from provisioning_pipelines.direct import DirectExecutor
 from provisioning_pipelines.direct.launcher import GraphQLJobLauncher
@@ -108,16 +108,11 @@ class Workload:
 @contextmanager
 def environment(postgres: str | None) -> Iterator[tuple[dict[str, Any], Database,
                                                          DagsterInstance, Path, str | None]]:
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
         made: list[str] = []
         if postgres:
-            admin = create_engine(postgres, isolation_level="AUTOCOMMIT")
-            for _ in range(3):
-                name = f"pp_bench_{uuid.uuid4().hex[:8]}"
-                with admin.connect() as connection:
-                    connection.execute(text(f'CREATE DATABASE "{name}"'))
-                made.append(make_url(postgres).set(database=name)
-                            .render_as_string(hide_password=False))
+            scratch = stack.enter_context(ScratchDatabases(postgres))
+            made = [scratch.create(f"pp_bench_{uuid.uuid4().hex[:8]}") for _ in range(3)]
             app_url, overrides = made[0], {"storage": {"postgres": {"postgres_url": made[1]}}}
         else:
             app_url, overrides = f"sqlite:///{folder}/app.db", None
@@ -132,12 +127,6 @@ def environment(postgres: str | None) -> Iterator[tuple[dict[str, Any], Database
                        made[2] if postgres else None)
         finally:
             dispose_database(app_url)
-            if postgres:
-                with admin.connect() as connection:
-                    for url in made:
-                        name = make_url(url).database
-                        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-                admin.dispose()
 
 
 def measure(flow: Flow, make_config: Callable[[], Any], resources: dict[str, Any],

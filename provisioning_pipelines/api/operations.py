@@ -120,17 +120,18 @@ class SseStream(EventSourceResponse):
     """
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        sending_since: list[float | None] = [None]
+        sending_since: float | None = None
 
         async def timed_send(message: Any) -> None:
-            sending_since[0] = time.monotonic()
+            nonlocal sending_since
+            sending_since = time.monotonic()
             await send(message)
-            sending_since[0] = None
+            sending_since = None
 
         async def watchdog(streaming: anyio.CancelScope) -> None:
             while True:
                 await anyio.sleep(SLOW_CLIENT_TIMEOUT_SECONDS / 2)
-                since = sending_since[0]
+                since = sending_since
                 if since is not None and time.monotonic() - since > SLOW_CLIENT_TIMEOUT_SECONDS:
                     metrics.SLOW_CLIENTS.inc()
                     logger.info("dropped an SSE client that took nothing for %g s",

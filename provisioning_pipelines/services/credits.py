@@ -21,28 +21,25 @@ def create_graph_pool(
     """The graph's pool with its first month's credits; idempotent per graph (``fresh``: the
     graph was made in this transaction, so it has no pool to look for)."""
     reference = f"graph:{graph_id}:initial"
-    if fresh:
-        pool = CreditPool(id=new_id("pool"), owner_type="graph", graph_id=graph_id,
-                          plan_name=tier.name, monthly_allocation=tier.monthly_credits,
-                          balance=tier.monthly_credits)
+    if fresh:  # credited as it is inserted: no balance update after
+        pool = _graph_pool(graph_id, tier, balance=tier.monthly_credits)
         session.add(pool)
         session.flush()  # before the allocation that refers to it
         session.add(_allocation(pool, tier.monthly_credits, reference, subscription_id))
         return pool
     pool = session.scalar(select(CreditPool).where(CreditPool.graph_id == graph_id))
     if pool is None:
-        pool = CreditPool(
-            id=new_id("pool"),
-            owner_type="graph",
-            graph_id=graph_id,
-            plan_name=tier.name,
-            monthly_allocation=tier.monthly_credits,
-            balance=0,
-        )
+        pool = _graph_pool(graph_id, tier, balance=0)
         session.add(pool)
         session.flush()
     _allocate(session, pool, tier.monthly_credits, reference, subscription_id)
     return pool
+
+
+def _graph_pool(graph_id: str, tier: Tier, *, balance: int) -> CreditPool:
+    return CreditPool(id=new_id("pool"), owner_type="graph", graph_id=graph_id,
+                      plan_name=tier.name, monthly_allocation=tier.monthly_credits,
+                      balance=balance)
 
 
 def allocate_repository_plan(

@@ -43,6 +43,20 @@ def _subscriber_connections(store: OperationStore) -> int | None:
         client.close()
 
 
+async def _readers_closed(fanout: Fanout, timeout: float = 5.0) -> None:
+    """Until no reader is left (one that ended still closes its connection for a moment)."""
+    deadline = time.monotonic() + timeout
+    while fanout.readers and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+def _wait_until_redis_sees_them_closed(store: OperationStore, timeout: float = 10.0) -> None:
+    """Redis notices a closed connection a moment after the close."""
+    deadline = time.monotonic() + timeout
+    while _subscriber_connections(store) not in (None, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_a_thousand_subscribers_share_one_reader_and_see_the_identical_sequence(
     store: OperationStore,
 ) -> None:
@@ -80,10 +94,7 @@ def test_a_thousand_subscribers_share_one_reader_and_see_the_identical_sequence(
 
         results = await asyncio.gather(*(one() for _ in range(SUBSCRIBERS)))
         assert fanout.subscribers == 0
-        for _ in range(500):  # the reader ended with the operation and closes its connection
-            if fanout.readers == 0:
-                break
-            await asyncio.sleep(0.01)
+        await _readers_closed(fanout)  # the reader ended with the operation, and closes
         assert fanout.readers == 0
         return results
 
@@ -99,9 +110,7 @@ def test_a_thousand_subscribers_share_one_reader_and_see_the_identical_sequence(
     assert seen_while_watching["subscribers"] == SUBSCRIBERS
     if isinstance(store, RedisOperationStore):
         assert seen_while_watching["connections"] == 1  # not one per subscriber
-    deadline = time.monotonic() + 10  # and it was closed (Redis notices a close in a moment)
-    while _subscriber_connections(store) not in (None, 0) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_until_redis_sees_them_closed(store)
     assert _subscriber_connections(store) in (None, 0)
 
 
@@ -119,18 +128,13 @@ def test_the_last_subscriber_leaving_stops_the_reader_of_a_live_operation(
         watching = (fanout.readers, await asyncio.to_thread(_subscriber_connections, store))
         for stream in streams:  # the clients go away before the operation ends
             await stream.aclose()
-        for _ in range(500):
-            if fanout.readers == 0:
-                break
-            await asyncio.sleep(0.01)
+        await _readers_closed(fanout)
         assert fanout.readers == 0 and fanout.subscribers == 0
         return watching
 
     readers, connections = asyncio.run(asyncio.wait_for(watch(), 30))
     assert readers == 1 and connections in (None, 1)
-    deadline = time.monotonic() + 10
-    while _subscriber_connections(store) not in (None, 0) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _wait_until_redis_sees_them_closed(store)
     assert _subscriber_connections(store) in (None, 0)
 
 

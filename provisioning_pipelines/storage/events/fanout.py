@@ -44,12 +44,8 @@ class _Feed:
         self.error: str | None = None
         self.watchers = 0
         self.reader: asyncio.Task[None] | None = None
-        self._changed = asyncio.Event()
-
-    @property
-    def changed(self) -> asyncio.Event:
-        """Set at the next append or end (a new one each time, so waiting never misses one)."""
-        return self._changed
+        #: Set at the next append or end (a new one each time, so waiting never misses one).
+        self.changed = asyncio.Event()
 
     def append(self, event: OperationEvent) -> None:
         self.events.append(event)
@@ -62,7 +58,7 @@ class _Feed:
         self.wake()
 
     def wake(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
+        changed, self.changed = self.changed, asyncio.Event()
         changed.set()
 
 
@@ -164,7 +160,7 @@ class Fanout:
             async for event in self.store.subscribe(operation_id, None, keepalive=self.keepalive):
                 if event is not None:
                     feed.append(event)
-                    if event.is_terminal:  # the store's reader ends by itself right after
+                    if event.is_terminal:  # ended now: the store's reader stops right after
                         feed.end()
         except EventStoreUnavailable as exc:
             # Whoever subscribes next starts a new reader, which tries the store again.
@@ -175,4 +171,5 @@ class Fanout:
             self._forget(operation_id, feed)
             feed.end(f"the event reader failed: {type(exc).__name__}")
         else:
-            feed.end()
+            if not feed.ended:  # an unknown or expired operation: nothing to read
+                feed.end()
