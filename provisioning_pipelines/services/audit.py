@@ -19,15 +19,15 @@ def record(
     subject_id: str,
     details: dict[str, Any] | None = None,
 ) -> None:
-    session.add(
-        AuditLogEntry(
-            actor=actor,
-            action=action,
-            subject_type=subject_type,
-            subject_id=subject_id,
-            details=details or {},
-        )
-    )
+    session.add(entry(actor=actor, action=action, subject_type=subject_type,
+                      subject_id=subject_id, details=details))
+
+
+def entry(*, actor: str, action: str, subject_type: str, subject_id: str,
+          details: dict[str, Any] | None = None) -> AuditLogEntry:
+    """An entry not yet added anywhere (for ``insert_all``)."""
+    return AuditLogEntry(actor=actor, action=action, subject_type=subject_type,
+                         subject_id=subject_id, details=details or {})
 
 
 def record_once(session: Session, *, actor: str, action: str, subject_type: str,

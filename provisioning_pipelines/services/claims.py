@@ -117,9 +117,27 @@ def claim(
     """Win the subscription for one attempt, or say why not.
 
     The winner's ``operation_id`` (if any) is recorded on the subscription, so a worker that
-    picks the work up after a crash continues the same operation.
+    picks the work up after a crash continues the same operation. Winning is one statement
+    (``UPDATE ... RETURNING``); only a call that does not win reads the row to say why.
     """
     now = now or utcnow()
+    token = uuid.uuid4().hex
+    won = session.scalars(
+        update(Subscription)
+        .where(Subscription.id == subscription_id, _claimable(now, max_attempts))
+        .values(
+            claim_token=token,
+            claimed_at=now,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            attempts=Subscription.attempts + 1,
+            updated_at=now,
+            operation_id=func.coalesce(operation_id, Subscription.operation_id),
+        )
+        .returning(Subscription),
+        execution_options={"synchronize_session": False, "populate_existing": True},
+    ).first()
+    if won is not None:  # the usual case: one statement
+        return _claim_of(won, token=token)
     subscription = billing.get_subscription(session, subscription_id)
     if subscription.status == "active":
         return _claim_of(subscription, token=None)
@@ -137,24 +155,6 @@ def claim(
             f"subscription {subscription_id!r} is {subscription.status}{detail}",
             field="subscription_id",
         )
-    token = uuid.uuid4().hex
-    won = session.execute(
-        update(Subscription)
-        .where(Subscription.id == subscription_id, _claimable(now, max_attempts))
-        .values(
-            claim_token=token,
-            claimed_at=now,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            attempts=Subscription.attempts + 1,
-            updated_at=now,
-            operation_id=func.coalesce(operation_id, Subscription.operation_id),
-        )
-        .execution_options(synchronize_session=False)
-    )
-    session.flush()
-    session.refresh(subscription)
-    if won.rowcount == 1:
-        return _claim_of(subscription, token=token)
     return _explain_lost_claim(session, subscription, now=now, max_attempts=max_attempts)
 
 
@@ -223,13 +223,21 @@ def _claim_of(subscription: Subscription, *, token: str | None) -> Claim:
     )
 
 
-def assert_held(session: Session, claim: Claim) -> Subscription:
-    """The subscription row, locked for this transaction where the database can, if still ours."""
-    subscription = session.scalar(
-        select(Subscription)
-        .where(Subscription.id == claim.subscription_id, Subscription.claim_token == claim.token)
-        .with_for_update()
-    )
+def assert_held(session: Session, claim: Claim, **changes: Any) -> Subscription:
+    """The subscription row, locked for this transaction where the database can, if still ours.
+
+    With ``changes`` the row is written in the same statement (``UPDATE ... WHERE claim_token
+    = :token RETURNING``): the fence and the write are one round trip.
+    """
+    ours = and_(Subscription.id == claim.subscription_id,
+                Subscription.claim_token == claim.token)
+    if changes:
+        subscription = session.scalars(
+            update(Subscription).where(ours).values(**changes).returning(Subscription),
+            execution_options={"synchronize_session": False, "populate_existing": True},
+        ).first()
+    else:
+        subscription = session.scalar(select(Subscription).where(ours).with_for_update())
     if subscription is None:
         if session.scalar(select(Subscription.status).where(
                 Subscription.id == claim.subscription_id)) == "canceled":
@@ -246,21 +254,16 @@ def assert_held(session: Session, claim: Claim) -> Subscription:
 
 def record_resource(session: Session, claim: Claim, resource_id: str) -> None:
     """Commit the resource id the moment the resource exists, so a retry finds it."""
-    subscription = assert_held(session, claim)
-    subscription.resource_id = resource_id
+    assert_held(session, claim, resource_id=resource_id)
 
 
 def activate(session: Session, claim: Claim, resource_id: str) -> Subscription:
     """``provisioning`` -> ``active`` with the resource id; raises an invoice where due."""
-    subscription = assert_held(session, claim)
-    subscription.status = "active"
-    subscription.resource_id = resource_id
-    subscription.claim_token = None
-    subscription.lease_expires_at = None
-    subscription.retry_after = None
-    subscription.last_error = None
-    subscription.activated_at = utcnow()
-    session.flush()
+    now = utcnow()
+    subscription = assert_held(
+        session, claim, status="active", resource_id=resource_id, claim_token=None,
+        lease_expires_at=None, retry_after=None, last_error=None, activated_at=now,
+        updated_at=now)
     audit.record(session, actor="provisioning", action="subscription.activated",
                  subject_type="subscription", subject_id=subscription.id,
                  details={"resource_type": subscription.resource_type,

@@ -16,30 +16,34 @@ from provisioning_pipelines.storage.models import CreditPool, CreditTransaction,
 
 def create_graph_pool(
     session: Session, *, graph_id: str, tier: Tier, subscription_id: str | None,
-    fresh: bool = False,
 ) -> CreditPool:
-    """The graph's pool with its first month's credits; idempotent per graph (``fresh``: the
-    graph was made in this transaction, so it has no pool to look for)."""
-    reference = f"graph:{graph_id}:initial"
-    if fresh:  # credited as it is inserted: no balance update after
-        pool = _graph_pool(graph_id, tier, balance=tier.monthly_credits)
-        session.add(pool)
-        session.flush()  # before the allocation that refers to it
-        session.add(_allocation(pool, tier.monthly_credits, reference, subscription_id))
-        return pool
+    """The graph's pool with its first month's credits; idempotent per graph."""
     pool = session.scalar(select(CreditPool).where(CreditPool.graph_id == graph_id))
     if pool is None:
         pool = _graph_pool(graph_id, tier, balance=0)
         session.add(pool)
         session.flush()
-    _allocate(session, pool, tier.monthly_credits, reference, subscription_id)
+    _allocate(session, pool, tier.monthly_credits, _graph_reference(graph_id), subscription_id)
     return pool
+
+
+def new_graph_pool(graph_id: str, tier: Tier, subscription_id: str | None
+                   ) -> tuple[CreditPool, CreditTransaction]:
+    """The rows of a pool for a graph made in this transaction (it cannot have one yet): the
+    pool, credited as it is inserted, and its first month's allocation."""
+    pool = _graph_pool(graph_id, tier, balance=tier.monthly_credits)
+    return pool, _allocation(pool, tier.monthly_credits, _graph_reference(graph_id),
+                             subscription_id)
 
 
 def _graph_pool(graph_id: str, tier: Tier, *, balance: int) -> CreditPool:
     return CreditPool(id=new_id("pool"), owner_type="graph", graph_id=graph_id,
                       plan_name=tier.name, monthly_allocation=tier.monthly_credits,
                       balance=balance)
+
+
+def _graph_reference(graph_id: str) -> str:
+    return f"graph:{graph_id}:initial"
 
 
 def allocate_repository_plan(

@@ -31,7 +31,7 @@ from provisioning_pipelines.services import (
     validation,
 )
 from provisioning_pipelines.services.catalog import Tier, customer_tier
-from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.db import Database, insert_all
 from provisioning_pipelines.storage.ladybug import (
     LadybugEngine,
     expected_tables,
@@ -44,6 +44,7 @@ from provisioning_pipelines.storage.models import (
     GraphHost,
     GraphSchema,
     GraphUser,
+    Subscription,
 )
 
 #: A graph being restored from a backup: nobody sees it until it is ``active``.
@@ -206,44 +207,38 @@ def create_graph(
     The rows commit before the file exists, so a crash in between leaves a graph a retry
     finishes (``ensure_database`` builds the missing file; each row is written only if absent),
     or the undo discards, never a file nobody knows about. A graph first made by this attempt
-    cannot have any of the other rows yet, so they are inserted without looking first.
-    ``CapacityExhausted`` (nothing made) when the tier has no free slot, or when others of the
-    tier wait for one first: the caller queues the subscription.
+    cannot have any of the other rows yet: they are inserted without looking first, in one
+    round trip (``insert_all``). ``CapacityExhausted`` (nothing made) when the tier has no free
+    slot, or when others of the tier wait for one first: the caller queues the subscription.
     """
     request = plan.request
     with database.session() as session:
-        subscription = claims.assert_held(session, claim)
+        subscription = claims.assert_held(session, claim, resource_id=plan.graph_id)
         graph = session.get(Graph, plan.graph_id)
-        fresh = graph is None
         if graph is None:
-            hosts.ensure_local_hosts(session, graph_data_dir, local_host_capacity)
-            if queue.must_wait(session, subscription):
-                raise CapacityExhausted(f"tier {plan.tier.name!r}: others wait for a slot "
-                                        "first")
-            host = hosts.allocate_slot(session, plan.tier.name)
-            graph = Graph(
-                id=plan.graph_id, org_id=claim.org_id, owner_user_id=claim.user_id,
-                subscription_id=claim.subscription_id, name=request.name,
-                description=request.description, graph_type=request.graph_type,
-                tier=plan.tier.name, host_id=host.id,
-                database_path=str(database_path(host, plan.graph_id)),
-                schema_extensions=request.schema_extensions, tags=request.tags,
-                details={"entity": request.entity} if request.entity else {},
-            )
-            session.add(graph)
-            session.flush()  # the rows below refer to it
-        subscription.resource_id = plan.graph_id  # under the row lock assert_held took
-        store_schema(session, plan.graph_id, plan.ddl, request, fresh=fresh)
-        grant_role(session, plan.graph_id, claim.user_id, "admin", fresh=fresh)
-        credits.create_graph_pool(session, graph_id=plan.graph_id, tier=plan.tier,
-                                  subscription_id=claim.subscription_id, fresh=fresh)
-        if fresh:
-            audit.record(session, actor=claim.user_id, action="graph.created",
-                         subject_type="graph", subject_id=plan.graph_id,
-                         details={"tier": plan.tier.name,
-                                  "subscription_id": claim.subscription_id})
-        path = Path(graph.database_path)
-        host_id = graph.host_id
+            host = _place(session, subscription, plan.tier, graph_data_dir, local_host_capacity)
+            path, host_id = database_path(host, plan.graph_id), host.id
+            insert_all(session, [
+                Graph(id=plan.graph_id, org_id=claim.org_id, owner_user_id=claim.user_id,
+                      subscription_id=claim.subscription_id, name=request.name,
+                      description=request.description, graph_type=request.graph_type,
+                      tier=plan.tier.name, host_id=host.id, database_path=str(path),
+                      schema_extensions=request.schema_extensions, tags=request.tags,
+                      details={"entity": request.entity} if request.entity else {}),
+                _schema_row(plan.graph_id, plan.ddl, request),
+                GraphUser(graph_id=plan.graph_id, user_id=claim.user_id, role="admin"),
+                *credits.new_graph_pool(plan.graph_id, plan.tier, claim.subscription_id),
+                audit.entry(actor=claim.user_id, action="graph.created", subject_type="graph",
+                            subject_id=plan.graph_id,
+                            details={"tier": plan.tier.name,
+                                     "subscription_id": claim.subscription_id}),
+            ])
+        else:  # an earlier attempt made the graph: finish what it did not
+            store_schema(session, plan.graph_id, plan.ddl, request)
+            grant_role(session, plan.graph_id, claim.user_id, "admin")
+            credits.create_graph_pool(session, graph_id=plan.graph_id, tier=plan.tier,
+                                      subscription_id=claim.subscription_id)
+            path, host_id = Path(graph.database_path), graph.host_id
 
     path.parent.mkdir(parents=True, exist_ok=True)
     made_file = engine.ensure_database(path, plan.ddl)
@@ -253,6 +248,20 @@ def create_graph(
     return {"graph_id": plan.graph_id, "tier": plan.tier.name, "host_id": host_id,
             "database_path": str(path), "graph_type": request.graph_type, "tables": tables,
             "resumed": not made_file}
+
+
+def _place(session: Session, subscription: Subscription, tier: Tier, graph_data_dir: Path,
+           local_host_capacity: int | None) -> GraphHost:
+    """A slot for a new graph. Usually one statement: a slot taken unless someone of the tier
+    is ahead. When that takes none (a fresh install without hosts, a queue, a full tier, a
+    lost race), step by step, to register the local hosts or say why it must wait."""
+    host = hosts.take_slot(session, tier.name, unless=queue.ahead_of(subscription))
+    if host is not None:
+        return host
+    hosts.ensure_local_hosts(session, graph_data_dir, local_host_capacity)
+    if queue.must_wait(session, subscription):
+        raise CapacityExhausted(f"tier {tier.name!r}: others wait for a slot first")
+    return hosts.allocate_slot(session, tier.name)
 
 
 def _write_entity(engine: LadybugEngine, path: Path, entity: Mapping[str, Any],
@@ -274,25 +283,27 @@ def _slug(text: str) -> str:
 
 
 def store_schema(session: Session, graph_id: str, ddl: Sequence[str],
-                 request: GraphRequest | None, *, schema_type: str | None = None,
-                 fresh: bool = False) -> None:
-    """The graph's schema row, unless it has one (``fresh``: it cannot have one yet)."""
-    if not fresh and session.scalar(select(GraphSchema.id)
-                                    .where(GraphSchema.graph_id == graph_id)):
+                 request: GraphRequest | None, *, schema_type: str | None = None) -> None:
+    """The graph's schema row, unless it has one."""
+    if session.scalar(select(GraphSchema.id).where(GraphSchema.graph_id == graph_id)):
         return
+    session.add(_schema_row(graph_id, ddl, request, schema_type=schema_type))
+
+
+def _schema_row(graph_id: str, ddl: Sequence[str], request: GraphRequest | None, *,
+                schema_type: str | None = None) -> GraphSchema:
     kind = schema_type or ("custom" if request and request.custom_schema is not None
                            else "extensions")
-    session.add(GraphSchema(
+    return GraphSchema(
         graph_id=graph_id, schema_type=kind, ddl=";\n".join(ddl) + ";",
         schema_json={"statements": list(ddl),
                      "extensions": request.schema_extensions if request else [],
                      "custom_schema": request.custom_schema if request else None},
-    ))
+    )
 
 
-def grant_role(session: Session, graph_id: str, user_id: str, role: str, *,
-               fresh: bool = False) -> None:
-    if fresh or session.get(GraphUser, (graph_id, user_id)) is None:
+def grant_role(session: Session, graph_id: str, user_id: str, role: str) -> None:
+    if session.get(GraphUser, (graph_id, user_id)) is None:
         session.add(GraphUser(graph_id=graph_id, user_id=user_id, role=role))
 
 

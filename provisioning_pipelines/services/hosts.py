@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import ColumnElement, Select, func, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import CapacityExhausted, Conflict, InvalidRequest, NotFound
@@ -45,22 +45,31 @@ def ensure_local_hosts(session: Session, graph_data_dir: Path,
 _ALLOCATION_ATTEMPTS = 20
 
 
+def take_slot(session: Session, tier: str, *,
+              unless: ColumnElement[bool] | None = None) -> GraphHost | None:
+    """One try at a slot on the least-used available host of the tier: one statement, which
+    picks the host and takes its slot (``UPDATE ... WHERE id = (least used) ... RETURNING``).
+    None when no slot is free, a racing allocation took the chosen one, or ``unless`` holds."""
+    least_used = (select(GraphHost.id)
+                  .where(GraphHost.tier == tier, GraphHost.status == "available",
+                         GraphHost.slots_used < GraphHost.capacity)
+                  .order_by(GraphHost.slots_used, GraphHost.id).limit(1)
+                  .scalar_subquery())
+    statement = update(GraphHost).where(GraphHost.id == least_used,
+                                        GraphHost.slots_used < GraphHost.capacity)
+    if unless is not None:
+        statement = statement.where(~unless)
+    return session.scalars(
+        statement.values(slots_used=GraphHost.slots_used + 1).returning(GraphHost),
+        execution_options={"synchronize_session": False, "populate_existing": True},
+    ).first()
+
+
 def allocate_slot(session: Session, tier: str) -> GraphHost:
-    """Take a slot on the least-used available host of the tier: one statement, which picks
-    the host and takes its slot (``UPDATE ... WHERE id = (least used) ... RETURNING``)."""
+    """A slot on the least-used available host of the tier, tried again while racing
+    allocations take the chosen one; ``CapacityExhausted`` once none is free."""
     for _ in range(_ALLOCATION_ATTEMPTS):
-        least_used = (select(GraphHost.id)
-                      .where(GraphHost.tier == tier, GraphHost.status == "available",
-                             GraphHost.slots_used < GraphHost.capacity)
-                      .order_by(GraphHost.slots_used, GraphHost.id).limit(1)
-                      .scalar_subquery())
-        host = session.scalars(
-            update(GraphHost)
-            .where(GraphHost.id == least_used, GraphHost.slots_used < GraphHost.capacity)
-            .values(slots_used=GraphHost.slots_used + 1)
-            .returning(GraphHost),
-            execution_options={"synchronize_session": False, "populate_existing": True},
-        ).first()
+        host = take_slot(session, tier)
         if host is not None:
             return host
         if free_slots(session, tier) == 0:

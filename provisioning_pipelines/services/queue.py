@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, select, update
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.services import audit, billing, hosts
@@ -30,16 +30,19 @@ from provisioning_pipelines.storage.models import Subscription, utcnow
 
 def must_wait(session: Session, me: Subscription) -> bool:
     """Whether someone of the same tier is ahead of this subscription for a slot."""
-    if me.queued_at is not None:  # released from the queue: only those queued before it
-        return session.scalar(select(func.count()).select_from(Subscription).where(
-            Subscription.status == "queued", Subscription.plan_name == me.plan_name,
-            Subscription.queued_at < me.queued_at)) > 0
-    # One round trip: anyone queued, released ones still to provision, free slots.
-    queued, released, free = session.execute(select(
-        _queued(me.plan_name).exists(),
-        _released_query(me.plan_name).scalar_subquery(),
-        hosts.free_slots_query(me.plan_name).scalar_subquery())).one()
-    return bool(queued) or released >= free
+    return bool(session.scalar(select(ahead_of(me))))
+
+
+def ahead_of(me: Subscription) -> ColumnElement[bool]:
+    """Someone of the same tier is ahead of ``me`` for a slot, as one SQL condition (so taking
+    a slot can be conditional on it): for one released from the queue, those queued before
+    it; for anyone else, anyone queued, or released ones still to provision taking every free
+    slot."""
+    if me.queued_at is not None:
+        return _queued(me.plan_name).where(Subscription.queued_at < me.queued_at).exists()
+    return or_(_queued(me.plan_name).exists(),
+               _released_query(me.plan_name).scalar_subquery()
+               >= hosts.free_slots_query(me.plan_name).scalar_subquery())
 
 
 def enqueue(session: Session, claim: Claim, *, now: datetime | None = None) -> int:
