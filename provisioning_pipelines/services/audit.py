@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from provisioning_pipelines.storage.db import insert_all
 from provisioning_pipelines.storage.models import AuditLogEntry
 
 
@@ -19,8 +20,8 @@ def record(
     subject_id: str,
     details: dict[str, Any] | None = None,
 ) -> None:
-    session.add(entry(actor=actor, action=action, subject_type=subject_type,
-                      subject_id=subject_id, details=details))
+    insert_all(session, [entry(actor=actor, action=action, subject_type=subject_type,
+                               subject_id=subject_id, details=details)])
 
 
 def entry(*, actor: str, action: str, subject_type: str, subject_id: str,

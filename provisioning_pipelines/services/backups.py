@@ -183,7 +183,7 @@ def reserve_restored_graph(session: Session, plan: RestorePlan, *, graph_data_di
         id=plan.graph_id, org_id=source.org_id, owner_user_id=plan.user_id,
         subscription_id=None, name=source.name, description=source.description,
         graph_type=source.graph_type, tier=source.tier, host_id=host.id,
-        database_path=str(graphs.database_path(host, plan.graph_id)),
+        database_path=str(graphs.database_path(host.data_root, plan.graph_id)),
         schema_extensions=list(source.schema_extensions or []), tags=list(source.tags or []),
         details={"restored_from": {"graph_id": source.id, "backup_id": plan.backup_id,
                                    "operation_id": operation_id}},

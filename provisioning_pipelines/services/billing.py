@@ -10,7 +10,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, lambda_stmt, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import InvalidRequest, NotFound
@@ -188,18 +188,20 @@ def mark_applied(subscription: Subscription, key: EventKey) -> None:
     subscription.last_event_at, subscription.last_event_rank, subscription.last_event_id = key
 
 
-def price_cents(subscription: Subscription) -> int:
+def price_cents(subscription: Subscription | Row[Any]) -> int:
     if subscription.resource_type == "graph":
         tier = TIERS.get(subscription.plan_name)
         return tier.price_cents if tier else 0
     return repository_plan(subscription.plan_name)[1].price_cents
 
 
-def raise_invoice(session: Session, subscription: Subscription) -> Invoice | None:
+def raise_invoice(session: Session, subscription: Subscription | Row[Any]) -> Invoice | None:
     """Customers billed by invoice get one per activated subscription (never two)."""
-    customer = session.scalar(
-        select(BillingCustomer).where(BillingCustomer.org_id == subscription.org_id)
-    )
+    org_id = subscription.org_id
+    customers = BillingCustomer.__table__
+    customer = session.execute(lambda_stmt(
+        lambda: select(customers.c.id, customers.c.invoice_billing)
+        .where(customers.c.org_id == org_id))).first()
     if customer is None or not customer.invoice_billing:
         return None
     existing = session.scalar(select(Invoice).where(Invoice.subscription_id == subscription.id))

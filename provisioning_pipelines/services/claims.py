@@ -14,17 +14,30 @@ built from them, so a sensor never launches a run the claim would refuse. See
 
 from __future__ import annotations
 
+import functools
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    String,
+    Update,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, PaymentRequired
 from provisioning_pipelines.services import audit, billing
-from provisioning_pipelines.storage.models import Subscription, utcnow
+from provisioning_pipelines.storage.models import Subscription, UTCDateTime, utcnow
 
 #: Subscriptions a sensor looks at per tick and resource type.
 LAUNCH_BATCH = 50
@@ -90,12 +103,18 @@ class DueSubscription:
     operation_id: str | None
 
 
-def _free(now: datetime) -> ColumnElement[bool]:
+_TABLE = Subscription.__table__
+#: A subscription's columns as a statement returns them (``request`` under its attribute's name).
+_ROW = [column.label("request") if column.key == "metadata" else column for column in _TABLE.c]
+
+
+def _free(now: datetime | ColumnElement[Any]) -> ColumnElement[bool]:
     """Nobody holds the subscription: never claimed, given back, or its holder's lease lapsed."""
     return or_(Subscription.claim_token.is_(None), Subscription.lease_expires_at < now)
 
 
-def _claimable(now: datetime, max_attempts: int) -> ColumnElement[bool]:
+def _claimable(now: datetime | ColumnElement[Any],
+               max_attempts: int | ColumnElement[Any]) -> ColumnElement[bool]:
     """An attempt may start now: paid, free, past its backoff, with attempts left."""
     return and_(
         Subscription.status == "provisioning",
@@ -103,6 +122,21 @@ def _claimable(now: datetime, max_attempts: int) -> ColumnElement[bool]:
         or_(Subscription.retry_after.is_(None), Subscription.retry_after <= now),
         Subscription.attempts < max_attempts,
     )
+
+
+@functools.cache
+def _claim_statement() -> Update:
+    """The claim, built once and then only bound: ``UPDATE ... WHERE <claimable> RETURNING``."""
+    now = bindparam("now", type_=UTCDateTime)
+    return (update(_TABLE)
+            .where(_TABLE.c.id == bindparam("subscription_id"),
+                   _claimable(now, bindparam("max_attempts")))
+            .values(claim_token=bindparam("token"), claimed_at=now,
+                    lease_expires_at=bindparam("lease", type_=UTCDateTime),
+                    attempts=_TABLE.c.attempts + 1, updated_at=now,
+                    operation_id=func.coalesce(bindparam("claim_operation_id", type_=String),
+                                               _TABLE.c.operation_id))
+            .returning(*_ROW))
 
 
 def claim(
@@ -122,20 +156,10 @@ def claim(
     """
     now = now or utcnow()
     token = uuid.uuid4().hex
-    won = session.scalars(
-        update(Subscription)
-        .where(Subscription.id == subscription_id, _claimable(now, max_attempts))
-        .values(
-            claim_token=token,
-            claimed_at=now,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
-            attempts=Subscription.attempts + 1,
-            updated_at=now,
-            operation_id=func.coalesce(operation_id, Subscription.operation_id),
-        )
-        .returning(Subscription),
-        execution_options={"synchronize_session": False, "populate_existing": True},
-    ).first()
+    won = session.execute(_claim_statement(), {
+        "subscription_id": subscription_id, "now": now, "max_attempts": max_attempts,
+        "token": token, "lease": now + timedelta(seconds=lease_seconds),
+        "claim_operation_id": operation_id}).first()
     if won is not None:  # the usual case: one statement
         return _claim_of(won, token=token)
     subscription = billing.get_subscription(session, subscription_id)
@@ -209,7 +233,7 @@ def _give_up(session: Session, subscription_id: str, *, now: datetime, actor: st
     return True
 
 
-def _claim_of(subscription: Subscription, *, token: str | None) -> Claim:
+def _claim_of(subscription: Subscription | Row[Any], *, token: str | None) -> Claim:
     return Claim(
         subscription_id=subscription.id,
         token=token,
@@ -223,44 +247,62 @@ def _claim_of(subscription: Subscription, *, token: str | None) -> Claim:
     )
 
 
-def assert_held(session: Session, claim: Claim, **changes: Any) -> Subscription:
-    """The subscription row, locked for this transaction where the database can, if still ours.
-
-    With ``changes`` the row is written in the same statement (``UPDATE ... WHERE claim_token
-    = :token RETURNING``): the fence and the write are one round trip.
-    """
-    ours = and_(Subscription.id == claim.subscription_id,
-                Subscription.claim_token == claim.token)
-    if changes:
-        subscription = session.scalars(
-            update(Subscription).where(ours).values(**changes).returning(Subscription),
-            execution_options={"synchronize_session": False, "populate_existing": True},
-        ).first()
-    else:
-        subscription = session.scalar(select(Subscription).where(ours).with_for_update())
+def assert_held(session: Session, claim: Claim) -> Subscription:
+    """The subscription row, locked for this transaction where the database can, if still ours."""
+    subscription = session.scalar(
+        select(Subscription)
+        .where(Subscription.id == claim.subscription_id, Subscription.claim_token == claim.token)
+        .with_for_update()
+    )
     if subscription is None:
-        if session.scalar(select(Subscription.status).where(
-                Subscription.id == claim.subscription_id)) == "canceled":
-            raise ClaimLost(f"subscription {claim.subscription_id!r} was cancelled while it was "
-                            "being provisioned; what was made is suspended",
-                            field="subscription_id")
-        raise ClaimLost(
-            f"subscription {claim.subscription_id!r}: this attempt's claim lapsed and another "
-            "worker took over",
-            field="subscription_id",
-        )
+        _lost(session, claim)
     return subscription
+
+
+def write_held(session: Session, claim: Claim, **changes: Any) -> Row[Any]:
+    """Write the subscription if still ours, in the fencing statement itself (``UPDATE ...
+    WHERE claim_token = :token RETURNING``): the fence, the row lock and the write are one
+    round trip. Returns the row as written."""
+    row = session.execute(_held_update(tuple(changes)), {
+        **{f"new_{key}": value for key, value in changes.items()},
+        "held_subscription_id": claim.subscription_id, "held_token": claim.token}).first()
+    if row is None:
+        _lost(session, claim)
+    return row
+
+
+@functools.lru_cache(maxsize=32)
+def _held_update(keys: tuple[str, ...]) -> Update:
+    return (update(_TABLE)
+            .where(_TABLE.c.id == bindparam("held_subscription_id"),
+                   _TABLE.c.claim_token == bindparam("held_token"))
+            .values({key: bindparam(f"new_{key}", type_=_TABLE.c[key].type) for key in keys})
+            .returning(*_ROW))
+
+
+def _lost(session: Session, claim: Claim) -> NoReturn:
+    """Why a fenced write found the claim gone."""
+    if session.scalar(select(Subscription.status).where(
+            Subscription.id == claim.subscription_id)) == "canceled":
+        raise ClaimLost(f"subscription {claim.subscription_id!r} was cancelled while it was "
+                        "being provisioned; what was made is suspended",
+                        field="subscription_id")
+    raise ClaimLost(
+        f"subscription {claim.subscription_id!r}: this attempt's claim lapsed and another "
+        "worker took over",
+        field="subscription_id",
+    )
 
 
 def record_resource(session: Session, claim: Claim, resource_id: str) -> None:
     """Commit the resource id the moment the resource exists, so a retry finds it."""
-    assert_held(session, claim, resource_id=resource_id)
+    write_held(session, claim, resource_id=resource_id)
 
 
-def activate(session: Session, claim: Claim, resource_id: str) -> Subscription:
+def activate(session: Session, claim: Claim, resource_id: str) -> Row[Any]:
     """``provisioning`` -> ``active`` with the resource id; raises an invoice where due."""
     now = utcnow()
-    subscription = assert_held(
+    subscription = write_held(
         session, claim, status="active", resource_id=resource_id, claim_token=None,
         lease_expires_at=None, retry_after=None, last_error=None, activated_at=now,
         updated_at=now)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import Row, delete, lambda_stmt, or_, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import CapacityExhausted, InvalidRequest, NotFound
@@ -41,10 +41,8 @@ from provisioning_pipelines.storage.models import (
     CreditPool,
     CreditTransaction,
     Graph,
-    GraphHost,
     GraphSchema,
     GraphUser,
-    Subscription,
 )
 
 #: A graph being restored from a backup: nobody sees it until it is ``active``.
@@ -58,6 +56,9 @@ MAX_TAGS = 50
 MAX_TAG_LENGTH = 64
 MAX_ENTITY_PROPERTIES = 50
 MAX_ENTITY_TEXT = 1000
+
+
+_GRAPHS = Graph.__table__
 
 
 def graph_id_for_subscription(subscription_id: str) -> str:
@@ -176,8 +177,8 @@ def _entity(value: Any, field_name: str) -> dict[str, Any] | None:
     return entity
 
 
-def database_path(host: GraphHost, graph_id: str) -> Path:
-    return Path(host.data_root) / f"{graph_id}.lbug"
+def database_path(data_root: str, graph_id: str) -> Path:
+    return Path(data_root) / f"{graph_id}.lbug"
 
 
 @dataclass(frozen=True)
@@ -212,33 +213,36 @@ def create_graph(
     slot, or when others of the tier wait for one first: the caller queues the subscription.
     """
     request = plan.request
+    graph_id = plan.graph_id
     with database.session() as session:
-        subscription = claims.assert_held(session, claim, resource_id=plan.graph_id)
-        graph = session.get(Graph, plan.graph_id)
-        if graph is None:
-            host = _place(session, subscription, plan.tier, graph_data_dir, local_host_capacity)
-            path, host_id = database_path(host, plan.graph_id), host.id
+        subscription = claims.write_held(session, claim, resource_id=graph_id)
+        found = session.execute(lambda_stmt(
+            lambda: select(_GRAPHS.c.database_path, _GRAPHS.c.host_id)
+            .where(_GRAPHS.c.id == graph_id))).first()
+        if found is None:
+            slot = _place(session, subscription, plan.tier, graph_data_dir, local_host_capacity)
+            path, host_id = database_path(slot.data_root, graph_id), slot.id
             insert_all(session, [
-                Graph(id=plan.graph_id, org_id=claim.org_id, owner_user_id=claim.user_id,
+                Graph(id=graph_id, org_id=claim.org_id, owner_user_id=claim.user_id,
                       subscription_id=claim.subscription_id, name=request.name,
                       description=request.description, graph_type=request.graph_type,
-                      tier=plan.tier.name, host_id=host.id, database_path=str(path),
+                      tier=plan.tier.name, host_id=host_id, database_path=str(path),
                       schema_extensions=request.schema_extensions, tags=request.tags,
                       details={"entity": request.entity} if request.entity else {}),
-                _schema_row(plan.graph_id, plan.ddl, request),
-                GraphUser(graph_id=plan.graph_id, user_id=claim.user_id, role="admin"),
-                *credits.new_graph_pool(plan.graph_id, plan.tier, claim.subscription_id),
+                _schema_row(graph_id, plan.ddl, request),
+                GraphUser(graph_id=graph_id, user_id=claim.user_id, role="admin"),
+                *credits.new_graph_pool(graph_id, plan.tier, claim.subscription_id),
                 audit.entry(actor=claim.user_id, action="graph.created", subject_type="graph",
-                            subject_id=plan.graph_id,
+                            subject_id=graph_id,
                             details={"tier": plan.tier.name,
                                      "subscription_id": claim.subscription_id}),
             ])
         else:  # an earlier attempt made the graph: finish what it did not
-            store_schema(session, plan.graph_id, plan.ddl, request)
-            grant_role(session, plan.graph_id, claim.user_id, "admin")
-            credits.create_graph_pool(session, graph_id=plan.graph_id, tier=plan.tier,
+            store_schema(session, graph_id, plan.ddl, request)
+            grant_role(session, graph_id, claim.user_id, "admin")
+            credits.create_graph_pool(session, graph_id=graph_id, tier=plan.tier,
                                       subscription_id=claim.subscription_id)
-            path, host_id = Path(graph.database_path), graph.host_id
+            path, host_id = Path(found.database_path), found.host_id
 
     path.parent.mkdir(parents=True, exist_ok=True)
     made_file = engine.ensure_database(path, plan.ddl)
@@ -250,14 +254,15 @@ def create_graph(
             "resumed": not made_file}
 
 
-def _place(session: Session, subscription: Subscription, tier: Tier, graph_data_dir: Path,
-           local_host_capacity: int | None) -> GraphHost:
-    """A slot for a new graph. Usually one statement: a slot taken unless someone of the tier
-    is ahead. When that takes none (a fresh install without hosts, a queue, a full tier, a
-    lost race), step by step, to register the local hosts or say why it must wait."""
-    host = hosts.take_slot(session, tier.name, unless=queue.ahead_of(subscription))
-    if host is not None:
-        return host
+def _place(session: Session, subscription: Row[Any], tier: Tier, graph_data_dir: Path,
+           local_host_capacity: int | None) -> Row[Any]:
+    """A slot for a new graph (its host's ``id`` and ``data_root``). Usually one statement: a
+    slot taken unless someone of the tier is ahead. When that takes none (a fresh install
+    without hosts, a queue, a full tier, a lost race), step by step, to register the local
+    hosts or say why it must wait."""
+    slot = queue.take_slot_in_turn(session, subscription)
+    if slot is not None:
+        return slot
     hosts.ensure_local_hosts(session, graph_data_dir, local_host_capacity)
     if queue.must_wait(session, subscription):
         raise CapacityExhausted(f"tier {tier.name!r}: others wait for a slot first")

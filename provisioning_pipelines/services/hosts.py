@@ -7,15 +7,29 @@ so concurrent allocations can never overfill a host whatever they read before.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import ColumnElement, Select, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    String,
+    Update,
+    bindparam,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import CapacityExhausted, Conflict, InvalidRequest, NotFound
 from provisioning_pipelines.services.catalog import TIERS
 from provisioning_pipelines.storage.models import GraphHost, Subscription
+
+_HOSTS = GraphHost.__table__
 
 
 def local_host_id(tier: str) -> str:
@@ -45,27 +59,36 @@ def ensure_local_hosts(session: Session, graph_data_dir: Path,
 _ALLOCATION_ATTEMPTS = 20
 
 
-def take_slot(session: Session, tier: str, *,
-              unless: ColumnElement[bool] | None = None) -> GraphHost | None:
-    """One try at a slot on the least-used available host of the tier: one statement, which
-    picks the host and takes its slot (``UPDATE ... WHERE id = (least used) ... RETURNING``).
-    None when no slot is free, a racing allocation took the chosen one, or ``unless`` holds."""
-    least_used = (select(GraphHost.id)
-                  .where(GraphHost.tier == tier, GraphHost.status == "available",
-                         GraphHost.slots_used < GraphHost.capacity)
-                  .order_by(GraphHost.slots_used, GraphHost.id).limit(1)
+def take_slot(session: Session, tier: str) -> Row[Any] | None:
+    """One try at a slot on the least-used available host of the tier (its ``id`` and
+    ``data_root``); None when no slot is free or a racing allocation took the chosen one."""
+    return session.execute(_plain_slot(), {"slot_tier": tier}).first()
+
+
+def slot_statement(unless: ColumnElement[bool] | None = None) -> Update:
+    """Take a slot on the least-used available host of the tier bound as ``slot_tier``, unless
+    ``unless`` holds: one statement, which picks the host and takes its slot (``UPDATE ...
+    WHERE id = (least used) ... RETURNING id, data_root``)."""
+    tier = bindparam("slot_tier", type_=String)
+    least_used = (select(_HOSTS.c.id)
+                  .where(_HOSTS.c.tier == tier, _HOSTS.c.status == "available",
+                         _HOSTS.c.slots_used < _HOSTS.c.capacity)
+                  .order_by(_HOSTS.c.slots_used, _HOSTS.c.id).limit(1)
                   .scalar_subquery())
-    statement = update(GraphHost).where(GraphHost.id == least_used,
-                                        GraphHost.slots_used < GraphHost.capacity)
+    statement = update(_HOSTS).where(_HOSTS.c.id == least_used,
+                                     _HOSTS.c.slots_used < _HOSTS.c.capacity)
     if unless is not None:
         statement = statement.where(~unless)
-    return session.scalars(
-        statement.values(slots_used=GraphHost.slots_used + 1).returning(GraphHost),
-        execution_options={"synchronize_session": False, "populate_existing": True},
-    ).first()
+    return (statement.values(slots_used=_HOSTS.c.slots_used + 1)
+            .returning(_HOSTS.c.id, _HOSTS.c.data_root))
 
 
-def allocate_slot(session: Session, tier: str) -> GraphHost:
+@functools.cache
+def _plain_slot() -> Update:
+    return slot_statement()
+
+
+def allocate_slot(session: Session, tier: str) -> Row[Any]:
     """A slot on the least-used available host of the tier, tried again while racing
     allocations take the chosen one; ``CapacityExhausted`` once none is free."""
     for _ in range(_ALLOCATION_ATTEMPTS):
@@ -128,7 +151,7 @@ def list_hosts(session: Session) -> list[GraphHost]:
     return list(session.scalars(select(GraphHost).order_by(GraphHost.tier, GraphHost.id)))
 
 
-def free_slots_query(tier: str) -> Select[tuple[int]]:
+def free_slots_query(tier: str | ColumnElement[str]) -> Select[tuple[int]]:
     """Slots free on the tier's available hosts."""
     return (select(func.coalesce(func.sum(GraphHost.capacity - GraphHost.slots_used), 0))
             .where(GraphHost.tier == tier, GraphHost.status == "available",

@@ -12,10 +12,23 @@ the claim makes each happen exactly once, as for any paid subscription.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    String,
+    Update,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.services import audit, billing, hosts
@@ -25,24 +38,37 @@ from provisioning_pipelines.services.claims import (
     assert_held,
     position_of,
 )
-from provisioning_pipelines.storage.models import Subscription, utcnow
+from provisioning_pipelines.storage.models import Subscription, UTCDateTime, utcnow
 
 
-def must_wait(session: Session, me: Subscription) -> bool:
+def must_wait(session: Session, me: Subscription | Row[Any]) -> bool:
     """Whether someone of the same tier is ahead of this subscription for a slot."""
-    return bool(session.scalar(select(ahead_of(me))))
+    return bool(session.scalar(select(_ahead(me.plan_name, me.queued_at))))
 
 
-def ahead_of(me: Subscription) -> ColumnElement[bool]:
-    """Someone of the same tier is ahead of ``me`` for a slot, as one SQL condition (so taking
-    a slot can be conditional on it): for one released from the queue, those queued before
-    it; for anyone else, anyone queued, or released ones still to provision taking every free
-    slot."""
-    if me.queued_at is not None:
-        return _queued(me.plan_name).where(Subscription.queued_at < me.queued_at).exists()
-    return or_(_queued(me.plan_name).exists(),
-               _released_query(me.plan_name).scalar_subquery()
-               >= hosts.free_slots_query(me.plan_name).scalar_subquery())
+def take_slot_in_turn(session: Session, me: Subscription | Row[Any]) -> Row[Any] | None:
+    """A slot for ``me`` (``hosts.take_slot``'s row) unless someone of its tier is ahead of it:
+    one statement. None also when no slot is free or a racing allocation won it."""
+    return session.execute(_slot_in_turn(me.queued_at is not None),
+                           {"slot_tier": me.plan_name, "my_queued_at": me.queued_at}).first()
+
+
+@functools.cache
+def _slot_in_turn(released: bool) -> Update:
+    queued_at = bindparam("my_queued_at", type_=UTCDateTime) if released else None
+    return hosts.slot_statement(unless=_ahead(bindparam("slot_tier", type_=String), queued_at))
+
+
+def _ahead(tier: str | ColumnElement[str],
+           queued_at: datetime | ColumnElement[datetime] | None) -> ColumnElement[bool]:
+    """Someone of the tier is ahead for a slot, as one SQL condition: of one released from the
+    queue at ``queued_at``, those queued before it; of anyone else, anyone queued, or released
+    ones still to provision taking every free slot."""
+    if queued_at is not None:
+        return _queued(tier).where(Subscription.queued_at < queued_at).exists()
+    return or_(_queued(tier).exists(),
+               _released_query(tier).scalar_subquery()
+               >= hosts.free_slots_query(tier).scalar_subquery())
 
 
 def enqueue(session: Session, claim: Claim, *, now: datetime | None = None) -> int:
@@ -98,12 +124,12 @@ def release(session: Session, tier: str | None = None, *, now: datetime | None =
     return released
 
 
-def _queued(tier: str) -> Select[tuple[str]]:
+def _queued(tier: str | ColumnElement[str]) -> Select[tuple[str]]:
     return select(Subscription.id).where(Subscription.status == "queued",
                                          Subscription.plan_name == tier)
 
 
-def _released_query(tier: str) -> Select[tuple[int]]:
+def _released_query(tier: str | ColumnElement[str]) -> Select[tuple[int]]:
     """Subscriptions of the tier released from the queue and not provisioned yet: the free
     slots are theirs first."""
     return select(func.count()).select_from(Subscription).where(and_(

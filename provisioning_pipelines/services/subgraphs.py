@@ -112,7 +112,7 @@ def reserve_subgraph(
         id=subgraph_id, org_id=parent.org_id, owner_user_id=user_id, name=name,
         description=description, graph_type=parent.graph_type, tier=parent.tier,
         parent_graph_id=parent_graph_id, subgraph_index=index, host_id=host.id,
-        database_path=str(graphs.database_path(host, subgraph_id)),
+        database_path=str(graphs.database_path(host.data_root, subgraph_id)),
         schema_extensions=list(parent.schema_extensions or []), tags=[], details={},
     )
     session.add(subgraph)

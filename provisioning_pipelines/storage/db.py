@@ -15,6 +15,7 @@ the pool; the idle ping catches the one that broke while nobody used it (a resta
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -22,7 +23,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, Insert, create_engine, event, insert, inspect, text
+from sqlalchemy import (
+    Engine,
+    Insert,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    insert,
+    inspect,
+    text,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
@@ -81,20 +92,22 @@ def insert_all(session: Session, rows: Sequence[Any]) -> None:
     There the rows are one statement, each but the last a data-modifying CTE: foreign keys are
     checked at the statement's end, so a row may refer to another of the same call. Elsewhere
     (SQLite) each row is its own statement. The objects are not added to the session: a caller
-    that needs one afterwards reads it back.
+    that needs one afterwards reads it back. The statement is built once per shape (tables and
+    columns) and then only bound, which is most of what an insert costs in Python.
     """
-    statements = [_insert_of(row) for row in rows]
+    values = [_values_of(row) for row in rows]
     if session.get_bind().dialect.name != "postgresql":
-        for statement in statements:
-            session.execute(statement)
+        for table, row_values in values:
+            session.execute(insert(table), row_values)
         return
-    *first, last = statements
-    session.execute(last.add_cte(*(statement.cte(f"row_{index}")
-                                   for index, statement in enumerate(first))))
+    statement = _nested_insert(tuple((table, tuple(row_values)) for table, row_values in values))
+    session.execute(statement, {f"r{index}_{key}": value
+                                for index, (_, row_values) in enumerate(values)
+                                for key, value in row_values.items()})
 
 
-def _insert_of(row: Any) -> Insert:
-    """``INSERT`` of one ORM object's column values, defaults filled in here: the nested
+def _values_of(row: Any) -> tuple[Table, dict[str, Any]]:
+    """An ORM object's table and column values, defaults filled in here: the nested
     statements of one call cannot share SQLAlchemy's default parameters."""
     mapper = inspect(row).mapper
     values: dict[str, Any] = {}
@@ -105,7 +118,16 @@ def _insert_of(row: Any) -> Insert:
             value = column.default.arg(None) if column.default.is_callable else column.default.arg
         if value is not None:
             values[column.key] = value
-    return insert(mapper.local_table).values(values)
+    return mapper.local_table, values
+
+
+@functools.lru_cache(maxsize=128)
+def _nested_insert(shape: tuple[tuple[Table, tuple[str, ...]], ...]) -> Insert:
+    statements = [insert(table).values({key: bindparam(f"r{index}_{key}", type_=table.c[key].type)
+                                        for key in keys})
+                  for index, (table, keys) in enumerate(shape)]
+    *first, last = statements
+    return last.add_cte(*(statement.cte(f"row_{index}") for index, statement in enumerate(first)))
 
 
 #: A pooled connection unused for this long is pinged before it is handed out.
