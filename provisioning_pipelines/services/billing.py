@@ -195,6 +195,13 @@ def price_cents(subscription: Subscription | Row[Any]) -> int:
     return repository_plan(subscription.plan_name)[1].price_cents
 
 
+#: Whether the subscription's customer is billed by invoice, as a column a statement over the
+#: subscription can return.
+INVOICE_BILLING = (select(BillingCustomer.__table__.c.invoice_billing)
+                   .where(BillingCustomer.__table__.c.org_id == Subscription.__table__.c.org_id)
+                   .correlate(Subscription.__table__).scalar_subquery().label("invoice_billing"))
+
+
 def raise_invoice(session: Session, subscription: Subscription | Row[Any]) -> Invoice | None:
     """Customers billed by invoice get one per activated subscription (never two)."""
     org_id = subscription.org_id

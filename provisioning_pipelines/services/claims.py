@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
@@ -37,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, PaymentRequired
 from provisioning_pipelines.services import audit, billing
+from provisioning_pipelines.storage.db import execute_with_rows
 from provisioning_pipelines.storage.models import Subscription, UTCDateTime, utcnow
 
 #: Subscriptions a sensor looks at per tick and resource type.
@@ -259,25 +261,29 @@ def assert_held(session: Session, claim: Claim) -> Subscription:
     return subscription
 
 
-def write_held(session: Session, claim: Claim, **changes: Any) -> Row[Any]:
+def write_held(session: Session, claim: Claim, *, also: tuple[ColumnElement[Any], ...] = (),
+               rows: Sequence[Any] = (), **changes: Any) -> Row[Any]:
     """Write the subscription if still ours, in the fencing statement itself (``UPDATE ...
     WHERE claim_token = :token RETURNING``): the fence, the row lock and the write are one
-    round trip. Returns the row as written."""
-    row = session.execute(_held_update(tuple(changes)), {
-        **{f"new_{key}": value for key, value in changes.items()},
-        "held_subscription_id": claim.subscription_id, "held_token": claim.token}).first()
+    round trip. Returns the row as written, with ``also`` (labelled expressions over it, built
+    once by the caller). ``rows`` are inserted in the same round trip (``execute_with_rows``)
+    and go with the transaction when the claim turns out lost."""
+    params = {**{f"new_{key}": value for key, value in changes.items()},
+              "held_subscription_id": claim.subscription_id, "held_token": claim.token}
+    result = execute_with_rows(session, _held_update(tuple(changes), also), params, rows)
+    row = result.first() if result is not None else None
     if row is None:
         _lost(session, claim)
     return row
 
 
 @functools.lru_cache(maxsize=32)
-def _held_update(keys: tuple[str, ...]) -> Update:
+def _held_update(keys: tuple[str, ...], also: tuple[ColumnElement[Any], ...]) -> Update:
     return (update(_TABLE)
             .where(_TABLE.c.id == bindparam("held_subscription_id"),
                    _TABLE.c.claim_token == bindparam("held_token"))
             .values({key: bindparam(f"new_{key}", type_=_TABLE.c[key].type) for key in keys})
-            .returning(*_ROW))
+            .returning(*_ROW, *also))
 
 
 def _lost(session: Session, claim: Claim) -> NoReturn:
@@ -300,17 +306,19 @@ def record_resource(session: Session, claim: Claim, resource_id: str) -> None:
 
 
 def activate(session: Session, claim: Claim, resource_id: str) -> Row[Any]:
-    """``provisioning`` -> ``active`` with the resource id; raises an invoice where due."""
+    """``provisioning`` -> ``active`` with the resource id, audited in the same round trip;
+    raises an invoice where due."""
     now = utcnow()
     subscription = write_held(
-        session, claim, status="active", resource_id=resource_id, claim_token=None,
-        lease_expires_at=None, retry_after=None, last_error=None, activated_at=now,
-        updated_at=now)
-    audit.record(session, actor="provisioning", action="subscription.activated",
-                 subject_type="subscription", subject_id=subscription.id,
-                 details={"resource_type": subscription.resource_type,
-                          "resource_id": resource_id, "attempt": subscription.attempts})
-    billing.raise_invoice(session, subscription)
+        session, claim, also=(billing.INVOICE_BILLING,),
+        rows=[audit.entry(actor="provisioning", action="subscription.activated",
+                          subject_type="subscription", subject_id=claim.subscription_id,
+                          details={"resource_type": claim.resource_type,
+                                   "resource_id": resource_id, "attempt": claim.attempt})],
+        status="active", resource_id=resource_id, claim_token=None, lease_expires_at=None,
+        retry_after=None, last_error=None, activated_at=now, updated_at=now)
+    if subscription.invoice_billing:
+        billing.raise_invoice(session, subscription)
     return subscription
 
 

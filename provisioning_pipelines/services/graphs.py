@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, delete, lambda_stmt, or_, select, update
+from sqlalchemy import Row, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import CapacityExhausted, InvalidRequest, NotFound
@@ -43,6 +43,7 @@ from provisioning_pipelines.storage.models import (
     Graph,
     GraphSchema,
     GraphUser,
+    Subscription,
 )
 
 #: A graph being restored from a backup: nobody sees it until it is ``active``.
@@ -59,6 +60,12 @@ MAX_ENTITY_TEXT = 1000
 
 
 _GRAPHS = Graph.__table__
+#: The file and host of the graph an earlier attempt made for the subscription (NULL if none),
+#: as columns a statement over the subscription returns.
+_MADE_BEFORE = tuple(
+    select(column).where(_GRAPHS.c.id == Subscription.__table__.c.resource_id)
+    .correlate(Subscription.__table__).scalar_subquery().label(f"made_{column.key}")
+    for column in (_GRAPHS.c.database_path, _GRAPHS.c.host_id))
 
 
 def graph_id_for_subscription(subscription_id: str) -> str:
@@ -215,11 +222,9 @@ def create_graph(
     request = plan.request
     graph_id = plan.graph_id
     with database.session() as session:
-        subscription = claims.write_held(session, claim, resource_id=graph_id)
-        found = session.execute(lambda_stmt(
-            lambda: select(_GRAPHS.c.database_path, _GRAPHS.c.host_id)
-            .where(_GRAPHS.c.id == graph_id))).first()
-        if found is None:
+        subscription = claims.write_held(session, claim, also=_MADE_BEFORE,
+                                         resource_id=graph_id)
+        if subscription.made_database_path is None:
             slot = _place(session, subscription, plan.tier, graph_data_dir, local_host_capacity)
             path, host_id = database_path(slot.data_root, graph_id), slot.id
             insert_all(session, [
@@ -242,7 +247,7 @@ def create_graph(
             grant_role(session, graph_id, claim.user_id, "admin")
             credits.create_graph_pool(session, graph_id=graph_id, tier=plan.tier,
                                       subscription_id=claim.subscription_id)
-            path, host_id = Path(found.database_path), found.host_id
+            path, host_id = Path(subscription.made_database_path), subscription.made_host_id
 
     path.parent.mkdir(parents=True, exist_ok=True)
     made_file = engine.ensure_database(path, plan.ddl)

@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import (
     Engine,
-    Insert,
+    Result,
     Table,
     bindparam,
     create_engine,
@@ -37,6 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import UpdateBase
 
 
 def normalize_url(url: str) -> str:
@@ -95,15 +96,26 @@ def insert_all(session: Session, rows: Sequence[Any]) -> None:
     that needs one afterwards reads it back. The statement is built once per shape (tables and
     columns) and then only bound, which is most of what an insert costs in Python.
     """
+    execute_with_rows(session, None, {}, rows)
+
+
+def execute_with_rows(session: Session, statement: UpdateBase | None, params: dict[str, Any],
+                      rows: Sequence[Any]) -> Result[Any] | None:
+    """Run ``statement`` (built once, bound with ``params``) and insert ``rows`` as
+    ``insert_all`` does, in one round trip on PostgreSQL: the rows become data-modifying CTEs
+    of the statement. Elsewhere the rows go first. The statement's result, if any."""
     values = [_values_of(row) for row in rows]
+    bound = {**params, **{f"r{index}_{key}": value
+                          for index, (_, row_values) in enumerate(values)
+                          for key, value in row_values.items()}}
     if session.get_bind().dialect.name != "postgresql":
         for table, row_values in values:
             session.execute(insert(table), row_values)
-        return
-    statement = _nested_insert(tuple((table, tuple(row_values)) for table, row_values in values))
-    session.execute(statement, {f"r{index}_{key}": value
-                                for index, (_, row_values) in enumerate(values)
-                                for key, value in row_values.items()})
+        return session.execute(statement, params) if statement is not None else None
+    if statement is None and not values:
+        return None
+    shape = tuple((table, tuple(row_values)) for table, row_values in values)
+    return session.execute(_with_rows(statement, shape), bound)
 
 
 def _values_of(row: Any) -> tuple[Table, dict[str, Any]]:
@@ -122,12 +134,15 @@ def _values_of(row: Any) -> tuple[Table, dict[str, Any]]:
 
 
 @functools.lru_cache(maxsize=128)
-def _nested_insert(shape: tuple[tuple[Table, tuple[str, ...]], ...]) -> Insert:
-    statements = [insert(table).values({key: bindparam(f"r{index}_{key}", type_=table.c[key].type)
-                                        for key in keys})
-                  for index, (table, keys) in enumerate(shape)]
-    *first, last = statements
-    return last.add_cte(*(statement.cte(f"row_{index}") for index, statement in enumerate(first)))
+def _with_rows(statement: UpdateBase | None,
+               shape: tuple[tuple[Table, tuple[str, ...]], ...]) -> UpdateBase:
+    inserts: list[UpdateBase] = [
+        insert(table).values({key: bindparam(f"r{index}_{key}", type_=table.c[key].type)
+                              for key in keys})
+        for index, (table, keys) in enumerate(shape)]
+    if statement is None:
+        *inserts, statement = inserts
+    return statement.add_cte(*(row.cte(f"row_{index}") for index, row in enumerate(inserts)))
 
 
 #: A pooled connection unused for this long is pinged before it is handed out.
