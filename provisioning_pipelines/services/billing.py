@@ -260,7 +260,11 @@ def subscription_of_user(session: Session, subscription_id: str, user_id: str) -
 
 
 def owner_of(session: Session, subscription_id: str) -> str | None:
-    return session.scalar(select(Subscription.user_id).where(Subscription.id == subscription_id))
+    """Who an operation about the subscription belongs to (asked before every direct run)."""
+    subscriptions = Subscription.__table__
+    return session.execute(lambda_stmt(
+        lambda: select(subscriptions.c.user_id)
+        .where(subscriptions.c.id == subscription_id))).scalar()
 
 
 
