@@ -2,13 +2,15 @@
 the Dagster job through ``execute_in_process``; for the graph flow also a run launched through the
 webserver's GraphQL API and started by the daemon (submit to success, as a caller waits for it).
 
-    python -m benchmarks.bench_flows [--runs 15] [--launched-runs 5] [--postgres URL]
+    python -m benchmarks.bench_flows [--runs 15] [--launched-runs 5] [--postgres URL] [--redis URL]
 
 Methods take turns within every round (bare, direct, job, bare, ...), so a noisy neighbour slows
 all three alike; the table gives medians, p95 and each method's ratio to the bare bodies.
 By default the app database is SQLite and the Dagster instance a SQLite one in a temporary folder;
 ``--postgres`` puts both the app database and the Dagster instance (dagster-postgres) on a
-PostgreSQL server, in databases made for the run and dropped after.
+PostgreSQL server, in databases made for the run and dropped after; ``--redis`` keeps the
+direct executor's operation events in Redis (under a prefix of the run's own) instead of memory.
+The graph flow's launched runs end with the ratio of a launched run to the direct executor.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 
 from dagster import DagsterInstance, RunConfig, instance_for_test
 
-from benchmarks.scratch import ScratchDatabases
+from benchmarks.scratch import ScratchDatabases, delete_redis_prefix
 from provisioning_pipelines.cli.dev import dagster_servers
 from provisioning_pipelines.direct import DirectExecutor
 from provisioning_pipelines.direct.launcher import GraphQLJobLauncher
@@ -106,8 +108,8 @@ class Workload:
 
 
 @contextmanager
-def environment(postgres: str | None) -> Iterator[tuple[dict[str, Any], Database,
-                                                         DagsterInstance, Path, str | None]]:
+def environment(postgres: str | None, redis_url: str | None = None
+                ) -> Iterator[tuple[dict[str, Any], Database, DagsterInstance, Path, str | None]]:
     with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
         made: list[str] = []
         if postgres:
@@ -117,8 +119,12 @@ def environment(postgres: str | None) -> Iterator[tuple[dict[str, Any], Database
         else:
             app_url, overrides = f"sqlite:///{folder}/app.db", None
         upgrade(app_url)
+        events: dict[str, str] = {}
+        if redis_url:
+            events = {"REDIS_URL": redis_url, "REDIS_KEY_PREFIX": f"bench-{uuid.uuid4().hex[:8]}:"}
+            stack.callback(delete_redis_prefix, redis_url, events["REDIS_KEY_PREFIX"])
         resources = build_resources(load_settings(DATABASE_URL=app_url,
-                                                  GRAPH_DATA_DIR=f"{folder}/graphs"))
+                                                  GRAPH_DATA_DIR=f"{folder}/graphs", **events))
         Path(folder, "graphs").mkdir()
         Path(folder, "dagster").mkdir()
         try:
@@ -202,12 +208,14 @@ def main() -> None:
     parser.add_argument("--launched-runs", type=int, default=5,
                         help="launched runs of the graph flow (0 to skip; ~3 s each)")
     parser.add_argument("--postgres", help="e.g. postgresql+psycopg2://postgres@127.0.0.1/postgres")
+    parser.add_argument("--redis", help="operation events in Redis, e.g. redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     backend = "PostgreSQL + dagster-postgres" if args.postgres else "SQLite + SQLite instance"
+    backend += ", events in Redis" if args.redis else ", events in memory"
     print(f"flows, {args.runs} runs per method, interleaved; {backend}")
     print(f"{'flow':<18}{'method':<21}{'median ms':>10}{'p95 ms':>10}{'x bare':>9}")
-    with environment(args.postgres) as (resources, database, instance, folder,
-                                        extra_postgres):
+    with environment(args.postgres, args.redis) as (resources, database, instance, folder,
+                                                    extra_postgres):
         workload = Workload(database, resources)
         for flow, make_config in ((GRAPH_FLOW, workload.graph),
                                   (REPOSITORY_FLOW, workload.repository),
@@ -221,6 +229,10 @@ def main() -> None:
                 median = statistics.median(times[method])
                 print(f"{flow.name:<18}{method:<21}{median:>10.2f}{p95(times[method]):>10.2f}"
                       f"{median / base:>9.2f}")
+            if "launched run" in times:
+                ratio = (statistics.median(times["launched run"])
+                         / statistics.median(times["direct executor"]))
+                print(f"{flow.name:<18}launched run / direct executor: {ratio:.0f}x")
 
 
 if __name__ == "__main__":
