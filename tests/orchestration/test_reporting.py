@@ -1,13 +1,17 @@
-"""The background reporter: bounded, with a deadline per report, never piling up."""
+"""The background reporter: bounded, with a deadline per report, never piling up, holding its
+connection to Dagster's database."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from dagster import AssetKey, AssetMaterialization, DagsterInstance
+from dagster import AssetKey, AssetMaterialization, DagsterInstance, instance_for_test
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
 from provisioning_pipelines.orchestration.reporting import MaterializationReporter
 from provisioning_pipelines.storage.events import InMemoryOperationStore
+from tests.conftest import POSTGRES_URL, create_postgres_database, drop_postgres_database
 
 
 def graph_materialization(graph_id: str) -> AssetMaterialization:
@@ -48,3 +52,40 @@ def test_clean_shutdown_waits_for_pending_reports(
     reporter.close()
 
     assert [store.get(o).dagster_report for o in operations] == ["ok"] * 5
+
+
+def test_an_instance_the_reporter_makes_keeps_its_connection_between_reports(
+    postgres_server: str,
+) -> None:
+    """dagster-postgres connects afresh for every write unless told otherwise: a reporter in a
+    long-lived API process holds a connection, so a burst of reports costs no new server
+    processes."""
+    url = create_postgres_database("pp_report")
+    try:
+        with instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}) \
+                as instance:
+            store = InMemoryOperationStore()
+            reporter = MaterializationReporter(lambda: instance, store, timeout=10,
+                                               max_workers=1)
+            operations = [store.create("graph_provisioning").id for _ in range(3)]
+            for operation_id in operations:
+                reporter.submit(operation_id, graph_materialization(f"kg{operation_id[-16:]}"))
+            assert reporter.wait_idle(30)
+
+            assert [store.get(o).dagster_report for o in operations] == ["ok"] * 3
+            assert _connections_to(url) >= 1  # held open in the pool, not closed after each
+            reporter.close()
+            reporter.join()
+    finally:
+        drop_postgres_database(url)
+
+
+def _connections_to(url: str) -> int:
+    engine = create_engine(POSTGRES_URL)
+    try:
+        with engine.connect() as connection:
+            return int(connection.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE datname = :name"),
+                {"name": make_url(url).database}))
+    finally:
+        engine.dispose()
