@@ -8,7 +8,8 @@ one stays empty, the other is first grown to ``--graphs`` graphs through the rea
 through the direct executor take turns between the two (empty, grown, empty, ...), so a noisy
 neighbour slows both alike, and the medians and their ratio are printed. Last, every statement
 one provisioning sends to the grown install is shown with PostgreSQL's ``EXPLAIN``: each
-SELECT, UPDATE and DELETE with the plan's scan lines, so a sequential scan would stand out.
+SELECT, UPDATE, DELETE and WITH (rows written in one statement) with the plan's scan lines, so a
+sequential scan would stand out.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def explain_path(install: Install) -> list[tuple[str, list[str]]]:
     sent: list[tuple[str, Any]] = []
 
     def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
-        if statement.lstrip().split(" ", 1)[0].upper() in ("SELECT", "UPDATE", "DELETE"):
+        if statement.lstrip().split(" ", 1)[0].upper() in ("SELECT", "UPDATE", "DELETE", "WITH"):
             sent.append((statement, parameters))
 
     engine = install.database.engine
