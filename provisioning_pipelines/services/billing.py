@@ -73,13 +73,17 @@ def mark_paid(
     stripe_customer_id: str | None = None,
     stripe_subscription_id: str | None = None,
     operation_id: str | None = None,
+    applied: EventKey | None = None,
 ) -> bool:
     """``pending_payment`` -> ``provisioning``; False (and no change) from any other status.
 
     ``operation_id`` is the operation that will report the provisioning, recorded in the same
-    transaction, so whoever picks the work up (after a crash, say) continues it.
+    transaction, so whoever picks the work up (after a crash, say) continues it. ``applied`` is
+    the billing event's key (``mark_applied``), written in the same statement as the payment,
+    or alone when the subscription was not waiting for one.
     """
     now = utcnow()
+    watermark = _watermark(applied) if applied is not None else {}
     moved = session.execute(
         update(Subscription)
         .where(Subscription.id == subscription_id, Subscription.status == "pending_payment")
@@ -90,12 +94,16 @@ def mark_paid(
             stripe_customer_id=stripe_customer_id,
             stripe_subscription_id=stripe_subscription_id,
             operation_id=operation_id,
+            **watermark,
         )
     )
     if moved.rowcount == 1:
         audit.record(session, actor="billing", action="subscription.paid",
                      subject_type="subscription", subject_id=subscription_id)
         return True
+    if watermark:
+        session.execute(update(Subscription).where(Subscription.id == subscription_id)
+                        .values(**watermark))
     get_subscription(session, subscription_id)
     return False
 
@@ -186,6 +194,11 @@ def _decided_now(subscription: Subscription, what: str, actor: str) -> None:
 
 def mark_applied(subscription: Subscription, key: EventKey) -> None:
     subscription.last_event_at, subscription.last_event_rank, subscription.last_event_id = key
+
+
+def _watermark(key: EventKey) -> dict[str, Any]:
+    """``mark_applied``'s columns, for a statement that writes them."""
+    return dict(zip(("last_event_at", "last_event_rank", "last_event_id"), key, strict=True))
 
 
 def price_cents(subscription: Subscription | Row[Any]) -> int:

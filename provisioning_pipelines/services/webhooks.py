@@ -236,14 +236,16 @@ def _act(session: Session, event: dict[str, Any], operation_id: str | None) -> A
     if not billing.newer_than_applied(subscription, key):
         # An older or repeated event never undoes or extends what a newer one decided.
         return replace(applied, ignored="older than an event already applied")
-    billing.mark_applied(subscription, key)
     if kind == "customer.subscription.deleted":
+        billing.mark_applied(subscription, key)
         return replace(applied, canceled=billing.cancel(session, subscription.id))
     if subscription.status == "canceled":
+        billing.mark_applied(subscription, key)
         return _paid_again(session, subscription, applied, operation_id)
-    paid = billing.mark_paid(
+    paid = billing.mark_paid(  # the event's key in the same statement as the payment
         session, subscription.id, stripe_customer_id=_str(obj.get("customer")),
-        stripe_subscription_id=_str(obj.get("subscription")), operation_id=operation_id)
+        stripe_subscription_id=_str(obj.get("subscription")), operation_id=operation_id,
+        applied=key)
     return replace(applied, paid=paid)
 
 
