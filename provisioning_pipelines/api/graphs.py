@@ -11,7 +11,7 @@ from starlette.routing import Route
 from provisioning_pipelines.api.context import ApiContext, guard, read_json
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows import SUBGRAPH_FLOW
-from provisioning_pipelines.services import graphs, subgraphs, validation
+from provisioning_pipelines.services import graph_requests, graphs, subgraphs, validation
 from provisioning_pipelines.services.accounts import Identity
 
 
@@ -30,8 +30,8 @@ def routes(api: ApiContext) -> list[Route]:
         body = await read_json(request)
         name = subgraphs.validate_subgraph_name(body.get("name"))
         description = validation.text(body.get("description"), "description",
-                                      max_length=graphs.MAX_DESCRIPTION_LENGTH, multiline=True,
-                                      required=False)
+                                      max_length=graph_requests.MAX_DESCRIPTION_LENGTH,
+                                      multiline=True, required=False)
         fork_parent = body.get("fork_parent", False)
         if not isinstance(fork_parent, bool):
             raise InvalidRequest("fork_parent: expected true or false", field="fork_parent")

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.services import accounts, billing, catalog, validation
-from provisioning_pipelines.services.graphs import GraphRequest
+from provisioning_pipelines.services.graph_requests import GraphRequest
 from provisioning_pipelines.storage.models import Subscription
 
 
