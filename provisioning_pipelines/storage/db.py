@@ -105,9 +105,6 @@ def execute_with_rows(session: Session, statement: UpdateBase | None, params: di
     ``insert_all`` does, in one round trip on PostgreSQL: the rows become data-modifying CTEs
     of the statement. Elsewhere the rows go first. The statement's result, if any."""
     values = [_values_of(row) for row in rows]
-    bound = {**params, **{f"r{index}_{key}": value
-                          for index, (_, row_values) in enumerate(values)
-                          for key, value in row_values.items()}}
     if session.get_bind().dialect.name != "postgresql":
         for table, row_values in values:
             session.execute(insert(table), row_values)
@@ -115,6 +112,9 @@ def execute_with_rows(session: Session, statement: UpdateBase | None, params: di
     if statement is None and not values:
         return None
     shape = tuple((table, tuple(row_values)) for table, row_values in values)
+    bound = {**params, **{f"r{index}_{key}": value
+                          for index, (_, row_values) in enumerate(values)
+                          for key, value in row_values.items()}}
     return session.execute(_with_rows(statement, shape), bound)
 
 
