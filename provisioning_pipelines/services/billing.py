@@ -6,16 +6,18 @@ write of a subscription row outside the claim is here, so entry points never tou
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, lambda_stmt, select, update
+from sqlalchemy import Executable, Row, bindparam, lambda_stmt, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import InvalidRequest, NotFound
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.catalog import TIERS, repository_plan
+from provisioning_pipelines.storage.db import execute_with_rows, takes_data_modifying_ctes
 from provisioning_pipelines.storage.models import (
     BillingCustomer,
     Invoice,
@@ -82,30 +84,61 @@ def mark_paid(
     the billing event's key (``mark_applied``), written in the same statement as the payment,
     or alone when the subscription was not waiting for one.
     """
-    now = utcnow()
-    watermark = _watermark(applied) if applied is not None else {}
-    moved = session.execute(
-        update(Subscription)
-        .where(Subscription.id == subscription_id, Subscription.status == "pending_payment")
-        .values(
-            status="provisioning",
-            paid_at=now,
-            updated_at=now,
-            stripe_customer_id=stripe_customer_id,
-            stripe_subscription_id=stripe_subscription_id,
-            operation_id=operation_id,
-            **watermark,
-        )
-    )
-    if moved.rowcount == 1:
-        audit.record(session, actor="billing", action="subscription.paid",
-                     subject_type="subscription", subject_id=subscription_id)
+    params = {"paid_id": subscription_id, "paid_when": utcnow(),
+              "paid_customer": stripe_customer_id,
+              "paid_stripe_subscription": stripe_subscription_id,
+              "paid_operation": operation_id}
+    if applied is not None:
+        params.update({f"paid_{column}": value for column, value in _watermark(applied).items()})
+    together = takes_data_modifying_ctes(session)  # the audit entry in the same statement
+    moved = session.execute(_paid_statement(applied is not None, together),
+                            {**params, **audit.when()} if together else params).first()
+    if moved is not None:
+        if not together:
+            audit.record(session, actor="billing", action="subscription.paid",
+                         subject_type="subscription", subject_id=subscription_id)
         return True
-    if watermark:
+    if applied is not None:
         session.execute(update(Subscription).where(Subscription.id == subscription_id)
-                        .values(**watermark))
+                        .values(**_watermark(applied)))
     get_subscription(session, subscription_id)
     return False
+
+
+@functools.cache
+def _paid_statement(watermark: bool, audited: bool) -> Executable:
+    """``mark_paid``'s statement, built once and then only bound: the UPDATE returning the
+    subscription it moved and, when ``audited``, the audit entry for it as a CTE beside it."""
+    table = Subscription.__table__
+    values = {"status": "provisioning", "paid_at": bindparam("paid_when"),
+              "updated_at": bindparam("paid_when"),
+              "stripe_customer_id": bindparam("paid_customer"),
+              "stripe_subscription_id": bindparam("paid_stripe_subscription"),
+              "operation_id": bindparam("paid_operation")}
+    if watermark:
+        values.update({column: bindparam(f"paid_{column}") for column in _WATERMARK})
+    moved = (update(table)
+             .where(table.c.id == bindparam("paid_id"), table.c.status == "pending_payment")
+             .values(values).returning(table.c.id))
+    if not audited:
+        return moved
+    paid = moved.cte("paid")
+    entry = audit.for_each(paid, actor="billing", action="subscription.paid",
+                           subject_type="subscription")
+    return select(paid.c.id).add_cte(entry.cte("paid_audit"))
+
+
+def subscription_for_event(session: Session, subscription_id: str, *,
+                           rows: list[Any] | None = None) -> Subscription | None:
+    """The subscription a billing event names, locked until the transaction ends, so the
+    event is decided on a row no other event (or claim) changes meanwhile; ``rows`` (the
+    event's own record) are inserted in the same round trip."""
+    return execute_with_rows(session, _FOR_EVENT, {"event_subscription": subscription_id},
+                             rows or []).scalar_one_or_none()
+
+
+_FOR_EVENT = (select(Subscription).where(Subscription.id == bindparam("event_subscription"))
+              .with_for_update().execution_options(populate_existing=True))
 
 
 def cancel(session: Session, subscription_id: str, *, actor: str = "billing") -> bool:
@@ -196,9 +229,12 @@ def mark_applied(subscription: Subscription, key: EventKey) -> None:
     subscription.last_event_at, subscription.last_event_rank, subscription.last_event_id = key
 
 
+_WATERMARK = ("last_event_at", "last_event_rank", "last_event_id")
+
+
 def _watermark(key: EventKey) -> dict[str, Any]:
     """``mark_applied``'s columns, for a statement that writes them."""
-    return dict(zip(("last_event_at", "last_event_rank", "last_event_id"), key, strict=True))
+    return dict(zip(_WATERMARK, key, strict=True))
 
 
 def price_cents(subscription: Subscription | Row[Any]) -> int:

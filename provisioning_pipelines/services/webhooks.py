@@ -29,12 +29,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import stripe
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, InvalidRequest, NotFound
 from provisioning_pipelines.services import audit, billing, lifecycle
 from provisioning_pipelines.services.validation import text_problem, type_name
+from provisioning_pipelines.storage.db import insert_all
 from provisioning_pipelines.storage.models import Subscription, WebhookEvent
 
 TOLERANCE_SECONDS = 300
@@ -173,16 +174,21 @@ class Applied:
 
 def record_and_apply(session: Session, delivery: Delivery, *,
                      operation_id: str | None = None) -> Applied:
-    """Insert the event (the unique id makes a duplicate fail here), then apply or reject it.
+    """Record the event, then apply or reject it, in one transaction. Its insert shares a round
+    trip with reading (and locking) its subscription, and a duplicate's fails there: a
+    redelivery changes nothing.
 
     ``operation_id`` is recorded on a subscription this event pays for (``Applied.paid``): the
     operation the caller then opens and provisions under.
     """
-    row = WebhookEvent(id=delivery.event_id, event_type=delivery.event_type[:64],
+    new = WebhookEvent(id=delivery.event_id, event_type=delivery.event_type[:64],
                        raw_body=delivery.raw, event_created_at=delivery.created_at)
-    session.add(row)
-    session.flush()
-    return _apply(session, row, delivery, operation_id)
+    applied = _apply(session, delivery, operation_id, new)
+    if (new.status or "applied", new.reason) != (applied.status, applied.ignored):
+        # recorded before the outcome was known (as applied, the common case)
+        session.execute(update(WebhookEvent).where(WebhookEvent.id == delivery.event_id)
+                        .values(status=applied.status, reason=applied.ignored))
+    return applied
 
 
 def record_rejected(session: Session, delivery: Delivery, reason: str) -> Applied:
@@ -192,25 +198,31 @@ def record_rejected(session: Session, delivery: Delivery, reason: str) -> Applie
     return Applied(delivery.event_id, "unreadable", ignored=reason, status="rejected")
 
 
-def _apply(session: Session, row: WebhookEvent, delivery: Delivery,
-           operation_id: str | None = None) -> Applied:
+def _apply(session: Session, delivery: Delivery, operation_id: str | None = None,
+           new: WebhookEvent | None = None) -> Applied:
+    """The event's outcome; ``new``, the event's record, is inserted on the way (with its
+    outcome, when that is known before anything is read)."""
     if delivery.rejected or delivery.event is None:
-        row.status, row.reason = "rejected", delivery.rejected
-        return Applied(delivery.event_id, row.event_type, ignored=delivery.rejected,
+        if new is not None:
+            new.status, new.reason = "rejected", delivery.rejected
+            insert_all(session, [new])
+        return Applied(delivery.event_id, delivery.event_type, ignored=delivery.rejected,
                        status="rejected")
-    applied = _act(session, delivery.event, operation_id)
-    status = "ignored" if applied.ignored else "applied"
-    if (row.status, row.reason) != (status, applied.ignored):  # a new applied row: no write
-        row.status, row.reason = status, applied.ignored
-    return replace(applied, status=status)
+    applied = _act(session, delivery.event, operation_id, new)
+    return replace(applied, status="ignored" if applied.ignored else "applied")
 
 
-def _act(session: Session, event: dict[str, Any], operation_id: str | None) -> Applied:
+def _act(session: Session, event: dict[str, Any], operation_id: str | None,
+         new: WebhookEvent | None) -> Applied:
     obj = event["data"]["object"]
     kind = event["type"]
     if kind not in HANDLED:
-        return Applied(event["id"], kind, ignored="event type not handled")
-    subscription = _subscription_of(session, obj)
+        ignored = Applied(event["id"], kind, ignored="event type not handled")
+        if new is not None:
+            new.status, new.reason = "ignored", ignored.ignored
+            insert_all(session, [new])
+        return ignored
+    subscription = _subscription_of(session, obj, new)
     if subscription is None:
         return Applied(event["id"], kind, ignored="no subscription of ours")
     applied = Applied(event["id"], kind, subscription.id, user_id=subscription.user_id,
@@ -277,15 +289,20 @@ def _timestamp(value: Any) -> datetime | None:
     return datetime.fromtimestamp(value, UTC)
 
 
-def _subscription_of(session: Session, obj: dict[str, Any]) -> Subscription | None:
+def _subscription_of(session: Session, obj: dict[str, Any], new: WebhookEvent | None
+                     ) -> Subscription | None:
+    """The subscription the event is about, locked; ``new`` is inserted on the way."""
     metadata = obj.get("metadata") or {}
     ours = metadata.get("subscription_id")
     if isinstance(ours, str):
-        return session.get(Subscription, ours)
+        return billing.subscription_for_event(session, ours, rows=[new] if new else None)
+    if new is not None:
+        insert_all(session, [new])
     stripe_ids = [_str(obj.get("subscription")), _str(obj.get("id"))]
     for stripe_id in filter(None, stripe_ids):
         found = session.scalar(select(Subscription).where(
-            Subscription.stripe_subscription_id == stripe_id))
+            Subscription.stripe_subscription_id == stripe_id).with_for_update()
+            .execution_options(populate_existing=True))
         if found is not None:
             return found
     return None
@@ -330,4 +347,6 @@ def replay(session: Session, event_id: str) -> Applied:
     if not delivery.rejected and delivery.event is not None:
         row.event_type = delivery.event_type
         row.event_created_at = delivery.created_at
-    return _apply(session, row, delivery)
+    applied = _apply(session, delivery)
+    row.status, row.reason = applied.status, applied.ignored
+    return applied

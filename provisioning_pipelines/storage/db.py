@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import (
     Engine,
     Result,
+    Select,
     Table,
     bindparam,
     create_engine,
@@ -99,13 +100,14 @@ def insert_all(session: Session, rows: Sequence[Any]) -> None:
     execute_with_rows(session, None, {}, rows)
 
 
-def execute_with_rows(session: Session, statement: UpdateBase | None, params: dict[str, Any],
+def execute_with_rows(session: Session, statement: Select[Any] | UpdateBase | None,
+                      params: dict[str, Any],
                       rows: Sequence[Any]) -> Result[Any] | None:
     """Run ``statement`` (built once, bound with ``params``) and insert ``rows`` as
     ``insert_all`` does, in one round trip on PostgreSQL: the rows become data-modifying CTEs
     of the statement. Elsewhere the rows go first. The statement's result, if any."""
     values = [_values_of(row) for row in rows]
-    if session.get_bind().dialect.name != "postgresql":
+    if not takes_data_modifying_ctes(session):
         for table, row_values in values:
             session.execute(insert(table), row_values)
         return session.execute(statement, params) if statement is not None else None
@@ -116,6 +118,12 @@ def execute_with_rows(session: Session, statement: UpdateBase | None, params: di
                           for index, (_, row_values) in enumerate(values)
                           for key, value in row_values.items()}}
     return session.execute(_with_rows(statement, shape), bound)
+
+
+def takes_data_modifying_ctes(session: Session) -> bool:
+    """Whether the session's database runs ``WITH ... AS (INSERT/UPDATE ...)`` (PostgreSQL
+    does; SQLite does not), so several writes can share one round trip."""
+    return bool(session.get_bind().dialect.name == "postgresql")
 
 
 def _values_of(row: Any) -> tuple[Table, dict[str, Any]]:
@@ -134,9 +142,9 @@ def _values_of(row: Any) -> tuple[Table, dict[str, Any]]:
 
 
 @functools.lru_cache(maxsize=128)
-def _with_rows(statement: UpdateBase | None,
-               shape: tuple[tuple[Table, tuple[str, ...]], ...]) -> UpdateBase:
-    inserts: list[UpdateBase] = [
+def _with_rows(statement: Select[Any] | UpdateBase | None,
+               shape: tuple[tuple[Table, tuple[str, ...]], ...]) -> Select[Any] | UpdateBase:
+    inserts: list[Select[Any] | UpdateBase] = [
         insert(table).values({key: bindparam(f"r{index}_{key}", type_=table.c[key].type)
                               for key in keys})
         for index, (table, keys) in enumerate(shape)]
