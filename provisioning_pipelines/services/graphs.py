@@ -38,6 +38,7 @@ from provisioning_pipelines.storage.models import (
     CreditPool,
     CreditTransaction,
     Graph,
+    GraphHost,
     GraphSchema,
     GraphUser,
     Subscription,
@@ -57,6 +58,16 @@ _MADE_BEFORE = tuple(
     select(column).where(_GRAPHS.c.id == Subscription.__table__.c.resource_id)
     .correlate(Subscription.__table__).scalar_subquery().label(f"made_{column.key}")
     for column in (_GRAPHS.c.database_path, _GRAPHS.c.host_id))
+#: The host a new graph of the subscription's tier would go to (NULL if none has a free slot).
+_FREE_HOST = tuple(
+    hosts.least_used(column, Subscription.__table__.c.plan_name)
+    .correlate(Subscription.__table__).scalar_subquery().label(f"free_{column.key}")
+    for column in (GraphHost.__table__.c.id, GraphHost.__table__.c.data_root))
+
+
+class _SlotNotTaken(Exception):
+    """The host picked for a new graph filled (or its tier's queue grew) before its slot was
+    taken: the rows inserted with the slot are rolled back and the graph placed step by step."""
 
 
 def graph_id_for_subscription(subscription_id: str) -> str:
@@ -94,39 +105,20 @@ def create_graph(
     The rows commit before the file exists, so a crash in between leaves a graph a retry
     finishes (``ensure_database`` builds the missing file; each row is written only if absent),
     or the undo discards, never a file nobody knows about. A graph first made by this attempt
-    cannot have any of the other rows yet: they are inserted without looking first, in one
-    round trip (``insert_all``). ``CapacityExhausted`` (nothing made) when the tier has no free
-    slot, or when others of the tier wait for one first: the caller queues the subscription.
+    cannot have any of the other rows yet: they are inserted without looking first, in the
+    statement that takes the host's slot (``_make_rows``). ``CapacityExhausted`` (nothing made)
+    when the tier has no free slot, or when others of the tier wait for one first: the caller
+    queues the subscription.
     """
     request = plan.request
-    graph_id = plan.graph_id
-    with database.session() as session:
-        subscription = claims.write_held(session, claim, also=_MADE_BEFORE,
-                                         resource_id=graph_id)
-        if subscription.made_database_path is None:
-            slot = _place(session, subscription, plan.tier, graph_data_dir, local_host_capacity)
-            path, host_id = database_path(slot.data_root, graph_id), slot.id
-            insert_all(session, [
-                Graph(id=graph_id, org_id=claim.org_id, owner_user_id=claim.user_id,
-                      subscription_id=claim.subscription_id, name=request.name,
-                      description=request.description, graph_type=request.graph_type,
-                      tier=plan.tier.name, host_id=host_id, database_path=str(path),
-                      schema_extensions=request.schema_extensions, tags=request.tags,
-                      details={"entity": request.entity} if request.entity else {}),
-                _schema_row(graph_id, plan.ddl, request),
-                GraphUser(graph_id=graph_id, user_id=claim.user_id, role="admin"),
-                *credits.new_graph_pool(graph_id, plan.tier, claim.subscription_id),
-                audit.entry(actor=claim.user_id, action="graph.created", subject_type="graph",
-                            subject_id=graph_id,
-                            details={"tier": plan.tier.name,
-                                     "subscription_id": claim.subscription_id}),
-            ])
-        else:  # an earlier attempt made the graph: finish what it did not
-            store_schema(session, graph_id, plan.ddl, request)
-            grant_role(session, graph_id, claim.user_id, "admin")
-            credits.create_graph_pool(session, graph_id=graph_id, tier=plan.tier,
-                                      subscription_id=claim.subscription_id)
-            path, host_id = Path(subscription.made_database_path), subscription.made_host_id
+    try:
+        with database.session() as session:
+            path, host_id = _make_rows(session, claim, plan, graph_data_dir, local_host_capacity,
+                                       at_once=True)
+    except _SlotNotTaken:
+        with database.session() as session:
+            path, host_id = _make_rows(session, claim, plan, graph_data_dir, local_host_capacity,
+                                       at_once=False)
 
     path.parent.mkdir(parents=True, exist_ok=True)
     made_file = engine.ensure_database(path, plan.ddl)
@@ -136,6 +128,55 @@ def create_graph(
     return {"graph_id": plan.graph_id, "tier": plan.tier.name, "host_id": host_id,
             "database_path": str(path), "graph_type": request.graph_type, "tables": tables,
             "resumed": not made_file}
+
+
+def _make_rows(session: Session, claim: claims.Claim, plan: GraphPlan, graph_data_dir: Path,
+               local_host_capacity: int | None, *, at_once: bool) -> tuple[Path, str]:
+    """The graph's rows and its host's slot (or what an earlier attempt did not make); the
+    file's path and host. ``at_once``: the rows and the slot on the host the fence's statement
+    picked are one statement, so the host's row (every graph of the tier takes a slot there)
+    stays locked for that statement and the commit only; ``_SlotNotTaken`` if it filled."""
+    graph_id = plan.graph_id
+    subscription = claims.write_held(session, claim, also=(*_MADE_BEFORE, *_FREE_HOST),
+                                     resource_id=graph_id)
+    if subscription.made_database_path is not None:  # an earlier attempt made the graph
+        store_schema(session, graph_id, plan.ddl, plan.request)
+        grant_role(session, graph_id, claim.user_id, "admin")
+        credits.create_graph_pool(session, graph_id=graph_id, tier=plan.tier,
+                                  subscription_id=claim.subscription_id)
+        return Path(subscription.made_database_path), subscription.made_host_id
+    if at_once and subscription.free_id is not None:
+        path = database_path(subscription.free_data_root, graph_id)
+        rows = _new_graph_rows(claim, plan, subscription.free_id, path)
+        if queue.take_slot_in_turn(session, subscription, on_host=subscription.free_id,
+                                   rows=rows) is None:
+            raise _SlotNotTaken
+        return path, subscription.free_id
+    slot = _place(session, subscription, plan.tier, graph_data_dir, local_host_capacity)
+    path = database_path(slot.data_root, graph_id)
+    insert_all(session, _new_graph_rows(claim, plan, slot.id, path))
+    return path, slot.id
+
+
+def _new_graph_rows(claim: claims.Claim, plan: GraphPlan, host_id: str, path: Path
+                    ) -> list[Any]:
+    """A new graph's rows: the graph, its schema, its owner's role, its credit pool and
+    allocation, the audit entry (none can exist yet: they are inserted without looking)."""
+    request, graph_id = plan.request, plan.graph_id
+    return [
+        Graph(id=graph_id, org_id=claim.org_id, owner_user_id=claim.user_id,
+              subscription_id=claim.subscription_id, name=request.name,
+              description=request.description, graph_type=request.graph_type,
+              tier=plan.tier.name, host_id=host_id, database_path=str(path),
+              schema_extensions=request.schema_extensions, tags=request.tags,
+              details={"entity": request.entity} if request.entity else {}),
+        _schema_row(graph_id, plan.ddl, request),
+        GraphUser(graph_id=graph_id, user_id=claim.user_id, role="admin"),
+        *credits.new_graph_pool(graph_id, plan.tier, claim.subscription_id),
+        audit.entry(actor=claim.user_id, action="graph.created", subject_type="graph",
+                    subject_id=graph_id,
+                    details={"tier": plan.tier.name, "subscription_id": claim.subscription_id}),
+    ]
 
 
 def _place(session: Session, subscription: Row[Any], tier: Tier, graph_data_dir: Path,

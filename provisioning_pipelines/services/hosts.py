@@ -65,22 +65,32 @@ def take_slot(session: Session, tier: str) -> Row[Any] | None:
     return session.execute(_plain_slot(), {"slot_tier": tier}).first()
 
 
-def slot_statement(unless: ColumnElement[bool] | None = None) -> Update:
+def slot_statement(unless: ColumnElement[bool] | None = None, *,
+                   on_chosen_host: bool = False) -> Update:
     """Take a slot on the least-used available host of the tier bound as ``slot_tier``, unless
     ``unless`` holds: one statement, which picks the host and takes its slot (``UPDATE ...
-    WHERE id = (least used) ... RETURNING id, data_root``)."""
+    WHERE id = (least used) ... RETURNING id, data_root``). With ``on_chosen_host``, on the
+    host bound as ``slot_host`` instead (picked earlier in the transaction, ``least_used``),
+    if it still has a free slot and takes new graphs."""
     tier = bindparam("slot_tier", type_=String)
-    least_used = (select(_HOSTS.c.id)
-                  .where(_HOSTS.c.tier == tier, _HOSTS.c.status == "available",
-                         _HOSTS.c.slots_used < _HOSTS.c.capacity)
-                  .order_by(_HOSTS.c.slots_used, _HOSTS.c.id).limit(1)
-                  .scalar_subquery())
-    statement = update(_HOSTS).where(_HOSTS.c.id == least_used,
+    host = (bindparam("slot_host", type_=String) if on_chosen_host
+            else least_used(_HOSTS.c.id, tier).scalar_subquery())
+    statement = update(_HOSTS).where(_HOSTS.c.id == host, _HOSTS.c.tier == tier,
+                                     _HOSTS.c.status == "available",
                                      _HOSTS.c.slots_used < _HOSTS.c.capacity)
     if unless is not None:
         statement = statement.where(~unless)
     return (statement.values(slots_used=_HOSTS.c.slots_used + 1)
             .returning(_HOSTS.c.id, _HOSTS.c.data_root))
+
+
+def least_used(column: Any, tier: str | ColumnElement[str]) -> Select[Any]:
+    """``column`` of the least-used available host of the tier with a free slot (none: no
+    row): where the next graph of the tier goes."""
+    return (select(column)
+            .where(_HOSTS.c.tier == tier, _HOSTS.c.status == "available",
+                   _HOSTS.c.slots_used < _HOSTS.c.capacity)
+            .order_by(_HOSTS.c.slots_used, _HOSTS.c.id).limit(1))
 
 
 @functools.cache

@@ -13,6 +13,7 @@ the claim makes each happen exactly once, as for any paid subscription.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -38,6 +39,7 @@ from provisioning_pipelines.services.claims import (
     assert_held,
     position_of,
 )
+from provisioning_pipelines.storage.db import execute_with_rows
 from provisioning_pipelines.storage.models import Subscription, UTCDateTime, utcnow
 
 
@@ -46,17 +48,26 @@ def must_wait(session: Session, me: Subscription | Row[Any]) -> bool:
     return bool(session.scalar(select(_ahead(me.plan_name, me.queued_at))))
 
 
-def take_slot_in_turn(session: Session, me: Subscription | Row[Any]) -> Row[Any] | None:
+def take_slot_in_turn(session: Session, me: Subscription | Row[Any], *,
+                      on_host: str | None = None, rows: Sequence[Any] = ()) -> Row[Any] | None:
     """A slot for ``me`` (``hosts.take_slot``'s row) unless someone of its tier is ahead of it:
-    one statement. None also when no slot is free or a racing allocation won it."""
-    return session.execute(_slot_in_turn(me.queued_at is not None),
-                           {"slot_tier": me.plan_name, "my_queued_at": me.queued_at}).first()
+    one statement. None also when no slot is free or a racing allocation won it.
+
+    ``on_host``: on that host (picked earlier in the transaction), with ``rows`` inserted in the
+    same statement, so the host's row is locked for that statement and the commit only. The rows
+    go in whatever the answer: on None the caller rolls back.
+    """
+    params = {"slot_tier": me.plan_name, "my_queued_at": me.queued_at, "slot_host": on_host}
+    result = execute_with_rows(
+        session, _slot_in_turn(me.queued_at is not None, on_host is not None), params, rows)
+    return result.first() if result is not None else None
 
 
 @functools.cache
-def _slot_in_turn(released: bool) -> Update:
+def _slot_in_turn(released: bool, on_chosen_host: bool) -> Update:
     queued_at = bindparam("my_queued_at", type_=UTCDateTime) if released else None
-    return hosts.slot_statement(unless=_ahead(bindparam("slot_tier", type_=String), queued_at))
+    return hosts.slot_statement(unless=_ahead(bindparam("slot_tier", type_=String), queued_at),
+                                on_chosen_host=on_chosen_host)
 
 
 def _ahead(tier: str | ColumnElement[str],
