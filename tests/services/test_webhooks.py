@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -144,6 +145,44 @@ def test_in_any_order_a_cancelled_subscription_is_never_provisioned_after(
     cancel_at = order.index("customer.subscription.deleted")
     assert status(database, sub_id) == "canceled"
     assert paid_at is None or paid_at < cancel_at  # paid only if it came before the cancel
+
+
+def test_an_older_payment_racing_a_cancellation_waits_for_it_and_is_ignored(
+    postgres_database: Database,
+) -> None:
+    """Two events about one subscription are decided one after the other, on its locked row:
+    a payment that arrives while a newer cancellation is being applied waits, then sees it.
+    Decided on a row read unlocked, the payment wrote its older key over the cancellation's,
+    and a third event between the two then provisioned a cancelled subscription."""
+    database = postgres_database
+    sub_id = paid_graph_subscription(database, new_customer(database), paid=False)
+    now = int(time.time())
+    cancellation = {**event("customer.subscription.deleted", sub_id), "created": now}
+    payment = {**event("checkout.session.completed", sub_id), "created": now - 20}
+    between = {**event("checkout.session.completed", sub_id), "created": now - 10}
+    with ThreadPoolExecutor(1) as racer, database.session() as session:
+        webhooks.record_and_apply(session, webhooks.read(json.dumps(cancellation)))
+        racing = racer.submit(apply, database, payment)
+        _wait_until_a_statement_waits_for_a_lock(database)
+        session.commit()  # the cancellation lands while the payment waits
+        assert racing.result(timeout=60).ignored == "older than an event already applied"
+    assert status(database, sub_id) == "canceled"
+    assert apply(database, between).ignored == "older than an event already applied"
+    assert status(database, sub_id) == "canceled"
+
+
+def _wait_until_a_statement_waits_for_a_lock(database: Database) -> None:
+    """Until a connection to this database waits for a row lock (no fixed sleep)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with database.engine.connect() as connection:  # a fresh snapshot of the activity
+            waiting = connection.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'").scalar()
+        if waiting:
+            return
+        time.sleep(0.01)
+    raise AssertionError("the racing delivery never waited for the subscription's row")
 
 
 @pytest.mark.parametrize(("mutate", "reason"), [
