@@ -7,8 +7,9 @@ instance (dagster-postgres, as deployed), ``--graphs`` unpaid graph subscription
 payment webhook plus ``--duplicates`` of them delivered a second time, all sent at once from
 one asyncio client (``--senders``: all at once, or at most that many in flight, as a billing
 provider delivers). Printed: the webhook answer's median and p99, graphs per second from the
-first delivery sent until the last subscription active, and whether every subscription has
-exactly one graph and every operation's materialization was reported to Dagster.
+first delivery sent until the last subscription active, whether every subscription has exactly
+one graph and every operation's materialization was reported to Dagster, and the floor: as many
+deliveries, unsigned, refused before any database work, sent the same way just before.
 """
 
 from __future__ import annotations
