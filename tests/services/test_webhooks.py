@@ -11,13 +11,14 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from provisioning_pipelines.errors import Conflict, NotFound
 from provisioning_pipelines.services import webhooks
 from provisioning_pipelines.services.webhooks import InvalidWebhook
 from provisioning_pipelines.storage.db import Database
-from provisioning_pipelines.storage.models import Subscription
+from provisioning_pipelines.storage.models import AuditLogEntry, Subscription
 from tests.factories import new_customer, paid_graph_subscription
 
 SECRET = "whsec_test"
@@ -84,6 +85,27 @@ def test_a_paid_checkout_moves_the_subscription_on_and_says_what_to_provision(
     assert applied.paid and applied.subscription_id == sub_id
     assert (applied.user_id, applied.resource_type) == (user.user_id, "graph")
     assert status(database, sub_id) == "provisioning"
+
+
+def test_a_payment_is_audited_once_with_its_event_recorded_and_a_second_one_is_not(
+    database: Database,
+) -> None:
+    sub_id = paid_graph_subscription(database, new_customer(database), paid=False)
+    first = {**event("checkout.session.completed", sub_id), "created": int(time.time()) - 5}
+    second = event("checkout.session.completed", sub_id)  # newer, but nothing left to pay
+
+    assert apply(database, first).paid
+    assert not apply(database, second).paid
+
+    with database.session() as session:
+        paid = session.scalars(select(AuditLogEntry.subject_id).where(
+            AuditLogEntry.action == "subscription.paid")).all()
+        events = {row["event_id"]: row["status"] for row in webhooks.list_events(session)}
+        subscription = session.get(Subscription, sub_id)
+        assert subscription is not None
+        assert subscription.last_event_id == second["id"]  # the newest decision is remembered
+    assert paid == [sub_id]
+    assert events == {first["id"]: "applied", second["id"]: "applied"}
 
 
 def test_the_same_event_twice_is_refused_by_its_unique_id(database: Database) -> None:
