@@ -8,7 +8,7 @@ from sqlalchemy import CTE, Insert, bindparam, insert, literal, select
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.storage.db import insert_all
-from provisioning_pipelines.storage.models import AuditLogEntry, utcnow
+from provisioning_pipelines.storage.models import AuditLogEntry
 
 
 def record(
@@ -34,18 +34,13 @@ def entry(*, actor: str, action: str, subject_type: str, subject_id: str,
 def for_each(changed: CTE, *, actor: str, action: str, subject_type: str) -> Insert:
     """An entry for each row the statement ``changed`` returns (its ``id`` the subject), to be
     a data-modifying CTE beside it: the entry is written exactly when the change is, in the
-    change's own round trip. Bind ``audit_at`` (``when()``) where the statement runs."""
+    change's own round trip. Bind ``audit_at``, the change's time, where the statement runs."""
     log = AuditLogEntry.__table__
     return insert(log).from_select(
         ["at", "actor", "action", "subject_type", "subject_id", "details"],
         select(bindparam("audit_at", type_=log.c.at.type), literal(actor), literal(action),
                literal(subject_type), changed.c.id,
                bindparam("audit_details", {}, type_=log.c.details.type)))
-
-
-def when() -> dict[str, Any]:
-    """The parameters a ``for_each`` entry takes where its statement runs."""
-    return {"audit_at": utcnow()}
 
 
 def record_once(session: Session, *, actor: str, action: str, subject_type: str,

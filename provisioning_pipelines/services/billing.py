@@ -92,7 +92,7 @@ def mark_paid(
         params.update({f"paid_{column}": value for column, value in _watermark(applied).items()})
     together = takes_data_modifying_ctes(session)  # the audit entry in the same statement
     moved = session.execute(_paid_statement(applied is not None, together),
-                            {**params, **audit.when()} if together else params).first()
+                            {**params, "audit_at": params["paid_when"]}).first()
     if moved is not None:
         if not together:
             audit.record(session, actor="billing", action="subscription.paid",
