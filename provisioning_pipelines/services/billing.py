@@ -84,15 +84,15 @@ def mark_paid(
     the billing event's key (``mark_applied``), written in the same statement as the payment,
     or alone when the subscription was not waiting for one.
     """
-    params = {"paid_id": subscription_id, "paid_when": utcnow(),
+    now = utcnow()
+    params = {"paid_id": subscription_id, "paid_when": now, "audit_at": now,
               "paid_customer": stripe_customer_id,
               "paid_stripe_subscription": stripe_subscription_id,
               "paid_operation": operation_id}
     if applied is not None:
         params.update({f"paid_{column}": value for column, value in _watermark(applied).items()})
     together = takes_data_modifying_ctes(session)  # the audit entry in the same statement
-    moved = session.execute(_paid_statement(applied is not None, together),
-                            {**params, "audit_at": params["paid_when"]}).first()
+    moved = session.execute(_paid_statement(applied is not None, together), params).first()
     if moved is not None:
         if not together:
             audit.record(session, actor="billing", action="subscription.paid",
@@ -316,8 +316,6 @@ def owner_of(session: Session, subscription_id: str) -> str | None:
     """Who an operation about the subscription belongs to (asked before a direct run that
     opens its own operation)."""
     return session.execute(_OWNER, {"subscription_id": subscription_id}).scalar()
-
-
 
 
 def settled_between(session: Session, since: datetime, until: datetime,

@@ -123,7 +123,7 @@ def execute_with_rows(session: Session, statement: Select[Any] | UpdateBase | No
 def takes_data_modifying_ctes(session: Session) -> bool:
     """Whether the session's database runs ``WITH ... AS (INSERT/UPDATE ...)`` (PostgreSQL
     does; SQLite does not), so several writes can share one round trip."""
-    return bool(session.get_bind().dialect.name == "postgresql")
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def _values_of(row: Any) -> tuple[Table, dict[str, Any]]:
