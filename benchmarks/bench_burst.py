@@ -35,7 +35,9 @@ import httpx
 from sqlalchemy import func, select
 
 from benchmarks.scratch import ScratchDatabases, delete_redis_prefix
-from provisioning_pipelines.services import accounts, subscriptions, webhooks
+from provisioning_pipelines.services import requests as subscriptions
+from provisioning_pipelines.services import webhooks
+from provisioning_pipelines.services.access import accounts
 from provisioning_pipelines.storage.db import get_database
 from provisioning_pipelines.storage.events import RedisOperationStore
 from provisioning_pipelines.storage.migrate import upgrade

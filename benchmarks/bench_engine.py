@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from provisioning_pipelines.services.schemas import schema_ddl
+from provisioning_pipelines.services.graphs.schemas import schema_ddl
 from provisioning_pipelines.storage.ladybug import LadybugEngine, expected_tables
 
 EXTENSIONS = ["accounting", "crm", "supply_chain"]

@@ -41,7 +41,7 @@ from typing import Any
 import redis
 
 from benchmarks.scratch import ScratchDatabases, delete_redis_prefix
-from provisioning_pipelines.services import accounts
+from provisioning_pipelines.services.access import accounts
 from provisioning_pipelines.storage.db import get_database
 from provisioning_pipelines.storage.events import OperationEvent, RedisOperationStore
 from provisioning_pipelines.storage.migrate import upgrade

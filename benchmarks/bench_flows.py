@@ -45,9 +45,11 @@ from provisioning_pipelines.flows import (
     execute_flow,
 )
 from provisioning_pipelines.orchestration.jobs import JOBS
-from provisioning_pipelines.orchestration.reporting import MaterializationReporter
-from provisioning_pipelines.orchestration.resources import build_resources, step_context
-from provisioning_pipelines.services import accounts, billing, subscriptions
+from provisioning_pipelines.runtime.reporting import MaterializationReporter
+from provisioning_pipelines.runtime.resources import build_resources, step_context
+from provisioning_pipelines.services import requests as subscriptions
+from provisioning_pipelines.services.access import accounts
+from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.db import Database, dispose_database
 from provisioning_pipelines.storage.migrate import upgrade

@@ -31,7 +31,7 @@ from benchmarks.bench_flows import Workload
 from benchmarks.scratch import ScratchDatabases, delete_redis_prefix
 from provisioning_pipelines.direct import DirectExecutor
 from provisioning_pipelines.flows import GRAPH_FLOW
-from provisioning_pipelines.orchestration.resources import build_resources
+from provisioning_pipelines.runtime.resources import build_resources
 from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.migrate import upgrade
 from provisioning_pipelines.storage.models import Graph

@@ -39,8 +39,11 @@ from provisioning_pipelines.flows import (
     SubscriptionConfig,
     execute_flow,
 )
-from provisioning_pipelines.orchestration.resources import build_resources, step_context
-from provisioning_pipelines.services import accounts, billing, graphs, subscriptions
+from provisioning_pipelines.runtime.resources import build_resources, step_context
+from provisioning_pipelines.services import requests as subscriptions
+from provisioning_pipelines.services.access import accounts
+from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.ladybug import backups as backup_files
 from provisioning_pipelines.storage.migrate import upgrade

@@ -31,7 +31,9 @@ import httpx
 from sqlalchemy import select
 
 from benchmarks.scratch import ScratchDatabases, delete_redis_prefix
-from provisioning_pipelines.services import accounts, subscriptions, webhooks
+from provisioning_pipelines.services import requests as subscriptions
+from provisioning_pipelines.services import webhooks
+from provisioning_pipelines.services.access import accounts
 from provisioning_pipelines.storage.db import get_database
 from provisioning_pipelines.storage.migrate import upgrade
 from provisioning_pipelines.storage.models import Subscription

@@ -24,7 +24,7 @@ from dagster import DagsterInstance, instance_for_test
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from provisioning_pipelines.orchestration.resources import PolicyResource, build_resources
+from provisioning_pipelines.runtime.resources import PolicyResource, build_resources
 from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.db import Database, dispose_database, get_database
 from provisioning_pipelines.storage.migrate import upgrade

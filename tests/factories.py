@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from provisioning_pipelines.services import accounts, billing, subscriptions
-from provisioning_pipelines.services.accounts import NewUser
+from provisioning_pipelines.services import requests as subscriptions
+from provisioning_pipelines.services.access import accounts
+from provisioning_pipelines.services.access.accounts import NewUser
+from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.storage.db import Database
 
 

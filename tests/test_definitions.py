@@ -41,7 +41,7 @@ def test_urls_from_the_environment_reach_dagster_as_env_vars(
 ) -> None:
     from dagster import EnvVar
 
-    from provisioning_pipelines.orchestration.resources import build_resources
+    from provisioning_pipelines.runtime.resources import build_resources
     from provisioning_pipelines.settings import load_settings
 
     url = f"sqlite:///{tmp_path / 'app.db'}"

@@ -30,8 +30,9 @@ from provisioning_pipelines.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
-from provisioning_pipelines.services import accounts, leases
-from provisioning_pipelines.services.accounts import Identity
+from provisioning_pipelines.services.access import accounts
+from provisioning_pipelines.services.access.accounts import Identity
+from provisioning_pipelines.services.provisioning import leases
 from provisioning_pipelines.services.validation import json_problem, type_name
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import Database

@@ -11,8 +11,10 @@ from starlette.routing import Route
 from provisioning_pipelines.api.context import ApiContext, guard, read_json
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows import SUBGRAPH_FLOW
-from provisioning_pipelines.services import graph_requests, graphs, subgraphs, validation
-from provisioning_pipelines.services.accounts import Identity
+from provisioning_pipelines.services import validation
+from provisioning_pipelines.services.access.accounts import Identity
+from provisioning_pipelines.services.graphs import graph_requests, subgraphs
+from provisioning_pipelines.services.graphs import records as graphs
 
 
 def routes(api: ApiContext) -> list[Route]:

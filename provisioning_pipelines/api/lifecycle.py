@@ -32,8 +32,10 @@ from provisioning_pipelines.flows import (
     RestoreConfig,
     SubgraphDeletionConfig,
 )
-from provisioning_pipelines.services import backups, billing, graphs, lifecycle, subgraphs
-from provisioning_pipelines.services.accounts import Identity
+from provisioning_pipelines.services.access.accounts import Identity
+from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.graphs import backups, lifecycle, subgraphs
+from provisioning_pipelines.services.graphs import records as graphs
 
 Check = Callable[[Session, Identity], tuple[Flow, Any, dict[str, Any]]]
 

@@ -15,7 +15,8 @@ from starlette.routing import Route
 
 from provisioning_pipelines.api.context import SESSION_COOKIE, ApiContext, guard, read_json
 from provisioning_pipelines.errors import Unauthorized
-from provisioning_pipelines.services import accounts, validation
+from provisioning_pipelines.services import validation
+from provisioning_pipelines.services.access import accounts
 
 
 def routes(api: ApiContext) -> list[Route]:

@@ -8,7 +8,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from provisioning_pipelines.api.context import ApiContext, guard, read_json
-from provisioning_pipelines.services import billing, queue, subscriptions
+from provisioning_pipelines.services import requests as subscriptions
+from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.provisioning import queue
 
 #: What ``GET /v1/subscriptions/{id}`` shows of a subscription.
 PUBLIC_FIELDS = ("subscription_id", "status", "resource_type", "resource_id", "plan_name",

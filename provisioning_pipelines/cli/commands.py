@@ -24,7 +24,7 @@ def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def users_create(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services import accounts
+    from provisioning_pipelines.services.access import accounts
     from provisioning_pipelines.storage.db import get_database
     from provisioning_pipelines.storage.migrate import upgrade_once
 
@@ -61,7 +61,8 @@ def print_json(value: object) -> None:
 
 
 def subscriptions_create(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services import billing, subscriptions
+    from provisioning_pipelines.services import requests as subscriptions
+    from provisioning_pipelines.services.billing import subscriptions as billing
 
     if args.repository:
         body = {"resource_type": "repository", "plan_name": args.plan or "sec-starter",
@@ -78,7 +79,7 @@ def subscriptions_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def subscriptions_list(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services import billing
+    from provisioning_pipelines.services.billing import subscriptions as billing
 
     with database_of(settings).session() as session:
         rows = billing.list_subscriptions(session, user_id=args.user, status=args.status)
@@ -89,7 +90,8 @@ def subscriptions_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def subscriptions_show(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services import billing, queue
+    from provisioning_pipelines.services.billing import subscriptions as billing
+    from provisioning_pipelines.services.provisioning import queue
 
     with database_of(settings).session() as session:
         print_json(queue.summary(session, billing.get_subscription(session,
@@ -98,7 +100,7 @@ def subscriptions_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def subscriptions_pay(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services import billing
+    from provisioning_pipelines.services.billing import subscriptions as billing
 
     with database_of(settings).session() as session:
         if not billing.mark_paid(session, args.subscription_id):
@@ -111,7 +113,8 @@ def subscriptions_pay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def subscriptions_retry(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services import billing, claims
+    from provisioning_pipelines.services.billing import subscriptions as billing
+    from provisioning_pipelines.services.provisioning import claims
 
     with database_of(settings).session() as session:
         if not claims.reset_failed(session, args.subscription_id, actor="cli"):

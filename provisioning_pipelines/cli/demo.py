@@ -25,7 +25,8 @@ from rich.console import Console
 from provisioning_pipelines.api.app import create_app
 from provisioning_pipelines.cli.watch import watch
 from provisioning_pipelines.direct import build_executor
-from provisioning_pipelines.services import accounts, webhooks
+from provisioning_pipelines.services import webhooks
+from provisioning_pipelines.services.access import accounts
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import get_database
 from provisioning_pipelines.storage.ladybug import LadybugEngine

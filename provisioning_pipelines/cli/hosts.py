@@ -40,7 +40,7 @@ def add_commands(commands_: Any) -> None:
 
 
 def hosts_list(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services import hosts
+    from provisioning_pipelines.services.capacity import hosts
 
     with database_of(settings).session() as session:
         hosts.ensure_local_hosts(session, settings.resolved_graph_data_dir,
@@ -57,7 +57,7 @@ def hosts_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def hosts_add(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services import hosts
+    from provisioning_pipelines.services.capacity import hosts
 
     with database_of(settings).session() as session:
         hosts.ensure_local_hosts(session, settings.resolved_graph_data_dir,
@@ -73,7 +73,7 @@ def hosts_add(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def hosts_drain(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services import hosts
+    from provisioning_pipelines.services.capacity import hosts
 
     with database_of(settings).session() as session:
         host = hosts.set_status(session, args.host_id, "draining")
@@ -83,7 +83,7 @@ def hosts_drain(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def hosts_resume(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services import hosts
+    from provisioning_pipelines.services.capacity import hosts
 
     with database_of(settings).session() as session:
         tier = hosts.set_status(session, args.host_id, "available").tier
@@ -96,7 +96,7 @@ def _drain_queue(settings: Settings, tier: str) -> list[dict[str, Any]]:
     """Provision, in order, what the tier's queue gets of the free slots."""
     from provisioning_pipelines.direct import build_executor
     from provisioning_pipelines.flows import GRAPH_FLOW, SubscriptionConfig
-    from provisioning_pipelines.services import claims, queue
+    from provisioning_pipelines.services.provisioning import claims, queue
 
     with database_of(settings).session() as session:
         released = queue.release(session, tier)

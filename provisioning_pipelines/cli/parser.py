@@ -14,7 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from provisioning_pipelines.cli import commands, hosts, lifecycle
+from provisioning_pipelines.cli import commands, hosts
+from provisioning_pipelines.cli import graphs as lifecycle
 from provisioning_pipelines.errors import ProvisioningError
 from provisioning_pipelines.settings import Settings, SettingsError, load_settings
 

@@ -9,7 +9,7 @@ from provisioning_pipelines.direct.executor import (
     ProvisioningResult,
     build_executor,
 )
-from provisioning_pipelines.direct.helpers import (
+from provisioning_pipelines.direct.helper_api import (
     configure,
     default_executor,
     run_graph_provisioning,

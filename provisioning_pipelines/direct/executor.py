@@ -2,7 +2,7 @@
 
 Launching a run costs seconds; the work takes milliseconds. The executor runs the very steps the
 jobs' ops wrap, through the same step runner (``flows/runner.py``), with the same resources
-(``orchestration/resources.py``), so retries, undo and the materialization are decided in one
+(``runtime/resources.py``), so retries, undo and the materialization are decided in one
 place for both paths.
 
 Around the flow it keeps the operation's record and events (started, progress, completed or
@@ -39,10 +39,10 @@ from provisioning_pipelines.flows import (
     materialization,
 )
 from provisioning_pipelines.flows.steps import describe
-from provisioning_pipelines.orchestration.reporting import MaterializationReporter
-from provisioning_pipelines.orchestration.resources import build_resources, step_context
-from provisioning_pipelines.services.claims import ClaimHeld, ClaimLost, Queued
-from provisioning_pipelines.services.operations import Owner, SafeEvents
+from provisioning_pipelines.runtime.progress import Owner, SafeEvents
+from provisioning_pipelines.runtime.reporting import MaterializationReporter
+from provisioning_pipelines.runtime.resources import build_resources, step_context
+from provisioning_pipelines.services.provisioning.claims import ClaimHeld, ClaimLost, Queued
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.events import OperationStore
 

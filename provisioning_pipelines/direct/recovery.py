@@ -9,7 +9,7 @@ API process does this; they race on the claim like any other trigger, so the wor
 Subscriptions with no attempt left are failed, as the sensors do. The sensors stay the safety
 net for when no API process is up.
 
-The sweeper removes what crashes leave on disk (``services/housekeeping.py``) at start-up and
+The sweeper removes what crashes leave on disk (``services/upkeep/housekeeping.py``) at start-up and
 every ``sweep_interval`` seconds.
 """
 
@@ -23,8 +23,10 @@ from typing import Any
 from provisioning_pipelines import metrics
 from provisioning_pipelines.direct.executor import DirectExecutor
 from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
-from provisioning_pipelines.services import billing, claims, housekeeping, queue
-from provisioning_pipelines.services.claims import DueSubscription
+from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.provisioning import claims, queue
+from provisioning_pipelines.services.provisioning.claims import DueSubscription
+from provisioning_pipelines.services.upkeep import housekeeping
 
 logger = logging.getLogger("provisioning_pipelines.recovery")
 _BATCH = 500

@@ -13,16 +13,16 @@ from provisioning_pipelines.flows.deletion import (
     SubgraphDeletionConfig,
 )
 from provisioning_pipelines.flows.graph import GRAPH_FLOW, GraphConfig
-from provisioning_pipelines.flows.lifecycle import (
-    REACTIVATION_FLOW,
-    SUSPENSION_FLOW,
-    LifecycleConfig,
-)
 from provisioning_pipelines.flows.repository import REPOSITORY_FLOW, RepositoryConfig
 from provisioning_pipelines.flows.runner import RetryLater, execute_flow, materialization, run_step
 from provisioning_pipelines.flows.steps import Flow, Outcome, Policy, Step, StepContext
 from provisioning_pipelines.flows.subgraph import SUBGRAPH_FLOW, SubgraphConfig
 from provisioning_pipelines.flows.subscription import SubscriptionConfig
+from provisioning_pipelines.flows.suspension import (
+    REACTIVATION_FLOW,
+    SUSPENSION_FLOW,
+    LifecycleConfig,
+)
 
 #: Provisioning, then the rest of a resource's life.
 FLOWS: tuple[Flow, ...] = (GRAPH_FLOW, REPOSITORY_FLOW, SUBGRAPH_FLOW, SUSPENSION_FLOW,

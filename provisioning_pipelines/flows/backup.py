@@ -33,9 +33,10 @@ from provisioning_pipelines.flows.steps import (
     describe,
     step,
 )
-from provisioning_pipelines.services import backups, graphs, lifecycle
-from provisioning_pipelines.services.backups import RestorePlan
-from provisioning_pipelines.services.lifecycle import GraphClaim
+from provisioning_pipelines.services.graphs import backups, lifecycle
+from provisioning_pipelines.services.graphs import records as graphs
+from provisioning_pipelines.services.graphs.backups import RestorePlan
+from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import backups as backup_files
 

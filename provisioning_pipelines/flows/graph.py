@@ -1,8 +1,8 @@
 """Provision a graph database for a paid graph subscription.
 
-When the tier has no free slot the subscription is queued (``services/queue.py``), not failed:
-the run ends, its operation stays open, and whoever provisions it once a slot is free continues
-that operation.
+When the tier has no free slot the subscription is queued
+(``services/provisioning/queue.py``), not failed: the run ends, its operation stays open, and
+whoever provisions it once a slot is free continues that operation.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from provisioning_pipelines.flows.subscription import (
     subscription_result,
     subscription_tags,
 )
-from provisioning_pipelines.services import graphs, queue
+from provisioning_pipelines.services.graphs import records as graphs
+from provisioning_pipelines.services.provisioning import queue
 
 GraphConfig = SubscriptionConfig
 

@@ -15,7 +15,9 @@ from provisioning_pipelines.flows.subscription import (
     subscription_result,
     subscription_tags,
 )
-from provisioning_pipelines.services import catalog, credits, repositories
+from provisioning_pipelines.services import catalog
+from provisioning_pipelines.services.access import repositories
+from provisioning_pipelines.services.billing import credits
 
 RepositoryConfig = SubscriptionConfig
 

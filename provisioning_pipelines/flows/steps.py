@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from dagster import Backoff, Config, RetryPolicy
 
 from provisioning_pipelines.errors import ProvisioningError
-from provisioning_pipelines.services.backups import BackupPolicy
+from provisioning_pipelines.services.graphs.backups import BackupPolicy
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.errors import is_refused_data
 from provisioning_pipelines.storage.ladybug import LadybugEngine

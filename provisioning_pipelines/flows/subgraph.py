@@ -25,7 +25,8 @@ from provisioning_pipelines.flows.steps import (
     describe,
     step,
 )
-from provisioning_pipelines.services import graphs, subgraphs
+from provisioning_pipelines.services.graphs import records as graphs
+from provisioning_pipelines.services.graphs import subgraphs
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import expected_tables
 

@@ -24,8 +24,12 @@ from provisioning_pipelines.flows.steps import (
     step,
     worth_retrying,
 )
-from provisioning_pipelines.services import billing, claims, credits, graphs, leases, repositories
-from provisioning_pipelines.services.claims import Claim
+from provisioning_pipelines.services.access import repositories
+from provisioning_pipelines.services.billing import credits
+from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.graphs import records as graphs
+from provisioning_pipelines.services.provisioning import claims, leases
+from provisioning_pipelines.services.provisioning.claims import Claim
 from provisioning_pipelines.storage.db import Database
 
 ASSET_KEYS = {"graph": ("provisioning", "graph"),

@@ -1,7 +1,7 @@
 """Dagster as the operator's cockpit: asset checks beside the assets, their schedule, and a
 sensor that records every failed provisioning run.
 
-The checks read the rows and the files (``services/integrity.py``) and show what disagrees as
+The checks read the rows and the files (``services/upkeep/integrity.py``) and show what disagrees as
 the check's metadata, so the UI shows the health of the graph asset next to its history:
 
 * ``graph_files_hold_their_schema``: the newest graphs' files open and hold their tables;
@@ -31,9 +31,10 @@ from dagster import (
 
 from provisioning_pipelines.orchestration.assets import GRAPH_ASSET
 from provisioning_pipelines.orchestration.jobs import JOBS
-from provisioning_pipelines.orchestration.resources import DatabaseResource, GraphEngineResource
-from provisioning_pipelines.services import audit, integrity
-from provisioning_pipelines.services.integrity import Finding
+from provisioning_pipelines.runtime.resources import DatabaseResource, GraphEngineResource
+from provisioning_pipelines.services import audit
+from provisioning_pipelines.services.upkeep import integrity
+from provisioning_pipelines.services.upkeep.integrity import Finding
 
 #: At most this many findings are listed in a check's metadata (the count is always exact).
 SHOWN = 50

@@ -38,7 +38,7 @@ from provisioning_pipelines.flows import (
     run_step,
 )
 from provisioning_pipelines.flows.steps import FLOW_TAG, OPERATION_TAG, USER_TAG, describe
-from provisioning_pipelines.orchestration.resources import (
+from provisioning_pipelines.runtime.resources import (
     BackupsResource,
     DatabaseResource,
     GraphEngineResource,
@@ -46,7 +46,7 @@ from provisioning_pipelines.orchestration.resources import (
     ProgressResource,
     step_context,
 )
-from provisioning_pipelines.services.claims import ClaimLost, Queued
+from provisioning_pipelines.services.provisioning.claims import ClaimLost, Queued
 
 _ops: dict[str, OpDefinition] = {}
 

@@ -4,8 +4,8 @@ With direct provisioning on, the webhook provisions in-process and the sensors a
 they launch only for subscriptions nobody claimed within the grace period, whose claim lease
 lapsed (a crashed worker), or whose backoff after a failed attempt is over. With it off, they
 launch for every claimable one. Which subscriptions those are is decided in
-``services/claims.py``, with the claim's own predicate, so a sensor never launches a run the
-claim would refuse.
+``services/provisioning/claims.py``, with the claim's own predicate, so a sensor never launches
+a run the claim would refuse.
 
 Dagster skips a RunRequest whose run key matches any earlier run of the sensor, failed runs
 included, so the key holds the attempt the run will be (``<subscription>:attempt:<n>``): a failed
@@ -30,9 +30,9 @@ from dagster import (
 from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, Flow, SubscriptionConfig
 from provisioning_pipelines.flows.steps import ATTEMPT_TAG, OPERATION_TAG, USER_TAG
 from provisioning_pipelines.orchestration.jobs import JOBS
-from provisioning_pipelines.orchestration.resources import DatabaseResource, PolicyResource
-from provisioning_pipelines.services import claims, queue
-from provisioning_pipelines.services.claims import DueSubscription
+from provisioning_pipelines.runtime.resources import DatabaseResource, PolicyResource
+from provisioning_pipelines.services.provisioning import claims, queue
+from provisioning_pipelines.services.provisioning.claims import DueSubscription
 
 
 def run_request(flow: Flow, due: DueSubscription) -> RunRequest:

@@ -33,7 +33,9 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, InvalidRequest, NotFound
-from provisioning_pipelines.services import audit, billing, lifecycle
+from provisioning_pipelines.services import audit
+from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.graphs import lifecycle
 from provisioning_pipelines.services.validation import text_problem, type_name
 from provisioning_pipelines.storage.db import insert_all
 from provisioning_pipelines.storage.models import Subscription, WebhookEvent

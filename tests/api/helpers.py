@@ -15,7 +15,7 @@ from dagster import DagsterInstance
 
 from provisioning_pipelines.api.app import create_app
 from provisioning_pipelines.direct import DirectExecutor
-from provisioning_pipelines.orchestration.reporting import MaterializationReporter
+from provisioning_pipelines.runtime.reporting import MaterializationReporter
 from provisioning_pipelines.services import webhooks
 from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.db import Database

@@ -222,7 +222,7 @@ def test_webhook_racing_a_dagster_run_makes_one_graph(
     user = new_customer(api.database)
     sub_id = subscribe_graph(api, user.api_key)
     with api.database.session() as session:  # paid already, as if an operator saw it first
-        from provisioning_pipelines.services import billing
+        from provisioning_pipelines.services.billing import subscriptions as billing
 
         billing.mark_paid(session, sub_id)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:

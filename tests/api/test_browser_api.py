@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from dagster import DagsterInstance
 
-from provisioning_pipelines.services import accounts
+from provisioning_pipelines.services.access import accounts
 from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.db import Database
 from tests.api.helpers import SECRET, Api, make_api, serve

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from sqlalchemy import select
 
-from provisioning_pipelines.services.schemas import schema_ddl
+from provisioning_pipelines.services.graphs.schemas import schema_ddl
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import ddl_fingerprint
 from provisioning_pipelines.storage.models import Graph, GraphHost, Subscription, utcnow

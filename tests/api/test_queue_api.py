@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from dagster import DagsterInstance
 
-from provisioning_pipelines.services import hosts
+from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.storage.db import Database
 from tests.api.helpers import Api, make_api, serve
 from tests.api.test_app import checkout_event

@@ -19,8 +19,8 @@ from sqlalchemy import select
 from provisioning_pipelines import direct
 from provisioning_pipelines.direct import DirectExecutor
 from provisioning_pipelines.flows import GRAPH_FLOW, SubscriptionConfig
-from provisioning_pipelines.orchestration.reporting import MaterializationReporter
-from provisioning_pipelines.orchestration.resources import GraphEngineResource
+from provisioning_pipelines.runtime.reporting import MaterializationReporter
+from provisioning_pipelines.runtime.resources import GraphEngineResource
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.models import CreditPool, Graph, GraphSchema, Subscription

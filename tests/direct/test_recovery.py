@@ -13,8 +13,8 @@ from sqlalchemy import func, select, update
 
 from provisioning_pipelines.direct import DirectExecutor
 from provisioning_pipelines.direct.recovery import Recovery
-from provisioning_pipelines.orchestration.resources import GraphEngineResource
-from provisioning_pipelines.services import claims, leases
+from provisioning_pipelines.runtime.resources import GraphEngineResource
+from provisioning_pipelines.services.provisioning import claims, leases
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.models import Graph, Subscription, utcnow

@@ -9,7 +9,7 @@ from dagster import DagsterInstance, ExecuteInProcessResult, RunConfig
 
 from provisioning_pipelines.flows import Flow, Outcome, execute_flow
 from provisioning_pipelines.orchestration.jobs import JOBS
-from provisioning_pipelines.orchestration.resources import step_context
+from provisioning_pipelines.runtime.resources import step_context
 
 
 def run_job(flow: Flow, config: Any, *, instance: DagsterInstance, resources: dict[str, Any],

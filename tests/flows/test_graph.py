@@ -22,8 +22,9 @@ from provisioning_pipelines.errors import (
 )
 from provisioning_pipelines.flows import GRAPH_FLOW, SubscriptionConfig, run_step
 from provisioning_pipelines.flows.steps import Outcome
-from provisioning_pipelines.orchestration.resources import GraphEngineResource
-from provisioning_pipelines.services import claims, graphs
+from provisioning_pipelines.runtime.resources import GraphEngineResource
+from provisioning_pipelines.services.graphs import records as graphs
+from provisioning_pipelines.services.provisioning import claims
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.models import (
@@ -230,7 +231,7 @@ def test_invalid_graph_request_fails_at_once_with_nothing_made(
 def test_invalid_graph_request_is_refused_before_payment(
     database: Database, graph: dict[str, Any], field: str
 ) -> None:
-    from provisioning_pipelines.services import subscriptions
+    from provisioning_pipelines.services import requests as subscriptions
 
     user = new_customer(database)
     with database.session() as session, pytest.raises(InvalidRequest) as refused:

@@ -31,7 +31,7 @@ from provisioning_pipelines.flows import (
     SubgraphDeletionConfig,
     SubscriptionConfig,
 )
-from provisioning_pipelines.services import backups as backup_service
+from provisioning_pipelines.services.graphs import backups as backup_service
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import files
 from provisioning_pipelines.storage.models import (
@@ -342,7 +342,7 @@ def test_a_backup_made_twice_is_one_backup(run: Runner, database: Database,
 
 def test_a_graph_busy_with_a_deletion_is_not_backed_up(
         run: Runner, database: Database, resources: dict[str, Any]) -> None:
-    from provisioning_pipelines.services import lifecycle
+    from provisioning_pipelines.services.graphs import lifecycle
 
     _user_id, _sub_id, graph_id = a_graph(database, resources)
     with database.session() as session:

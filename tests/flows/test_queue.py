@@ -17,7 +17,8 @@ from provisioning_pipelines.flows import (
     DeletionConfig,
     SubscriptionConfig,
 )
-from provisioning_pipelines.services import claims, hosts, queue
+from provisioning_pipelines.services.capacity import hosts
+from provisioning_pipelines.services.provisioning import claims, queue
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.models import Graph, GraphHost, Subscription
 from tests.conftest import make_resources

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows import REPOSITORY_FLOW, SubscriptionConfig
-from provisioning_pipelines.services import subscriptions
+from provisioning_pipelines.services import requests as subscriptions
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.models import (
     AuditLogEntry,

@@ -27,7 +27,7 @@ from provisioning_pipelines.flows import (
     run_step,
 )
 from provisioning_pipelines.flows.steps import TRANSIENT_RETRY, Policy, step, worth_retrying
-from provisioning_pipelines.orchestration.resources import GraphEngineResource
+from provisioning_pipelines.runtime.resources import GraphEngineResource
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import LadybugEngine
 from tests.factories import new_customer, paid_graph_subscription

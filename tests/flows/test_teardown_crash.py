@@ -26,7 +26,7 @@ from provisioning_pipelines.flows import (
     SubscriptionConfig,
     run_step,
 )
-from provisioning_pipelines.services import lifecycle
+from provisioning_pipelines.services.graphs import lifecycle
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.models import (
     CreditPool,

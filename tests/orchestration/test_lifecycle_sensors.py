@@ -29,11 +29,11 @@ from provisioning_pipelines.flows import (
     SubscriptionConfig,
 )
 from provisioning_pipelines.flows.backup import plan_restore
-from provisioning_pipelines.orchestration.lifecycle import (
+from provisioning_pipelines.orchestration.reaper import (
     daily_graph_backups,
     lifecycle_reaper_sensor,
 )
-from provisioning_pipelines.services import backups, lifecycle
+from provisioning_pipelines.services.graphs import backups, lifecycle
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.models import (
     AuditLogEntry,

@@ -9,7 +9,7 @@ from dagster import AssetKey, AssetMaterialization, DagsterInstance, instance_fo
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from provisioning_pipelines.orchestration.reporting import MaterializationReporter
+from provisioning_pipelines.runtime.reporting import MaterializationReporter
 from provisioning_pipelines.storage.events import InMemoryOperationStore
 from tests.conftest import POSTGRES_URL, create_postgres_database, drop_postgres_database
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dagster import DagsterInstance
 
-from provisioning_pipelines.orchestration.resources import build_resources, step_context
+from provisioning_pipelines.runtime.resources import build_resources, step_context
 from provisioning_pipelines.settings import load_settings
 
 

@@ -12,9 +12,9 @@ from dagster import DagsterInstance, RunRequest, SensorResult, build_sensor_cont
 from sqlalchemy import func, select, update
 
 from provisioning_pipelines.direct import DirectExecutor
-from provisioning_pipelines.orchestration.resources import DatabaseResource
 from provisioning_pipelines.orchestration.sensors import build_sensors
-from provisioning_pipelines.services import graphs
+from provisioning_pipelines.runtime.resources import DatabaseResource
+from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.models import Graph, Subscription, utcnow
 from tests.conftest import make_policy

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from sqlalchemy import update
 
 from provisioning_pipelines.errors import Conflict, PaymentRequired
-from provisioning_pipelines.services import claims
-from provisioning_pipelines.services.claims import Claim, ClaimHeld, ClaimLost
+from provisioning_pipelines.services.provisioning import claims
+from provisioning_pipelines.services.provisioning.claims import Claim, ClaimHeld, ClaimLost
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.models import Subscription, utcnow
 from tests.factories import new_customer, paid_graph_subscription

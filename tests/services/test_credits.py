@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from provisioning_pipelines.flows import GRAPH_FLOW, SubscriptionConfig
-from provisioning_pipelines.services import credits
+from provisioning_pipelines.services.billing import credits
 from provisioning_pipelines.services.catalog import REPOSITORY_PLANS, TIERS
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.models import CreditPool, CreditTransaction

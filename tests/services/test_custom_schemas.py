@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from provisioning_pipelines.errors import InvalidRequest
-from provisioning_pipelines.services import custom_schemas
-from provisioning_pipelines.services.custom_schemas import custom_schema_ddl
+from provisioning_pipelines.services.graphs import custom_schemas
+from provisioning_pipelines.services.graphs.custom_schemas import custom_schema_ddl
 
 VALID: dict[str, Any] = {
     "nodes": [

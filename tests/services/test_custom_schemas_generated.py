@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from provisioning_pipelines.errors import InvalidRequest
-from provisioning_pipelines.services.custom_schemas import (
+from provisioning_pipelines.services.graphs.custom_schemas import (
     ALLOWED_TYPES,
     RESERVED_WORDS,
     custom_schema_ddl,

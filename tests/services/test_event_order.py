@@ -26,7 +26,10 @@ from provisioning_pipelines.flows import (
     LifecycleConfig,
     SubscriptionConfig,
 )
-from provisioning_pipelines.services import graphs, hosts, lifecycle, webhooks
+from provisioning_pipelines.services import webhooks
+from provisioning_pipelines.services.capacity import hosts
+from provisioning_pipelines.services.graphs import lifecycle
+from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.storage.db import Database, dispose_database, get_database
 from provisioning_pipelines.storage.models import Subscription
 from tests.conftest import make_resources

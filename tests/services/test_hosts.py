@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from provisioning_pipelines.errors import CapacityExhausted
-from provisioning_pipelines.services import hosts
+from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.models import GraphHost
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioning_pipelines.flows import GRAPH_FLOW, SubscriptionConfig
-from provisioning_pipelines.services import housekeeping
+from provisioning_pipelines.services.upkeep import housekeeping
 from provisioning_pipelines.storage.db import Database
 from tests.factories import new_customer, paid_graph_subscription
 from tests.flows.helpers import run_direct

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from provisioning_pipelines.errors import InvalidRequest
-from provisioning_pipelines.services import schemas
-from provisioning_pipelines.services.schemas import (
+from provisioning_pipelines.services.graphs import schemas
+from provisioning_pipelines.services.graphs.schemas import (
     available_extensions,
     resolve_extensions,
     schema_ddl,

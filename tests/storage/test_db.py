@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from provisioning_pipelines.services import hosts
-from provisioning_pipelines.services.accounts import NewUser
+from provisioning_pipelines.services.access.accounts import NewUser
+from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.storage import db as db_module
 from provisioning_pipelines.storage.db import Database, get_database, insert_all
 from provisioning_pipelines.storage.models import (

@@ -15,8 +15,8 @@ import ladybug
 import pytest
 
 from provisioning_pipelines.errors import Conflict, EngineError, NotFound
-from provisioning_pipelines.services.custom_schemas import custom_schema_ddl
-from provisioning_pipelines.services.schemas import schema_ddl
+from provisioning_pipelines.services.graphs.custom_schemas import custom_schema_ddl
+from provisioning_pipelines.services.graphs.schemas import schema_ddl
 from provisioning_pipelines.storage.ladybug import (
     LadybugEngine,
     TableInfo,
@@ -181,7 +181,7 @@ def test_concurrent_creation_across_processes_shares_one_template(
     code = f"""
         import sys
         from pathlib import Path
-        from provisioning_pipelines.services.schemas import schema_ddl
+        from provisioning_pipelines.services.graphs.schemas import schema_ddl
         from provisioning_pipelines.storage.ladybug import LadybugEngine
         engine = LadybugEngine(template_dir=Path({str(tmp_path / "templates")!r}))
         for i in range(3):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from provisioning_pipelines.services.schemas import available_extensions, schema_ddl
+from provisioning_pipelines.services.graphs.schemas import available_extensions, schema_ddl
 from provisioning_pipelines.storage.ladybug import (
     LadybugEngine,
     TableInfo,

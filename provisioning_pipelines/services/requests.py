@@ -12,8 +12,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import InvalidRequest
-from provisioning_pipelines.services import accounts, billing, catalog, validation
-from provisioning_pipelines.services.graph_requests import GraphRequest
+from provisioning_pipelines.services import catalog, validation
+from provisioning_pipelines.services.access import accounts
+from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.graphs.graph_requests import GraphRequest
 from provisioning_pipelines.storage.models import Subscription
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from provisioning_pipelines.errors import InvalidRequest
-from provisioning_pipelines.services import custom_schemas, schemas, validation
+from provisioning_pipelines.services import validation
+from provisioning_pipelines.services.graphs import custom_schemas, schemas
 
 MAX_NAME_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 2000

@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace, settings: Settings, flow: Any, config: Any) -
 
 
 def graphs_list(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services import graphs
+    from provisioning_pipelines.services.graphs import records as graphs
 
     with database_of(settings).session() as session:
         found = graphs.graphs_of(session, args.user) if args.user else \
@@ -108,7 +108,8 @@ def graphs_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def graphs_show(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services import backups, graphs
+    from provisioning_pipelines.services.graphs import backups
+    from provisioning_pipelines.services.graphs import records as graphs
 
     with database_of(settings).session() as session:
         graph = graphs.top_level_graph(session, args.graph_id)
@@ -145,7 +146,7 @@ def graphs_restore(args: argparse.Namespace, settings: Settings) -> int:
 
 def graphs_backup(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.flows import BACKUP_FLOW, BackupConfig
-    from provisioning_pipelines.services import backups, lifecycle
+    from provisioning_pipelines.services.graphs import backups, lifecycle
 
     _checked_graph(settings, args.graph_id, lifecycle.LIVE, "backed up")
     return _run(args, settings, BACKUP_FLOW, BackupConfig(
@@ -154,7 +155,8 @@ def graphs_backup(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def graphs_backups(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services import backups, graphs
+    from provisioning_pipelines.services.graphs import backups
+    from provisioning_pipelines.services.graphs import records as graphs
 
     with database_of(settings).session() as session:
         graph = graphs.top_level_graph(session, args.graph_id)
@@ -168,7 +170,8 @@ def graphs_backups(args: argparse.Namespace, settings: Settings) -> int:
 
 def graphs_restore_backup(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.flows import RESTORE_FLOW, RestoreConfig
-    from provisioning_pipelines.services import backups, graphs
+    from provisioning_pipelines.services.graphs import backups
+    from provisioning_pipelines.services.graphs import records as graphs
 
     restore_id = uuid.uuid4().hex
     with database_of(settings).session() as session:
@@ -182,7 +185,7 @@ def graphs_restore_backup(args: argparse.Namespace, settings: Settings) -> int:
 
 def subgraphs_delete(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.flows import SUBGRAPH_DELETION_FLOW, SubgraphDeletionConfig
-    from provisioning_pipelines.services import subgraphs
+    from provisioning_pipelines.services.graphs import subgraphs
 
     with database_of(settings).session() as session:
         subgraphs.deletable_subgraph(session, user_id=args.user, parent_graph_id=args.parent,
@@ -193,7 +196,8 @@ def subgraphs_delete(args: argparse.Namespace, settings: Settings) -> int:
 
 def subscriptions_cancel(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.flows import SUSPENSION_FLOW, LifecycleConfig
-    from provisioning_pipelines.services import billing, lifecycle
+    from provisioning_pipelines.services.billing import subscriptions as billing
+    from provisioning_pipelines.services.graphs import lifecycle
 
     with database_of(settings).session() as session:
         lifecycle.check_cancellable(billing.get_subscription(session, args.subscription_id))
@@ -204,7 +208,8 @@ def subscriptions_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 def _checked_graph(settings: Settings, graph_id: str, allowed: tuple[str, ...],
                    doing: str) -> None:
-    from provisioning_pipelines.services import graphs, lifecycle
+    from provisioning_pipelines.services.graphs import lifecycle
+    from provisioning_pipelines.services.graphs import records as graphs
 
     with database_of(settings).session() as session:
         lifecycle.check_status(graphs.top_level_graph(session, graph_id), allowed, doing)

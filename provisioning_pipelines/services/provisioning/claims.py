@@ -37,7 +37,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, PaymentRequired
-from provisioning_pipelines.services import audit, billing
+from provisioning_pipelines.services import audit
+from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.storage.db import execute_with_rows
 from provisioning_pipelines.storage.models import Subscription, UTCDateTime, utcnow
 

@@ -55,7 +55,7 @@ def _parse_cypher_file(name: str, text: str) -> SchemaFile:
 @cache
 def _catalogue() -> dict[str, SchemaFile]:
     """Load every shipped ``.cypher`` file once, in canonical (dependency, then name) order."""
-    folder = resources.files("provisioning_pipelines.services").joinpath("schema_ddl")
+    folder = resources.files("provisioning_pipelines.services.graphs").joinpath("schema_ddl")
     found: dict[str, SchemaFile] = {}
     for entry in folder.iterdir():
         if entry.name.endswith(".cypher"):

@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.services.housekeeping import QUARANTINE, host_folders
+from provisioning_pipelines.services.upkeep.housekeeping import QUARANTINE, host_folders
 from provisioning_pipelines.storage.ladybug import LadybugEngine, expected_tables
 from provisioning_pipelines.storage.models import Graph, GraphHost, GraphSchema
 

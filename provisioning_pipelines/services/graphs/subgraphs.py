@@ -16,8 +16,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, InvalidRequest, LimitReached, NotFound
-from provisioning_pipelines.services import audit, graphs
+from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.catalog import TIERS
+from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.storage.models import Graph, GraphHost, GraphUser, User
 
 SUBGRAPH_NAME = re.compile(r"^[a-zA-Z0-9]{1,20}$")

@@ -32,8 +32,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.services import audit, billing, hosts
-from provisioning_pipelines.services.claims import (
+from provisioning_pipelines.services import audit
+from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.capacity import hosts
+from provisioning_pipelines.services.provisioning.claims import (
     Claim,
     DueSubscription,
     assert_held,

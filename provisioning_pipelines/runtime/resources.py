@@ -24,9 +24,9 @@ from dagster import ConfigurableResource, DagsterInstance, EnvVar
 from pydantic import Field
 
 from provisioning_pipelines.flows import Policy, StepContext
-from provisioning_pipelines.orchestration.reporting import MaterializationReporter
-from provisioning_pipelines.services.backups import BackupPolicy
-from provisioning_pipelines.services.operations import ProgressReporter, SafeEvents
+from provisioning_pipelines.runtime.progress import ProgressReporter, SafeEvents
+from provisioning_pipelines.runtime.reporting import MaterializationReporter
+from provisioning_pipelines.services.graphs.backups import BackupPolicy
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import Database, get_database
 from provisioning_pipelines.storage.events import OperationStore, build_operation_store

@@ -3,8 +3,9 @@
 Both start from a subscription or a graph: a billing event names the subscription; a user's
 ``DELETE /v1/graphs/{id}`` or ``POST /v1/graphs/{id}/restore`` names the graph (whose
 subscription, if it has one, is cancelled or reactivated with it). Each change is one
-conditional UPDATE (``services/lifecycle.py``), so the webhook's direct path and a sensor's run
-racing on one resource change it once; a flow that finds the change made already says so.
+conditional UPDATE (``services/graphs/lifecycle.py``), so the webhook's direct path and a
+sensor's run racing on one resource change it once; a flow that finds the change made already
+says so.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from provisioning_pipelines.flows.steps import (
     StepContext,
     step,
 )
-from provisioning_pipelines.services import billing, catalog, graphs, lifecycle, repositories
+from provisioning_pipelines.services import catalog
+from provisioning_pipelines.services.access import repositories
+from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.graphs import lifecycle
+from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.storage.db import Database
 
 GRAPH_ASSET = ("provisioning", "graph")

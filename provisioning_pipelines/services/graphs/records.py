@@ -19,15 +19,12 @@ from sqlalchemy import Row, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import CapacityExhausted, NotFound
-from provisioning_pipelines.services import (
-    audit,
-    claims,
-    credits,
-    hosts,
-    queue,
-)
+from provisioning_pipelines.services import audit
+from provisioning_pipelines.services.billing import credits
+from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.catalog import Tier, customer_tier
-from provisioning_pipelines.services.graph_requests import GraphRequest
+from provisioning_pipelines.services.graphs.graph_requests import GraphRequest
+from provisioning_pipelines.services.provisioning import claims, queue
 from provisioning_pipelines.storage.db import Database, insert_all
 from provisioning_pipelines.storage.ladybug import (
     LadybugEngine,

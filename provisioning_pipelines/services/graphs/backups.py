@@ -22,8 +22,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import NotFound
-from provisioning_pipelines.services import audit, credits, graphs, hosts
+from provisioning_pipelines.services import audit
+from provisioning_pipelines.services.billing import credits
+from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.catalog import TIERS
+from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.storage.ladybug import ddl_fingerprint
 from provisioning_pipelines.storage.ladybug.backups import BackupFile
 from provisioning_pipelines.storage.models import Graph, GraphBackup, GraphSchema, utcnow

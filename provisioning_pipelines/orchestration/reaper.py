@@ -50,8 +50,11 @@ from provisioning_pipelines.flows import (
     LifecycleConfig,
 )
 from provisioning_pipelines.orchestration.jobs import JOBS
-from provisioning_pipelines.orchestration.resources import DatabaseResource, GraphEngineResource
-from provisioning_pipelines.services import audit, backups, billing, graphs, lifecycle
+from provisioning_pipelines.runtime.resources import DatabaseResource, GraphEngineResource
+from provisioning_pipelines.services import audit
+from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.graphs import backups, lifecycle
+from provisioning_pipelines.services.graphs import records as graphs
 
 #: A change is launched at most once per window; one that failed is launched again in the next.
 WINDOW_SECONDS = 600

@@ -27,7 +27,10 @@ from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, Forbidden, NotFound
-from provisioning_pipelines.services import audit, billing, graphs, hosts
+from provisioning_pipelines.services import audit
+from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.capacity import hosts
+from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.models import (
     CreditPool,
