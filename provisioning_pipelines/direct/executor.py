@@ -38,9 +38,13 @@ from provisioning_pipelines.flows import (
     execute_flow,
     materialization,
 )
-from provisioning_pipelines.flows.steps import describe
-from provisioning_pipelines.runtime.progress import Owner, SafeEvents
-from provisioning_pipelines.runtime.reporting import MaterializationReporter
+from provisioning_pipelines.runtime.progress import (
+    Owner,
+    ProgressReporter,
+    SafeEvents,
+    end_on_error,
+)
+from provisioning_pipelines.runtime.reporting import MaterializationReporter, build_reporter
 from provisioning_pipelines.runtime.resources import build_resources, step_context
 from provisioning_pipelines.services.provisioning.claims import ClaimHeld, ClaimLost, Queued
 from provisioning_pipelines.settings import Settings
@@ -133,21 +137,18 @@ class DirectExecutor:
                     else:
                         outcome = self._execute(flow, config, operation_id, wait_for_holder)
                         result = outcome.result
-            except Queued as queued:  # its operation goes on: whoever provisions it ends it
-                _count(flow, method, "queued", started)
-                self._events.call(operation_id, "progress", queued.message, None)
+            except Exception as exc:
+                queued = isinstance(exc, Queued)
+                claimed = isinstance(exc, ClaimHeld | ClaimLost)
+                _count(flow, method, "queued" if queued else "claim_held" if claimed else "failed",
+                       started)
+                end_on_error(ProgressReporter(logger, self._events, operation_id), exc,
+                             made_here=created)
+                if not isinstance(exc, Queued):
+                    raise
                 return ProvisioningResult(operation_id, {
                     "subscription_id": getattr(config, "subscription_id", None),
-                    "status": "queued", "queue_position": queued.position})
-            except (ClaimHeld, ClaimLost) as exc:
-                _count(flow, method, "claim_held", started)
-                if created:  # a continued operation is ended by the worker holding the claim
-                    self._events.call(operation_id, "fail", describe(exc))
-                raise
-            except Exception as exc:
-                _count(flow, method, "failed", started)
-                self._events.call(operation_id, "fail", describe(exc))
-                raise
+                    "status": "queued", "queue_position": exc.position})
             if outcome is not None and outcome.pending:
                 _count(flow, method, "queued", started)
                 return ProvisioningResult(operation_id, result)
@@ -214,7 +215,7 @@ def build_executor(settings: Settings) -> DirectExecutor:
     provisioning is off."""
     resources = build_resources(settings)
     settings.prepare_dagster_home()
-    reporter = resources["dagster_reporter"].build(resources["operation_events"].get())
+    reporter = build_reporter(settings, resources["operation_events"].get())
     launcher = None
     if not settings.direct_graph_provisioning_enabled:
         launcher = GraphQLJobLauncher(settings.dagster_webserver_url, resources)

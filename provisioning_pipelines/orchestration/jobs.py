@@ -38,6 +38,7 @@ from provisioning_pipelines.flows import (
     run_step,
 )
 from provisioning_pipelines.flows.steps import FLOW_TAG, OPERATION_TAG, USER_TAG, describe
+from provisioning_pipelines.runtime.progress import end_on_error
 from provisioning_pipelines.runtime.resources import (
     BackupsResource,
     DatabaseResource,
@@ -46,7 +47,6 @@ from provisioning_pipelines.runtime.resources import (
     ProgressResource,
     step_context,
 )
-from provisioning_pipelines.services.provisioning.claims import ClaimLost, Queued
 
 _ops: dict[str, OpDefinition] = {}
 
@@ -65,10 +65,7 @@ def run_step_in_op(step: Step, context: OpExecutionContext, value: Any,
         raise RetryRequested(max_retries=retry.max_retries,
                              seconds_to_wait=retry.delay) from retry.cause
     except Exception as exc:
-        if isinstance(exc, Queued):  # the operation goes on; whoever provisions it ends it
-            operation(describe(exc))
-        elif not isinstance(exc, ClaimLost):  # else the worker that took over ends it
-            operation.fail(describe(exc))
+        end_on_error(operation, exc, made_here=False)  # a run continues its launcher's operation
         metadata = {"error": type(exc).__name__, "step": step.name}
         if isinstance(exc, ProvisioningError):
             # A refusal (unpaid, over a limit, ...) is one line and its field, not a trace.

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from provisioning_pipelines import metrics
+from provisioning_pipelines.flows.steps import describe
+from provisioning_pipelines.services.provisioning.claims import ClaimHeld, ClaimLost, Queued
 from provisioning_pipelines.storage.events import OperationStore, new_operation_id
 
 logger = logging.getLogger("provisioning_pipelines")
@@ -88,3 +90,19 @@ class ProgressReporter:
     def _write(self, method: str, *args: Any) -> None:
         if self.events is not None and self.operation_id is not None:
             self.events.call(self.operation_id, method, *args)
+
+
+def end_on_error(progress: ProgressReporter, exc: BaseException, *, made_here: bool) -> None:
+    """End an operation whose flow raised ``exc``: the one rule for both paths.
+
+    A queued subscription's operation goes on (a progress line; whoever provisions it ends it).
+    While another worker holds the claim, or took it over, that worker ends the operation, unless
+    this caller made the operation itself (``made_here``: then no one else knows of it). Any other
+    error fails it, with the error's one line.
+    """
+    if isinstance(exc, Queued):
+        progress(describe(exc))
+    elif isinstance(exc, ClaimHeld | ClaimLost) and not made_here:
+        return
+    else:
+        progress.fail(describe(exc))

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from dagster import AssetMaterialization, DagsterInstance
 
 from provisioning_pipelines import metrics
+from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.events import OperationStore
 
 logger = logging.getLogger("provisioning_pipelines.reporting")
@@ -162,3 +163,12 @@ class MaterializationReporter:
     def join(self) -> None:
         """Wait for the worker threads themselves, stuck ones included (tests)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def build_reporter(settings: Settings, store: OperationStore | None,
+                   instance: DagsterInstance | Callable[[], DagsterInstance] = DagsterInstance.get,
+                   ) -> MaterializationReporter:
+    """The reporter of the direct path, bounded by ``DAGSTER_MATERIALIZATION_TIMEOUT``: the one
+    place that setting is read."""
+    return MaterializationReporter(instance, store,
+                                   timeout=settings.dagster_materialization_timeout)

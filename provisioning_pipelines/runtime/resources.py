@@ -1,5 +1,5 @@
 """Dagster resources at every boundary: database, graph engine, operation events, progress,
-policy and the reporter of direct provisionings.
+policy and backups.
 
 A resource is configuration; the heavy object behind it (an engine and its pool, a Redis pool, a
 template cache) is made once per process and shared, because the direct executor runs thousands
@@ -15,17 +15,16 @@ Dagster UI shows the variable's name rather than a password.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from dagster import ConfigurableResource, DagsterInstance, EnvVar
+from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
 from provisioning_pipelines.flows import Policy, StepContext
 from provisioning_pipelines.runtime.progress import ProgressReporter, SafeEvents
-from provisioning_pipelines.runtime.reporting import MaterializationReporter
 from provisioning_pipelines.services.graphs.backups import BackupPolicy
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import Database, get_database
@@ -124,22 +123,6 @@ class BackupsResource(ConfigurableResource):
         return BackupPolicy(Path(self.backup_dir), self.final_retention_days)
 
 
-class ReporterResource(ConfigurableResource):
-    """Reports direct provisionings to the Dagster instance in the background, each bounded by
-    ``timeout_seconds`` (``DAGSTER_MATERIALIZATION_TIMEOUT``)."""
-
-    timeout_seconds: float = Field(description="How long one report may take.")
-    max_workers: int = Field(default=2, description="Reports written at once.")
-    max_pending: int = Field(default=256, description="Reports waiting before new ones fail.")
-
-    def build(self, store: OperationStore | None,
-              instance: DagsterInstance | Callable[[], DagsterInstance] = DagsterInstance.get,
-              ) -> MaterializationReporter:
-        return MaterializationReporter(instance, store, timeout=self.timeout_seconds,
-                                       max_workers=self.max_workers,
-                                       max_pending=self.max_pending)
-
-
 def build_resources(settings: Settings, *, env_vars: bool = False
                     ) -> dict[str, ConfigurableResource]:
     """The resources every entry point uses, from the settings.
@@ -169,8 +152,6 @@ def build_resources(settings: Settings, *, env_vars: bool = False
                                  deletion_grace_days=settings.deletion_grace_days),
         "backups": BackupsResource(backup_dir=str(settings.resolved_backup_dir),
                                    final_retention_days=settings.final_backup_retention_days),
-        "dagster_reporter": ReporterResource(
-            timeout_seconds=settings.dagster_materialization_timeout),
     }
 
 

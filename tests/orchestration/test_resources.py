@@ -5,22 +5,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from dagster import DagsterInstance
-
+from provisioning_pipelines.direct.executor import build_executor
 from provisioning_pipelines.runtime.resources import build_resources, step_context
 from provisioning_pipelines.settings import load_settings
 
 
 def test_the_reporters_timeout_is_dagster_materialization_timeout(tmp_path: Path) -> None:
     settings = load_settings(DATA_DIR=str(tmp_path), DAGSTER_MATERIALIZATION_TIMEOUT="2.5")
-    resources = build_resources(settings)
-
-    assert resources["dagster_reporter"].timeout_seconds == 2.5
-    reporter = resources["dagster_reporter"].build(None, instance=DagsterInstance.ephemeral())
+    executor = build_executor(settings)
     try:
-        assert reporter.timeout == 2.5
+        assert executor.reporter is not None
+        assert executor.reporter.timeout == 2.5
     finally:
-        reporter.close()
+        executor.close()
+
+    assert "dagster_reporter" not in build_resources(settings)  # no resource no op uses
 
 
 def test_both_paths_build_the_same_context_from_the_settings(tmp_path: Path) -> None:
