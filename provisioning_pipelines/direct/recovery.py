@@ -24,8 +24,9 @@ from provisioning_pipelines import metrics
 from provisioning_pipelines.direct.executor import DirectExecutor
 from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
 from provisioning_pipelines.services.billing import subscriptions as billing
-from provisioning_pipelines.services.provisioning import claims, queue
+from provisioning_pipelines.services.provisioning import claims
 from provisioning_pipelines.services.provisioning.claims import DueSubscription
+from provisioning_pipelines.services.provisioning.due import due_now
 from provisioning_pipelines.services.upkeep import housekeeping
 
 logger = logging.getLogger("provisioning_pipelines.recovery")
@@ -122,20 +123,13 @@ class Recovery:
     def find_due(self) -> list[DueSubscription]:
         now = datetime.now(UTC)
         policy = self.executor.resources["policy"].get()
-        due: list[DueSubscription] = []
-        with self._database.session() as session:  # free slots go to the queue first, in order
-            due += queue.release(session, now=now)
         with self._database.session() as session:
-            for resource_type in SUBSCRIPTION_FLOWS:
-                for failed in claims.fail_exhausted(session, resource_type, now=now,
-                                                    max_attempts=policy.max_attempts,
-                                                    actor="resumer"):
-                    logger.warning("subscription %s: no attempts left; failed", failed)
-                due += claims.due_for_launch(session, resource_type, now=now,
-                                             grace_seconds=self.grace_seconds,
-                                             direct_enabled=True,
-                                             max_attempts=policy.max_attempts)
-        return due
+            due = due_now(session, SUBSCRIPTION_FLOWS, now=now, grace_seconds=self.grace_seconds,
+                          direct_enabled=True, max_attempts=policy.max_attempts,
+                          actor="resumer")
+        for failed in due.failed:
+            logger.warning("subscription %s: no attempts left; failed", failed)
+        return due.subscriptions
 
     async def _resume(self, due: DueSubscription) -> None:
         try:

@@ -4,8 +4,8 @@ With direct provisioning on, the webhook provisions in-process and the sensors a
 they launch only for subscriptions nobody claimed within the grace period, whose claim lease
 lapsed (a crashed worker), or whose backoff after a failed attempt is over. With it off, they
 launch for every claimable one. Which subscriptions those are is decided in
-``services/provisioning/claims.py``, with the claim's own predicate, so a sensor never launches
-a run the claim would refuse.
+``services/provisioning/due.py`` (the resumer asks the same), with the claim's own predicate, so
+a sensor never launches a run the claim would refuse.
 
 Dagster skips a RunRequest whose run key matches any earlier run of the sensor, failed runs
 included, so the key holds the attempt the run will be (``<subscription>:attempt:<n>``): a failed
@@ -31,8 +31,8 @@ from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, Flow, SubscriptionC
 from provisioning_pipelines.flows.steps import ATTEMPT_TAG, OPERATION_TAG, USER_TAG
 from provisioning_pipelines.orchestration.jobs import JOBS
 from provisioning_pipelines.runtime.resources import DatabaseResource, PolicyResource
-from provisioning_pipelines.services.provisioning import claims, queue
 from provisioning_pipelines.services.provisioning.claims import DueSubscription
+from provisioning_pipelines.services.provisioning.due import due_now
 
 
 def run_request(flow: Flow, due: DueSubscription) -> RunRequest:
@@ -66,13 +66,10 @@ def subscription_sensor(
         now = datetime.now(UTC)
         max_attempts = policy.get().max_attempts
         with database.get().session() as session:
-            if resource_type == "graph":  # free slots go to the queue first, in order
-                queue.release(session, now=now)
-            failed = claims.fail_exhausted(session, resource_type, now=now,
-                                           max_attempts=max_attempts)
-            due = claims.due_for_launch(session, resource_type, now=now,
-                                        grace_seconds=grace_seconds,
-                                        direct_enabled=direct_enabled, max_attempts=max_attempts)
+            found = due_now(session, [resource_type], now=now, grace_seconds=grace_seconds,
+                            direct_enabled=direct_enabled, max_attempts=max_attempts,
+                            actor="sensor")
+        failed, due = found.failed, found.subscriptions
         for subscription_id in failed:
             context.log.warning(f"subscription {subscription_id}: no attempts left; failed")
         if not due:
