@@ -36,8 +36,8 @@ from sqlalchemy import func, select
 
 from benchmarks.scratch import ScratchDatabases, delete_redis_prefix
 from provisioning_pipelines.services import requests as subscriptions
-from provisioning_pipelines.services import webhooks
 from provisioning_pipelines.services.access import accounts
+from provisioning_pipelines.services.billing.events import billing_event, signed_delivery
 from provisioning_pipelines.storage.db import get_database
 from provisioning_pipelines.storage.events import RedisOperationStore
 from provisioning_pipelines.storage.migrate import upgrade
@@ -54,13 +54,8 @@ def free_port() -> int:
 
 
 def body(subscription_id: str) -> tuple[bytes, dict[str, str]]:
-    event = {"id": f"evt_{subscription_id}", "type": "checkout.session.completed",
-             "created": int(time.time()),
-             "data": {"object": {"payment_status": "paid",
-                                 "metadata": {"subscription_id": subscription_id}}}}
-    payload = json.dumps(event).encode()
-    return payload, {"Stripe-Signature": webhooks.sign(payload, SECRET),
-                     "Content-Type": "application/json"}
+    return signed_delivery(billing_event(subscription_id, event_id=f"evt_{subscription_id}"),
+                           SECRET)
 
 
 async def post(port: int, path: str, payload: bytes, headers: dict[str, str]

@@ -14,7 +14,6 @@ active and until every operation a client was given had ended, and the stray fil
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -32,8 +31,8 @@ from sqlalchemy import select
 
 from benchmarks.scratch import ScratchDatabases, delete_redis_prefix
 from provisioning_pipelines.services import requests as subscriptions
-from provisioning_pipelines.services import webhooks
 from provisioning_pipelines.services.access import accounts
+from provisioning_pipelines.services.billing.events import billing_event, signed_delivery
 from provisioning_pipelines.storage.db import get_database
 from provisioning_pipelines.storage.migrate import upgrade
 from provisioning_pipelines.storage.models import Subscription
@@ -59,13 +58,10 @@ def start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]
 
 
 def pay(url: str, subscription_id: str) -> str:
-    event = {"id": f"evt_{subscription_id}", "type": "checkout.session.completed",
-             "created": int(time.time()),
-             "data": {"object": {"payment_status": "paid",
-                                 "metadata": {"subscription_id": subscription_id}}}}
-    payload = json.dumps(event).encode()
+    payload, headers = signed_delivery(
+        billing_event(subscription_id, event_id=f"evt_{subscription_id}"), SECRET)
     answer = httpx.post(f"{url}/v1/webhooks/billing", content=payload, timeout=60,
-                        headers={"Stripe-Signature": webhooks.sign(payload, SECRET)})
+                        headers=headers)
     answer.raise_for_status()
     return answer.json()["operation_id"]
 

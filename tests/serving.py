@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from provisioning_pipelines.services import webhooks
+from provisioning_pipelines.services.billing.events import billing_event, signed_delivery
 from tests.conftest import free_port
 
 CLI = str(Path(sys.executable).parent / "provisioning-pipelines")
@@ -39,13 +38,10 @@ class ServerProcess:
 
     def pay(self, subscription_id: str, *, event_id: str | None = None) -> httpx.Response:
         """Deliver a signed ``checkout.session.completed`` for the subscription."""
-        event = {"id": event_id or f"evt_{subscription_id}", "type": "checkout.session.completed",
-                 "created": int(time.time()),
-                 "data": {"object": {"payment_status": "paid",
-                                     "metadata": {"subscription_id": subscription_id}}}}
-        payload = json.dumps(event).encode()
+        event = billing_event(subscription_id, event_id=event_id or f"evt_{subscription_id}")
+        payload, headers = signed_delivery(event, SECRET)
         return httpx.post(f"{self.url}/v1/webhooks/billing", content=payload, timeout=30,
-                          headers={"Stripe-Signature": webhooks.sign(payload, SECRET)})
+                          headers=headers)
 
 
 def server_env(tmp_path: Path, **settings: Any) -> dict[str, str]:

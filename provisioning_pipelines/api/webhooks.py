@@ -21,14 +21,7 @@ from starlette.routing import Route
 from provisioning_pipelines import metrics
 from provisioning_pipelines.api.context import ApiContext, guard, read_body
 from provisioning_pipelines.errors import InvalidRequest
-from provisioning_pipelines.flows import (
-    REACTIVATION_FLOW,
-    SUBSCRIPTION_FLOWS,
-    SUSPENSION_FLOW,
-    Flow,
-    LifecycleConfig,
-    SubscriptionConfig,
-)
+from provisioning_pipelines.flows import started_by
 from provisioning_pipelines.services import webhooks
 from provisioning_pipelines.storage.errors import is_outage
 from provisioning_pipelines.storage.events import new_operation_id
@@ -71,9 +64,9 @@ def routes(api: ApiContext) -> list[Route]:
         if applied is None:
             return JSONResponse({"received": True, "duplicate": True, "operation_id": None})
         operation_id = None
-        follow_up = _follow_up(applied) if direct else None
-        if follow_up is not None:
-            flow, config = follow_up
+        then = started_by(applied) if direct else None
+        if then is not None:
+            flow, config = then.flow, then.config
             operation_id = await run_in_threadpool(api.executor.open_operation,
                                                    flow.operation_kind, applied.user_id,
                                                    planned if applied.paid else None)
@@ -87,18 +80,3 @@ def routes(api: ApiContext) -> list[Route]:
     return [Route("/v1/webhooks/billing", guard(billing_webhook), methods=["POST"])]
 
 
-def _follow_up(applied: webhooks.Applied) -> tuple[Flow, Any] | None:
-    """The flow an applied event starts: provisioning what was paid, suspending what was
-    cancelled, reactivating what was paid again."""
-    if applied.paid:
-        return (SUBSCRIPTION_FLOWS[str(applied.resource_type)],
-                SubscriptionConfig(subscription_id=applied.subscription_id))
-    if applied.canceled:
-        return SUSPENSION_FLOW, LifecycleConfig(subscription_id=applied.subscription_id,
-                                                actor="billing",
-                                                reason=f"billing event {applied.event_id}")
-    if applied.reactivated:
-        return REACTIVATION_FLOW, LifecycleConfig(subscription_id=applied.subscription_id,
-                                                  actor="billing",
-                                                  reason=f"billing event {applied.event_id}")
-    return None

@@ -131,18 +131,14 @@ def webhook_send(args: argparse.Namespace, settings: Settings) -> int:
 
     import httpx
 
-    from provisioning_pipelines.services import webhooks
+    from provisioning_pipelines.services.billing.events import billing_event, signed_delivery
 
-    event = {"id": args.event_id or f"evt_cli_{int(time.time() * 1000)}",
-             "type": args.type, "created": int(time.time()),
-             "data": {"object": {"payment_status": "paid", "customer": "cus_cli",
-                                 "subscription": f"stripe_{args.subscription}",
-                                 "metadata": {"subscription_id": args.subscription}}}}
-    payload = json.dumps(event).encode()
+    event = billing_event(args.subscription, args.type,
+                          event_id=args.event_id or f"evt_cli_{int(time.time() * 1000)}",
+                          customer="cus_cli", subscription=f"stripe_{args.subscription}")
+    payload, headers = signed_delivery(event, settings.billing_webhook_secret)
     answer = httpx.post(f"{args.url}/v1/webhooks/billing", content=payload, timeout=30,
-                        headers={"Stripe-Signature": webhooks.sign(
-                            payload, settings.billing_webhook_secret),
-                            "Content-Type": "application/json"})
+                        headers=headers)
     print(answer.text)
     return 0 if answer.is_success else 2
 
@@ -160,19 +156,21 @@ def webhooks_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def webhooks_replay(args: argparse.Namespace, settings: Settings) -> int:
+    """Apply a recorded event again and start what it starts, as the webhook would have."""
     from provisioning_pipelines.direct import build_executor
-    from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
+    from provisioning_pipelines.flows import started_by
     from provisioning_pipelines.services import webhooks
 
     with database_of(settings).session() as session:
         applied = webhooks.replay(session, args.event_id)
     answer: dict[str, object] = {"event_id": args.event_id, "ignored": applied.ignored,
+                                 "change": applied.change,
                                  "paid": applied.paid, "subscription_id": applied.subscription_id}
-    if applied.paid and settings.direct_graph_provisioning_enabled:
+    then = started_by(applied)
+    if then is not None and settings.direct_graph_provisioning_enabled:
         executor = build_executor(settings)
         try:
-            made = executor.run(SUBSCRIPTION_FLOWS[str(applied.resource_type)],
-                                SubscriptionConfig(subscription_id=str(applied.subscription_id)))
+            made = executor.run(then.flow, then.config)
         finally:
             executor.close()
         answer.update(operation_id=made.operation_id, result=made.result)

@@ -10,7 +10,6 @@ can be run again and again.
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -25,8 +24,8 @@ from rich.console import Console
 from provisioning_pipelines.api.app import create_app
 from provisioning_pipelines.cli.watch import watch
 from provisioning_pipelines.direct import build_executor
-from provisioning_pipelines.services import webhooks
 from provisioning_pipelines.services.access import accounts
+from provisioning_pipelines.services.billing.events import billing_event, signed_delivery
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import get_database
 from provisioning_pipelines.storage.ladybug import LadybugEngine
@@ -128,13 +127,10 @@ def _subscribe(api: httpx.Client, body: dict[str, Any]) -> str:
 
 
 def _pay(url: str, settings: Settings, subscription_id: str) -> str:
-    event = {"id": f"evt_demo_{uuid.uuid4().hex[:12]}", "type": "checkout.session.completed",
-             "created": int(time.time()),
-             "data": {"object": {"payment_status": "paid", "customer": "cus_demo",
-                                 "metadata": {"subscription_id": subscription_id}}}}
-    payload = json.dumps(event).encode()
-    answer = httpx.post(f"{url}/v1/webhooks/billing", content=payload, headers={
-        "Stripe-Signature": webhooks.sign(payload, settings.billing_webhook_secret)})
+    event = billing_event(subscription_id, event_id=f"evt_demo_{uuid.uuid4().hex[:12]}",
+                          customer="cus_demo")
+    payload, headers = signed_delivery(event, settings.billing_webhook_secret)
+    answer = httpx.post(f"{url}/v1/webhooks/billing", content=payload, headers=headers)
     answer.raise_for_status()
     return answer.json()["operation_id"]
 

@@ -23,13 +23,18 @@ from provisioning_pipelines.flows.suspension import (
     SUSPENSION_FLOW,
     LifecycleConfig,
 )
+from provisioning_pipelines.flows.triggers import (
+    SUBSCRIPTION_FLOWS,
+    BillingChange,
+    FollowUp,
+    follow_up,
+    started_by,
+)
 
 #: Provisioning, then the rest of a resource's life.
 FLOWS: tuple[Flow, ...] = (GRAPH_FLOW, REPOSITORY_FLOW, SUBGRAPH_FLOW, SUSPENSION_FLOW,
                            REACTIVATION_FLOW, DELETION_FLOW, SUBGRAPH_DELETION_FLOW, BACKUP_FLOW,
                            RESTORE_FLOW)
-#: The flow that provisions each kind of paid subscription.
-SUBSCRIPTION_FLOWS: dict[str, Flow] = {"graph": GRAPH_FLOW, "repository": REPOSITORY_FLOW}
 
 __all__ = [
     "BACKUP_FLOW",
@@ -44,8 +49,10 @@ __all__ = [
     "SUBSCRIPTION_FLOWS",
     "SUSPENSION_FLOW",
     "BackupConfig",
+    "BillingChange",
     "DeletionConfig",
     "Flow",
+    "FollowUp",
     "GraphConfig",
     "LifecycleConfig",
     "Outcome",
@@ -59,6 +66,8 @@ __all__ = [
     "SubgraphDeletionConfig",
     "SubscriptionConfig",
     "execute_flow",
+    "follow_up",
     "materialization",
     "run_step",
+    "started_by",
 ]

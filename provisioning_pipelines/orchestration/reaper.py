@@ -47,7 +47,7 @@ from provisioning_pipelines.flows import (
     BackupConfig,
     DeletionConfig,
     Flow,
-    LifecycleConfig,
+    follow_up,
 )
 from provisioning_pipelines.orchestration.jobs import JOBS
 from provisioning_pipelines.runtime.resources import DatabaseResource, GraphEngineResource
@@ -75,11 +75,11 @@ def lifecycle_requests(database: DatabaseResource, now: datetime) -> list[RunReq
         deletions = lifecycle.due_deletions(session, now=now)
     requests = []
     for change in changes:
-        flow = SUSPENSION_FLOW if change["action"] == "suspend" else REACTIVATION_FLOW
-        config = LifecycleConfig(subscription_id=change["subscription_id"], actor="reaper",
-                                 reason="billing ended the subscription"
-                                 if change["action"] == "suspend" else "billing resumed it")
-        requests.append(_request(flow, config, change["subscription_id"], now))
+        ending = change["action"] == "suspend"
+        then = follow_up("canceled" if ending else "reactivated", change["subscription_id"],
+                         actor="reaper", reason="billing ended the subscription" if ending
+                         else "billing resumed it")
+        requests.append(_request(then.flow, then.config, change["subscription_id"], now))
     for graph_id in deletions:
         config = DeletionConfig(graph_id=graph_id, actor="reaper",
                                 reason="the grace after cancellation is over")

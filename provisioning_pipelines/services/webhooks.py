@@ -20,13 +20,11 @@ status.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import math
-import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import stripe
 from sqlalchemy import select, update
@@ -60,14 +58,6 @@ class InvalidWebhook(InvalidRequest):
 
     status_code = 400
     code = "invalid_webhook"
-
-
-def sign(payload: bytes, secret: str, timestamp: int | None = None) -> str:
-    """A ``Stripe-Signature`` header for a payload (tests and ``webhooks send``)."""
-    timestamp = int(time.time()) if timestamp is None else timestamp
-    signed = f"{timestamp}.".encode() + payload
-    digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
-    return f"t={timestamp},v1={digest}"
 
 
 @dataclass(frozen=True)
@@ -172,6 +162,12 @@ class Applied:
     status: str = "applied"  # as recorded: applied, ignored or rejected
     canceled: bool = False  # this event cancelled the subscription: its resource is suspended
     reactivated: bool = False  # a new payment for a cancelled one: its resource comes back
+
+    @property
+    def change(self) -> Literal["paid", "canceled", "reactivated"] | None:
+        """What this event did to its subscription (``paid``, ``canceled``, ``reactivated``)."""
+        return ("paid" if self.paid else "canceled" if self.canceled
+                else "reactivated" if self.reactivated else None)
 
 
 def record_and_apply(session: Session, delivery: Delivery, *,

@@ -16,7 +16,7 @@ from dagster import DagsterInstance
 from provisioning_pipelines.api.app import create_app
 from provisioning_pipelines.direct import DirectExecutor
 from provisioning_pipelines.runtime.reporting import MaterializationReporter
-from provisioning_pipelines.services import webhooks
+from provisioning_pipelines.services.billing.events import signed_delivery
 from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.db import Database
 from tests.conftest import free_port
@@ -36,12 +36,10 @@ class Api:
 
     def deliver(self, event: dict[str, Any], *, secret: str = SECRET,
                 timestamp: int | None = None, body: bytes | None = None) -> httpx.Response:
-        payload = json.dumps(event).encode()
-        signature = webhooks.sign(payload, secret, timestamp)
+        payload, headers = signed_delivery(event, secret, timestamp=timestamp)
         with self.client() as client:
             return client.post("/v1/webhooks/billing", content=body or payload,
-                               headers={"Stripe-Signature": signature,
-                                        "Content-Type": "application/json"})
+                               headers=headers)
 
     def wait_status(self, api_key: str, subscription_id: str, status: str,
                     timeout: float = 60) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 from dagster import DagsterInstance
 from sqlalchemy import func, select
 
+from provisioning_pipelines.services.billing.events import billing_event
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.models import Graph, Subscription, WebhookEvent
@@ -21,17 +22,9 @@ from tests.factories import graph_request, new_customer
 
 def checkout_event(subscription_id: str, *, event_id: str | None = None,
                    paid: bool = True) -> dict[str, Any]:
-    return {
-        "id": event_id or f"evt_{subscription_id}",
-        "type": "checkout.session.completed",
-        "created": int(time.time()),
-        "data": {"object": {
-            "id": f"cs_{subscription_id}", "customer": "cus_stripe_1",
-            "subscription": f"stripe_{subscription_id}",
-            "payment_status": "paid" if paid else "unpaid",
-            "metadata": {"subscription_id": subscription_id},
-        }},
-    }
+    return billing_event(subscription_id, event_id=event_id or f"evt_{subscription_id}",
+                         paid=paid, id=f"cs_{subscription_id}", customer="cus_stripe_1",
+                         subscription=f"stripe_{subscription_id}")
 
 
 def subscribe_graph(api: Api, api_key: str, **graph: Any) -> str:

@@ -10,6 +10,7 @@ import httpx
 from dagster import DagsterInstance
 
 from provisioning_pipelines.services.access import accounts
+from provisioning_pipelines.services.billing.events import billing_event
 from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.db import Database
 from tests.api.helpers import SECRET, Api, make_api, serve
@@ -17,10 +18,7 @@ from tests.factories import new_customer, paid_graph_subscription
 
 
 def pay(api: Api, sub_id: str) -> str:
-    event = {"id": f"evt_{sub_id}", "type": "checkout.session.completed",
-             "created": int(time.time()),
-             "data": {"object": {"payment_status": "paid",
-                                 "metadata": {"subscription_id": sub_id}}}}
+    event = billing_event(sub_id, event_id=f"evt_{sub_id}")
     return api.deliver(event).json()["operation_id"]
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client.parser import text_string_to_metric_families
 
+from provisioning_pipelines.services.billing.events import billing_event
 from tests.api.helpers import Api
 from tests.factories import new_customer, paid_graph_subscription
 
@@ -24,10 +23,7 @@ def test_a_paid_graph_shows_in_the_counters(api: Api) -> None:
     before = scrape(api)
     user = new_customer(api.database)
     sub_id = paid_graph_subscription(api.database, user, paid=False)
-    event = {"id": f"evt_{sub_id}", "type": "checkout.session.completed",
-             "created": int(time.time()),
-             "data": {"object": {"payment_status": "paid",
-                                 "metadata": {"subscription_id": sub_id}}}}
+    event = billing_event(sub_id, event_id=f"evt_{sub_id}")
     api.deliver(event)
     api.deliver(event)  # a redelivery
     api.wait_status(user.api_key, sub_id, "active")

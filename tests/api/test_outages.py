@@ -14,6 +14,7 @@ import pytest
 from dagster import DagsterInstance
 from sqlalchemy.engine import make_url
 
+from provisioning_pipelines.services.billing.events import billing_event
 from provisioning_pipelines.storage.db import Database, dispose_database, get_database
 from tests.api.helpers import Api, make_api, serve
 from tests.conftest import make_resources
@@ -22,10 +23,7 @@ from tests.tcp_proxy import TcpProxy
 
 
 def checkout(subscription_id: str, event_id: str | None = None) -> dict[str, Any]:
-    return {"id": event_id or f"evt_{subscription_id}", "type": "checkout.session.completed",
-            "created": int(time.time()),
-            "data": {"object": {"payment_status": "paid",
-                                "metadata": {"subscription_id": subscription_id}}}}
+    return billing_event(subscription_id, event_id=event_id or f"evt_{subscription_id}")
 
 
 def restart(binary_args: list[str]) -> subprocess.Popen[bytes]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from provisioning_pipelines.services.billing.events import billing_event
 from tests.api.helpers import Api
 from tests.conftest import require
 from tests.factories import new_customer, paid_graph_subscription
@@ -76,10 +76,7 @@ def test_sign_in_pay_watch_a_subgraph_reach_100_and_reload(
     page.wait_for_selector("#signed-in:not([hidden])")
     assert page.inner_text("#email") == email
 
-    event = {"id": f"evt_{sub_id}", "type": "checkout.session.completed",
-             "created": int(time.time()),
-             "data": {"object": {"payment_status": "paid",
-                                 "metadata": {"subscription_id": sub_id}}}}
+    event = billing_event(sub_id, event_id=f"evt_{sub_id}")
     assert api.deliver(event).status_code == 200
     expect(page.locator("#subscriptions td.id").first).to_have_text(sub_id)
     expect(page.locator("#subscriptions .status").first).to_have_text("active")

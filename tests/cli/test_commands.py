@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from provisioning_pipelines.services import webhooks
+from provisioning_pipelines.services.billing.events import billing_event
 from provisioning_pipelines.storage.db import dispose_database, get_database
 from tests.conftest import free_port
 from tests.factories import new_customer, paid_graph_subscription
@@ -57,9 +58,7 @@ def test_a_rejected_webhook_is_listed_and_replayed_into_a_graph(tmp_path: Path) 
     assert cli("db", "upgrade", env=env).returncode == 0
     database = get_database(database_url)
     sub_id = paid_graph_subscription(database, new_customer(database), paid=False)
-    event = {"id": "evt_refused_once", "type": "checkout.session.completed", "created": 1,
-             "data": {"object": {"payment_status": "paid",
-                                 "metadata": {"subscription_id": sub_id}}}}
+    event = billing_event(sub_id, event_id="evt_refused_once", created=1)
     with database.session() as session:  # as an older release that could not apply it did
         webhooks.record_rejected(session, webhooks.read(json.dumps(event)),
                                  "refused by an older release")
@@ -78,6 +77,30 @@ def test_a_rejected_webhook_is_listed_and_replayed_into_a_graph(tmp_path: Path) 
     assert again.returncode == 2 and "only a rejected event is replayed" in again.stderr
     assert unknown.returncode == 2 and unknown.stderr.startswith("error: event_id: no webhook")
     assert cli("webhooks", "list", "--rejected", env=env).stdout == ""
+
+
+def test_a_replayed_cancellation_suspends_the_graph_as_the_webhook_would(tmp_path: Path) -> None:
+    env = {"DATA_DIR": str(tmp_path / "data")}
+    database_url = f"sqlite:///{(tmp_path / 'data' / 'provisioning.db').resolve()}"
+    assert cli("db", "upgrade", env=env).returncode == 0
+    database = get_database(database_url)
+    sub_id = paid_graph_subscription(database, new_customer(database))
+    dispose_database(database_url)
+    made = cli("provision", "graph", "--subscription", sub_id, env=env)
+    assert made.returncode == 0, made.stderr
+    event = billing_event(sub_id, "customer.subscription.deleted", event_id="evt_cancel_late")
+    database = get_database(database_url)
+    with database.session() as session:
+        webhooks.record_rejected(session, webhooks.read(json.dumps(event)), "refused once")
+    dispose_database(database_url)
+
+    replayed = cli("webhooks", "replay", "evt_cancel_late", env=env)
+
+    assert replayed.returncode == 0, replayed.stderr
+    answer = json.loads(replayed.stdout)
+    assert answer["change"] == "canceled"
+    shown = cli("graphs", "show", json.loads(made.stdout)["resource_id"], env=env)
+    assert json.loads(shown.stdout)["status"] == "suspended"
 
 
 def test_every_command_answers_a_mistake_in_one_line_with_status_2(
