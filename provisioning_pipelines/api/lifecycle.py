@@ -61,7 +61,7 @@ def routes(api: ApiContext) -> list[Route]:
 
         def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
             graph = lifecycle.managed_graph(session, graph_id, user.user_id)
-            lifecycle.check_status(graph, ("active", "suspended"), "deleted again")
+            lifecycle.check_status(graph, "delete")
             return SUSPENSION_FLOW, LifecycleConfig(
                 graph_id=graph_id, actor=user.user_id, reason="deleted by the user"), {}
 
@@ -72,7 +72,7 @@ def routes(api: ApiContext) -> list[Route]:
 
         def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
             graph = lifecycle.managed_graph(session, graph_id, user.user_id)
-            lifecycle.check_status(graph, ("active", "suspended"), "reactivated")
+            lifecycle.check_status(graph, "reactivate")
             return REACTIVATION_FLOW, LifecycleConfig(
                 graph_id=graph_id, actor=user.user_id, reason="restored by the user"), {}
 
@@ -83,7 +83,7 @@ def routes(api: ApiContext) -> list[Route]:
 
         def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
             graph = lifecycle.managed_graph(session, graph_id, user.user_id)
-            lifecycle.check_status(graph, lifecycle.LIVE, "backed up")
+            lifecycle.check_status(graph, "back_up")
             backup_id = backups.backup_id_for("on_demand", graph_id)
             config = BackupConfig(graph_id=graph_id, kind="on_demand", backup_id=backup_id,
                                   actor=user.user_id)

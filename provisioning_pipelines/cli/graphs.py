@@ -127,7 +127,7 @@ def graphs_delete(args: argparse.Namespace, settings: Settings) -> int:
         LifecycleConfig,
     )
 
-    _checked_graph(settings, args.graph_id, ("active", "suspended", "deleting"), "deleted")
+    _checked_graph(settings, args.graph_id, "delete_now" if args.now else "delete")
     if args.now:
         return _run(args, settings, DELETION_FLOW, DeletionConfig(
             graph_id=args.graph_id, at_once=True, actor=OPERATOR,
@@ -139,16 +139,16 @@ def graphs_delete(args: argparse.Namespace, settings: Settings) -> int:
 def graphs_restore(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.flows import REACTIVATION_FLOW, LifecycleConfig
 
-    _checked_graph(settings, args.graph_id, ("active", "suspended"), "reactivated")
+    _checked_graph(settings, args.graph_id, "reactivate")
     return _run(args, settings, REACTIVATION_FLOW, LifecycleConfig(
         graph_id=args.graph_id, actor=OPERATOR, reason="restored by an operator"))
 
 
 def graphs_backup(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.flows import BACKUP_FLOW, BackupConfig
-    from provisioning_pipelines.services.graphs import backups, lifecycle
+    from provisioning_pipelines.services.graphs import backups
 
-    _checked_graph(settings, args.graph_id, lifecycle.LIVE, "backed up")
+    _checked_graph(settings, args.graph_id, "back_up")
     return _run(args, settings, BACKUP_FLOW, BackupConfig(
         graph_id=args.graph_id, backup_id=backups.backup_id_for("on_demand", args.graph_id),
         actor=OPERATOR))
@@ -206,10 +206,10 @@ def subscriptions_cancel(args: argparse.Namespace, settings: Settings) -> int:
         reason=args.reason or "cancelled by an operator"))
 
 
-def _checked_graph(settings: Settings, graph_id: str, allowed: tuple[str, ...],
-                   doing: str) -> None:
+def _checked_graph(settings: Settings, graph_id: str, action: str) -> None:
+    """Refuse, as the API does, what the graph's state does not allow."""
     from provisioning_pipelines.services.graphs import lifecycle
     from provisioning_pipelines.services.graphs import records as graphs
 
     with database_of(settings).session() as session:
-        lifecycle.check_status(graphs.top_level_graph(session, graph_id), allowed, doing)
+        lifecycle.check_status(graphs.top_level_graph(session, graph_id), action)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import InvalidRequest, NotFound
 from provisioning_pipelines.services import audit
+from provisioning_pipelines.services.billing.states import SUBSCRIPTION
 from provisioning_pipelines.services.catalog import TIERS, repository_plan
 from provisioning_pipelines.storage.db import execute_with_rows, takes_data_modifying_ctes
 from provisioning_pipelines.storage.models import (
@@ -27,7 +28,7 @@ from provisioning_pipelines.storage.models import (
 )
 
 RESOURCE_TYPES = ("graph", "repository")
-STATUSES = ("pending_payment", "provisioning", "queued", "active", "failed", "canceled")
+STATUSES = SUBSCRIPTION.states
 #: What a subscription id may look like where it comes from outside (a path, a command line).
 SUBSCRIPTION_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -118,7 +119,8 @@ def _paid_statement(watermark: bool, audited: bool) -> Executable:
     if watermark:
         values.update({column: bindparam(f"paid_{column}") for column in _WATERMARK})
     moved = (update(table)
-             .where(table.c.id == bindparam("paid_id"), table.c.status == "pending_payment")
+             .where(table.c.id == bindparam("paid_id"),
+                    table.c.status == SUBSCRIPTION.source("pay"))
              .values(values).returning(table.c.id))
     if not audited:
         return moved

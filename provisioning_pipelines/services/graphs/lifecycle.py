@@ -29,8 +29,10 @@ from sqlalchemy.orm import Session
 from provisioning_pipelines.errors import Conflict, Forbidden, NotFound
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.billing.states import SUBSCRIPTION
 from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs import records as graphs
+from provisioning_pipelines.services.graphs.states import GRAPH, LIVE
 from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.models import (
     CreditPool,
@@ -41,8 +43,6 @@ from provisioning_pipelines.storage.models import (
     Subscription,
     utcnow,
 )
-
-LIVE = ("active", "suspended")
 
 
 class GraphClaimLost(Conflict):
@@ -68,8 +68,8 @@ def suspend_graph(session: Session, graph_id: str, *, grace_seconds: float, acto
     """
     now = now or utcnow()
     moved = session.execute(
-        update(Graph).where(Graph.id == graph_id, Graph.status == "active")
-        .values(status="suspended", suspended_at=now,
+        update(Graph).where(Graph.id == graph_id, Graph.status == GRAPH.source("suspend"))
+        .values(status=GRAPH.target("suspend"), suspended_at=now,
                 delete_after=now + timedelta(seconds=grace_seconds))
         .execution_options(synchronize_session=False))
     if moved.rowcount != 1:
@@ -89,8 +89,8 @@ def suspend_graph(session: Session, graph_id: str, *, grace_seconds: float, acto
 def reactivate_graph(session: Session, graph_id: str, *, actor: str) -> bool:
     """``suspended`` -> ``active`` (within the grace: a graph being deleted is not)."""
     moved = session.execute(
-        update(Graph).where(Graph.id == graph_id, Graph.status == "suspended")
-        .values(status="active", suspended_at=None, delete_after=None)
+        update(Graph).where(Graph.id == graph_id, Graph.status == GRAPH.source("reactivate"))
+        .values(status=GRAPH.target("reactivate"), suspended_at=None, delete_after=None)
         .execution_options(synchronize_session=False))
     if moved.rowcount != 1:
         return False
@@ -212,7 +212,7 @@ def begin_deletion(session: Session, claim: GraphClaim, *, now_too: bool, actor:
                        f"{graph.delete_after:%Y-%m-%d %H:%M} UTC" if graph.delete_after else
                        f"graph {graph.id!r} is {graph.status} and not due for deletion",
                        field="graph_id")
-    graph.status = "deleting"
+    graph.status = GRAPH.target("begin_deletion")
     audit.record(session, actor=actor, action="graph.deleting", subject_type="graph",
                  subject_id=graph.id, details={"reason": reason, "at_once": now_too})
     if graph.subscription_id:  # a graph deleted at once ends its subscription with it
@@ -245,9 +245,9 @@ def finish_deletion(session: Session, claim: GraphClaim, *, actor: str, reason: 
     session.execute(delete(CreditTransaction).where(CreditTransaction.pool_id.in_(pool_ids)))
     session.execute(delete(CreditPool).where(CreditPool.graph_id == graph.id))
     session.execute(delete(GraphUser).where(GraphUser.graph_id == graph.id))
-    if graph.status != "deleted":
+    if graph.status != GRAPH.target("finish_deletion"):
         hosts.release_slot(session, graph.host_id)
-    graph.status = "deleted"
+    graph.status = GRAPH.target("finish_deletion")
     graph.deleted_at = utcnow()
     graph.lifecycle_token = None
     graph.lifecycle_lease_expires_at = None
@@ -318,18 +318,16 @@ def managed_graph(session: Session, graph_id: str, user_id: str) -> Graph:
     return graph
 
 
-def check_status(graph: Graph, allowed: tuple[str, ...], doing: str) -> None:
-    """Refuse, naming the graph's state, what cannot be done to it in that state."""
-    if graph.status in allowed:
-        return
+def check_status(graph: Graph, action: str) -> None:
+    """Refuse, naming the graph's state, what ``action`` (of the graph's state table) cannot do
+    in that state."""
     hint = ""
     if graph.status in ("deleting", "deleted"):
         hint = (f"; a backup can be restored as a new graph: GET /v1/graphs/{graph.id}/backups")
-    raise Conflict(f"graph {graph.id!r} is {graph.status}: it cannot be {doing}{hint}",
-                   field="graph_id")
+    GRAPH.check(action, graph.status, graph.id, field="graph_id", hint=hint)
 
 
 def check_cancellable(subscription: Subscription) -> None:
-    if subscription.status == "canceled":
+    if not SUBSCRIPTION.allows("cancel", subscription.status):
         raise Conflict(f"subscription {subscription.id!r} is cancelled already",
                        field="subscription_id")

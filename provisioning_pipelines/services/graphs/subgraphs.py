@@ -19,6 +19,7 @@ from provisioning_pipelines.errors import Conflict, InvalidRequest, LimitReached
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.catalog import TIERS
 from provisioning_pipelines.services.graphs import records as graphs
+from provisioning_pipelines.services.graphs.states import GRAPH
 from provisioning_pipelines.storage.models import Graph, GraphHost, GraphUser, User
 
 SUBGRAPH_NAME = re.compile(r"^[a-zA-Z0-9]{1,20}$")
@@ -35,7 +36,7 @@ def validate_subgraph_name(name: Any) -> str:
 
 def check_parent_active(parent: Graph) -> None:
     """Only an active graph gets new subgraphs (a suspended one's roles are off)."""
-    if parent.status != "active":
+    if not GRAPH.allows("add_subgraph", parent.status):
         raise Conflict(f"parent_graph_id: graph {parent.id!r} is {parent.status}; no new "
                        "subgraph can be made from it", field="parent_graph_id")
 

@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 from provisioning_pipelines.errors import Conflict, PaymentRequired
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.billing.states import SUBSCRIPTION
 from provisioning_pipelines.storage.db import execute_with_rows
 from provisioning_pipelines.storage.models import Subscription, UTCDateTime, utcnow
 
@@ -365,8 +366,9 @@ def reset_failed(session: Session, subscription_id: str, *, actor: str = "operat
     billing.get_subscription(session, subscription_id)
     moved = session.execute(
         update(Subscription)
-        .where(Subscription.id == subscription_id, Subscription.status == "failed")
-        .values(status="provisioning", attempts=0, retry_after=None, claim_token=None,
+        .where(Subscription.id == subscription_id,
+               Subscription.status == SUBSCRIPTION.source("retry"))
+        .values(status=SUBSCRIPTION.target("retry"), attempts=0, retry_after=None, claim_token=None,
                 lease_expires_at=None, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.billing.states import SUBSCRIPTION
 from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.provisioning.claims import (
     Claim,
@@ -88,7 +89,7 @@ def enqueue(session: Session, claim: Claim, *, now: datetime | None = None) -> i
     """Give the claim back, attempt not used up, and wait in the tier's queue; returns the
     position (1 is next)."""
     subscription = assert_held(session, claim)
-    subscription.status = "queued"
+    subscription.status = SUBSCRIPTION.target("queue")
     subscription.queued_at = subscription.queued_at or now or utcnow()
     subscription.claim_token = None
     subscription.lease_expires_at = None
@@ -123,8 +124,9 @@ def release(session: Session, tier: str | None = None, *, now: datetime | None =
         for subscription in head:
             moved = session.execute(
                 update(Subscription)
-                .where(Subscription.id == subscription.id, Subscription.status == "queued")
-                .values(status="provisioning", updated_at=now)
+                .where(Subscription.id == subscription.id,
+                       Subscription.status == SUBSCRIPTION.source("release"))
+                .values(status=SUBSCRIPTION.target("release"), updated_at=now)
                 .execution_options(synchronize_session=False))
             if moved.rowcount == 1:
                 session.refresh(subscription)

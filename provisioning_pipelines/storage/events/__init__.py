@@ -25,10 +25,8 @@ from provisioning_pipelines.storage.events.contract import (
     EVENT_PROGRESS,
     EVENT_STARTED,
     EVENT_TYPES,
-    OPERATION_STATUSES,
     REPORT_OUTCOMES,
     TERMINAL_EVENT_TYPES,
-    TERMINAL_STATUSES,
     EventStoreUnavailable,
     Operation,
     OperationEvent,
@@ -41,6 +39,11 @@ from provisioning_pipelines.storage.events.contract import (
 from provisioning_pipelines.storage.events.fanout import Fanout
 from provisioning_pipelines.storage.events.memory_store import InMemoryOperationStore
 from provisioning_pipelines.storage.events.redis_store import RedisOperationStore
+from provisioning_pipelines.storage.events.states import (
+    OPERATION,
+    OPERATION_STATUSES,
+    TERMINAL_STATUSES,
+)
 
 
 def build_operation_store(
@@ -63,6 +66,7 @@ __all__ = [
     "EVENT_PROGRESS",
     "EVENT_STARTED",
     "EVENT_TYPES",
+    "OPERATION",
     "OPERATION_STATUSES",
     "REPORT_OUTCOMES",
     "TERMINAL_EVENT_TYPES",

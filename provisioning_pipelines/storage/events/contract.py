@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-OPERATION_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
-OPEN_STATUSES = frozenset({"pending", "running"})
+from provisioning_pipelines.storage.events.states import (
+    OPERATION,
+    TERMINAL_STATUSES,
+)
 
 EVENT_STARTED = "operation_started"
 EVENT_PROGRESS = "operation_progress"
@@ -39,16 +40,14 @@ _EVENT_ID_RE = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
 # No ":" so that no operation id can name another operation's stream key in Redis.
 _OPERATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
-# action -> (statuses it may leave, status it moves to, event type). The one source of truth:
-# the Redis script receives the allowed statuses as an argument instead of repeating them.
+# action -> (statuses it may leave, status it moves to, event type), from the operation's state
+# table. The Redis script receives the allowed statuses as an argument instead of repeating them.
+_EVENT_OF = {"start": EVENT_STARTED, "progress": EVENT_PROGRESS, "complete": EVENT_COMPLETED,
+             "fail": EVENT_ERROR, "cancel": EVENT_CANCELLED}
 TRANSITIONS: dict[str, tuple[frozenset[str], str, str]] = {
-    "start": (frozenset({"pending"}), "running", EVENT_STARTED),
-    "progress": (OPEN_STATUSES, "running", EVENT_PROGRESS),
-    "complete": (OPEN_STATUSES, "completed", EVENT_COMPLETED),
-    "fail": (OPEN_STATUSES, "failed", EVENT_ERROR),
-    "cancel": (OPEN_STATUSES, "cancelled", EVENT_CANCELLED),
+    action: (frozenset(OPERATION.sources(action)), OPERATION.target(action), event)
+    for action, event in _EVENT_OF.items()
 }
-
 
 class EventStoreUnavailable(Exception):
     """The operation store's backend (Redis) cannot be reached; callers degrade, not crash."""

@@ -1,0 +1,33 @@
+"""A graph's states (subgraphs' too): what moves it, and what a user or an operator may ask of it.
+
+``restoring`` (a backup being restored into a new graph) -> ``active``; ``active`` <->
+``suspended`` (cancelled, within the grace); ``active`` | ``suspended`` -> ``deleting`` ->
+``deleted`` (a tombstone row: who, when, why). Each transition is one conditional UPDATE in
+``lifecycle.py`` whose WHERE takes its source states from here.
+"""
+
+from __future__ import annotations
+
+from provisioning_pipelines.states import Action, StateTable, Transition
+
+#: States in which a graph holds its data and its slot.
+LIVE = ("active", "suspended")
+
+GRAPH = StateTable(
+    "graph",
+    ("restoring", "active", "suspended", "deleting", "deleted"),
+    transitions={
+        "restored": Transition(("restoring",), "active"),
+        "suspend": Transition(("active",), "suspended"),
+        "reactivate": Transition(("suspended",), "active"),
+        "begin_deletion": Transition(LIVE, "deleting"),
+        "finish_deletion": Transition(("deleting",), "deleted"),
+    },
+    actions={
+        "delete": Action(LIVE, "deleted again"),
+        "delete_now": Action((*LIVE, "deleting"), "deleted"),
+        "reactivate": Action(LIVE, "reactivated"),
+        "back_up": Action(LIVE, "backed up"),
+        "add_subgraph": Action(("active",), "given a subgraph"),
+    },
+)
