@@ -131,19 +131,37 @@ def test_expired_operations_leave_the_users_list(make_store: MakeStore, elapse: 
     assert store.get(gone) is None
 
 
+def test_an_operation_kept_alive_by_writes_stays_in_its_users_list(
+    make_store: MakeStore, elapse: Elapse,
+) -> None:
+    store = make_store(ttl_seconds=TTL)
+    op = store.create("graph_provisioning", user_id="usr_a").id
+    store.start(op)
+    for _ in range(3):
+        elapse(store, MOST_OF_TTL)
+        store.progress(op, "still working", None)
+    assert [o.id for o in store.operations_of("usr_a")] == [op]
+
+    elapse(store, TTL)
+    assert store.operations_of("usr_a") == []
+
+
 def test_redis_sets_one_ttl_on_every_key_and_refreshes_them_together(
     redis_store: tuple[RedisOperationStore, redis.Redis],
 ) -> None:
     store, client = redis_store
-    op = store.create("graph").id
+    op = store.create("graph", user_id="usr_a").id
     record_key = f"{store.prefix}op:{op}"
     stream_key = f"{record_key}:events"
+    owner_key = f"{store.prefix}owner:usr_a:operations"
     assert client.type(record_key) == "hash"
-    assert 98_000 < client.pttl(record_key) <= 100_000
+    assert client.type(owner_key) == "zset"
+    for key in (record_key, owner_key):
+        assert 98_000 < client.pttl(key) <= 100_000
 
     store.start(op)
     assert client.type(stream_key) == "stream"
-    keys = (record_key, stream_key)
+    keys = (record_key, stream_key, owner_key)
     for key in keys:
         assert 98_000 < client.pttl(key) <= 100_000
     assert client.xrange(stream_key)[0][0] == store.events(op)[0].id
@@ -154,7 +172,7 @@ def test_redis_sets_one_ttl_on_every_key_and_refreshes_them_together(
         lambda: store.record_report(op, "ok"),
     ]
     for write in writes:
-        for key, left in zip(keys, (5_000, 30_000), strict=True):
+        for key, left in zip(keys, (5_000, 30_000, 60_000), strict=True):
             client.pexpire(key, left)
         write()
         ttls = [client.pttl(key) for key in keys]
