@@ -1,12 +1,11 @@
-"""One contract, two stores: every test here runs against the in-memory store and real Redis.
+"""One contract, two stores: the operation record and its writes, on the in-memory store and on
+real Redis (the ``make_store`` and ``store`` fixtures run each test on both).
 
-Redis tests use a fresh key prefix per test and delete their keys afterwards. When Redis is not
-reachable they are skipped locally, and fail under ``CI=true`` so a broken CI service is noticed.
+Replay and live tailing are in ``test_event_replay.py``, expiry in ``test_event_expiry.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import re
@@ -16,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import redis
 
 from provisioning_pipelines.storage.events import (
     EVENT_CANCELLED,
@@ -29,7 +27,6 @@ from provisioning_pipelines.storage.events import (
     TERMINAL_EVENT_TYPES,
     TERMINAL_STATUSES,
     EventStoreUnavailable,
-    Fanout,
     InMemoryOperationStore,
     OperationEvent,
     OperationStore,
@@ -40,49 +37,8 @@ from provisioning_pipelines.storage.events import (
 from tests.storage.conftest import (
     UNREACHABLE_URL,
     MakeStore,
+    collect,
 )
-
-
-@pytest.fixture(params=["store", "fanout"])
-def via(request: pytest.FixtureRequest) -> str:
-    """Subscribe on the store itself, or through the API's per-process ``Fanout`` over it."""
-    return str(request.param)
-
-
-def _collect(
-    store: OperationStore,
-    operation_id: str,
-    after: str | None = None,
-    *,
-    keepalive: float = 5.0,
-    limit: float = 20.0,
-    on_item: Callable[[OperationEvent | None], Any] | None = None,
-    via: str = "store",
-) -> list[OperationEvent | None]:
-    """Run ``subscribe`` to its end in a fresh event loop, bounded by ``limit`` seconds, on the
-    store itself or through a ``Fanout`` over it (``via``): both keep one contract."""
-
-    async def consume() -> list[OperationEvent | None]:
-        items: list[OperationEvent | None] = []
-        source = store if via == "store" else Fanout(store, keepalive=keepalive)
-        async for item in source.subscribe(operation_id, after, keepalive=keepalive):
-            items.append(item)
-            if on_item is not None:
-                on_item(item)
-        return items
-
-    return asyncio.run(asyncio.wait_for(consume(), limit))
-
-
-def _later(delay: float, action: Callable[[], Any]) -> threading.Thread:
-    def run() -> None:
-        time.sleep(delay)
-        action()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
 
 # ----------------------------------------------------------------------------- values
 
@@ -132,7 +88,7 @@ def test_unreachable_redis_fails_fast_with_event_store_unavailable(via: str) -> 
         lambda: store.record_report("op_x", "ok"),
         lambda: store.events("op_x"),
         lambda: store.wait_events("op_x", None, 5.0),
-        lambda: _collect(store, "op_x", via=via),
+        lambda: collect(store, "op_x", via=via),
     ]
     for call in calls:
         with pytest.raises(EventStoreUnavailable):
@@ -196,7 +152,7 @@ def test_a_malformed_id_names_no_operation(
         assert store.progress(bad, "x", 1) is None
         assert store.complete(bad, {}) is None
         store.record_report(bad, "ok")
-        assert _collect(store, bad, via=via) == []
+        assert collect(store, bad, via=via) == []
     assert len(store.events(op)) == 1
 
 
@@ -375,218 +331,6 @@ def test_record_report_after_completion(store: OperationStore) -> None:
     assert store.get("op_unknown") is None
 
 
-# ----------------------------------------------------------------------------- replay
-
-
-def test_events_replay_after_a_given_id(
-    store: OperationStore, via: str,
-) -> None:
-    op = store.create("graph").id
-    store.start(op)
-    for i in range(8):
-        store.progress(op, f"step {i}", i * 10)
-    store.complete(op, {})
-    everything = store.events(op)
-    assert len(everything) == 10
-    keys = [event_id_key(e.id) for e in everything]
-    assert keys == sorted(keys) and len(set(keys)) == len(keys)  # strictly increasing
-
-    assert store.events(op, after=everything[3].id) == everything[4:]
-    assert store.events(op, after="0") == everything
-    assert store.events(op, after="0-0") == everything
-    assert store.events(op, after=everything[-1].id) == []
-    for bad in ("abc", "1-2-3", "-1"):
-        with pytest.raises(ValueError):
-            store.events(op, after=bad)
-        with pytest.raises(ValueError):
-            store.wait_events(op, bad, 0.1)
-        with pytest.raises(ValueError):
-            _collect(store, op, bad, via=via)
-
-
-def test_wait_events_wakes_on_an_event_from_another_thread(store: OperationStore) -> None:
-    op = store.create("graph").id
-    first = store.start(op)
-    assert first is not None
-    assert store.wait_events(op, None, 5.0) == [first]  # already there: no wait
-
-    writer = _later(0.2, lambda: store.progress(op, "from a thread", 50))
-    started = time.monotonic()
-    woke = store.wait_events(op, first.id, 10.0)
-    elapsed = time.monotonic() - started
-    writer.join()
-    assert [e.data["message"] for e in woke] == ["from a thread"]
-    assert 0.1 < elapsed < 2.0
-
-    started = time.monotonic()
-    assert store.wait_events(op, woke[-1].id, 0.3) == []
-    assert time.monotonic() - started >= 0.25
-
-    done = store.complete(op, {})
-    assert done is not None
-    started = time.monotonic()
-    assert store.wait_events(op, done.id, 5.0) == []  # terminal: nothing can come
-    assert store.wait_events("op_unknown", None, 5.0) == []
-    assert time.monotonic() - started < 1.0
-
-
-def test_subscribe_replays_then_tails_without_gap_or_duplicate(
-    store: OperationStore, via: str,
-) -> None:
-    op = store.create("graph").id
-    store.start(op)
-    for i in range(30):
-        store.progress(op, f"before {i}", i)
-    store.replay_batch = 7  # many replay reads, with writes landing between them
-
-    replay_started = threading.Event()
-
-    def write_while_replaying() -> None:
-        replay_started.wait(10)
-        for i in range(150):
-            store.progress(op, f"during {i}", 30 + i // 3)
-            if i % 10 == 0:
-                time.sleep(0.001)
-        store.complete(op, {"graph_id": "kg1"})
-        store.progress(op, "after the end", 100)  # refused: nothing follows the terminal
-
-    writer = threading.Thread(target=write_while_replaying)
-    writer.start()
-
-    def on_item(item: OperationEvent | None) -> None:
-        replay_started.set()
-        time.sleep(0.0005)  # a slow consumer, so the writer overlaps the replay
-
-    items = _collect(store, op, on_item=on_item, via=via)
-    writer.join(10)
-    received = [item for item in items if item is not None]
-    stored = store.events(op)
-    assert len(stored) == 1 + 30 + 150 + 1
-    assert [e.id for e in received] == [e.id for e in stored]
-    assert received == stored
-    assert received[-1].type == EVENT_COMPLETED
-
-    # resuming from a Last-Event-ID replays only what follows it, then ends
-    resumed = _collect(store, op, stored[100].id, via=via)
-    assert resumed == stored[101:]
-
-
-def test_subscribe_keepalive_yields_none_when_idle(
-    store: OperationStore, via: str,
-) -> None:
-    op = store.create("graph").id
-    first = store.start(op)
-    assert first is not None
-    writer = _later(0.45, lambda: store.complete(op, {"graph_id": "kg1"}))
-    items = _collect(store, op, keepalive=0.1, via=via)
-    writer.join()
-    assert items[0] == first
-    assert items[-1] is not None and items[-1].type == EVENT_COMPLETED
-    assert items[1:-1] and all(item is None for item in items[1:-1])
-    assert len(items[1:-1]) >= 2
-
-
-def test_subscribe_wakes_promptly_on_a_write_from_another_thread(
-    store: OperationStore, via: str,
-) -> None:
-    op = store.create("graph").id
-    store.start(op)
-    written_at: list[float] = []
-    received_at: list[float] = []
-
-    def write() -> None:
-        written_at.append(time.monotonic())
-        store.progress(op, "now", 50)
-        time.sleep(0.2)
-        written_at.append(time.monotonic())
-        store.complete(op, {})
-
-    writer = _later(0.3, write)
-    started = time.monotonic()
-
-    def on_item(item: OperationEvent | None) -> None:
-        if item is not None and item.type != EVENT_STARTED:
-            received_at.append(time.monotonic())
-
-    items = _collect(store, op, keepalive=10.0, on_item=on_item, via=via)
-    writer.join()
-    assert None not in items  # keepalive is 10 s: the wake-up came from the write
-    assert len(received_at) == 2
-    for written, received in zip(written_at, received_at, strict=True):
-        assert received - written < 0.25
-    assert time.monotonic() - started < 3.0
-
-
-def test_subscribe_ends_at_once_when_there_is_nothing_to_tail(
-    store: OperationStore, via: str,
-) -> None:
-    started = time.monotonic()
-    assert _collect(store, "op_unknown", keepalive=10.0, via=via) == []
-
-    op = store.create("graph").id
-    store.start(op)
-    done = store.fail(op, "boom")
-    assert done is not None
-    assert _collect(store, op, done.id, keepalive=10.0, via=via) == []  # terminal already seen
-    assert _collect(store, op, keepalive=10.0, via=via)[-1] == done
-    assert time.monotonic() - started < 2.0
-
-
-# ----------------------------------------------------------------------------- TTL
-
-
-def test_operation_expires_after_its_ttl_and_every_write_refreshes_it(
-    make_store: MakeStore, via: str,
-) -> None:
-    store = make_store(ttl_seconds=0.6)
-    op = store.create("graph").id
-    store.start(op)
-    for _ in range(2):
-        time.sleep(0.4)
-        assert store.progress(op, "still here", None) is not None
-    time.sleep(0.4)
-    store.record_report(op, "ok")  # a report is a write too
-    time.sleep(0.4)  # 1.6 s since create, well past one TTL: each write extended it
-    assert store.get(op) is not None
-    assert len(store.events(op)) == 3
-
-    time.sleep(0.9)
-    assert store.get(op) is None
-    assert store.events(op) == []
-    assert store.start(op) is None
-    assert _collect(store, op, via=via) == []
-    store.create("graph", operation_id=op)  # the id is free again, with an empty stream
-    assert store.events(op) == []
-
-
-def test_redis_sets_one_ttl_on_every_key_and_refreshes_them_together(
-    redis_store: tuple[RedisOperationStore, redis.Redis],
-) -> None:
-    store, client = redis_store
-    op = store.create("graph").id
-    record_key = f"{store.prefix}op:{op}"
-    stream_key = f"{record_key}:events"
-    assert client.type(record_key) == "hash"
-    assert 98_000 < client.pttl(record_key) <= 100_000
-
-    store.start(op)
-    assert client.type(stream_key) == "stream"
-    for key in (record_key, stream_key):
-        assert 98_000 < client.pttl(key) <= 100_000
-    assert client.xrange(stream_key)[0][0] == store.events(op)[0].id
-
-    writes: list[Callable[[], Any]] = [
-        lambda: store.progress(op, "step", 10),
-        lambda: store.complete(op, {}),
-        lambda: store.record_report(op, "ok"),
-    ]
-    for write in writes:
-        client.pexpire(record_key, 5_000)
-        client.pexpire(stream_key, 30_000)
-        write()
-        ttls = [client.pttl(record_key), client.pttl(stream_key)]
-        assert all(98_000 < ttl <= 100_000 for ttl in ttls), ttls
-
 
 def test_a_users_operations_are_listed_newest_first_and_only_theirs(
     make_store: MakeStore,
@@ -604,12 +348,3 @@ def test_a_users_operations_are_listed_newest_first_and_only_theirs(
     assert len(store.operations_of("usr_b")) == 1
     assert store.operations_of("usr_nobody") == []
 
-
-def test_expired_operations_leave_the_users_list(make_store: MakeStore) -> None:
-    short = make_store(ttl_seconds=2)
-    gone = short.create("graph_provisioning", user_id="usr_a").id
-    time.sleep(2.3)
-    kept = short.create("graph_provisioning", user_id="usr_a").id
-
-    assert [o.id for o in short.operations_of("usr_a")] == [kept]
-    assert gone not in [o.id for o in short.operations_of("usr_a")]

@@ -1,9 +1,9 @@
 """The fan-out: many subscribers of one operation share one store reader (both stores).
 
 The contract of ``subscribe`` itself (replay, no gap, keepalive, the end) is checked through the
-fanout in ``test_events.py``; here, what sharing adds: one reader and one Redis connection for a
-thousand subscribers, the identical sequence for each, a slow subscriber holding up no one, and
-an outage reaching every subscriber.
+fanout in ``test_event_replay.py`` and ``test_event_expiry.py``; here, what sharing adds: one
+reader and one Redis connection for a thousand subscribers, the identical sequence for each, a
+slow subscriber holding up no one, and an outage reaching every subscriber.
 """
 
 from __future__ import annotations

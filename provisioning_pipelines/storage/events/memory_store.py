@@ -1,6 +1,7 @@
 """The in-memory operation store: the embedded default's twin of the Redis store.
 
-One process, no server, the same contract (the contract tests run on both).
+One process, no server, the same contract (the contract tests run on both). Expiry is measured
+on an injectable monotonic clock, so tests move time instead of sleeping through a TTL.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import bisect
 import json
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -61,26 +62,33 @@ class InMemoryOperationStore(OperationStore):
     ``call_soon_threadsafe``, because writers run in worker threads while subscribers run in an
     event loop elsewhere. Checking for new events and registering a waiter happen under the lock,
     so an event cannot slip in between (no lost wake-up, no gap).
+
+    ``clock`` (seconds, monotonic) is what the TTL is measured on; blocking waits still wait in
+    real time.
     """
 
     _SWEEP_INTERVAL = 1.0
 
-    def __init__(self, ttl_seconds: float = DEFAULT_TTL_SECONDS) -> None:
+    def __init__(
+        self, ttl_seconds: float = DEFAULT_TTL_SECONDS, *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ttl_seconds = check_ttl(ttl_seconds)
+        self.clock = clock
         self._lock = threading.Lock()
         self._records: dict[str, _MemoryRecord] = {}
-        self._last_sweep = time.monotonic()
+        self._last_sweep = clock()
 
     def _live(self, operation_id: str) -> _MemoryRecord | None:
         """The record if it exists and has not expired; expired ones are dropped lazily."""
         record = self._records.get(operation_id)
-        if record is not None and record.expires_at <= time.monotonic():
+        if record is not None and record.expires_at <= self.clock():
             del self._records[operation_id]
             return None
         return record
 
     def _sweep(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self._last_sweep < self._SWEEP_INTERVAL:
             return
         self._last_sweep = now
@@ -99,7 +107,7 @@ class InMemoryOperationStore(OperationStore):
                 raise ValueError(f"operation {operation_id!r} already exists")
             self._records[operation_id] = _MemoryRecord(
                 operation=operation,
-                expires_at=time.monotonic() + self.ttl_seconds,
+                expires_at=self.clock() + self.ttl_seconds,
                 cond=threading.Condition(self._lock),
             )
         return operation
@@ -150,7 +158,7 @@ class InMemoryOperationStore(OperationStore):
             )
             rec.events.append(event)
             rec.keys.append(key)
-            rec.expires_at = time.monotonic() + self.ttl_seconds
+            rec.expires_at = self.clock() + self.ttl_seconds
             self._wake(rec)
         return event
 
@@ -172,7 +180,7 @@ class InMemoryOperationStore(OperationStore):
             rec.operation = replace(
                 rec.operation, dagster_report=outcome, dagster_report_detail=detail
             )
-            rec.expires_at = time.monotonic() + self.ttl_seconds
+            rec.expires_at = self.clock() + self.ttl_seconds
 
     def events(self, operation_id: str, after: str | None = None) -> list[OperationEvent]:
         cursor = parse_after(after)
@@ -197,7 +205,7 @@ class InMemoryOperationStore(OperationStore):
                 if remaining <= 0:
                     return []
                 # Wake at least at the expiry so an expired operation ends the wait.
-                rec.cond.wait(min(remaining, max(0.0, rec.expires_at - time.monotonic())))
+                rec.cond.wait(min(remaining, max(0.0, rec.expires_at - self.clock())))
 
     async def subscribe(
         self, operation_id: str, after: str | None = None, *,

@@ -1,9 +1,10 @@
 """The Redis operation store: shared by every API worker and Dagster run process.
 
 Each operation is ``{prefix}op:{id}`` (a hash: the status record) and ``{prefix}op:{id}:events``
-(a stream). Every check-and-write is one Lua script (``*.lua`` beside this module), so racing
-writers in different processes cannot both pass a transition's check, and one script refreshes
-the TTL on both keys together.
+(a stream), listed in its owner's index ``{prefix}owner:{user}:operations``. Every check-and-write
+is one Lua script (``*.lua`` beside this module), so racing writers in different processes cannot
+both pass a transition's check, and one script refreshes the TTL on the record, the stream and
+the owner's index together: an operation kept alive by its writes stays in its owner's list.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 -- ARGV: allowed statuses (",a,b,"), new status, event type, message, percent ('' = keep),
 --       timestamp, event extra (JSON), ttl_ms, then field/value pairs for the record.
 -- Check, HSET, XADD and PEXPIRE run as one step: racing writers cannot both pass the check.
+-- The owner's index, named in the record (a key the script is not given: one Redis, not a
+-- cluster), gets the same TTL, so it lives as long as every operation it lists.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 if not string.find(ARGV[1], ',' .. status .. ',', 1, true) then return false end
@@ -16,4 +18,6 @@ local id = redis.call('XADD', KEYS[2], '*', 'type', ARGV[3], 'status', ARGV[2],
                       'extra', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 redis.call('PEXPIRE', KEYS[2], ARGV[8])
+local owner = redis.call('HGET', KEYS[1], 'owner_index')
+if owner then redis.call('PEXPIRE', owner, ARGV[8]) end
 return {id, progress}
