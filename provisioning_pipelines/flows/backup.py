@@ -23,6 +23,7 @@ from dagster import Config
 from pydantic import Field
 
 from provisioning_pipelines.errors import InvalidRequest
+from provisioning_pipelines.flows.asset_keys import BACKUP_ASSET, GRAPH_ASSET
 from provisioning_pipelines.flows.deletion import give_back, hold_graph
 from provisioning_pipelines.flows.steps import (
     GRAPH_TAG,
@@ -39,9 +40,6 @@ from provisioning_pipelines.services.graphs.backups import RestorePlan
 from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import backups as backup_files
-
-BACKUP_ASSET = ("provisioning", "graph_backup")
-GRAPH_ASSET = ("provisioning", "graph")
 
 
 class BackupConfig(Config):

@@ -19,6 +19,7 @@ from typing import Any
 from dagster import Config
 from pydantic import Field
 
+from provisioning_pipelines.flows.asset_keys import GRAPH_ASSET, SUBGRAPH_ASSET
 from provisioning_pipelines.flows.steps import (
     GRAPH_TAG,
     USER_TAG,
@@ -34,9 +35,6 @@ from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
 from provisioning_pipelines.services.provisioning import leases
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import backups as backup_files
-
-GRAPH_ASSET = ("provisioning", "graph")
-SUBGRAPH_ASSET = ("provisioning", "subgraph")
 
 
 class DeletionConfig(Config):

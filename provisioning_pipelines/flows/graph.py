@@ -8,9 +8,9 @@ whoever provisions it once a slot is free continues that operation.
 from __future__ import annotations
 
 from provisioning_pipelines.errors import CapacityExhausted
+from provisioning_pipelines.flows.asset_keys import GRAPH_ASSET
 from provisioning_pipelines.flows.steps import GRAPH_TAG, Flow, StepContext
 from provisioning_pipelines.flows.subscription import (
-    ASSET_KEYS,
     SubscriptionConfig,
     SubscriptionWork,
     activate_subscription,
@@ -59,7 +59,7 @@ GRAPH_FLOW = Flow(
     job_name="provision_graph_job",
     operation_kind="graph_provisioning",
     description="Provision a LadybugDB graph database for a paid graph subscription.",
-    asset_key=ASSET_KEYS["graph"],
+    asset_key=GRAPH_ASSET,
     steps=(claim_subscription, create_graph_database, activate_subscription),
     tags=graph_tags,
     owner=subscription_owner,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from provisioning_pipelines.errors import InvalidRequest
+from provisioning_pipelines.flows.asset_keys import REPOSITORY_ASSET
 from provisioning_pipelines.flows.steps import Flow, StepContext
 from provisioning_pipelines.flows.subscription import (
-    ASSET_KEYS,
     SubscriptionConfig,
     SubscriptionWork,
     activate_subscription,
@@ -69,7 +69,7 @@ REPOSITORY_FLOW = Flow(
     job_name="provision_repository_job",
     operation_kind="repository_provisioning",
     description="Grant access to a shared data repository and allocate the plan's credits.",
-    asset_key=ASSET_KEYS["repository"],
+    asset_key=REPOSITORY_ASSET,
     steps=(claim_subscription, grant_repository_access, allocate_plan_credits,
            activate_subscription),
     tags=subscription_tags,

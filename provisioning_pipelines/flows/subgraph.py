@@ -16,6 +16,7 @@ from typing import Any
 from dagster import Config
 from pydantic import Field
 
+from provisioning_pipelines.flows.asset_keys import SUBGRAPH_ASSET
 from provisioning_pipelines.flows.steps import (
     GRAPH_TAG,
     USER_TAG,
@@ -119,7 +120,7 @@ def fork_parent_data(ctx: StepContext, work: SubgraphWork) -> Outcome:
     metadata = {"graph_id": work.subgraph_id, "parent_graph_id": config.parent_graph_id,
                 "user_id": config.user_id, "tier": work.tier,
                 "fork_status": fork["fork_status"]}
-    return Outcome(asset_key=("provisioning", "subgraph"), result=result, metadata=metadata,
+    return Outcome(asset_key=SUBGRAPH_ASSET, result=result, metadata=metadata,
                    started_at=work.started_at)
 
 
@@ -144,7 +145,7 @@ SUBGRAPH_FLOW = Flow(
     job_name="create_subgraph_job",
     operation_kind="subgraph_creation",
     description="Create a subgraph of a graph, optionally forking the parent's data.",
-    asset_key=("provisioning", "subgraph"),
+    asset_key=SUBGRAPH_ASSET,
     steps=(reserve_subgraph, create_subgraph_database, fork_parent_data),
     tags=subgraph_tags,
     owner=subgraph_owner,

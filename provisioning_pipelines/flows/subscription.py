@@ -16,6 +16,7 @@ from typing import Any
 from dagster import Config
 from pydantic import Field
 
+from provisioning_pipelines.flows.asset_keys import SUBSCRIPTION_ASSETS
 from provisioning_pipelines.flows.steps import (
     SUBSCRIPTION_TAG,
     Outcome,
@@ -31,9 +32,6 @@ from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.provisioning import claims, leases
 from provisioning_pipelines.services.provisioning.claims import Claim
 from provisioning_pipelines.storage.db import Database
-
-ASSET_KEYS = {"graph": ("provisioning", "graph"),
-              "repository": ("provisioning", "repository_access")}
 
 
 class SubscriptionConfig(Config):
@@ -127,7 +125,7 @@ def claim_subscription(ctx: StepContext, config: SubscriptionConfig) -> Subscrip
 def activate_subscription(ctx: StepContext, work: SubscriptionWork) -> Outcome:
     """Mark the subscription active with its resource id; invoice customers billed by invoice."""
     claim = work.claim
-    asset_key = ASSET_KEYS[claim.resource_type]
+    asset_key = SUBSCRIPTION_ASSETS[claim.resource_type]
     if claim.already_active:
         return Outcome(asset_key=asset_key, started_at=work.started_at, materialize=False,
                        result={"subscription_id": claim.subscription_id, "status": "active",

@@ -18,6 +18,7 @@ from dagster import Config
 from pydantic import Field
 
 from provisioning_pipelines.errors import InvalidRequest
+from provisioning_pipelines.flows.asset_keys import GRAPH_ASSET, REPOSITORY_ASSET
 from provisioning_pipelines.flows.steps import (
     GRAPH_TAG,
     SUBSCRIPTION_TAG,
@@ -32,9 +33,6 @@ from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.services.graphs import lifecycle
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.storage.db import Database
-
-GRAPH_ASSET = ("provisioning", "graph")
-REPOSITORY_ASSET = ("provisioning", "repository_access")
 
 
 class LifecycleConfig(Config):

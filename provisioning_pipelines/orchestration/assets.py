@@ -8,29 +8,29 @@ with ``report_runless_asset_event``. One history per asset, told apart by the
 
 from dagster import AssetKey, AssetSpec
 
-from provisioning_pipelines.flows import BACKUP_FLOW, GRAPH_FLOW, REPOSITORY_FLOW, SUBGRAPH_FLOW
+from provisioning_pipelines.flows import asset_keys
 
 GRAPH_ASSET = AssetSpec(
-    key=AssetKey(list(GRAPH_FLOW.asset_key)),
+    key=AssetKey(list(asset_keys.GRAPH_ASSET)),
     description="Customer graph databases (LadybugDB): a materialization each time one is "
     "provisioned, suspended, reactivated, deleted or restored.",
     group_name="provisioning",
     kinds={"ladybug"},
 )
 SUBGRAPH_ASSET = AssetSpec(
-    key=AssetKey(list(SUBGRAPH_FLOW.asset_key)),
+    key=AssetKey(list(asset_keys.SUBGRAPH_ASSET)),
     description="Subgraphs: child databases of a graph on the parent's host.",
     group_name="provisioning",
     kinds={"ladybug"},
 )
 REPOSITORY_ACCESS_ASSET = AssetSpec(
-    key=AssetKey(list(REPOSITORY_FLOW.asset_key)),
+    key=AssetKey(list(asset_keys.REPOSITORY_ASSET)),
     description="Access grants to shared data repositories, with the plan's credits.",
     group_name="provisioning",
     kinds={"sql"},
 )
 GRAPH_BACKUP_ASSET = AssetSpec(
-    key=AssetKey(list(BACKUP_FLOW.asset_key)),
+    key=AssetKey(list(asset_keys.BACKUP_ASSET)),
     description="Backups of graphs: consistent copies of their database files, with manifests "
     "(daily, on demand, and the final one before a deletion).",
     group_name="provisioning",

@@ -32,7 +32,9 @@ from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, InvalidRequest, NotFound
 from provisioning_pipelines.services import audit
+from provisioning_pipelines.services.billing import event_order
 from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.billing.event_order import event_key
 from provisioning_pipelines.services.graphs import lifecycle
 from provisioning_pipelines.services.validation import text_problem, type_name
 from provisioning_pipelines.storage.db import insert_all
@@ -43,10 +45,6 @@ TOLERANCE_SECONDS = 300
 MAX_BODY_BYTES = 1024 * 1024
 HANDLED = ("checkout.session.completed", "customer.subscription.updated",
            "customer.subscription.deleted", "invoice.payment_failed")
-#: Events of one second are ordered by what must come after what: paying, then changing the
-#: subscription, then ending it. With the event id, the order of any two events is total.
-RANK = {"checkout.session.completed": 0, "customer.subscription.updated": 1,
-        "invoice.payment_failed": 1, "customer.subscription.deleted": 2}
 # Seconds since the epoch that a datetime can hold (year 1 ... 9999 would overflow below 0).
 _LATEST_TIMESTAMP = 253402300799
 # The fields of data.object each handled event reads, and their column lengths.
@@ -230,11 +228,11 @@ def _act(session: Session, event: dict[str, Any], operation_id: str | None,
                      subject_type="subscription", subject_id=subscription.id,
                      details={"event_id": event["id"], "invoice": _str(obj.get("id"))})
         return applied
-    key = (_created(event), RANK[kind], event["id"])
+    key = event_key(_created(event), kind, event["id"])
     if kind == "customer.subscription.updated":
         # Only the newest update decides when the subscription ends; it never touches the
         # status, so the two converge each on its own newest event.
-        if not billing.newer_schedule(subscription, key):
+        if not event_order.newer_schedule(subscription, key):
             return replace(applied, ignored="older than an update already applied")
         cancel_at = obj.get("cancel_at") or obj.get("current_period_end")
         billing.schedule_cancellation(
@@ -243,14 +241,14 @@ def _act(session: Session, event: dict[str, Any], operation_id: str | None,
         return applied
     if kind == "checkout.session.completed" and obj.get("payment_status") != "paid":
         return applied
-    if not billing.newer_than_applied(subscription, key):
+    if not event_order.newer_than_applied(subscription, key):
         # An older or repeated event never undoes or extends what a newer one decided.
         return replace(applied, ignored="older than an event already applied")
     if kind == "customer.subscription.deleted":
-        billing.mark_applied(subscription, key)
+        event_order.mark_applied(subscription, key)
         return replace(applied, canceled=billing.cancel(session, subscription.id))
     if subscription.status == "canceled":
-        billing.mark_applied(subscription, key)
+        event_order.mark_applied(subscription, key)
         return _paid_again(session, subscription, applied, operation_id)
     paid = billing.mark_paid(  # the event's key in the same statement as the payment
         session, subscription.id, stripe_customer_id=_str(obj.get("customer")),

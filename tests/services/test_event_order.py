@@ -27,6 +27,7 @@ from provisioning_pipelines.flows import (
     SubscriptionConfig,
 )
 from provisioning_pipelines.services import webhooks
+from provisioning_pipelines.services.billing import event_order
 from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs import lifecycle
 from provisioning_pipelines.services.graphs import records as graphs
@@ -136,7 +137,7 @@ def test_events_in_any_order_and_redelivered_converge_to_the_ordered_outcome(
     ordered = [body(ordered_sub, i, spec) for i, spec in enumerate(specs)]
     shuffled = [body(shuffled_sub, i, spec) for i, spec in enumerate(specs)]
     # The order they were created in: by time, then paying before updating before ending.
-    ordered.sort(key=lambda e: (e["created"], webhooks.RANK[e["type"]], e["id"]))
+    ordered.sort(key=lambda e: (e["created"], event_order.RANK[e["type"]], e["id"]))
     arrival = data.draw(st.permutations(range(len(shuffled))), label="arrival")
     redelivered = data.draw(st.lists(st.sampled_from(range(len(shuffled))), max_size=3),
                             label="redelivered")

@@ -16,6 +16,12 @@ from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import InvalidRequest, NotFound
 from provisioning_pipelines.services import audit
+from provisioning_pipelines.services.billing.event_order import (
+    WATERMARK,
+    EventKey,
+    decided_now,
+    watermark,
+)
 from provisioning_pipelines.services.billing.states import SUBSCRIPTION
 from provisioning_pipelines.services.catalog import TIERS, repository_plan
 from provisioning_pipelines.storage.db import execute_with_rows, takes_data_modifying_ctes
@@ -91,7 +97,7 @@ def mark_paid(
               "paid_stripe_subscription": stripe_subscription_id,
               "paid_operation": operation_id}
     if applied is not None:
-        params.update({f"paid_{column}": value for column, value in _watermark(applied).items()})
+        params.update({f"paid_{column}": value for column, value in watermark(applied).items()})
     together = takes_data_modifying_ctes(session)  # the audit entry in the same statement
     moved = session.execute(_paid_statement(applied is not None, together), params).first()
     if moved is not None:
@@ -101,7 +107,7 @@ def mark_paid(
         return True
     if applied is not None:
         session.execute(update(Subscription).where(Subscription.id == subscription_id)
-                        .values(**_watermark(applied)))
+                        .values(**watermark(applied)))
     get_subscription(session, subscription_id)
     return False
 
@@ -111,13 +117,13 @@ def _paid_statement(watermark: bool, audited: bool) -> Executable:
     """``mark_paid``'s statement, built once and then only bound: the UPDATE returning the
     subscription it moved and, when ``audited``, the audit entry for it as a CTE beside it."""
     table = Subscription.__table__
-    values = {"status": "provisioning", "paid_at": bindparam("paid_when"),
+    values = {"status": SUBSCRIPTION.target("pay"), "paid_at": bindparam("paid_when"),
               "updated_at": bindparam("paid_when"),
               "stripe_customer_id": bindparam("paid_customer"),
               "stripe_subscription_id": bindparam("paid_stripe_subscription"),
               "operation_id": bindparam("paid_operation")}
     if watermark:
-        values.update({column: bindparam(f"paid_{column}") for column in _WATERMARK})
+        values.update({column: bindparam(f"paid_{column}") for column in WATERMARK})
     moved = (update(table)
              .where(table.c.id == bindparam("paid_id"),
                     table.c.status == SUBSCRIPTION.source("pay"))
@@ -154,7 +160,7 @@ def cancel(session: Session, subscription_id: str, *, actor: str = "billing") ->
     if subscription.status == "canceled":
         return False
     if actor != "billing":
-        _decided_now(subscription, "canceled", actor)
+        decided_now(subscription, "canceled", actor)
     subscription.status = "canceled"
     subscription.canceled_at = utcnow()
     subscription.claim_token = None
@@ -179,7 +185,7 @@ def reactivate(session: Session, subscription: Subscription, *, actor: str = "bi
     """A cancelled subscription with a live resource is active again (a user's reactivation
     is a decision as of now, like a cancellation)."""
     if actor != "billing":
-        _decided_now(subscription, "reactivated", actor)
+        decided_now(subscription, "reactivated", actor)
     subscription.status = "active"
     subscription.canceled_at = None
     audit.record(session, actor=actor, action="subscription.reactivated",
@@ -200,43 +206,6 @@ def repay(session: Session, subscription: Subscription, *,
         subscription.operation_id = operation_id
     audit.record(session, actor="billing", action="subscription.paid",
                  subject_type="subscription", subject_id=subscription.id)
-
-
-#: An event's place in time: its own ``created``, its kind's rank within a second, its id.
-EventKey = tuple[datetime, int, str]
-
-
-def newer_than_applied(subscription: Subscription, key: EventKey) -> bool:
-    """Whether an event comes after every status decision applied to the subscription."""
-    if subscription.last_event_at is None:
-        return True
-    applied = (subscription.last_event_at, subscription.last_event_rank or 0,
-               subscription.last_event_id or "")
-    return key > applied
-
-
-def newer_schedule(subscription: Subscription, key: EventKey) -> bool:
-    """Whether an update comes after every update applied to the subscription."""
-    if subscription.schedule_event_at is None:
-        return True
-    return (key[0], key[2]) > (subscription.schedule_event_at,
-                               subscription.schedule_event_id or "")
-
-
-def _decided_now(subscription: Subscription, what: str, actor: str) -> None:
-    mark_applied(subscription, (utcnow(), 3, f"{what}_by:{actor}"[:128]))
-
-
-def mark_applied(subscription: Subscription, key: EventKey) -> None:
-    subscription.last_event_at, subscription.last_event_rank, subscription.last_event_id = key
-
-
-_WATERMARK = ("last_event_at", "last_event_rank", "last_event_id")
-
-
-def _watermark(key: EventKey) -> dict[str, Any]:
-    """``mark_applied``'s columns, for a statement that writes them."""
-    return dict(zip(_WATERMARK, key, strict=True))
 
 
 def price_cents(subscription: Subscription | Row[Any]) -> int:
