@@ -18,10 +18,10 @@ from pathlib import Path
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from provisioning_pipelines.storage.defaults import DEFAULT_DATA_DIR, embedded_database_url
 from provisioning_pipelines.storage.events import DEFAULT_KEY_PREFIX, DEFAULT_TTL_SECONDS
 from provisioning_pipelines.storage.ladybug import DEFAULT_BUFFER_POOL_MB
 
-DEFAULT_DATA_DIR = Path(".data")
 EMBEDDED_DAGSTER_YAML = """\
 # The embedded Dagster instance: default SQLite storage under this folder.
 # Written by provisioning_pipelines.settings; the production instance is deploy/dagster.yaml.
@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.data_dir / 'provisioning.db').resolve()}"
+        return embedded_database_url(self.data_dir)
 
     @property
     def resolved_graph_data_dir(self) -> Path:

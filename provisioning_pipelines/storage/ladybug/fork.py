@@ -12,9 +12,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import ladybug
 
@@ -30,8 +31,19 @@ from provisioning_pipelines.storage.ladybug.cypher import (
 )
 from provisioning_pipelines.storage.ladybug.schema import POOL_PER_COLUMN
 
-if TYPE_CHECKING:
-    from provisioning_pipelines.storage.ladybug.engine import LadybugEngine
+
+class Opener(Protocol):
+    """What a fork needs of the engine: its buffer pools and its two ways to open a file (the
+    engine passes itself; fork.py never imports engine.py, which imports it)."""
+
+    buffer_pool_bytes: int
+    data_buffer_pool_bytes: int
+
+    def session(self, path: Path, *, read_only: bool, pool: int | None = ...
+                ) -> AbstractContextManager[ladybug.Connection]: ...
+
+    def writing(self, path: Path, *, pool: int | None = ...
+                ) -> AbstractContextManager[ladybug.Connection]: ...
 
 MiB = 1024 * 1024
 
@@ -91,7 +103,7 @@ def _read_schema(conn: ladybug.Connection) -> dict[str, _Table]:
 
 
 def copy_tables(
-    engine: LadybugEngine,
+    engine: Opener,
     parent: Path,
     child: Path,
     *,
@@ -122,7 +134,7 @@ def copy_tables(
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-def _copy_pool(engine: LadybugEngine, *schemas: dict[str, _Table]) -> int:
+def _copy_pool(engine: Opener, *schemas: dict[str, _Table]) -> int:
     """Bulk COPY pins ~1-2 MiB per column of the target table (lists count twice), on top of
     the catalog's own share (``POOL_PER_COLUMN`` for every column of the database)."""
     widest = columns = 0
@@ -136,7 +148,7 @@ def _copy_pool(engine: LadybugEngine, *schemas: dict[str, _Table]) -> int:
 
 
 def _copy(
-    engine: LadybugEngine,
+    engine: Opener,
     parent: Path,
     child: Path,
     tables: Sequence[str] | None,
