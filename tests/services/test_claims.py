@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy import update
 
 from provisioning_pipelines.errors import Conflict, PaymentRequired
-from provisioning_pipelines.services.provisioning import claims
+from provisioning_pipelines.services.provisioning import claims, due
 from provisioning_pipelines.services.provisioning.claims import Claim, ClaimHeld, ClaimLost
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.models import Subscription, utcnow
@@ -158,7 +158,7 @@ def test_exhausted_subscriptions_fail_unless_someone_holds_them(database: Databa
           lease_expires_at=now + timedelta(seconds=60))
 
     with database.session() as session:
-        failed = claims.fail_exhausted(session, "graph", now=now, max_attempts=MAX_ATTEMPTS)
+        failed = due.fail_exhausted(session, "graph", now=now, max_attempts=MAX_ATTEMPTS)
 
     assert failed == [lapsed]
     assert row(database, lapsed).status == "failed"
@@ -193,9 +193,9 @@ def test_a_sensor_launches_exactly_what_the_claim_would_accept(
           updated_at=now - timedelta(seconds=state["quiet_for"]))
 
     with database.session() as session:
-        due = claims.due_for_launch(session, "graph", now=now, grace_seconds=30,
-                                    direct_enabled=direct_enabled, max_attempts=MAX_ATTEMPTS)
-    launched = sub_id in {item.subscription_id for item in due}
+        found = due.due_for_launch(session, "graph", now=now, grace_seconds=30,
+                                      direct_enabled=direct_enabled, max_attempts=MAX_ATTEMPTS)
+    launched = sub_id in {item.subscription_id for item in found}
     try:
         accepted = not claim(database, sub_id, now=now).already_active
     except (ClaimHeld, Conflict, PaymentRequired):

@@ -6,8 +6,8 @@ database's isolation level. The winner gets a fresh ``claim_token``; every later
 attempt (the resource id, activation, giving up) is conditional on still holding that token, so
 a worker whose lease lapsed cannot undo or overwrite the work of the worker that took over.
 
-The predicates below (``_free``, ``_claimable``) are the one definition of "nobody holds it" and
-"an attempt may start now"; the sensors' queries (``due_for_launch``, ``fail_exhausted``) are
+The predicates below (``free``, ``claimable``) are the one definition of "nobody holds it" and
+"an attempt may start now"; what is due (``due.py``) is
 built from them, so a sensor never launches a run the claim would refuse. See
 ``docs/decisions.md``.
 """
@@ -42,9 +42,6 @@ from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.services.billing.states import SUBSCRIPTION
 from provisioning_pipelines.storage.db import execute_with_rows
 from provisioning_pipelines.storage.models import Subscription, UTCDateTime, utcnow
-
-#: Subscriptions a sensor looks at per tick and resource type.
-LAUNCH_BATCH = 50
 
 
 class ClaimHeld(Conflict):
@@ -112,17 +109,17 @@ _TABLE = Subscription.__table__
 _ROW = [column.label("request") if column.key == "metadata" else column for column in _TABLE.c]
 
 
-def _free(now: datetime | ColumnElement[Any]) -> ColumnElement[bool]:
+def free(now: datetime | ColumnElement[Any]) -> ColumnElement[bool]:
     """Nobody holds the subscription: never claimed, given back, or its holder's lease lapsed."""
     return or_(Subscription.claim_token.is_(None), Subscription.lease_expires_at < now)
 
 
-def _claimable(now: datetime | ColumnElement[Any],
+def claimable(now: datetime | ColumnElement[Any],
                max_attempts: int | ColumnElement[Any]) -> ColumnElement[bool]:
     """An attempt may start now: paid, free, past its backoff, with attempts left."""
     return and_(
         Subscription.status == "provisioning",
-        _free(now),
+        free(now),
         or_(Subscription.retry_after.is_(None), Subscription.retry_after <= now),
         Subscription.attempts < max_attempts,
     )
@@ -134,7 +131,7 @@ def _claim_statement() -> Update:
     now = bindparam("now", type_=UTCDateTime)
     return (update(_TABLE)
             .where(_TABLE.c.id == bindparam("subscription_id"),
-                   _claimable(now, bindparam("max_attempts")))
+                   claimable(now, bindparam("max_attempts")))
             .values(claim_token=bindparam("token"), claimed_at=now,
                     lease_expires_at=bindparam("lease", type_=UTCDateTime),
                     attempts=_TABLE.c.attempts + 1, updated_at=now,
@@ -201,7 +198,7 @@ def _explain_lost_claim(
             field="subscription_id",
         )
     if subscription.status == "provisioning" and subscription.attempts >= max_attempts:
-        _give_up(session, subscription.id, now=now, actor="provisioning",
+        give_up(session, subscription.id, now=now, actor="provisioning",
                  reason=f"gave up after {subscription.attempts} attempts")
         raise Conflict(
             f"subscription {subscription.id!r} failed after {subscription.attempts} attempts",
@@ -217,14 +214,14 @@ def _explain_lost_claim(
                     f"{subscription.status})", field="subscription_id")
 
 
-def _give_up(session: Session, subscription_id: str, *, now: datetime, actor: str,
+def give_up(session: Session, subscription_id: str, *, now: datetime, actor: str,
              reason: str) -> bool:
     """``provisioning`` -> ``failed`` once no attempt is left, unless someone holds it now."""
     subscription = session.get(Subscription, subscription_id)
     gave_up = session.execute(
         update(Subscription)
         .where(Subscription.id == subscription_id, Subscription.status == "provisioning",
-               _free(now))
+               free(now))
         .values(status="failed", claim_token=None, lease_expires_at=None, updated_at=now,
                 last_error=(subscription.last_error if subscription else None) or reason)
         .execution_options(synchronize_session=False)
@@ -379,40 +376,6 @@ def reset_failed(session: Session, subscription_id: str, *, actor: str = "operat
 
 
 # --- what the sensors ask -----------------------------------------------------------------------
-
-
-def due_for_launch(
-    session: Session, resource_type: str, *, now: datetime, grace_seconds: float,
-    direct_enabled: bool, max_attempts: int,
-) -> list[DueSubscription]:
-    """Subscriptions a run should be launched for now: claimable ones, and with direct
-    provisioning on only those whose lease lapsed or that sat unclaimed past the grace period
-    (the direct path is working on the rest)."""
-    due = and_(_claimable(now, max_attempts), Subscription.resource_type == resource_type)
-    if direct_enabled:
-        quiet_since = now - timedelta(seconds=grace_seconds)
-        due = and_(due, or_(Subscription.claim_token.is_not(None),
-                            Subscription.updated_at <= quiet_since))
-    rows = session.execute(
-        select(Subscription.id, Subscription.user_id, Subscription.attempts,
-               Subscription.resource_type, Subscription.operation_id)
-        .where(due).order_by(Subscription.updated_at).limit(LAUNCH_BATCH)
-    ).all()
-    return [DueSubscription(row.id, row.user_id, row.attempts + 1, row.resource_type,
-                            row.operation_id) for row in rows]
-
-
-def fail_exhausted(session: Session, resource_type: str, *, now: datetime,
-                   max_attempts: int, actor: str = "sensor") -> list[str]:
-    """Subscriptions whose last attempt ended or lapsed get no run: they are marked failed."""
-    candidates = session.scalars(
-        select(Subscription.id).where(
-            Subscription.status == "provisioning", Subscription.resource_type == resource_type,
-            Subscription.attempts >= max_attempts, _free(now))
-    ).all()
-    reason = f"no attempts left of {max_attempts}"
-    return [subscription_id for subscription_id in candidates
-            if _give_up(session, subscription_id, now=now, actor=actor, reason=reason)]
 
 
 def position_of(session: Session, subscription: Subscription) -> int | None:
