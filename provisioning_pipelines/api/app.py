@@ -24,9 +24,9 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from provisioning_pipelines.api import (
+    backups,
     graphs,
     health,
-    lifecycle,
     metrics,
     operations,
     page,
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
         await api.drain(settings.shutdown_grace_seconds)
         await api.fanout.aclose()
 
-    modules = (webhooks, session, subscriptions, graphs, lifecycle, operations, health, metrics,
+    modules = (webhooks, session, subscriptions, graphs, backups, operations, health, metrics,
                page)
     routes = [route for module in modules for route in module.routes(api)]
     middleware = []

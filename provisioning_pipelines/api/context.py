@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagster import DagsterInstance
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -30,6 +31,7 @@ from provisioning_pipelines.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
+from provisioning_pipelines.flows import Flow
 from provisioning_pipelines.services.access import accounts
 from provisioning_pipelines.services.access.accounts import Identity
 from provisioning_pipelines.services.provisioning import leases
@@ -42,6 +44,8 @@ from provisioning_pipelines.storage.events import Fanout, OperationStore
 logger = logging.getLogger("provisioning_pipelines.api")
 
 Endpoint = Callable[[Request], Awaitable[Response] | Response]
+#: A lifecycle request's check: what it starts (flow, config) and what else the answer says.
+Check = Callable[[Session, Identity], tuple[Flow, Any, dict[str, Any]]]
 #: The largest request body the API reads (a custom schema at its limits is ~0.5 MiB).
 MAX_BODY_BYTES = 1024 * 1024
 #: What a 503 asks a client to wait before trying again.
@@ -110,6 +114,23 @@ class ApiContext:
         self.background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.warning("background provisioning ended with an error: %s", task.exception())
+
+    async def launch(self, request: Request, check: Check) -> Response:
+        """Check a request for a lifecycle change (who asks, and whether the state allows it:
+        a refusal is a 4xx now, not a failed operation later), then run its flow in the
+        background: ``202 {"operation_id", ...}``, and the progress is the operation's stream."""
+
+        def checked() -> tuple[Identity, Flow, Any, dict[str, Any]]:
+            user = self.user_of(request)
+            with self.database.session() as session:
+                flow, config, extra = check(session, user)
+            return user, flow, config, extra
+
+        user, flow, config, extra = await run_in_threadpool(checked)
+        operation_id = await run_in_threadpool(self.executor.open_operation,
+                                               flow.operation_kind, user.user_id)
+        self.start(self.executor.run, flow, config, operation_id=operation_id)
+        return JSONResponse({"operation_id": operation_id, **extra}, status_code=202)
 
     def user_of(self, request: Request) -> Identity:
         """The caller, from ``Authorization: Bearer <api key>`` or a browser's session cookie;

@@ -1,8 +1,13 @@
-"""``/v1/graphs``: the caller's graphs, one graph, and creating a subgraph of a graph the caller
-administers."""
+"""``/v1/graphs``: the caller's graphs, one graph, creating a subgraph of a graph the caller
+administers, and the graph's life: delete (suspended, then deleted after the grace), restore
+within the grace, delete a subgraph. Each change answers ``202 {"operation_id"}`` once checked
+(``ApiContext.launch``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -10,10 +15,18 @@ from starlette.routing import Route
 
 from provisioning_pipelines.api.context import ApiContext, guard, read_json
 from provisioning_pipelines.errors import InvalidRequest
-from provisioning_pipelines.flows import SUBGRAPH_FLOW
+from provisioning_pipelines.flows import (
+    REACTIVATION_FLOW,
+    SUBGRAPH_DELETION_FLOW,
+    SUBGRAPH_FLOW,
+    SUSPENSION_FLOW,
+    Flow,
+    LifecycleConfig,
+    SubgraphDeletionConfig,
+)
 from provisioning_pipelines.services import validation
 from provisioning_pipelines.services.access.accounts import Identity
-from provisioning_pipelines.services.graphs import graph_requests, subgraphs
+from provisioning_pipelines.services.graphs import graph_requests, lifecycle, subgraphs
 from provisioning_pipelines.services.graphs import records as graphs
 
 
@@ -43,6 +56,43 @@ def routes(api: ApiContext) -> list[Route]:
                   fork_parent=fork_parent, operation_id=operation_id)
         return JSONResponse({"operation_id": operation_id}, status_code=202)
 
+    async def delete_graph(request: Request) -> Response:
+        graph_id = request.path_params["graph_id"]
+
+        def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
+            graph = lifecycle.managed_graph(session, graph_id, user.user_id)
+            lifecycle.check_status(graph, "delete")
+            return SUSPENSION_FLOW, LifecycleConfig(
+                graph_id=graph_id, actor=user.user_id, reason="deleted by the user"), {}
+
+        return await api.launch(request, check)
+
+
+    async def restore_graph(request: Request) -> Response:
+        graph_id = request.path_params["graph_id"]
+
+        def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
+            graph = lifecycle.managed_graph(session, graph_id, user.user_id)
+            lifecycle.check_status(graph, "reactivate")
+            return REACTIVATION_FLOW, LifecycleConfig(
+                graph_id=graph_id, actor=user.user_id, reason="restored by the user"), {}
+
+        return await api.launch(request, check)
+
+
+    async def delete_subgraph(request: Request) -> Response:
+        parent_id = request.path_params["graph_id"]
+        name = request.path_params["name"]
+
+        def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
+            subgraphs.deletable_subgraph(session, user_id=user.user_id,
+                                         parent_graph_id=parent_id, name=name)
+            return SUBGRAPH_DELETION_FLOW, SubgraphDeletionConfig(
+                user_id=user.user_id, parent_graph_id=parent_id, name=name), {}
+
+        return await api.launch(request, check)
+
+
     def list_graphs(request: Request) -> Response:
         user = api.user_of(request)
         with api.database.session() as session:
@@ -57,5 +107,9 @@ def routes(api: ApiContext) -> list[Route]:
     return [
         Route("/v1/graphs", guard(list_graphs)),
         Route("/v1/graphs/{graph_id}", guard(show_graph)),
+        Route("/v1/graphs/{graph_id}", guard(delete_graph), methods=["DELETE"]),
+        Route("/v1/graphs/{graph_id}/restore", guard(restore_graph), methods=["POST"]),
         Route("/v1/graphs/{graph_id}/subgraphs", guard(create_subgraph), methods=["POST"]),
+        Route("/v1/graphs/{graph_id}/subgraphs/{name}", guard(delete_subgraph),
+              methods=["DELETE"]),
     ]

@@ -1,15 +1,22 @@
-"""``/v1/subscriptions``: ask for a graph or a repository, and see where a subscription is."""
+"""``/v1/subscriptions``: ask for a graph or a repository, see where a subscription is, and
+cancel it (``202 {"operation_id"}``: its resource is suspended in the background)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from provisioning_pipelines.api.context import ApiContext, guard, read_json
+from provisioning_pipelines.flows import SUSPENSION_FLOW, Flow, LifecycleConfig
 from provisioning_pipelines.services import requests as subscriptions
+from provisioning_pipelines.services.access.accounts import Identity
 from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.graphs import lifecycle
 from provisioning_pipelines.services.provisioning import queue
 
 #: What ``GET /v1/subscriptions/{id}`` shows of a subscription.
@@ -43,8 +50,23 @@ def routes(api: ApiContext) -> list[Route]:
             return JSONResponse({"subscriptions": billing.subscriptions_of(session,
                                                                            user.user_id)})
 
+    async def cancel_subscription(request: Request) -> Response:
+        subscription_id = request.path_params["subscription_id"]
+
+        def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
+            subscription = billing.subscription_of_user(session, subscription_id, user.user_id)
+            lifecycle.check_cancellable(subscription)
+            return SUSPENSION_FLOW, LifecycleConfig(
+                subscription_id=subscription_id, actor=user.user_id,
+                reason="cancelled by the user"), {}
+
+        return await api.launch(request, check)
+
+
     return [
         Route("/v1/subscriptions", guard(list_subscriptions), methods=["GET"]),
         Route("/v1/subscriptions", guard(create_subscription), methods=["POST"]),
         Route("/v1/subscriptions/{subscription_id}", guard(show_subscription)),
+        Route("/v1/subscriptions/{subscription_id}", guard(cancel_subscription),
+              methods=["DELETE"]),
     ]

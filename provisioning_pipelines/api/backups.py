@@ -1,0 +1,73 @@
+"""``/v1/graphs/{id}/backups``: back a graph up now, list its backups, and restore one.
+
+A backup and a restore answer ``202 {"operation_id", ...}`` once checked
+(``ApiContext.launch``); the flow runs in the background.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy.orm import Session
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from provisioning_pipelines.api.context import ApiContext, guard
+from provisioning_pipelines.flows import (
+    BACKUP_FLOW,
+    RESTORE_FLOW,
+    BackupConfig,
+    Flow,
+    RestoreConfig,
+)
+from provisioning_pipelines.services.access.accounts import Identity
+from provisioning_pipelines.services.graphs import backups, lifecycle
+from provisioning_pipelines.services.graphs import records as graphs
+
+
+def routes(api: ApiContext) -> list[Route]:
+    async def back_up_graph(request: Request) -> Response:
+        graph_id = request.path_params["graph_id"]
+
+        def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
+            graph = lifecycle.managed_graph(session, graph_id, user.user_id)
+            lifecycle.check_status(graph, "back_up")
+            backup_id = backups.backup_id_for("on_demand", graph_id)
+            config = BackupConfig(graph_id=graph_id, kind="on_demand", backup_id=backup_id,
+                                  actor=user.user_id)
+            return BACKUP_FLOW, config, {"backup_id": backup_id}
+
+        return await api.launch(request, check)
+
+
+    def list_backups(request: Request) -> Response:
+        user = api.user_of(request)
+        with api.database.session() as session:
+            graph = graphs.visible_graph(session, request.path_params["graph_id"], user.user_id)
+            found = backups.backups_of(session, graph.id)
+            return JSONResponse({"backups": [backups.describe(backup) for backup in found]})
+
+
+    async def restore_backup(request: Request) -> Response:
+        graph_id = request.path_params["graph_id"]
+        backup_id = request.path_params["backup_id"]
+
+        def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
+            restore_id = uuid.uuid4().hex
+            plan = backups.plan_restore(session, user_id=user.user_id, graph_id=graph_id,
+                                        backup_id=backup_id, restore_id=restore_id)
+            config = RestoreConfig(user_id=user.user_id, graph_id=graph_id,
+                                   backup_id=backup_id, restore_id=restore_id)
+            return RESTORE_FLOW, config, {"graph_id": plan.graph_id}
+
+        return await api.launch(request, check)
+
+
+    return [
+        Route("/v1/graphs/{graph_id}/backups", guard(list_backups), methods=["GET"]),
+        Route("/v1/graphs/{graph_id}/backups", guard(back_up_graph), methods=["POST"]),
+        Route("/v1/graphs/{graph_id}/backups/{backup_id}/restore", guard(restore_backup),
+              methods=["POST"]),
+    ]
