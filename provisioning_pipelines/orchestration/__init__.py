@@ -19,7 +19,8 @@ from provisioning_pipelines.orchestration.checks import (
     provisioning_checks_schedule,
 )
 from provisioning_pipelines.orchestration.jobs import JOBS
-from provisioning_pipelines.orchestration.reaper import SCHEDULES, lifecycle_reaper_sensor
+from provisioning_pipelines.orchestration.reaper import lifecycle_reaper_sensor
+from provisioning_pipelines.orchestration.schedules import SCHEDULES
 from provisioning_pipelines.orchestration.sensors import build_sensors
 from provisioning_pipelines.runtime.resources import build_resources
 from provisioning_pipelines.settings import Settings

@@ -1,4 +1,4 @@
-"""The rest of a resource's life, on Dagster's clock: a reaper sensor and the daily backups.
+"""The rest of a resource's life, on Dagster's clock: the reaper sensor.
 
 The reaper (``lifecycle_reaper_sensor``) is the safety net under every lifecycle change that a
 webhook or a user starts directly. Each tick it
@@ -16,9 +16,6 @@ webhook or a user starts directly. Each tick it
 sensors, which own them.) Runs are keyed by the resource and a ten-minute window: a tick does not
 launch the same change twice, and a run that failed is launched again in the next window. Every
 flow is idempotent, so a run that finds the change made already says so and changes nothing.
-
-The daily schedule backs up every live graph once a day: one run per graph per day, keyed by the
-backup's own id (``bk_daily_<graph>_<YYYYMMDD>``), kept for the tier's retention.
 """
 
 from __future__ import annotations
@@ -26,25 +23,19 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from dagster import (
-    DefaultScheduleStatus,
     DefaultSensorStatus,
     RunRequest,
-    ScheduleDefinition,
-    ScheduleEvaluationContext,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
-    schedule,
     sensor,
 )
 
 from provisioning_pipelines.flows import (
-    BACKUP_FLOW,
     DELETION_FLOW,
     REACTIVATION_FLOW,
     SUSPENSION_FLOW,
-    BackupConfig,
     DeletionConfig,
     Flow,
     follow_up,
@@ -58,8 +49,6 @@ from provisioning_pipelines.services.graphs import records as graphs
 
 #: A change is launched at most once per window; one that failed is launched again in the next.
 WINDOW_SECONDS = 600
-#: When the daily backups run (UTC).
-DAILY_BACKUP_CRON = "0 2 * * *"
 
 
 def _request(flow: Flow, config: object, key: str, now: datetime) -> RunRequest:
@@ -135,31 +124,3 @@ def lifecycle_reaper_sensor(*, interval_seconds: int, alert_minutes: float) -> S
         return SensorResult(run_requests=requests)
 
     return _sensor
-
-
-@schedule(
-    name="daily_graph_backups",
-    cron_schedule=DAILY_BACKUP_CRON,
-    execution_timezone="UTC",
-    job=JOBS[BACKUP_FLOW.name],
-    default_status=DefaultScheduleStatus.RUNNING,
-    description="Backs up every live graph once a day, kept for its tier's retention.",
-)
-def daily_graph_backups(context: ScheduleEvaluationContext,
-                        database: DatabaseResource) -> list[RunRequest] | SkipReason:
-    day = context.scheduled_execution_time or datetime.now(UTC)
-    with database.get().session() as session:
-        graph_ids = lifecycle.live_graphs(session)
-    if not graph_ids:
-        return SkipReason("no live graph to back up")
-    requests = []
-    for graph_id in graph_ids:
-        backup_id = backups.backup_id_for("daily", graph_id, day=day)
-        config = BackupConfig(graph_id=graph_id, kind="daily", backup_id=backup_id,
-                              actor="schedule")
-        requests.append(RunRequest(run_key=backup_id, run_config=BACKUP_FLOW.run_config(config),
-                                   tags=BACKUP_FLOW.run_tags(config)))
-    return requests
-
-
-SCHEDULES: list[ScheduleDefinition] = [daily_graph_backups]

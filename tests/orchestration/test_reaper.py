@@ -30,9 +30,9 @@ from provisioning_pipelines.flows import (
 )
 from provisioning_pipelines.flows.backup import plan_restore
 from provisioning_pipelines.orchestration.reaper import (
-    daily_graph_backups,
     lifecycle_reaper_sensor,
 )
+from provisioning_pipelines.orchestration.schedules import daily_graph_backups
 from provisioning_pipelines.services.graphs import backups, lifecycle
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.models import (
