@@ -73,9 +73,10 @@ def test_jobs_follow_the_flows_step_for_step() -> None:
             step.name for step in flow.steps]
 
 
-def dagster(*words: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    """Dagster's own CLI in a session of its own, and whatever it started stopped after."""
-    process = subprocess.Popen([str(BIN / "dagster"), *words], cwd=cwd, env=env, text=True,
+def dagster(*words: str, env: dict[str, str], cwd: Path = ROOT,
+            program: str = "dagster") -> subprocess.CompletedProcess[str]:
+    """Dagster's own CLI (or dg) in a session of its own, and whatever it started stopped after."""
+    process = subprocess.Popen([str(BIN / program), *words], cwd=cwd, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                start_new_session=True)
     try:
@@ -124,3 +125,18 @@ def test_dagsters_cli_works_in_the_repository_root_with_nothing_set(tmp_path: Pa
         assert "Traceback" not in result.stderr
     assert "provision_graph_job" in listed.stdout
     assert shown["status"] == "active" and shown["resource_id"].startswith("kg")
+
+
+def test_dg_checks_and_lists_the_code_location_in_the_repository_root(tmp_path: Path) -> None:
+    env = {"PATH": str(BIN), "HOME": str(tmp_path), "DATA_DIR": str(tmp_path / "data")}
+    checked = dagster("check", "defs", env=env, program="dg")
+    listed = dagster("list", "defs", "--json", env=env, program="dg")
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr[-3000:]
+    assert "All definitions loaded successfully" in checked.stdout
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    found = json.loads(listed.stdout)
+    assert {job["name"] for job in found["jobs"]} >= {
+        "provision_graph_job", "provision_repository_job", "create_subgraph_job"}
+    assert {asset["asset_key"] for asset in found["assets"]} >= {
+        "provisioning/graph", "provisioning/subgraph", "provisioning/repository_access"}
