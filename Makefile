@@ -24,7 +24,8 @@ lint: setup dagster-home
 	$(BIN)/dg check defs
 
 # Dagster commands run on the embedded instance under .data/dagster unless DAGSTER_HOME is set
-# (deploy/dagster.yaml is the production instance on dagster-postgres).
+# (deploy/dagster.yaml is the production instance on dagster-postgres; the top-level dagster.yaml
+# is what Dagster's CLI reads in this folder when DAGSTER_HOME is unset).
 export DAGSTER_HOME ?= $(abspath .data/dagster)
 
 # The instance's folder, made as the app makes the embedded one (telemetry off); a dagster.yaml

@@ -259,14 +259,15 @@ def dev(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.cli.dev import dagster_servers, stop
 
     home = settings.prepare_dagster_home()
+    logs = settings.data_dir.resolve()  # not DAGSTER_HOME, which may be deploy/ in the checkout
     api = subprocess.Popen([sys.executable, "-m", "provisioning_pipelines.cli", "serve",
                             "--port", str(args.port)], start_new_session=True)
     try:
-        with dagster_servers(home, port=args.dagster_port) as url:
+        with dagster_servers(home, port=args.dagster_port, log_dir=logs) as url:
             print(f"Dagster UI     {url}\n"
                   f"API            http://127.0.0.1:{args.port}\n"
                   f"operations     http://127.0.0.1:{args.port}/ui/\n"
-                  f"Dagster logs   {home}/webserver.log, {home}/daemon.log\n"
+                  f"Dagster logs   {logs}/webserver.log, {logs}/daemon.log\n"
                   "Ctrl-C stops all three.", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 api.wait()
