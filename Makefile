@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint bench validate demo dev
+.PHONY: setup test lint bench validate demo dev dagster-home
 
 setup: $(VENV)/.installed
 
@@ -16,18 +16,25 @@ $(VENV)/.installed: pyproject.toml
 test: lint
 	$(BIN)/pytest
 
-# ruff, and the import contract of the layers (pyproject.toml, [tool.importlinter]).
-lint: setup
+# ruff, the import contract of the layers (pyproject.toml, [tool.importlinter]), and dg's check
+# that the code location loads ([tool.dg]).
+lint: setup dagster-home
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/dg check defs
 
 # Dagster commands run on the embedded instance under .data/dagster unless DAGSTER_HOME is set
-# (deploy/dagster.yaml is the production instance on dagster-postgres).
+# (deploy/dagster.yaml is the production instance on dagster-postgres; the top-level dagster.yaml
+# is what Dagster's CLI reads in this folder when DAGSTER_HOME is unset).
 export DAGSTER_HOME ?= $(abspath .data/dagster)
 
-validate: setup
+# The instance's folder, made as the app makes the embedded one (telemetry off); a dagster.yaml
+# already there is left as it is.
+dagster-home:
 	mkdir -p $(DAGSTER_HOME)
 	test -f $(DAGSTER_HOME)/dagster.yaml || printf "telemetry:\n  enabled: false\n" > $(DAGSTER_HOME)/dagster.yaml
+
+validate: setup dagster-home
 	$(BIN)/dagster definitions validate -w workspace.yaml
 
 bench: setup

@@ -1,7 +1,9 @@
-"""The errors services raise.
+"""The errors services raise, and the one settings raise.
 
 One small hierarchy, mapped once at the HTTP edge (``status_code``) and once in the CLI. A message
 names the field and what is wrong with its value, because it is shown to the user as it is.
+``SettingsError`` lives here rather than beside the settings so that the CLI can answer it
+without importing pydantic for commands that read no setting.
 """
 
 from __future__ import annotations
@@ -90,3 +92,7 @@ class ServiceUnavailable(ProvisioningError):
 
     status_code = 503
     code = "unavailable"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the service cannot start with."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from provisioning_pipelines.errors import SettingsError
 from provisioning_pipelines.storage.defaults import DEFAULT_DATA_DIR, embedded_database_url
 from provisioning_pipelines.storage.events import DEFAULT_KEY_PREFIX, DEFAULT_TTL_SECONDS
 from provisioning_pipelines.storage.ladybug import DEFAULT_BUFFER_POOL_MB
@@ -28,10 +29,6 @@ EMBEDDED_DAGSTER_YAML = """\
 telemetry:
   enabled: false
 """
-
-
-class SettingsError(ValueError):
-    """An environment variable holds a value the service cannot start with."""
 
 
 class Settings(BaseSettings):

@@ -73,9 +73,10 @@ def test_jobs_follow_the_flows_step_for_step() -> None:
             step.name for step in flow.steps]
 
 
-def dagster(*words: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    """Dagster's own CLI in a session of its own, and whatever it started stopped after."""
-    process = subprocess.Popen([str(BIN / "dagster"), *words], cwd=cwd, env=env, text=True,
+def dagster(*words: str, env: dict[str, str], cwd: Path = ROOT,
+            program: str = "dagster") -> subprocess.CompletedProcess[str]:
+    """Dagster's own CLI (or dg) in a session of its own, and whatever it started stopped after."""
+    process = subprocess.Popen([str(BIN / program), *words], cwd=cwd, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                start_new_session=True)
     try:
@@ -124,3 +125,50 @@ def test_dagsters_cli_works_in_the_repository_root_with_nothing_set(tmp_path: Pa
         assert "Traceback" not in result.stderr
     assert "provision_graph_job" in listed.stdout
     assert shown["status"] == "active" and shown["resource_id"].startswith("kg")
+
+
+INSTANCE_IN_THE_ROOT = """
+import json
+from dagster._cli.utils import get_possibly_temporary_instance_for_cli
+with get_possibly_temporary_instance_for_cli("this test") as instance:
+    queue = instance.run_coordinator.get_run_queue_config()
+    print(json.dumps({"root": instance.root_directory,
+                      "run_storage": type(instance.run_storage).__name__,
+                      "telemetry": instance.get_settings("telemetry"),
+                      "tag_limits": queue.tag_concurrency_limits}))
+"""
+
+
+def test_dagsters_cli_in_the_root_reads_the_top_level_dagster_yaml_with_nothing_set(
+        tmp_path: Path) -> None:
+    # With DAGSTER_HOME unset Dagster's CLI keeps its storage in a temporary folder but reads
+    # ./dagster.yaml, so that file must load with nothing set: no PostgreSQL, nothing from the
+    # environment, the production run queue's limit per graph.
+    env = {"PATH": str(BIN), "HOME": str(tmp_path)}
+    ran = subprocess.run([sys.executable, "-c", INSTANCE_IN_THE_ROOT], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    instance = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert Path(instance["root"]).parent == ROOT
+    assert Path(instance["root"]).name.startswith(".tmp_dagster_home_")  # in .gitignore
+    assert not Path(instance["root"]).exists()  # removed on exit
+    assert instance["run_storage"] == "SqliteRunStorage"
+    assert instance["telemetry"] == {"enabled": False}
+    assert instance["tag_limits"] == [{"key": "provisioning/graph_id", "limit": 1,
+                                       "value": {"applyLimitPerUniqueValue": True}}]
+
+
+def test_dg_checks_and_lists_the_code_location_in_the_repository_root(tmp_path: Path) -> None:
+    env = {"PATH": str(BIN), "HOME": str(tmp_path), "DATA_DIR": str(tmp_path / "data")}
+    checked = dagster("check", "defs", env=env, program="dg")
+    listed = dagster("list", "defs", "--json", env=env, program="dg")
+
+    assert checked.returncode == 0, checked.stdout + checked.stderr[-3000:]
+    assert "All definitions loaded successfully" in checked.stdout
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    found = json.loads(listed.stdout)
+    assert {job["name"] for job in found["jobs"]} >= {
+        "provision_graph_job", "provision_repository_job", "create_subgraph_job"}
+    assert {asset["asset_key"] for asset in found["assets"]} >= {
+        "provisioning/graph", "provisioning/subgraph", "provisioning/repository_access"}

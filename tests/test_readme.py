@@ -38,8 +38,11 @@ def test_every_setting_in_the_readme_is_in_env_example_and_read() -> None:
 
     example = (ROOT / ".env.example").read_text()
     aliases = {f.validation_alias for f in Settings.model_fields.values()}
+    read_by_dagster = set(re.findall(r"env: ([A-Z_]+)",
+                                     (ROOT / "deploy" / "dagster.yaml").read_text()))
+    assert read_by_dagster == {"DAGSTER_PG_URL", "DAGSTER_STORAGE_DIR"}
     table = re.findall(r"^\| `([A-Z_]+)` \|", README, re.M)
     assert len(table) >= 15
     for variable in table:
         assert re.search(rf"^{variable}=", example, re.M), variable
-        assert variable in aliases or variable == "DAGSTER_PG_URL", variable
+        assert variable in aliases or variable in read_by_dagster, variable

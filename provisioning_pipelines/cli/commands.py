@@ -1,7 +1,8 @@
 """One handler per subcommand of ``provisioning-pipelines`` (the parser is in ``parser.py``).
 
-Each takes the parsed arguments and the settings and returns the exit status. Imports are local
-so that ``--help`` and light commands do not pay for Dagster's.
+Each takes the parsed arguments and the settings and returns the exit status. Imports are local,
+even of the settings, so that ``--help`` and light commands do not pay for what they do not use;
+a command that reads no setting says so with ``@without_settings`` and is given ``None``.
 """
 
 from __future__ import annotations
@@ -10,9 +11,26 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from provisioning_pipelines.errors import ProvisioningError
-from provisioning_pipelines.settings import Settings
+
+if TYPE_CHECKING:
+    from provisioning_pipelines.settings import Settings
+
+Command = TypeVar("Command", bound=Callable[..., int])
+
+
+def without_settings(command: Command) -> Command:
+    """Mark a command that reads no setting: the settings (pydantic, the storage defaults) are
+    then not loaded for it, and an invalid variable does not stop it."""
+    command.reads_settings = False  # type: ignore[attr-defined]
+    return command
+
+
+def reads_settings(command: Callable[..., int]) -> bool:
+    return getattr(command, "reads_settings", True)
 
 
 def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -208,7 +226,8 @@ def subgraphs_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def operations_watch(args: argparse.Namespace, settings: Settings) -> int:
+@without_settings
+def operations_watch(args: argparse.Namespace, settings: Settings | None) -> int:
     from provisioning_pipelines.cli.watch import watch
 
     watched = watch(args.url, args.api_key, args.operation_id)
@@ -219,7 +238,8 @@ def operations_watch(args: argparse.Namespace, settings: Settings) -> int:
     return 1
 
 
-def bench(args: argparse.Namespace, settings: Settings) -> int:
+@without_settings
+def bench(args: argparse.Namespace, settings: Settings | None) -> int:
     import subprocess
 
     from provisioning_pipelines.cli.dev import ROOT
@@ -237,14 +257,15 @@ def dev(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.cli.dev import dagster_servers, stop
 
     home = settings.prepare_dagster_home()
+    logs = settings.data_dir.resolve()  # not DAGSTER_HOME, which may be deploy/ in the checkout
     api = subprocess.Popen([sys.executable, "-m", "provisioning_pipelines.cli", "serve",
                             "--port", str(args.port)], start_new_session=True)
     try:
-        with dagster_servers(home, port=args.dagster_port) as url:
+        with dagster_servers(home, port=args.dagster_port, log_dir=logs) as url:
             print(f"Dagster UI     {url}\n"
                   f"API            http://127.0.0.1:{args.port}\n"
                   f"operations     http://127.0.0.1:{args.port}/ui/\n"
-                  f"Dagster logs   {home}/webserver.log, {home}/daemon.log\n"
+                  f"Dagster logs   {logs}/webserver.log, {logs}/daemon.log\n"
                   "Ctrl-C stops all three.", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 api.wait()

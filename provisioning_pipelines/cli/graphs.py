@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provisioning_pipelines.cli.commands import database_of, print_json
-from provisioning_pipelines.settings import Settings
+
+if TYPE_CHECKING:
+    from provisioning_pipelines.settings import Settings
 
 OPERATOR = "operator"
 

@@ -4,6 +4,11 @@ A user's mistake (bad input, a missing record, an invalid setting, a wrong optio
 that cannot be reached (the API, the database, Redis, the Dagster webserver) are one line on
 stderr and exit status 2, never a traceback. ``operations watch`` alone exits 1 for an operation
 that failed.
+
+Starting is cheap: this module and the command modules import only the standard library at the
+top, each command imports what it uses when it runs, and the settings are read only for a
+command that uses them. So ``--help`` loads no third-party package, and ``operations watch``
+only httpx and rich (``tests/cli/test_startup.py`` keeps it so).
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from provisioning_pipelines.cli import commands, hosts
 from provisioning_pipelines.cli import graphs as lifecycle
-from provisioning_pipelines.errors import ProvisioningError
-from provisioning_pipelines.settings import Settings, SettingsError, load_settings
+from provisioning_pipelines.errors import ProvisioningError, SettingsError
+
+if TYPE_CHECKING:
+    from provisioning_pipelines.settings import Settings
 
 API_URL = "http://127.0.0.1:8000"
 
@@ -175,9 +182,9 @@ def build_parser() -> Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run: Callable[[argparse.Namespace, Settings], int] = args.run
+    run: Callable[[argparse.Namespace, Settings | None], int] = args.run
     try:
-        return run(args, load_settings())
+        return run(args, _settings() if commands.reads_settings(run) else None)
     except BrokenPipeError:  # the reader went away (``| head``): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -192,17 +199,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _unreachable(exc: Exception, args: argparse.Namespace) -> str | None:
     """One line for a server that cannot be reached, or None if it is something else."""
-    import httpx
+    httpx = sys.modules.get("httpx")  # not imported: the error cannot be one of its
+    if httpx is not None and isinstance(exc, httpx.TransportError):
+        url = getattr(args, "url", API_URL)
+        return f"cannot reach the API at {url} ({type(exc).__name__}: {exc}); is it running?"
 
     from provisioning_pipelines.storage.errors import is_outage, what_is_down
 
-    if isinstance(exc, httpx.TransportError):
-        url = getattr(args, "url", API_URL)
-        return f"cannot reach the API at {url} ({type(exc).__name__}: {exc}); is it running?"
     if is_outage(exc):
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         return f"{what_is_down(exc)} unavailable: {detail[0] if detail else type(exc).__name__}"
     return None
+
+
+def _settings() -> Settings:
+    from provisioning_pipelines.settings import load_settings
+
+    return load_settings()
 
 
 def _fail(message: str) -> int:
