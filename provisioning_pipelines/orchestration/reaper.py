@@ -8,7 +8,8 @@ webhook or a user starts directly. Each tick it
   suspended (``lifecycle.out_of_step``);
 * launches the deletion of each suspended graph past its grace, and of each deletion that began
   and did not finish (a teardown killed half-way is run again, and finishes);
-* removes what a restore whose worker died left (file, rows, slot) and backups past retention;
+* finishes (or undoes) a restore whose worker died, removes what an earlier version's restore
+  left, and backups past retention;
 * logs an alert for each paid customer still without a resource after
   ``UNPROVISIONED_ALERT_MINUTES``, written once to the audit log.
 
@@ -82,6 +83,7 @@ def reap(context: SensorEvaluationContext, database: DatabaseResource,
     Returns what was done, one line each."""
     done = []
     with database.get().session() as session:
+        done.extend(backups.finish_interrupted_restores(session, now=now))
         for graph_id in backups.stale_restores(session, now=now):
             graphs.discard_graph(session, graph_engine.get(), graph_id)
             done.append(f"removed the unfinished restore {graph_id}")
