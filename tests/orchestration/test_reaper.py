@@ -123,6 +123,27 @@ def test_a_cancellation_nobody_acted_on_is_suspended_and_a_graph_past_its_grace_
     assert requested(reap(resources)) == []
 
 
+def test_a_graph_no_subscription_pays_for_is_suspended(
+        database: Database, resources: dict[str, Any]) -> None:
+    """An earlier version's restores made graphs without a subscription: the reaper suspends
+    them (deleted after the grace), and their owner restores into a paid graph instead."""
+    _sub_id, graph_id = provisioned(database, resources)
+    _paid_sub, paid_graph = provisioned(database, resources)
+    with database.session() as session:
+        session.get(Graph, graph_id).subscription_id = None
+
+    result = reap(resources)
+
+    assert requested(result) == [
+        ("suspend_resource_job", {"subscription_id": None, "graph_id": graph_id,
+                                  "actor": "reaper", "reason": "paid for by no subscription"})]
+    run_requested(result, resources)
+    with database.session() as session:
+        assert session.get(Graph, graph_id).status == "suspended"
+        assert session.get(Graph, paid_graph).status == "active"
+    assert requested(reap(resources)) == []
+
+
 def test_a_period_end_cancellation_waits_for_the_period_to_end(
         database: Database, resources: dict[str, Any]) -> None:
     sub_id, graph_id = provisioned(database, resources)
