@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     graph_data_dir: Path | None = Field(None, validation_alias="GRAPH_DATA_DIR")
     redis_url: str | None = Field(None, validation_alias="REDIS_URL")
     redis_key_prefix: str = Field(DEFAULT_KEY_PREFIX, validation_alias="REDIS_KEY_PREFIX")
+    redis_require_persistence: bool = Field(False, validation_alias="REDIS_REQUIRE_PERSISTENCE")
     dagster_home: Path | None = Field(None, validation_alias="DAGSTER_HOME")
     dagster_webserver_url: str = Field(
         "http://127.0.0.1:3000", validation_alias="DAGSTER_WEBSERVER_URL"
