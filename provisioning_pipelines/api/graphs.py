@@ -37,8 +37,8 @@ def routes(api: ApiContext) -> list[Route]:
         def visible() -> Identity:
             user = api.user_of(request)
             with api.database.session() as session:
-                subgraphs.check_parent_active(
-                    graphs.visible_graph(session, graph_id, user.user_id))
+                parent = graphs.visible_graph(session, graph_id, user.user_id)
+                subgraphs.check_can_add_subgraph(session, parent, user.user_id)
             return user
 
         user = await run_in_threadpool(visible)
