@@ -214,6 +214,17 @@ def test_cancelling_a_subscription_suspends_its_graph_once(api: Api) -> None:
         assert again.status_code == 409 and again.json()["field"] == "subscription_id"
 
 
+def test_cancelling_before_the_payment_says_cancelled_not_suspended(api: Api) -> None:
+    user = new_customer(api.database)
+    sub_id = subscribe_graph(api, user.api_key)
+    with api.client(user.api_key) as client:
+        cancelled = client.delete(f"/v1/subscriptions/{sub_id}")
+        kind, data = finished(api, user.api_key, cancelled.json()["operation_id"])
+        assert kind == "operation_completed"
+        assert (data["result"]["status"], data["result"]["graph_id"]) == ("canceled", None)
+        assert client.get(f"/v1/subscriptions/{sub_id}").json()["status"] == "canceled"
+
+
 def event(kind: str, sub_id: str, created: int, index: int) -> dict[str, Any]:
     obj: dict[str, Any] = {"metadata": {"subscription_id": sub_id}}
     if kind == "checkout.session.completed":
