@@ -252,10 +252,17 @@ def bench(args: argparse.Namespace, settings: Settings | None) -> int:
 
 
 def dev(args: argparse.Namespace, settings: Settings) -> int:
+    """The API, the Dagster UI and its daemon; Ctrl-C or a SIGTERM stops all three (a SIGTERM
+    once ended this process alone and left the three running)."""
+    import signal
     import subprocess
 
     from provisioning_pipelines.cli.dev import dagster_servers, stop
 
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     home = settings.prepare_dagster_home()
     logs = settings.data_dir.resolve()  # not DAGSTER_HOME, which may be deploy/ in the checkout
     api = subprocess.Popen([sys.executable, "-m", "provisioning_pipelines.cli", "serve",
@@ -269,6 +276,8 @@ def dev(args: argparse.Namespace, settings: Settings) -> int:
                   "Ctrl-C stops all three.", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 api.wait()
+    except KeyboardInterrupt:
+        pass  # stopped while the servers were starting
     finally:
         stop(api)
     return 0
