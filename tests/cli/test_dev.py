@@ -1,5 +1,6 @@
 """``dev`` stopped by a SIGTERM (a service manager, ``kill``) stops what it started: the API,
-the Dagster webserver and its daemon. It once ended alone and left all three running."""
+the Dagster webserver and its daemon (it once ended alone and left all three running); and its
+three processes share one data folder wherever it is started."""
 
 from __future__ import annotations
 
@@ -28,12 +29,20 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def environ_of(pid: int) -> dict[str, str]:
+    pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(pair.decode().partition("=")[::2] for pair in pairs if pair)
+
+
 def test_a_sigterm_to_dev_stops_the_api_the_webserver_and_the_daemon(tmp_path: Path) -> None:
-    env = {**os.environ, "DATA_DIR": str(tmp_path / "data")}
+    """Run outside the checkout with a relative DATA_DIR, which once named two folders: the
+    API's here and the Dagster processes' in the checkout they run in."""
+    env = {**os.environ, "DATA_DIR": "data"}
     env.pop("DAGSTER_HOME", None)
     dev = subprocess.Popen(
         [sys.executable, "-m", "provisioning_pipelines.cli", "dev", "--port", str(free_port()),
-         "--dagster-port", str(free_port())], env=env, stdout=subprocess.PIPE, text=True)
+         "--dagster-port", str(free_port())], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+        text=True)
     try:
         assert dev.stdout is not None
         for line in dev.stdout:  # printed once the webserver answers
@@ -41,6 +50,7 @@ def test_a_sigterm_to_dev_stops_the_api_the_webserver_and_the_daemon(tmp_path: P
                 break
         started = children_of(dev.pid)
         assert len(started) == 3, started  # serve, dagster-webserver, dagster-daemon
+        assert {environ_of(pid)["DATA_DIR"] for pid in started} == {str(tmp_path / "data")}
 
         dev.send_signal(signal.SIGTERM)
         assert dev.wait(timeout=90) == 0
