@@ -25,13 +25,13 @@ from pydantic import Field
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows.asset_keys import BACKUP_ASSET, GRAPH_ASSET
 from provisioning_pipelines.flows.deletion import give_back, hold_graph
+from provisioning_pipelines.flows.public import detail
 from provisioning_pipelines.flows.steps import (
     GRAPH_TAG,
     USER_TAG,
     Flow,
     Outcome,
     StepContext,
-    describe,
     step,
 )
 from provisioning_pipelines.services.graphs import backups, lifecycle
@@ -175,7 +175,7 @@ def discard_restore(ctx: StepContext, work: Any, exc: BaseException) -> None:
         return
     with ctx.database.session() as session:
         graphs.discard_graph(session, ctx.engine, work.plan.graph_id)
-    ctx.log.error(f"restore into {work.plan.graph_id}: {describe(exc)}; removed")
+    ctx.log.error(f"restore into {work.plan.graph_id}: {detail(exc)}; removed")
 
 
 restore_step = step(on_failure=discard_restore, around=hold_graph)
