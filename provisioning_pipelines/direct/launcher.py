@@ -83,7 +83,7 @@ class GraphQLJobLauncher:
             yield
         except DagsterGraphQLClientError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            logger.warning("the Dagster webserver at %s did not answer: %s", self.url,
+            logger.info("the Dagster webserver at %s did not answer: %s", self.url,
                            first[:200])
             raise ServiceUnavailable("the Dagster webserver did not answer; try again "
                                      "shortly") from exc

@@ -10,9 +10,7 @@ template into its temp file (``LadybugEngine._copy``). Events are in the real Re
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 import re
 import threading
 import time
@@ -33,28 +31,12 @@ from provisioning_pipelines.storage.ladybug import LadybugEngine
 from tests.api.helpers import Api, make_api, serve
 from tests.conftest import REDIS_URL, make_resources
 from tests.factories import new_customer, paid_graph_subscription
+from tests.faults import FullDiskEngine, FullDiskEngineResource
 from tests.tcp_proxy import TcpProxy
 
 #: A claim lapses, and the resumer looks, quickly: the next attempt starts within a second or so.
 FAST = {"PROVISIONING_CLAIM_LEASE_SECONDS": 1, "PROVISIONING_RESUME_INTERVAL_SECONDS": 0.2}
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:[\w.-]+/)+[\w.-]*")
-
-
-class FullDiskEngine(LadybugEngine):
-    """The disk is full for the next ``fills`` writes of a new graph's bytes."""
-
-    fills = 0
-
-    def _copy(self, template: Path, temp: Path) -> None:
-        if FullDiskEngine.fills > 0:
-            FullDiskEngine.fills -= 1
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(temp))
-        super()._copy(template, temp)
-
-
-class FullDiskEngineResource(GraphEngineResource):
-    def get(self) -> LadybugEngine:
-        return FullDiskEngine(template_dir=Path(self.data_dir) / ".templates")
 
 
 class GatedEngine(LadybugEngine):
