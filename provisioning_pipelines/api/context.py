@@ -26,6 +26,7 @@ from provisioning_pipelines import metrics
 from provisioning_pipelines.api.limits import InFlightLimits
 from provisioning_pipelines.direct import DirectExecutor, ProvisioningResult
 from provisioning_pipelines.errors import (
+    EngineError,
     InvalidRequest,
     PayloadTooLarge,
     ProvisioningError,
@@ -33,6 +34,7 @@ from provisioning_pipelines.errors import (
     Unauthorized,
 )
 from provisioning_pipelines.flows import Flow
+from provisioning_pipelines.flows.public import describe
 from provisioning_pipelines.services.access import accounts
 from provisioning_pipelines.services.access.accounts import Identity
 from provisioning_pipelines.services.provisioning import leases
@@ -170,7 +172,11 @@ def guard(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
 def error_response(exc: BaseException) -> JSONResponse:
     """The answer for an error: its own status for ours, 503 for an outage, 500 otherwise."""
     if isinstance(exc, ProvisioningError):
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+        if isinstance(exc, EngineError):
+            logger.warning("graph engine: %s", exc.message)
+        # The customer's sentence: an engine's own text (paths, its message) stays in the log.
+        return JSONResponse({**exc.to_dict(), "message": describe(exc)},
+                            status_code=exc.status_code)
     if is_outage(exc):
         down = what_is_down(exc)
         metrics.OUTAGES.labels("database" if down == "database" else "event_store").inc()

@@ -176,7 +176,8 @@ def encoded(operation_id: str, event: OperationEvent) -> bytes:
 def _view(operation: Operation, *, kind: bool = False) -> dict[str, Any]:
     view = {"operation_id": operation.id, "status": operation.status,
             "progress": operation.progress, "message": operation.message,
-            "result": operation.result, "error": operation.error}
+            "result": operation.result, "error": operation.error,
+            "error_code": operation.error_code}
     if kind:
         view.update(kind=operation.kind, created_at=operation.created_at.isoformat())
     return view

@@ -113,7 +113,8 @@ class Recovery:
                 self.executor.store.complete(operation_id, {
                     **row, "operation_id": operation_id, "completed_by": "another worker"})
             else:
-                self.executor.store.fail(operation_id, row["error"] or "provisioning failed")
+                self.executor.store.fail(operation_id, row["error"] or "provisioning failed",
+                                         "provisioning_failed")
             ended += 1
             logger.warning("operation %s: ended for subscription %s, whose worker died after "
                            "settling it", operation_id, row["subscription_id"])

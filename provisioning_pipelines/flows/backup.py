@@ -25,13 +25,13 @@ from pydantic import Field
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows.asset_keys import BACKUP_ASSET, GRAPH_ASSET
 from provisioning_pipelines.flows.deletion import give_back, hold_graph
+from provisioning_pipelines.flows.public import detail
 from provisioning_pipelines.flows.steps import (
     GRAPH_TAG,
     USER_TAG,
     Flow,
     Outcome,
     StepContext,
-    describe,
     step,
 )
 from provisioning_pipelines.services.graphs import backups, lifecycle
@@ -181,7 +181,7 @@ def undo_restore(ctx: StepContext, work: Any, exc: BaseException) -> None:
     if not isinstance(work, RestoreWork):
         return
     if work.staged is not None and not work.staged.exists():
-        ctx.log.error(f"restore into {work.plan.graph_id}: {describe(exc)} after its file was "
+        ctx.log.error(f"restore into {work.plan.graph_id}: {detail(exc)} after its file was "
                       "replaced; the reaper finishes its records")
         return
     if work.staged is not None:
@@ -189,7 +189,7 @@ def undo_restore(ctx: StepContext, work: Any, exc: BaseException) -> None:
     with ctx.database.session() as session:
         backups.unmark_restore(session, work.claim)
         lifecycle.release_graph(session, work.claim)
-    ctx.log.error(f"restore into {work.plan.graph_id}: {describe(exc)}; the graph is unchanged")
+    ctx.log.error(f"restore into {work.plan.graph_id}: {detail(exc)}; the graph is unchanged")
 
 
 restore_step = step(on_failure=undo_restore, around=hold_graph)

@@ -171,6 +171,8 @@ class Operation:
     updated_at: datetime
     dagster_report: str | None = None
     dagster_report_detail: str | None = None
+    #: The failure's machine-readable code (``fail(..., code=)``), None otherwise.
+    error_code: str | None = None
 
     @classmethod
     def pending(cls, operation_id: str, kind: str, user_id: str | None,
@@ -193,6 +195,7 @@ class Operation:
             "message": self.message,
             "result": self.result,
             "error": self.error,
+            "error_code": self.error_code,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
             "dagster_report": self.dagster_report,
@@ -288,11 +291,17 @@ class OperationStore(ABC):
             record={"result": json.dumps(result)},
         )
 
-    def fail(self, operation_id: str, error: str) -> OperationEvent | None:
+    def fail(self, operation_id: str, error: str, code: str | None = None
+             ) -> OperationEvent | None:
+        """End the operation failed with ``error`` (the customer's sentence) and, when given,
+        ``code`` (machine-readable: ``disk_full``, ``invalid_request``, ...), both in the event's
+        data and the record."""
         error = str(error)
-        return self._write(
-            operation_id, "fail", error, extra={"error": error}, record={"error": error}
-        )
+        extra: dict[str, Any] = {"error": error}
+        record = {"error": error}
+        if code is not None:
+            extra["error_code"] = record["error_code"] = str(code)
+        return self._write(operation_id, "fail", error, extra=extra, record=record)
 
     def cancel(self, operation_id: str, reason: str = "") -> OperationEvent | None:
         return self._write(

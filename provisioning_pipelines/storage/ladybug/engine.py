@@ -263,13 +263,13 @@ class LadybugEngine:
             made = False
             if self.template_path(ddl) is not None:
                 try:
-                    template = self._template(ddl)
-                    shutil.copyfile(template, temp)
-                    files.fsync_file(temp)
+                    self._copy(self._template(ddl), temp)
                     made = True
                 except OSError as exc:  # template folder unusable: still serve the request
-                    logger.warning("schema template unavailable (%s); running the DDL", exc)
                     files.remove_with_sidecars(temp)
+                    if exc.errno in files.DISK_FULL:  # the DDL would fill the same disk
+                        raise
+                    logger.warning("schema template unavailable (%s); running the DDL", exc)
             if not made:
                 self._build(temp, ddl)
             files.publish(temp, path)
@@ -279,6 +279,12 @@ class LadybugEngine:
             raise EngineError(f"cannot create graph database {path.name}: {exc}") from exc
         finally:
             files.remove_with_sidecars(temp)
+
+    @staticmethod
+    def _copy(template: Path, temp: Path) -> None:
+        """A new database's bytes: the template copied into the temp file, and synced."""
+        shutil.copyfile(template, temp)
+        files.fsync_file(temp)
 
     def ensure_database(self, path: Path, ddl: Sequence[str]) -> bool:
         """Create ``path`` unless a complete one is there; True if this call made the file.

@@ -9,6 +9,7 @@ the file), so writes to one path are serialised by a process-wide lock per path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 import uuid
@@ -35,6 +36,10 @@ _FIXED_SIDECARS = (
     ".checkpoint.apply.lock",
     ".pinned.tmp",
 )
+
+#: The errnos of a full disk (or a user's quota): no other write to that disk can pass either.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
 
 class KeyedLocks:
     """One lock per key, created on demand and dropped when nobody holds or waits for it."""
