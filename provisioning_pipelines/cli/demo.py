@@ -55,7 +55,7 @@ def run_demo(settings: Settings) -> int:
                       "delivering a signed checkout.session.completed")
         operation = _pay(url, settings, graph_sub)
         graph = _follow(console, url, user.api_key, operation)
-        path = Path(graph["database_path"])
+        path = _file_of(executor, graph["graph_id"])  # the API shows no server paths
         tables = [t.name for t in LadybugEngine().list_tables(path)]
         console.print(f"   graph [bold green]{graph['graph_id']}[/] at {path}")
         console.print(f"   {len(tables)} tables: {', '.join(tables)}")
@@ -118,6 +118,13 @@ def _serve(app: Any) -> tuple[uvicorn.Server, str]:
     while not server.started:
         time.sleep(0.02)
     return server, f"http://127.0.0.1:{port}"
+
+
+def _file_of(executor: Any, graph_id: str) -> Path:
+    from provisioning_pipelines.services.graphs import records
+
+    with executor.resources["database"].get().session() as session:
+        return Path(records.top_level_graph(session, graph_id).database_path)
 
 
 def _subscribe(api: httpx.Client, body: dict[str, Any]) -> str:
