@@ -6,6 +6,12 @@ copy, and the checkpoint first moves the write-ahead log into the file, so the c
 (no WAL needed). The copy is hashed (sha256) once written, and published with a rename, so a
 backup file is whole or absent. A restore copies into a temp file, hashes the copy, and publishes
 it (without overwriting) only if the hash is the manifest's.
+
+A copy that cannot fit leaves nothing behind. It is refused before the live file is opened when
+the destination's disk plainly lacks the room, and a copy that runs out of room half-way has its
+temp file removed *before* the write handle closes: that close checkpoints, and a checkpoint on
+a full disk leaves a ``.shadow`` beside the live file that makes every read-only open fail
+(``engine``'s docstring). Whatever still goes wrong there, the engine finishes on the close.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from provisioning_pipelines.errors import InvalidRequest, NotFound
+from provisioning_pipelines.errors import InvalidRequest, NotFound, StorageFull
 from provisioning_pipelines.storage.ladybug import files
 
 if TYPE_CHECKING:
@@ -35,17 +41,43 @@ def back_up(engine: LadybugEngine, database: Path, destination: Path) -> BackupF
     destination.parent.mkdir(parents=True, exist_ok=True)
     if destination.is_file():  # made before (a retry): the same backup
         return BackupFile(destination, destination.stat().st_size, checksum_of(destination))
+    ensure_room(database, destination.parent)
     temp = files.temp_path(destination)
     try:
         with engine.writing(database) as conn:
             conn.execute("CHECKPOINT")
-            checksum = _copy(database, temp)
+            try:
+                checksum = _copy(database, temp)
+            except BaseException:
+                files.remove_with_sidecars(temp)  # room for the checkpoint of the close
+                raise
         files.fsync_file(temp)
         os.replace(temp, destination)
         files.fsync_dir(destination.parent)
     finally:
         files.remove_with_sidecars(temp)
     return BackupFile(destination, destination.stat().st_size, checksum)
+
+
+#: Room kept free beyond a copy's own size (the checkpoint's shadow pages, the manifest).
+ROOM_MARGIN = 4 * 1024 * 1024
+
+
+def ensure_room(source: Path, folder: Path) -> None:
+    """Refuse (``StorageFull``, nothing opened or written) a copy of ``source`` and its WAL
+    into ``folder`` that its disk has no room for."""
+    needed = sum(_size(Path(f"{source}{suffix}")) for suffix in ("", ".wal")) + ROOM_MARGIN
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise StorageFull(f"not enough disk space for a copy of {source.name} in {folder}: "
+                          f"{free:,} bytes free, {needed:,} needed")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def verify(backup: Path, checksum: str) -> None:
@@ -67,6 +99,7 @@ def restore(backup: Path, checksum: str, destination: Path) -> None:
     if not backup.is_file():
         raise NotFound(f"backup_id: the backup's file is missing ({backup.name})",
                        field="backup_id")
+    ensure_room(backup, destination.parent)
     temp = files.temp_path(destination)
     try:
         actual = _copy(backup, temp)
