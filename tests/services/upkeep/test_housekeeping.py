@@ -11,7 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from provisioning_pipelines.flows import GRAPH_FLOW, SubscriptionConfig
+from provisioning_pipelines.flows import (
+    DELETION_FLOW,
+    GRAPH_FLOW,
+    DeletionConfig,
+    SubscriptionConfig,
+)
 from provisioning_pipelines.services.upkeep import housekeeping
 from provisioning_pipelines.storage.db import Database, get_database
 from provisioning_pipelines.storage.ladybug import sidecars
@@ -111,3 +116,18 @@ def test_a_sweep_finishes_what_a_full_disk_cut_short_and_clears_half_written_cop
     assert [p.name.split(".lbug")[0] for p in (host / ".quarantine").iterdir()] == [
         "kg3333333333333333"]
     assert report.temp_files_removed == 2
+
+
+def test_a_file_at_a_deleted_graphs_place_is_an_orphan(
+    database: Database, resources: dict[str, Any], graph_dir: Path,
+) -> None:
+    sub_id = paid_graph_subscription(database, new_customer(database))
+    made = run_direct(GRAPH_FLOW, SubscriptionConfig(subscription_id=sub_id), resources).result
+    run_direct(DELETION_FLOW, DeletionConfig(graph_id=made["graph_id"], at_once=True),
+               resources)
+    again = stale_file(Path(made["database_path"]), b"a copy put back by hand")
+
+    with database.session() as session:
+        report = housekeeping.sweep(session, graph_dir, min_age_seconds=600)
+
+    assert report.orphans_quarantined == [str(again)] and not again.exists()
