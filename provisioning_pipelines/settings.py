@@ -94,6 +94,15 @@ class Settings(BaseSettings):
     )
     graph_templates_enabled: bool = Field(True, validation_alias="GRAPH_TEMPLATES_ENABLED")
     local_host_capacity: PositiveInt | None = Field(None, validation_alias="LOCAL_HOST_CAPACITY")
+    max_restores_in_flight: PositiveInt = Field(
+        2, validation_alias="MAX_RESTORES_IN_FLIGHT_PER_USER"
+    )
+    max_backups_in_flight: PositiveInt = Field(
+        3, validation_alias="MAX_BACKUPS_IN_FLIGHT_PER_USER"
+    )
+    max_subgraph_creations_in_flight: PositiveInt = Field(
+        5, validation_alias="MAX_SUBGRAPH_CREATIONS_IN_FLIGHT_PER_USER"
+    )
 
     @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home",
                      "session_secret", "backup_dir", mode="before")

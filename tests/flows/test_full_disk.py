@@ -109,19 +109,22 @@ def test_a_fork_whose_parent_cannot_be_read_fails_and_says_why(
     assert sidecars(path) == []
 
 
-def test_a_restore_that_runs_out_of_room_leaves_nothing(
-        small_disk: SmallDisk, database_url: str) -> None:
+@pytest.mark.parametrize("where", ["before the copy", "half-way through the copy"])
+def test_a_restore_that_runs_out_of_room_leaves_the_graph_as_it_was(
+        small_disk: SmallDisk, database_url: str, where: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     database = get_database(database_url)
     resources = on_disk(database_url, small_disk)
     user_id, graph_id, path = a_graph_with_rows(database, resources)
     run_direct(BACKUP_FLOW, BackupConfig(graph_id=graph_id, backup_id="bk_full1"), resources)
+    if where == "half-way through the copy":
+        monkeypatch.setattr(backup_files, "ensure_room", lambda *a: None, raising=False)
     small_disk.fill(leave=path.stat().st_size // 2)
 
     with pytest.raises(EngineError, match="space"):
         run_direct(RESTORE_FLOW, RestoreConfig(user_id=user_id, graph_id=graph_id,
-                                               backup_id="bk_full1", restore_id="r1"),
-                   resources)
+                                               backup_id="bk_full1"), resources)
 
     assert stray_files(small_disk) == []
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
-    assert sidecars(path) == [] and LadybugEngine().count_rows(path)["Entity"] == ROWS
+    assert LadybugEngine().count_rows(path)["Entity"] == ROWS
