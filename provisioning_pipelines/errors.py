@@ -89,6 +89,13 @@ class EngineError(ProvisioningError):
     code = "engine_error"
 
 
+class StorageFull(EngineError):
+    """A host's disk has no room for what was asked; retryable once space is freed."""
+
+    status_code = 503
+    code = "storage_full"
+
+
 class PayloadTooLarge(InvalidRequest):
     status_code = 413
     code = "payload_too_large"

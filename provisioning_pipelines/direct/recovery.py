@@ -9,8 +9,9 @@ API process does this; they race on the claim like any other trigger, so the wor
 Subscriptions with no attempt left are failed, as the sensors do. The sensors stay the safety
 net for when no API process is up.
 
-The sweeper removes what crashes leave on disk (``services/upkeep/housekeeping.py``) at start-up and
-every ``sweep_interval`` seconds.
+The sweeper removes what failures leave on disk (``services/upkeep/housekeeping.py``: temp files and
+half-written copies, fork workspaces, sidecars of nothing, orphans) and finishes live graphs'
+unfinished checkpoints, at start-up and every ``sweep_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -162,7 +163,10 @@ class Recovery:
             await asyncio.sleep(self.sweep_interval)
 
     def sweep(self) -> housekeeping.SweepReport:
-        graph_dir = self.executor.resources["graph_engine"].graph_data_dir
+        resources = self.executor.resources
+        backups = resources["backups"].get() if "backups" in resources else None
         with self._database.session() as session:
-            return housekeeping.sweep(session, graph_dir,
-                                      min_age_seconds=self.stray_age_seconds)
+            return housekeeping.sweep(
+                session, resources["graph_engine"].graph_data_dir,
+                min_age_seconds=self.stray_age_seconds, engine=resources["graph_engine"].get(),
+                backup_dir=backups.backup_dir if backups else None)

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from provisioning_pipelines.errors import EngineError, ProvisioningError
+from provisioning_pipelines.errors import EngineError, ProvisioningError, StorageFull
 from provisioning_pipelines.storage.errors import is_outage, is_refused_data
 from provisioning_pipelines.storage.events import EventStoreUnavailable
 from provisioning_pipelines.storage.ladybug.files import DISK_FULL
@@ -54,6 +54,9 @@ def customer_error(exc: BaseException) -> CustomerError:
     if isinstance(exc, ProvisioningError) and not isinstance(exc, EngineError):
         return CustomerError(exc.code, exc.message)
     chain = list(_chain(exc))
+    if any(isinstance(error, StorageFull) for error in chain):
+        return CustomerError("storage_full", "the graph host's disk is full; try again once "
+                             "space is freed")
     if any(_disk_full(error) for error in chain):
         return CustomerError("disk_full", "the disk was full")
     if any(isinstance(error, EventStoreUnavailable) for error in chain):

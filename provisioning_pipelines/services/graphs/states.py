@@ -13,6 +13,10 @@ from provisioning_pipelines.states import Action, StateTable, Transition
 
 #: States in which a graph holds its data and its slot.
 LIVE = ("active", "suspended")
+#: States in which a top-level graph's row holds a slot on its host: from its reservation (a
+#: restore's too) until its deletion finishes; a ``deleted`` row is a tombstone, with no slot
+#: and no file.
+HOLDS_SLOT = ("restoring", *LIVE, "deleting")
 
 GRAPH = StateTable(
     "graph",

@@ -1,7 +1,9 @@
 """Subgraphs: child databases of a graph, on its host, with its schema and within its limit.
 
 A subgraph has no subscription of its own (the parent's tier pays for it). Its id is
-``{parent}_{name}``, unique; the tier's limit is counted under the parent's row lock.
+``{parent}_{name}``, unique; the tier's limit is counted under the parent's row lock. Its status
+is its parent's, written to its own row whenever the parent's changes (``lifecycle.py`` says
+why), so a suspended parent's subgraphs are shown and refused as suspended.
 """
 
 from __future__ import annotations

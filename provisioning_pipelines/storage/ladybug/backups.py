@@ -11,10 +11,18 @@ A restore replaces a live database: the backup is copied into a temp file beside
 live file checkpointed (so nothing of it waits in a WAL that would replay onto the new file) and
 the copy renamed over it, its sidecars removed. The old data is whole until the rename, the new
 data whole after it.
+
+A copy that cannot fit leaves nothing behind. It is refused before anything is opened when the
+destination's disk plainly lacks the room, and a backup's copy that runs out of room half-way
+has its temp file removed *before* the write handle closes: that close checkpoints, and a
+checkpoint on a full disk leaves a ``.shadow`` beside the live file that makes every read-only
+open fail (``engine``'s docstring). Whatever still goes wrong there, the engine finishes on the
+close.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -22,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from provisioning_pipelines.errors import InvalidRequest, NotFound
+from provisioning_pipelines.errors import InvalidRequest, NotFound, StorageFull
 from provisioning_pipelines.storage.ladybug import files
 
 if TYPE_CHECKING:
@@ -40,17 +48,43 @@ def back_up(engine: LadybugEngine, database: Path, destination: Path) -> BackupF
     destination.parent.mkdir(parents=True, exist_ok=True)
     if destination.is_file():  # made before (a retry): the same backup
         return BackupFile(destination, destination.stat().st_size, checksum_of(destination))
+    ensure_room(database, destination.parent)
     temp = files.temp_path(destination)
     try:
         with engine.writing(database) as conn:
             conn.execute("CHECKPOINT")
-            checksum = _copy(database, temp)
+            try:
+                checksum = _copy(database, temp)
+            except BaseException:
+                files.remove_with_sidecars(temp)  # room for the checkpoint of the close
+                raise
         files.fsync_file(temp)
         os.replace(temp, destination)
         files.fsync_dir(destination.parent)
     finally:
         files.remove_with_sidecars(temp)
     return BackupFile(destination, destination.stat().st_size, checksum)
+
+
+#: Room kept free beyond a copy's own size (the checkpoint's shadow pages, the manifest).
+ROOM_MARGIN = 4 * 1024 * 1024
+
+
+def ensure_room(source: Path, folder: Path) -> None:
+    """Refuse (``StorageFull``, nothing opened or written) a copy of ``source`` and its WAL
+    into ``folder`` that its disk has no room for."""
+    needed = sum(_size(Path(f"{source}{suffix}")) for suffix in ("", ".wal")) + ROOM_MARGIN
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise StorageFull(f"not enough disk space for a copy of {source.name} in {folder}: "
+                          f"{free:,} bytes free, {needed:,} needed")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 def verify(backup: Path, checksum: str) -> None:
@@ -70,6 +104,7 @@ def stage(backup: Path, checksum: str, destination: Path) -> Path:
     if not backup.is_file():
         raise NotFound(f"backup_id: the backup's file is missing ({backup.name})",
                        field="backup_id")
+    ensure_room(backup, destination.parent)
     temp = files.temp_path(destination)
     try:
         actual = _copy(backup, temp)
@@ -108,5 +143,11 @@ def checksum_of(path: Path) -> str:
 def _copy(source: Path, destination: Path) -> str:
     """Copy (by the kernel) and hash the copy: what is hashed is what was written. Measured on
     a 0.75 GiB file, four times faster than hashing chunks on their way through Python."""
-    shutil.copyfile(source, destination)
+    try:
+        shutil.copyfile(source, destination)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise StorageFull(f"the disk ran out of space while copying {source.name} to "
+                          f"{destination.parent}") from exc
     return checksum_of(destination)
