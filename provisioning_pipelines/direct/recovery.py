@@ -11,6 +11,11 @@ net for when no API process is up.
 
 The sweeper removes what crashes leave on disk (``services/upkeep/housekeeping.py``) at start-up and
 every ``sweep_interval`` seconds.
+
+The billing courier sends the outbox (cancellations and reactivations decided here) to the
+billing system every ``billing_interval`` seconds (``services/billing/outbound.py``), with direct
+provisioning on or off; Dagster's billing sensor does the same, and the two race on each row's
+claim.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 from provisioning_pipelines import metrics
 from provisioning_pipelines.direct.executor import DirectExecutor
 from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
+from provisioning_pipelines.services.billing import outbound
 from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.services.provisioning import claims
 from provisioning_pipelines.services.provisioning.claims import DueSubscription
@@ -37,8 +43,10 @@ class Recovery:
     """The resumer and the sweeper of one API process, as asyncio tasks."""
 
     def __init__(self, executor: DirectExecutor, *, interval: float, grace_seconds: float,
-                 sweep_interval: float, stray_age_seconds: float) -> None:
+                 sweep_interval: float, stray_age_seconds: float,
+                 billing_interval: float = 0) -> None:
         self.executor = executor
+        self.billing_interval = billing_interval
         self.interval = interval
         self.grace_seconds = grace_seconds
         self.sweep_interval = sweep_interval
@@ -60,6 +68,8 @@ class Recovery:
             self._spawn(self._resume_forever())
         if self.sweep_interval > 0:
             self._spawn(self._sweep_forever())
+        if self.billing_interval > 0 and self._billing_sender() is not None:
+            self._spawn(self._deliver_forever())
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -165,3 +175,18 @@ class Recovery:
         with self._database.session() as session:
             return housekeeping.sweep(session, graph_dir,
                                       min_age_seconds=self.stray_age_seconds)
+
+    def _billing_sender(self) -> outbound.Sender | None:
+        billing_resource = self.executor.resources.get("billing")
+        return billing_resource.sender() if billing_resource is not None else None
+
+    async def _deliver_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.deliver_billing_changes)
+            except Exception as exc:  # an outage of the database: the next round tries again
+                logger.warning("billing outbox: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(self.billing_interval)
+
+    def deliver_billing_changes(self) -> outbound.Delivered:
+        return outbound.deliver_due(self._database, self._billing_sender())
