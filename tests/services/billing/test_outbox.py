@@ -123,10 +123,12 @@ def test_a_failed_send_waits_its_backoff_and_keeps_its_key(database: Database) -
 
 
 def echo(sub_id: str, *, request: Any = None, cancel_at_period_end: bool = True,
-         **extra: Any) -> dict[str, Any]:
+         later: int = 1, **extra: Any) -> dict[str, Any]:
+    """A ``customer.subscription.updated`` about the subscription, ``later`` seconds from now
+    (updates of one second are ordered by their random ids)."""
     event: dict[str, Any] = {
         "id": f"evt_{uuid.uuid4().hex[:12]}", "type": "customer.subscription.updated",
-        "created": int(time.time()) + 1,
+        "created": int(time.time()) + later,
         "data": {"object": {"id": "sub_billing_1", "cancel_at_period_end": cancel_at_period_end,
                             "current_period_end": int(time.time()) + 86400,
                             "metadata": {"subscription_id": sub_id}}}, **extra}
@@ -143,7 +145,7 @@ def test_an_event_naming_our_key_is_ours_and_one_naming_another_is_billings(
     [row] = rows(database, sub_id)
 
     ours = echo(sub_id, request={"id": "req_1", "idempotency_key": row.idempotency_key})
-    theirs = echo(sub_id, request={"id": "req_2", "idempotency_key": None})
+    theirs = echo(sub_id, request={"id": "req_2", "idempotency_key": None}, later=2)
     with database.session() as session:
         applied = webhooks.record_and_apply(session, webhooks.read(json.dumps(ours)))
     assert applied.status == "ignored" and "our own change (cancel" in applied.ignored
@@ -168,7 +170,7 @@ def test_an_event_naming_no_request_is_ours_once_when_it_shows_what_we_sent(
         outbox.mark_sent(session, due.change_id)
 
     other_state = echo(sub_id, cancel_at_period_end=False)
-    first, second = echo(sub_id), echo(sub_id)
+    first, second = echo(sub_id, later=2), echo(sub_id, later=3)
     outcomes = []
     for event in (other_state, first, second):
         with database.session() as session:
