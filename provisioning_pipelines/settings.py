@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     billing_webhook_secret: str = Field(
         "whsec_local_development_only", validation_alias="BILLING_WEBHOOK_SECRET"
     )
+    stripe_api_key: str | None = Field(None, validation_alias="STRIPE_API_KEY")
+    stripe_api_base: str = Field("https://api.stripe.com", validation_alias="STRIPE_API_BASE")
+    billing_outbox_interval_seconds: float = Field(
+        5.0, ge=0, validation_alias="BILLING_OUTBOX_INTERVAL_SECONDS"
+    )
     session_secret: str | None = Field(None, validation_alias="SESSION_SECRET")
     cors_allow_origins: str = Field("", validation_alias="CORS_ALLOW_ORIGINS")
     max_attempts: PositiveInt = Field(3, validation_alias="PROVISIONING_MAX_ATTEMPTS")
@@ -106,7 +111,7 @@ class Settings(BaseSettings):
     )
 
     @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home",
-                     "session_secret", "backup_dir", mode="before")
+                     "session_secret", "backup_dir", "stripe_api_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -117,6 +122,13 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("expected a sqlite:/// or postgresql+psycopg2:// URL")
         return value
+
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _known_api_base(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value.rstrip("/")
 
     @field_validator("redis_url")
     @classmethod

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, InvalidRequest, NotFound
 from provisioning_pipelines.services import audit
-from provisioning_pipelines.services.billing import event_order
+from provisioning_pipelines.services.billing import event_order, outbox
 from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.services.billing.event_order import event_key
 from provisioning_pipelines.services.graphs import lifecycle
@@ -45,6 +45,8 @@ TOLERANCE_SECONDS = 300
 MAX_BODY_BYTES = 1024 * 1024
 HANDLED = ("checkout.session.completed", "customer.subscription.updated",
            "customer.subscription.deleted", "invoice.payment_failed")
+#: The events with which billing reports back a change we sent it (``services/billing/outbox``).
+OUR_ECHOES = ("customer.subscription.updated", "customer.subscription.deleted")
 # Seconds since the epoch that a datetime can hold (year 1 ... 9999 would overflow below 0).
 _LATEST_TIMESTAMP = 253402300799
 # The fields of data.object each handled event reads, and their column lengths.
@@ -145,6 +147,10 @@ def _problem(event: Any) -> str | None:
     ours = (metadata or {}).get("subscription_id")
     if isinstance(ours, str) and (problem := text_problem(ours, max_length=64)):
         return f"data.object.metadata.subscription_id: {problem}"
+    request = event.get("request")
+    key = request.get("idempotency_key") if isinstance(request, dict) else None
+    if isinstance(key, str) and (problem := text_problem(key, max_length=255)):
+        return f"request.idempotency_key: {problem}"
     return None
 
 
@@ -223,6 +229,9 @@ def _act(session: Session, event: dict[str, Any], operation_id: str | None,
         return Applied(event["id"], kind, ignored="no subscription of ours")
     applied = Applied(event["id"], kind, subscription.id, user_id=subscription.user_id,
                       resource_type=subscription.resource_type)
+    if kind in OUR_ECHOES and (ours := outbox.echo_of(session, subscription.id, event)):
+        return replace(applied, ignored=f"our own change ({ours.action}, billing change "
+                       f"{ours.id}), applied already")
     if kind == "invoice.payment_failed":
         audit.record(session, actor="billing", action="invoice.payment_failed",
                      subject_type="subscription", subject_id=subscription.id,
@@ -249,7 +258,7 @@ def _act(session: Session, event: dict[str, Any], operation_id: str | None,
         return replace(applied, canceled=billing.cancel(session, subscription.id))
     if subscription.status == "canceled":
         event_order.mark_applied(subscription, key)
-        return _paid_again(session, subscription, applied, operation_id)
+        return _paid_again(session, subscription, obj, applied, operation_id)
     paid = billing.mark_paid(  # the event's key in the same statement as the payment
         session, subscription.id, stripe_customer_id=_str(obj.get("customer")),
         stripe_subscription_id=_str(obj.get("subscription")), operation_id=operation_id,
@@ -257,13 +266,16 @@ def _act(session: Session, event: dict[str, Any], operation_id: str | None,
     return replace(applied, paid=paid)
 
 
-def _paid_again(session: Session, subscription: Subscription, applied: Applied,
-                operation_id: str | None) -> Applied:
+def _paid_again(session: Session, subscription: Subscription, obj: dict[str, Any],
+                applied: Applied, operation_id: str | None) -> Applied:
     """A new payment for a cancelled subscription: its resource comes back within the grace,
-    or is provisioned if it never was; one deleted already stays deleted."""
+    or is provisioned if it never was; one deleted already stays deleted. Either way the
+    payment's subscription in billing is the one told of later changes."""
     state = lifecycle.resource_state(session, subscription)
     if state == "gone":
         return replace(applied, ignored="the subscription ended and its resource was deleted")
+    billing.rebind(subscription, stripe_customer_id=_str(obj.get("customer")),
+                   stripe_subscription_id=_str(obj.get("subscription")))
     if state == "live":
         billing.reactivate(session, subscription)
         return replace(applied, reactivated=True)
