@@ -87,11 +87,25 @@ class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
 
 
+class RequestTimeout(InvalidRequest):
+    """A request body that did not arrive whole in time (answered 408, the connection closed)."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
 class ServiceUnavailable(ProvisioningError):
     """A store this request needs is down; the same request may succeed later (answered 503)."""
 
     status_code = 503
     code = "unavailable"
+
+
+class Busy(ServiceUnavailable):
+    """This process is reading as many request bodies as it may; the same request may succeed
+    in a moment (answered 503 with ``Retry-After``)."""
+
+    code = "busy"
 
 
 class SettingsError(ValueError):

@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     )
     graph_templates_enabled: bool = Field(True, validation_alias="GRAPH_TEMPLATES_ENABLED")
     local_host_capacity: PositiveInt | None = Field(None, validation_alias="LOCAL_HOST_CAPACITY")
+    body_read_timeout_seconds: PositiveFloat = Field(
+        10.0, validation_alias="BODY_READ_TIMEOUT_SECONDS"
+    )
+    body_read_max_concurrency: PositiveInt = Field(
+        64, validation_alias="BODY_READ_MAX_CONCURRENCY"
+    )
+    webhook_retention_days: int = Field(30, ge=3, validation_alias="WEBHOOK_RETENTION_DAYS")
 
     @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home",
                      "session_secret", "backup_dir", mode="before")
