@@ -28,8 +28,8 @@ from provisioning_pipelines.storage.models import Graph, GraphHost
 logger = logging.getLogger("provisioning_pipelines.housekeeping")
 
 QUARANTINE = ".quarantine"
-_TEMP = re.compile(r"^\..+\.lbug\.[0-9a-f]{12}\.tmp$")
-_FORK_WORKSPACE = re.compile(r"^\.fork-.+")
+_TEMP = re.compile(r"\..+\.lbug\.[0-9a-f]{12}\.tmp")
+_FORK_WORKSPACE = re.compile(r"\.fork-.+")
 
 
 @dataclass
@@ -67,10 +67,10 @@ def sweep(session: Session, graph_data_dir: Path, *, min_age_seconds: float,
                 continue  # removed meanwhile by its owner
             if not old:
                 continue
-            if entry.is_file() and _TEMP.match(entry.name):
+            if entry.is_file() and _TEMP.fullmatch(entry.name):
                 _remove(entry)
                 report.temp_files_removed += 1
-            elif entry.is_dir() and _FORK_WORKSPACE.match(entry.name):
+            elif entry.is_dir() and _FORK_WORKSPACE.fullmatch(entry.name):
                 shutil.rmtree(entry, ignore_errors=True)
                 report.fork_workspaces_removed += 1
             elif (entry.is_file() and entry.suffix == ".lbug"
