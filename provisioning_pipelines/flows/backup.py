@@ -31,7 +31,7 @@ from provisioning_pipelines.flows.steps import (
     Flow,
     Outcome,
     StepContext,
-    describe,
+    detail,
     step,
 )
 from provisioning_pipelines.services.graphs import backups, lifecycle
@@ -175,7 +175,7 @@ def discard_restore(ctx: StepContext, work: Any, exc: BaseException) -> None:
         return
     with ctx.database.session() as session:
         graphs.discard_graph(session, ctx.engine, work.plan.graph_id)
-    ctx.log.error(f"restore into {work.plan.graph_id}: {describe(exc)}; removed")
+    ctx.log.error(f"restore into {work.plan.graph_id}: {detail(exc)}; removed")
 
 
 restore_step = step(on_failure=discard_restore, around=hold_graph)

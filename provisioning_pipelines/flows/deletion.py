@@ -26,7 +26,7 @@ from provisioning_pipelines.flows.steps import (
     Flow,
     Outcome,
     StepContext,
-    describe,
+    detail,
     step,
 )
 from provisioning_pipelines.services.graphs import backups, lifecycle, subgraphs
@@ -71,7 +71,7 @@ def give_back(ctx: StepContext, work: Any, exc: BaseException) -> None:
     if isinstance(claim, GraphClaim):
         with ctx.database.session() as session:
             lifecycle.release_graph(session, claim)
-        ctx.log.warning(f"graph {claim.graph_id}: {describe(exc)}; its claim is given back")
+        ctx.log.warning(f"graph {claim.graph_id}: {detail(exc)}; its claim is given back")
 
 
 teardown_step = step(on_failure=give_back, around=hold_graph)

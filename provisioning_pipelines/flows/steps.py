@@ -23,10 +23,10 @@ from typing import Any, Protocol
 
 from dagster import Backoff, Config, RetryPolicy
 
-from provisioning_pipelines.errors import ProvisioningError
+from provisioning_pipelines.errors import ProvisioningError, redacted
 from provisioning_pipelines.services.graphs.backups import BackupPolicy
 from provisioning_pipelines.storage.db import Database
-from provisioning_pipelines.storage.errors import is_refused_data
+from provisioning_pipelines.storage.errors import is_outage, is_refused_data, what_is_down
 from provisioning_pipelines.storage.ladybug import LadybugEngine
 
 #: Transient failures (a dropped connection, a busy database) get two more tries inside one step.
@@ -182,6 +182,15 @@ def worth_retrying(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
+    """The error's one line as its user reads it (an operation's or a subscription's error):
+    what is down or what failed, never where (hosts, ports, folders); ``detail`` is the log's."""
     if isinstance(exc, ProvisioningError):
         return exc.message
+    if is_outage(exc):
+        return f"{what_is_down(exc)} unavailable"
+    return f"{type(exc).__name__}: {redacted(str(exc))}"
+
+
+def detail(exc: BaseException) -> str:
+    """The error's whole line, for the log and the operator's Dagster UI."""
     return f"{type(exc).__name__}: {exc}"

@@ -24,6 +24,7 @@ from provisioning_pipelines.flows.steps import (
     Outcome,
     StepContext,
     describe,
+    detail,
     step,
 )
 from provisioning_pipelines.services.graphs import records as graphs
@@ -66,7 +67,7 @@ def discard_subgraph(ctx: StepContext, work: Any, exc: BaseException) -> None:
         return
     with ctx.database.session() as session:
         graphs.discard_graph(session, ctx.engine, work.subgraph_id)
-    ctx.log.error(f"subgraph {work.subgraph_id}: creation failed ({describe(exc)}); removed")
+    ctx.log.error(f"subgraph {work.subgraph_id}: creation failed ({detail(exc)}); removed")
 
 
 @step(config=SubgraphConfig)
@@ -110,7 +111,7 @@ def fork_parent_data(ctx: StepContext, work: SubgraphWork) -> Outcome:
             fork = {"fork_status": "completed", "rows_copied": copied}
         except Exception as exc:  # the subgraph stays; the fork's failure is reported
             fork = {"fork_status": "failed", "fork_error": describe(exc)}
-            ctx.log.warning(f"subgraph {work.subgraph_id}: fork failed ({describe(exc)})")
+            ctx.log.warning(f"subgraph {work.subgraph_id}: fork failed ({detail(exc)})")
         with ctx.database.session() as session:
             subgraphs.record_fork(session, work.subgraph_id, fork)
     ctx.progress(f"Subgraph {work.subgraph_id} ready", 100)

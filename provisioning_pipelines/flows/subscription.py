@@ -22,6 +22,7 @@ from provisioning_pipelines.flows.steps import (
     Outcome,
     StepContext,
     describe,
+    detail,
     step,
     worth_retrying,
 )
@@ -86,7 +87,7 @@ def abandon_attempt(ctx: StepContext, work: Any, exc: BaseException) -> None:
                         "work to the worker that took over")
         raise lost from exc
     ctx.log.error(f"subscription {claim.subscription_id}: attempt {claim.attempt} failed "
-                  f"({error}); subscription is now {status}")
+                  f"({detail(exc)}); subscription is now {status}")
 
 
 def hold_claim(ctx: StepContext, work: Any) -> AbstractContextManager[Any]:

@@ -37,7 +37,7 @@ from provisioning_pipelines.flows import (
     materialization,
     run_step,
 )
-from provisioning_pipelines.flows.steps import FLOW_TAG, OPERATION_TAG, USER_TAG, describe
+from provisioning_pipelines.flows.steps import FLOW_TAG, OPERATION_TAG, USER_TAG, detail
 from provisioning_pipelines.runtime.progress import end_on_error
 from provisioning_pipelines.runtime.resources import (
     BackupsResource,
@@ -72,7 +72,7 @@ def run_step_in_op(step: Step, context: OpExecutionContext, value: Any,
             raise Failure(description=f"{step.name}: {exc.message}",
                           metadata={**metadata, "field": exc.field or ""},
                           allow_retries=False) from None
-        raise Failure(description=f"{step.name}: {describe(exc)}", metadata=metadata,
+        raise Failure(description=f"{step.name}: {detail(exc)}", metadata=metadata,
                       allow_retries=False) from exc
     if isinstance(output, Outcome):
         if output.materialize:
