@@ -55,7 +55,8 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
                         interval=settings.resume_interval_seconds if direct_on else 0,
                         grace_seconds=settings.claim_lease_seconds,
                         sweep_interval=settings.housekeeping_interval_seconds,
-                        stray_age_seconds=settings.housekeeping_stray_age_seconds)
+                        stray_age_seconds=settings.housekeeping_stray_age_seconds,
+                        webhook_retention_days=settings.webhook_retention_days)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

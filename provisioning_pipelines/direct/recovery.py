@@ -9,8 +9,8 @@ API process does this; they race on the claim like any other trigger, so the wor
 Subscriptions with no attempt left are failed, as the sensors do. The sensors stay the safety
 net for when no API process is up.
 
-The sweeper removes what crashes leave on disk (``services/upkeep/housekeeping.py``) at start-up and
-every ``sweep_interval`` seconds.
+The sweeper removes what crashes leave on disk (``services/upkeep/housekeeping.py``), and
+billing event records past their retention, at start-up and every ``sweep_interval`` seconds.
 """
 
 from __future__ import annotations
@@ -37,12 +37,14 @@ class Recovery:
     """The resumer and the sweeper of one API process, as asyncio tasks."""
 
     def __init__(self, executor: DirectExecutor, *, interval: float, grace_seconds: float,
-                 sweep_interval: float, stray_age_seconds: float) -> None:
+                 sweep_interval: float, stray_age_seconds: float,
+                 webhook_retention_days: float = 30) -> None:
         self.executor = executor
         self.interval = interval
         self.grace_seconds = grace_seconds
         self.sweep_interval = sweep_interval
         self.stray_age_seconds = stray_age_seconds
+        self.webhook_retention_days = webhook_retention_days
         self.resumed = 0
         self._running: set[str] = set()
         policy = executor.resources["policy"].get()
@@ -162,6 +164,9 @@ class Recovery:
 
     def sweep(self) -> housekeeping.SweepReport:
         graph_dir = self.executor.resources["graph_engine"].graph_data_dir
+        with self._database.session() as session:
+            housekeeping.remove_old_webhook_events(
+                session, retention_days=self.webhook_retention_days)
         with self._database.session() as session:
             return housekeeping.sweep(session, graph_dir,
                                       min_age_seconds=self.stray_age_seconds)

@@ -1,4 +1,5 @@
-"""Sweeping what crashes leave on disk: temp files, fork workspaces, graph files no row owns.
+"""Sweeping what crashes leave on disk (temp files, fork workspaces, graph files no row owns),
+and billing events older than their retention.
 
 A database file is made as a hidden temp file and published by a link, and a graph's row is
 committed before its file is made, so after a crash the leftovers are easy to tell apart: a temp
@@ -6,6 +7,9 @@ file or a fork workspace older than ``min_age_seconds`` belongs to no live call,
 file that no graph row names is an orphan. Temp files and workspaces are removed; orphans are
 moved to ``<host folder>/.quarantine/`` (with their sidecars), not deleted, so an operator can
 look before they go. The age keeps a sweep from touching the work of a call still running.
+
+A billing event's record exists to make a redelivery a no-op; past ``WEBHOOK_RETENTION_DAYS``
+it is removed (``remove_old_webhook_events``).
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ import re
 import shutil
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.storage.ladybug import sidecars
-from provisioning_pipelines.storage.models import Graph, GraphHost
+from provisioning_pipelines.storage.models import Graph, GraphHost, WebhookEvent
 
 logger = logging.getLogger("provisioning_pipelines.housekeeping")
 
@@ -98,3 +103,27 @@ def _quarantine(path: Path) -> None:
     for extra in [path, *sidecars(path)]:
         with contextlib.suppress(FileNotFoundError):
             extra.rename(folder / f"{extra.name}.{stamp}")
+
+
+def remove_old_webhook_events(session: Session, *, retention_days: float,
+                              now: datetime | None = None) -> int:
+    """Remove the records of billing events received more than ``retention_days`` ago; the
+    number removed.
+
+    A record is what makes a redelivery a duplicate, so removing it lets the same event id be
+    applied again. Past the retention that does not happen by accident: Stripe retries a
+    delivery for up to three days (the setting's floor) and lists only the last 30 days of
+    events (the default here), so it sends nothing older; and a body replayed by anyone else
+    carries its old signature, refused past the 300 s tolerance before the dedupe is asked.
+    Even then, an event older than one already applied to its subscription changes nothing
+    (``event_order``).
+    A ``rejected`` event is kept until it is replayed: it is an operator's to look at.
+    """
+    now = now or datetime.now(UTC)
+    removed = session.execute(delete(WebhookEvent).where(
+        WebhookEvent.received_at < now - timedelta(days=retention_days),
+        WebhookEvent.status != "rejected")).rowcount
+    if removed:
+        logger.info("housekeeping: removed %d billing event records older than %g days",
+                    removed, retention_days)
+    return int(removed or 0)
