@@ -110,6 +110,14 @@ class Settings(BaseSettings):
         5, validation_alias="MAX_SUBGRAPH_CREATIONS_IN_FLIGHT_PER_USER"
     )
 
+    body_read_timeout_seconds: PositiveFloat = Field(
+        10.0, validation_alias="BODY_READ_TIMEOUT_SECONDS"
+    )
+    body_read_max_concurrency: PositiveInt = Field(
+        64, validation_alias="BODY_READ_MAX_CONCURRENCY"
+    )
+    webhook_retention_days: int = Field(30, ge=3, validation_alias="WEBHOOK_RETENTION_DAYS")
+
     @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home",
                      "session_secret", "backup_dir", "stripe_api_key", mode="before")
     @classmethod

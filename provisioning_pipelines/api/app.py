@@ -57,7 +57,8 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
                         grace_seconds=settings.claim_lease_seconds,
                         sweep_interval=settings.housekeeping_interval_seconds,
                         stray_age_seconds=settings.housekeeping_stray_age_seconds,
-                        billing_interval=settings.billing_outbox_interval_seconds)
+                        billing_interval=settings.billing_outbox_interval_seconds,
+                        webhook_retention_days=settings.webhook_retention_days)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

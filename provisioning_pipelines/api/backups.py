@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from provisioning_pipelines.api.context import ApiContext, guard, read_json
+from provisioning_pipelines.api.context import ApiContext, guard
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows import (
     BACKUP_FLOW,
@@ -57,7 +57,7 @@ def routes(api: ApiContext) -> list[Route]:
         graph_id = request.path_params["graph_id"]
         backup_id = request.path_params["backup_id"]
         await run_in_threadpool(api.user_of, request)  # who asks, before reading their body
-        body = await read_json(request, optional=True)
+        body = await api.bodies.read_json(request, optional=True)
         into = body.get("into_graph_id")
         if into is not None and not isinstance(into, str):
             raise InvalidRequest("into_graph_id: expected a graph id (kg…)",

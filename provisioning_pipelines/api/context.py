@@ -3,14 +3,14 @@
 Services raise ``ProvisioningError``s; ``guard`` maps them to answers once for every endpoint,
 and a store that is down to 503 naming it, so a client's mistake is never a 5xx and an outage
 is told as one. A plain (non-async) endpoint runs in the thread pool, so SQL and Redis calls
-never block the event loop. Bodies are read with a size limit, after authentication.
+never block the event loop. Bodies are read within bounds of size, time and number
+(``api/bodies.py``), after authentication.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,12 +23,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from provisioning_pipelines import metrics
+from provisioning_pipelines.api.bodies import BodyReader, closes_connection
 from provisioning_pipelines.api.limits import InFlightLimits
 from provisioning_pipelines.direct import DirectExecutor, ProvisioningResult
 from provisioning_pipelines.errors import (
     EngineError,
-    InvalidRequest,
-    PayloadTooLarge,
     ProvisioningError,
     ServiceUnavailable,
     Unauthorized,
@@ -38,7 +37,6 @@ from provisioning_pipelines.flows.public import describe
 from provisioning_pipelines.services.access import accounts
 from provisioning_pipelines.services.access.accounts import Identity
 from provisioning_pipelines.services.provisioning import leases
-from provisioning_pipelines.services.validation import json_problem, type_name
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.errors import is_outage, what_is_down
@@ -49,8 +47,6 @@ logger = logging.getLogger("provisioning_pipelines.api")
 Endpoint = Callable[[Request], Awaitable[Response] | Response]
 #: A lifecycle request's check: what it starts (flow, config) and what else the answer says.
 Check = Callable[[Session, Identity], tuple[Flow, Any, dict[str, Any]]]
-#: The largest request body the API reads (a custom schema at its limits is ~0.5 MiB).
-MAX_BODY_BYTES = 1024 * 1024
 #: What a 503 asks a client to wait before trying again.
 RETRY_AFTER_SECONDS = 5
 #: The browser session's cookie (HttpOnly, SameSite=Strict): a signed token, never the key.
@@ -72,7 +68,8 @@ class ApiContext:
     unfinished: int = 0
     #: Every SSE stream of this process reads through it: one store reader per operation.
     fanout: Fanout = field(init=False)
-
+    #: Every request body of this process is read through it, within its bounds.
+    bodies: BodyReader = field(init=False)
     #: Per-user bounds on the unpaid work started through the API.
     limits: InFlightLimits = field(init=False)
 
@@ -80,6 +77,8 @@ class ApiContext:
         self.fanout = Fanout(self.executor.store, keepalive=self.keepalive_seconds)
         self.limits = InFlightLimits(self.settings, self.executor.store,
                                      self.executor.open_operation)
+        self.bodies = BodyReader(timeout_seconds=self.settings.body_read_timeout_seconds,
+                                 max_concurrent=self.settings.body_read_max_concurrency)
 
     @property
     def database(self) -> Database:
@@ -174,9 +173,14 @@ def error_response(exc: BaseException) -> JSONResponse:
     if isinstance(exc, ProvisioningError):
         if isinstance(exc, EngineError):
             logger.warning("graph engine: %s", exc.message)
+        headers = {}
+        if isinstance(exc, ServiceUnavailable):
+            headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        if closes_connection(exc):
+            headers["Connection"] = "close"
         # The customer's sentence: an engine's own text (paths, its message) stays in the log.
         return JSONResponse({**exc.to_dict(), "message": describe(exc)},
-                            status_code=exc.status_code)
+                            status_code=exc.status_code, headers=headers)
     if is_outage(exc):
         down = what_is_down(exc)
         metrics.OUTAGES.labels("database" if down == "database" else "event_store").inc()
@@ -187,44 +191,3 @@ def error_response(exc: BaseException) -> JSONResponse:
     logger.error("unexpected error", exc_info=exc)
     return JSONResponse({"error": "internal_error", "message": "an unexpected error; it has "
                          "been logged", "field": None}, status_code=500)
-
-
-async def read_body(request: Request, *, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The raw body, refused with 413 past ``limit`` bytes (announced or actually sent)."""
-    announced = request.headers.get("content-length")
-    if announced is not None and announced.isdigit() and int(announced) > limit:
-        raise PayloadTooLarge(f"body: larger than {limit} bytes", field="body")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body: larger than {limit} bytes", field="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def read_json(request: Request, *, optional: bool = False) -> dict[str, Any]:
-    """The body as a JSON object, or 422 naming what is wrong with it (413 when too large); an
-    empty body is ``{}`` where the body is ``optional``."""
-    raw = await read_body(request)
-    if optional and not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw, parse_constant=_refuse_constant)
-    except RecursionError:
-        raise InvalidRequest("body: nested too deeply", field="body") from None
-    except ValueError as exc:
-        raise InvalidRequest(f"body: not valid JSON ({exc})"[:200], field="body") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest(f"body: expected a JSON object, got {type_name(body)}",
-                             field="body")
-    problem = json_problem(body)
-    if problem:
-        field, why = problem
-        raise InvalidRequest(f"{field}: {why}", field=field)
-    return body
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")

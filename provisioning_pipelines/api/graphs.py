@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from provisioning_pipelines.api.context import ApiContext, guard, read_json
+from provisioning_pipelines.api.context import ApiContext, guard
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows import (
     REACTIVATION_FLOW,
@@ -42,7 +42,7 @@ def routes(api: ApiContext) -> list[Route]:
             return user
 
         user = await run_in_threadpool(visible)
-        body = await read_json(request)
+        body = await api.bodies.read_json(request)
         name = subgraphs.validate_subgraph_name(body.get("name"))
         description = validation.text(body.get("description"), "description",
                                       max_length=graph_requests.MAX_DESCRIPTION_LENGTH,

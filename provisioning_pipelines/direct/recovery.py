@@ -11,7 +11,8 @@ net for when no API process is up.
 
 The sweeper removes what failures leave on disk (``services/upkeep/housekeeping.py``: temp files and
 half-written copies, fork workspaces, sidecars of nothing, orphans) and finishes live graphs'
-unfinished checkpoints, at start-up and every ``sweep_interval`` seconds.
+unfinished checkpoints, and removes billing event records past their retention, at start-up and
+every ``sweep_interval`` seconds.
 
 The billing courier sends the outbox (cancellations and reactivations decided here) to the
 billing system every ``billing_interval`` seconds (``services/billing/outbound.py``), with direct
@@ -45,13 +46,14 @@ class Recovery:
 
     def __init__(self, executor: DirectExecutor, *, interval: float, grace_seconds: float,
                  sweep_interval: float, stray_age_seconds: float,
-                 billing_interval: float = 0) -> None:
+                 billing_interval: float = 0, webhook_retention_days: float = 30) -> None:
         self.executor = executor
         self.billing_interval = billing_interval
         self.interval = interval
         self.grace_seconds = grace_seconds
         self.sweep_interval = sweep_interval
         self.stray_age_seconds = stray_age_seconds
+        self.webhook_retention_days = webhook_retention_days
         self.resumed = 0
         self._running: set[str] = set()
         policy = executor.resources["policy"].get()
@@ -175,6 +177,9 @@ class Recovery:
     def sweep(self) -> housekeeping.SweepReport:
         resources = self.executor.resources
         backups = resources["backups"].get() if "backups" in resources else None
+        with self._database.session() as session:
+            housekeeping.remove_old_webhook_events(
+                session, retention_days=self.webhook_retention_days)
         with self._database.session() as session:
             return housekeeping.sweep(
                 session, resources["graph_engine"].graph_data_dir,

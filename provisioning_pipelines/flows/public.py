@@ -80,7 +80,7 @@ def describe(exc: BaseException) -> str:
 def detail(exc: BaseException) -> str:
     """The raw one line, for the log and the operator's tools only."""
     if isinstance(exc, ProvisioningError):
-        return exc.message
+        return str(exc)  # an engine error's whole text (its ``message`` is redacted)
     return f"{type(exc).__name__}: {exc}"
 
 

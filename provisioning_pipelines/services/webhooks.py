@@ -1,7 +1,8 @@
 """Billing webhooks in Stripe's format: verify, record once, apply, or reject and keep.
 
 The signature is checked with the ``stripe`` package (HMAC-SHA256 over ``"{t}.{raw body}"``,
-300 s tolerance), offline. A delivery that is not genuine, or not JSON at all, is refused (400)
+300 s tolerance), offline, and refused when dated more than the tolerance ahead (the package
+bounds only the past). A delivery that is not genuine, or not JSON at all, is refused (400)
 and nothing is kept. A genuine one is always recorded, under a unique event id in the same
 transaction as the change it causes, so an event is applied exactly once: a redelivery (or ten
 concurrent deliveries) fails the insert and changes nothing, and the endpoint answers 2xx only
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -92,7 +94,21 @@ def verify(payload: bytes, signature: str | None, secret: str) -> Delivery:
                              field="Stripe-Signature") from None
     except UnicodeDecodeError:
         raise InvalidWebhook("body: not UTF-8", field="body") from None
+    ahead = _signed_at(signature) - time.time()
+    if ahead > TOLERANCE_SECONDS:
+        raise InvalidWebhook(f"Stripe-Signature: signed {ahead:.0f} s in the future; more than "
+                             f"the {TOLERANCE_SECONDS} s tolerance", field="Stripe-Signature")
     return read(raw)
+
+
+def _signed_at(signature: str) -> float:
+    """The header's ``t=``, which the ``stripe`` package bounds in the past only: a signature
+    dated ahead would otherwise stay replayable until that date plus the tolerance."""
+    for item in signature.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t" and value.isascii() and value.isdigit():
+            return int(value)
+    raise InvalidWebhook("Stripe-Signature: no timestamp", field="Stripe-Signature")
 
 
 def read(raw: str) -> Delivery:

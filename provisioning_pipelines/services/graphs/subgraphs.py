@@ -30,7 +30,7 @@ from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.graphs.states import GRAPH
 from provisioning_pipelines.storage.models import Graph, GraphHost, GraphUser, User
 
-SUBGRAPH_NAME = re.compile(r"^[a-zA-Z0-9]{1,20}$")
+SUBGRAPH_NAME = re.compile(r"[a-zA-Z0-9]{1,20}")
 
 
 def validate_subgraph_name(name: Any) -> str:

@@ -1,5 +1,6 @@
-"""Sweeping what failures leave on disk: temp files, fork workspaces, unfinished checkpoints,
-sidecars of nothing, and graph files no row owns.
+"""Sweeping what failures leave on disk (temp files, fork workspaces, unfinished checkpoints,
+sidecars of nothing, and graph files no row owns), and billing events older than their
+retention.
 
 A database file is made as a hidden temp file and published by a link, and a graph's row is
 committed before its file is made, so after a crash the leftovers are easy to tell apart: a temp
@@ -14,6 +15,9 @@ What is live is never removed: a live graph's sidecars stay where they are, and 
 checkpoint did not finish (a ``.shadow`` left by a full disk, which stops every read of it) is
 *recovered* by the engine, which takes the file's write lock first, so a writer at work is
 waited for, never disturbed.
+
+A billing event's record exists to make a redelivery a no-op; past ``WEBHOOK_RETENTION_DAYS``
+it is removed (``remove_old_webhook_events``).
 """
 
 from __future__ import annotations
@@ -26,22 +30,23 @@ import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import EngineError
 from provisioning_pipelines.services.graphs.states import GRAPH
 from provisioning_pipelines.storage.ladybug import LadybugEngine, sidecars
 from provisioning_pipelines.storage.ladybug.files import SIDECAR_PREFIXES, recovery_pending
-from provisioning_pipelines.storage.models import Graph, GraphHost
+from provisioning_pipelines.storage.models import Graph, GraphHost, WebhookEvent
 
 logger = logging.getLogger("provisioning_pipelines.housekeeping")
 
 QUARANTINE = ".quarantine"
-_TEMP = re.compile(r"^\..+\.lbug\.[0-9a-f]{12}\.tmp$")
-_FORK_WORKSPACE = re.compile(r"^\.fork-.+")
+_TEMP = re.compile(r"\..+\.lbug\.[0-9a-f]{12}\.tmp")
+_FORK_WORKSPACE = re.compile(r"\.fork-.+")
 #: ``<database>.lbug.<sidecar>``: what LadybugDB keeps beside a file (``files.sidecars``).
 _SIDECAR = re.compile(r"^(?P<database>[^.].*\.lbug)\.(?:" + "|".join(SIDECAR_PREFIXES)
                       + r")")
@@ -96,10 +101,10 @@ def sweep(session: Session, graph_data_dir: Path, *, min_age_seconds: float,
             if not _old(entry, now, min_age_seconds):
                 continue
             name = entry.name
-            if entry.is_file() and _TEMP.match(name):
+            if entry.is_file() and _TEMP.fullmatch(name):
                 _remove(entry)
                 report.temp_files_removed += 1
-            elif entry.is_dir() and _FORK_WORKSPACE.match(name):
+            elif entry.is_dir() and _FORK_WORKSPACE.fullmatch(name):
                 shutil.rmtree(entry, ignore_errors=True)
                 report.fork_workspaces_removed += 1
             elif entry.is_file() and entry.suffix == ".lbug" and not name.startswith(".") \
@@ -145,7 +150,7 @@ def _copy_folders(graph_data_dir: Path, backup_dir: Path | None) -> list[Path]:
 def _remove_stale_temps(folder: Path, now: float, min_age_seconds: float) -> int:
     removed = 0
     for entry in folder.iterdir():
-        if entry.is_file() and _TEMP.match(entry.name) and _old(entry, now, min_age_seconds):
+        if entry.is_file() and _TEMP.fullmatch(entry.name) and _old(entry, now, min_age_seconds):
             _remove(entry)
             removed += 1
     return removed
@@ -178,3 +183,27 @@ def _quarantine(path: Path, *, with_sidecars: bool = True) -> None:
     for extra in [path, *(sidecars(path) if with_sidecars else [])]:
         with contextlib.suppress(FileNotFoundError):
             extra.rename(folder / f"{extra.name}.{stamp}")
+
+
+def remove_old_webhook_events(session: Session, *, retention_days: float,
+                              now: datetime | None = None) -> int:
+    """Remove the records of billing events received more than ``retention_days`` ago; the
+    number removed.
+
+    A record is what makes a redelivery a duplicate, so removing it lets the same event id be
+    applied again. Past the retention that does not happen by accident: Stripe retries a
+    delivery for up to three days (the setting's floor) and lists only the last 30 days of
+    events (the default here), so it sends nothing older; and a body replayed by anyone else
+    carries its old signature, refused past the 300 s tolerance before the dedupe is asked.
+    Even then, an event older than one already applied to its subscription changes nothing
+    (``event_order``).
+    A ``rejected`` event is kept until it is replayed: it is an operator's to look at.
+    """
+    now = now or datetime.now(UTC)
+    removed = session.execute(delete(WebhookEvent).where(
+        WebhookEvent.received_at < now - timedelta(days=retention_days),
+        WebhookEvent.status != "rejected")).rowcount
+    if removed:
+        logger.info("housekeeping: removed %d billing event records older than %g days",
+                    removed, retention_days)
+    return int(removed or 0)

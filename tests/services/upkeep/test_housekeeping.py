@@ -4,12 +4,17 @@ young or owned is touched."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from dagster import DagsterInstance
+from sqlalchemy import select, update
 
 from provisioning_pipelines.flows import (
     DELETION_FLOW,
@@ -17,9 +22,12 @@ from provisioning_pipelines.flows import (
     DeletionConfig,
     SubscriptionConfig,
 )
+from provisioning_pipelines.services import webhooks
 from provisioning_pipelines.services.upkeep import housekeeping
 from provisioning_pipelines.storage.db import Database, get_database
 from provisioning_pipelines.storage.ladybug import sidecars
+from provisioning_pipelines.storage.models import WebhookEvent
+from tests.api.helpers import make_api
 from tests.conftest import make_resources
 from tests.factories import new_customer, paid_graph_subscription
 from tests.flows.helpers import run_direct
@@ -131,3 +139,49 @@ def test_a_file_at_a_deleted_graphs_place_is_an_orphan(
         report = housekeeping.sweep(session, graph_dir, min_age_seconds=600)
 
     assert report.orphans_quarantined == [str(again)] and not again.exists()
+
+
+def record_event(database: Database, event_id: str, *, days_ago: float,
+                 body: dict[str, Any] | None = None) -> str:
+    """A billing event recorded as the webhook does, received ``days_ago``."""
+    raw = json.dumps(body or {"id": event_id, "type": "charge.refunded", "created": 1,
+                              "data": {"object": {}}})
+    with database.session() as session:
+        applied = webhooks.record_and_apply(session, webhooks.read(raw))
+        session.execute(update(WebhookEvent).where(WebhookEvent.id == applied.event_id)
+                        .values(received_at=datetime.now(UTC) - timedelta(days=days_ago)))
+    return applied.event_id
+
+
+def event_ids(database: Database) -> set[str]:
+    with database.session() as session:
+        return set(session.scalars(select(WebhookEvent.id)))
+
+
+def test_billing_events_past_their_retention_are_removed_and_rejected_ones_kept(
+    database: Database,
+) -> None:
+    old = record_event(database, "evt_old", days_ago=31)
+    young = record_event(database, "evt_young", days_ago=29)
+    rejected = record_event(database, "evt_rejected", days_ago=90,
+                            body={"id": "evt_rejected", "type": "x", "data": "not an object"})
+
+    with database.session() as session:
+        removed = housekeeping.remove_old_webhook_events(session, retention_days=30)
+
+    assert removed == 1
+    assert old not in event_ids(database)
+    assert {young, rejected} <= event_ids(database)
+
+
+def test_the_api_process_sweeper_removes_them_after_webhook_retention_days(
+    database: Database, resources: dict[str, Any], dagster_instance: DagsterInstance,
+) -> None:
+    app, executor = make_api(database, resources, dagster_instance, WEBHOOK_RETENTION_DAYS=5)
+    old = record_event(database, "evt_six_days", days_ago=6)
+    young = record_event(database, "evt_four_days", days_ago=4)
+
+    app.state.recovery.sweep()
+    executor.close()
+
+    assert old not in event_ids(database) and young in event_ids(database)
