@@ -1,4 +1,5 @@
-"""Sweeping what crashes leave on disk: temp files, fork workspaces, graph files no row owns.
+"""Sweeping what crashes leave on disk (temp files, fork workspaces, graph files no row owns)
+and what time leaves in the database (expired browser sessions).
 
 A database file is made as a hidden temp file and published by a link, and a graph's row is
 committed before its file is made, so after a crash the leftovers are easy to tell apart: a temp
@@ -6,6 +7,7 @@ file or a fork workspace older than ``min_age_seconds`` belongs to no live call,
 file that no graph row names is an orphan. Temp files and workspaces are removed; orphans are
 moved to ``<host folder>/.quarantine/`` (with their sidecars), not deleted, so an operator can
 look before they go. The age keeps a sweep from touching the work of a call still running.
+An expired session's row is refused anyway; removing it only keeps the table small.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from provisioning_pipelines.services.access import sessions
 from provisioning_pipelines.storage.ladybug import sidecars
 from provisioning_pipelines.storage.models import Graph, GraphHost
 
@@ -37,6 +40,7 @@ class SweepReport:
     temp_files_removed: int = 0
     fork_workspaces_removed: int = 0
     orphans_quarantined: list[str] = field(default_factory=list)
+    sessions_removed: int = 0
 
     @property
     def anything(self) -> bool:
@@ -55,7 +59,8 @@ def host_folders(session: Session, graph_data_dir: Path) -> list[Path]:
 
 def sweep(session: Session, graph_data_dir: Path, *, min_age_seconds: float,
           now: float | None = None) -> SweepReport:
-    """Remove stale temp files and fork workspaces, quarantine graph files without a row."""
+    """Remove stale temp files and fork workspaces, quarantine graph files without a row,
+    delete expired browser sessions."""
     now = time.time() if now is None else now
     owned = {os.path.realpath(path) for path in session.scalars(select(Graph.database_path))}
     report = SweepReport()
@@ -77,11 +82,14 @@ def sweep(session: Session, graph_data_dir: Path, *, min_age_seconds: float,
                   and os.path.realpath(entry) not in owned):
                 _quarantine(entry)
                 report.orphans_quarantined.append(str(entry))
+    report.sessions_removed = sessions.remove_expired(session, now=now)
     if report.anything:
         logger.warning("housekeeping: removed %d temp files and %d fork workspaces, "
                        "quarantined %d graph files no row owns: %s",
                        report.temp_files_removed, report.fork_workspaces_removed,
                        len(report.orphans_quarantined), report.orphans_quarantined)
+    if report.sessions_removed:
+        logger.info("housekeeping: removed %d expired browser sessions", report.sessions_removed)
     return report
 
 

@@ -1,0 +1,105 @@
+"""Cross-site request forgery from the same site, in a real browser.
+
+``SameSite=Strict`` is per *site*, and a site is a registrable domain or an IP address: a page on
+another port of the same host (or a sibling subdomain) is the same site, so the browser sends the
+session cookie with its requests. Such a page tries to make a subgraph on the victim's graph,
+once with ``fetch`` (``text/plain``, no preflight) and once with a plain form; both must be
+refused, and the same request from the app's own page must work.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from provisioning_pipelines.services.billing.events import billing_event
+from tests.api.helpers import Api
+from tests.api.test_page import browser, expect  # noqa: F401  (browser is a fixture)
+from tests.factories import new_customer, paid_graph_subscription
+
+FETCH_PAGE = """<!doctype html><title>prize</title><script>
+fetch("{target}", {{method: "POST", mode: "no-cors", credentials: "include",
+  headers: {{"Content-Type": "text/plain"}}, body: '{{"name": "byfetch"}}'}});
+</script>"""
+# A text/plain form sends "name=value": the name closes a JSON object the value completes.
+FORM_PAGE = """<!doctype html><title>prize</title>
+<form method="POST" enctype="text/plain" action="{target}">
+<input type="hidden" name='{{"name": "byform", "x": "' value='"}}'></form>
+<script>document.forms[0].submit()</script>"""
+
+
+@contextmanager
+def attacker_site(pages: dict[str, str]) -> Iterator[str]:
+    """Another HTTP server on another port of 127.0.0.1, serving the given pages."""
+
+    class Pages(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = pages.get(self.path, "").encode()
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Pages)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_page_on_another_port_cannot_make_a_subgraph_with_the_victims_cookie(
+    postgres_api: Api, browser: Any,  # noqa: F811
+) -> None:
+    api = postgres_api
+    victim = new_customer(api.database, email=f"victim-{uuid.uuid4().hex[:8]}@example.com")
+    sub_id = paid_graph_subscription(api.database, victim, paid=False,
+                                     plan_name="ladybug-large")
+    assert api.deliver(billing_event(sub_id, event_id=f"evt_{sub_id}")).status_code == 200
+    graph_id = api.wait_status(victim.api_key, sub_id, "active")["resource_id"]
+    target = f"{api.url}/v1/graphs/{graph_id}/subgraphs"
+
+    context = browser.new_context()
+    app = context.new_page()
+    app.goto(f"{api.url}/")
+    app.fill("#api-key", victim.api_key)
+    app.click("#sign-in form button[type=submit]")
+    app.wait_for_selector("#signed-in:not([hidden])")
+
+    statuses: list[int] = []
+    with attacker_site({"/fetch": FETCH_PAGE.format(target=target),
+                        "/form": FORM_PAGE.format(target=target)}) as evil:
+        assert evil.split(":")[-1] != api.url.split(":")[-1]
+        page = context.new_page()
+        for path in ("/fetch", "/form"):
+            with page.expect_response(lambda r: r.url == target
+                                      and r.request.method == "POST") as answer:
+                page.goto(f"{evil}{path}")
+            statuses.append(answer.value.status)
+        sent = answer.value.request.all_headers()
+        shown = page.inner_text("body")
+
+    # The browser sends the victim's cookie along (403, not 401: the cookie was there), so only
+    # the server's check of where the request comes from stands in the way.
+    assert statuses == [403, 403]
+    assert "pp_session=" in sent["cookie"] and sent["origin"] == evil
+    assert "Origin" in shown and evil in shown
+
+    # The same request from the app's own page works.
+    app.fill("#subgraph-name", "mine")
+    app.click("#subgraph-form button[type=submit]")
+    expect(app.locator("#watch-status")).to_have_text("completed", timeout=30_000)
+    context.close()
+    with api.client(victim.api_key) as client:
+        [graph] = client.get("/v1/graphs").json()["graphs"]
+    assert [subgraph["name"] for subgraph in graph["subgraphs"]] == ["mine"]
