@@ -151,7 +151,10 @@ class Settings(BaseSettings):
         be signed with a key derived from the webhook secret)."""
         if self.embedded:
             return
-        where = "DATABASE_URL is PostgreSQL" if not self.redis_url else "REDIS_URL is set"
+        where = " and ".join(
+            ([] if self.resolved_database_url.startswith("sqlite") else ["DATABASE_URL is "
+                                                                          "PostgreSQL"])
+            + (["REDIS_URL is set"] if self.redis_url else []))
         if self.billing_webhook_secret == DEVELOPMENT_WEBHOOK_SECRET:
             raise SettingsError(
                 "invalid settings: BILLING_WEBHOOK_SECRET: the local development default cannot "

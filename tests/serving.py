@@ -50,6 +50,8 @@ def server_env(tmp_path: Path, **settings: Any) -> dict[str, str]:
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
            "DATA_DIR": str(tmp_path / "data"), "BILLING_WEBHOOK_SECRET": SECRET,
            "SESSION_SECRET": SESSION_SECRET, "GRAPH_DATA_DIR": str(tmp_path / "graphs")}
+    if os.environ.get("PYTHONPATH"):  # the tree under test, not only the installed one
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     env.update({key: str(value) for key, value in settings.items()})
     return env
 

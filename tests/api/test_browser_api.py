@@ -30,8 +30,10 @@ def test_a_session_cookie_signs_a_browser_in_and_out(api: Api) -> None:
         cookie = signed.headers["set-cookie"]
         mine = browser.get("/v1/subscriptions")
         me = browser.get("/v1/session").json()
+        token = browser.cookies["pp_session"]
         browser.delete("/v1/session")
         after = browser.get("/v1/subscriptions")
+        replayed = browser.get("/v1/subscriptions", headers={"Cookie": f"pp_session={token}"})
 
     assert refused.status_code == 401 and refused.json()["field"] == "api_key"
     assert signed.status_code == 200 and signed.json()["user_id"] == user.user_id
@@ -39,6 +41,7 @@ def test_a_session_cookie_signs_a_browser_in_and_out(api: Api) -> None:
     assert user.api_key not in cookie  # a signed token, never the key
     assert mine.status_code == 200 and me["user_id"] == user.user_id
     assert after.status_code == 401
+    assert replayed.status_code == 401  # the token itself ended, not only the cookie
 
 
 def test_a_forged_or_expired_session_is_refused(api: Api) -> None:

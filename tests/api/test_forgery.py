@@ -9,6 +9,7 @@ refused, and the same request from the app's own page must work.
 
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -16,10 +17,17 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
+import pytest
+from dagster import DagsterInstance
+
+from provisioning_pipelines.errors import SettingsError
 from provisioning_pipelines.services.billing.events import billing_event
-from tests.api.helpers import Api
+from provisioning_pipelines.settings import load_settings
+from provisioning_pipelines.storage.db import Database
+from tests.api.helpers import Api, make_api, serve
 from tests.api.test_page import browser, expect  # noqa: F401  (browser is a fixture)
-from tests.factories import new_customer, paid_graph_subscription
+from tests.factories import graph_request, new_customer, paid_graph_subscription
 
 FETCH_PAGE = """<!doctype html><title>prize</title><script>
 fetch("{target}", {{method: "POST", mode: "no-cors", credentials: "include",
@@ -103,3 +111,71 @@ def test_a_page_on_another_port_cannot_make_a_subgraph_with_the_victims_cookie(
     with api.client(victim.api_key) as client:
         [graph] = client.get("/v1/graphs").json()["graphs"]
     assert [subgraph["name"] for subgraph in graph["subgraphs"]] == ["mine"]
+
+
+def test_a_cookie_write_must_come_from_an_allowed_origin_with_a_json_body(
+    database: Database, resources: dict[str, Any], dagster_instance: DagsterInstance,
+) -> None:
+    """Every refusal names the header; reads, and scripts with their key, are not checked."""
+    console = "https://console.example.com"
+    app, executor = make_api(database, resources, dagster_instance,
+                             CORS_ALLOW_ORIGINS=f"{console}, HTTPS://Other.Example.com:443/")
+    user = new_customer(database)
+    body = json.dumps({"resource_type": "graph", "plan_name": "ladybug-standard",
+                       "graph": graph_request()})
+    as_json = {"Content-Type": "application/json"}
+    with serve(app) as url, httpx.Client(base_url=url) as client:
+        evil = url.rsplit(":", 1)[0] + ":1"  # the same host, another port
+        assert client.post("/v1/session", json={"api_key": user.api_key},
+                           headers={"Origin": evil}).status_code == 403
+        assert "pp_session" not in client.cookies  # no page elsewhere signs a browser in
+        signed = client.post("/v1/session", json={"api_key": user.api_key},
+                             headers={"Origin": url})
+        assert signed.status_code == 200
+
+        def create(**headers: str) -> httpx.Response:
+            return client.post("/v1/subscriptions", content=body, headers=headers)
+
+        refused = {
+            "another port": create(Origin=evil, **as_json),
+            "opaque origin": create(Origin="null", **as_json),
+            "another scheme": create(Origin=url.replace("http:", "https:"), **as_json),
+            "same site": create(**{"Sec-Fetch-Site": "same-site"}, **as_json),
+            "nothing said": create(**as_json),
+            "text/plain": create(Origin=url, **{"Content-Type": "text/plain"}),
+            "no type": create(Origin=url),
+        }
+        accepted = {
+            "own origin": create(Origin=url, **{"Content-Type": "application/json; charset=utf-8"}),
+            "same-origin fetch": create(**{"Sec-Fetch-Site": "same-origin"}, **as_json),
+            "named origin": create(Origin=console, **as_json),
+            "named, normalized": create(Origin="https://other.example.com", **as_json),
+            "a script's key": client.post("/v1/subscriptions", content=body, headers={
+                "Authorization": f"Bearer {user.api_key}", "Origin": evil,
+                "Content-Type": "text/plain"}),
+        }
+        read = client.get("/v1/subscriptions", headers={"Origin": evil})
+        not_signed_in = httpx.post(f"{url}/v1/subscriptions", content=body,
+                                   headers={"Origin": evil, **as_json})
+        signed_out_elsewhere = client.delete("/v1/session", headers={"Origin": evil})
+    executor.close()
+
+    assert {why: (a.status_code, a.json()["field"]) for why, a in refused.items()} == {
+        "another port": (403, "Origin"), "opaque origin": (403, "Origin"),
+        "another scheme": (403, "Origin"), "same site": (403, "Sec-Fetch-Site"),
+        "nothing said": (403, "Origin"), "text/plain": (415, "Content-Type"),
+        "no type": (415, "Content-Type")}
+    assert evil in refused["another port"].json()["message"]
+    assert "CORS_ALLOW_ORIGINS" in refused["another port"].json()["message"]
+    assert {why: a.status_code for why, a in accepted.items()} == dict.fromkeys(accepted, 201)
+    assert read.status_code == 200 and len(read.json()["subscriptions"]) == len(accepted)
+    assert not_signed_in.status_code == 401  # no cookie, nothing to forge: the usual answer
+    assert signed_out_elsewhere.status_code == 403
+
+
+def test_a_wildcard_or_a_path_in_cors_allow_origins_stops_start_up() -> None:
+    for value in ("*", "https://*.example.com", "https://console.example.com/app", "console"):
+        with pytest.raises(SettingsError, match="CORS_ALLOW_ORIGINS"):
+            load_settings(CORS_ALLOW_ORIGINS=value)
+    assert load_settings(CORS_ALLOW_ORIGINS="https://A.example.com:443, http://b:8080/"
+                         ).cors_origins == ["https://a.example.com", "http://b:8080"]

@@ -8,9 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from provisioning_pipelines.flows import GRAPH_FLOW, SubscriptionConfig
+from provisioning_pipelines.services.access import sessions
+from provisioning_pipelines.services.access.accounts import Identity
 from provisioning_pipelines.services.upkeep import housekeeping
 from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.models import BrowserSession
 from tests.factories import new_customer, paid_graph_subscription
 from tests.flows.helpers import run_direct
 
@@ -53,3 +58,22 @@ def test_a_sweep_takes_only_what_is_stale_and_keeps_what_a_row_owns(
         "kg2222222222222222"]
     assert (report.temp_files_removed, report.fork_workspaces_removed,
             report.orphans_quarantined) == (1, 1, [str(orphan)])
+
+
+def test_a_sweep_removes_expired_browser_sessions_and_keeps_live_ones(
+    database: Database, graph_dir: Path,
+) -> None:
+    user = new_customer(database)
+    identity = Identity(user_id=user.user_id, email="x@example.com")
+    with database.session() as session:
+        expired = sessions.sign_in(session, identity, "secret",
+                                   now=time.time() - sessions.SESSION_SECONDS - 60)
+        live = sessions.sign_in(session, identity, "secret")
+
+    with database.session() as session:
+        report = housekeeping.sweep(session, graph_dir, min_age_seconds=600)
+    with database.session() as session:
+        left = set(session.scalars(select(BrowserSession.id)))
+
+    assert report.sessions_removed == 1
+    assert left == {live.split(".")[0]} and expired.split(".")[0] not in left
