@@ -68,6 +68,13 @@ class PaymentRequired(ProvisioningError):
     retryable = False
 
 
+class TooManyInFlight(ProvisioningError):
+    """A user already has as much of one kind of work running as a limit allows."""
+
+    status_code = 429
+    code = "too_many_in_flight"
+
+
 class CapacityExhausted(ProvisioningError):
     """No host of the tier has a free slot: retryable once capacity is added."""
 

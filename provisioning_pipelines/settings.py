@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     graph_data_dir: Path | None = Field(None, validation_alias="GRAPH_DATA_DIR")
     redis_url: str | None = Field(None, validation_alias="REDIS_URL")
     redis_key_prefix: str = Field(DEFAULT_KEY_PREFIX, validation_alias="REDIS_KEY_PREFIX")
+    redis_require_persistence: bool = Field(False, validation_alias="REDIS_REQUIRE_PERSISTENCE")
     dagster_home: Path | None = Field(None, validation_alias="DAGSTER_HOME")
     dagster_webserver_url: str = Field(
         "http://127.0.0.1:3000", validation_alias="DAGSTER_WEBSERVER_URL"
@@ -99,6 +100,15 @@ class Settings(BaseSettings):
     )
     graph_templates_enabled: bool = Field(True, validation_alias="GRAPH_TEMPLATES_ENABLED")
     local_host_capacity: PositiveInt | None = Field(None, validation_alias="LOCAL_HOST_CAPACITY")
+    max_restores_in_flight: PositiveInt = Field(
+        2, validation_alias="MAX_RESTORES_IN_FLIGHT_PER_USER"
+    )
+    max_backups_in_flight: PositiveInt = Field(
+        3, validation_alias="MAX_BACKUPS_IN_FLIGHT_PER_USER"
+    )
+    max_subgraph_creations_in_flight: PositiveInt = Field(
+        5, validation_alias="MAX_SUBGRAPH_CREATIONS_IN_FLIGHT_PER_USER"
+    )
 
     @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home",
                      "session_secret", "backup_dir", mode="before")

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from provisioning_pipelines import metrics
+from provisioning_pipelines.api.limits import InFlightLimits
 from provisioning_pipelines.api.same_origin import check_browser_write
 from provisioning_pipelines.direct import DirectExecutor, ProvisioningResult
 from provisioning_pipelines.errors import (
@@ -73,8 +74,13 @@ class ApiContext:
     #: Every SSE stream of this process reads through it: one store reader per operation.
     fanout: Fanout = field(init=False)
 
+    #: Per-user bounds on the unpaid work started through the API.
+    limits: InFlightLimits = field(init=False)
+
     def __post_init__(self) -> None:
         self.fanout = Fanout(self.executor.store, keepalive=self.keepalive_seconds)
+        self.limits = InFlightLimits(self.settings, self.executor.store,
+                                     self.executor.open_operation)
 
     @property
     def database(self) -> Database:
@@ -130,8 +136,7 @@ class ApiContext:
             return user, flow, config, extra
 
         user, flow, config, extra = await run_in_threadpool(checked)
-        operation_id = await run_in_threadpool(self.executor.open_operation,
-                                               flow.operation_kind, user.user_id)
+        operation_id = await self.limits.open(flow.operation_kind, user.user_id)
         self.start(self.executor.run, flow, config, operation_id=operation_id)
         return JSONResponse({"operation_id": operation_id, **extra}, status_code=202)
 
@@ -204,9 +209,12 @@ async def read_body(request: Request, *, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(request: Request) -> dict[str, Any]:
-    """The body as a JSON object, or 422 naming what is wrong with it (413 when too large)."""
+async def read_json(request: Request, *, optional: bool = False) -> dict[str, Any]:
+    """The body as a JSON object, or 422 naming what is wrong with it (413 when too large); an
+    empty body is ``{}`` where the body is ``optional``."""
     raw = await read_body(request)
+    if optional and not raw.strip():
+        return {}
     try:
         body = json.loads(raw, parse_constant=_refuse_constant)
     except RecursionError:

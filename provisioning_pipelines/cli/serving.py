@@ -19,10 +19,11 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
-from provisioning_pipelines.errors import InvalidRequest
+from provisioning_pipelines.errors import InvalidRequest, ServiceUnavailable
 from provisioning_pipelines.settings import Settings, get_settings
 
 logger = logging.getLogger("provisioning_pipelines.serve")
@@ -42,11 +43,27 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> int:
     settings.check_serving()
     if settings.database_url is None:
         upgrade_once(settings.resolved_database_url)
+    if settings.redis_url:
+        _check_redis(settings)
     settings.prepare_dagster_home()
     _configure_logging(workers)
     if workers == 1:
         return run_worker(settings, host=host, port=port)
     return _supervise(_listeners(host, port, workers))
+
+
+def _check_redis(settings: Settings) -> None:
+    """Refuse to serve on a Redis that may drop open operations; warn about one that forgets
+    them on a restart (``storage/events/durability.py``)."""
+    from provisioning_pipelines.storage.events.durability import check_durability
+
+    assert settings.redis_url is not None
+    found = check_durability(settings.redis_url,
+                             require_persistence=settings.redis_require_persistence)
+    for warning in found.warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    if found.refused:
+        raise ServiceUnavailable("; ".join(found.refused))
 
 
 def _listeners(host: str, port: int, count: int) -> list[socket.socket]:

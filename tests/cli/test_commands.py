@@ -222,6 +222,8 @@ def test_a_graphs_life_from_the_command_line(tmp_path: Path) -> None:
 
     backup_id = json.loads(run("graphs", "backup", graph_id).stdout)["backup_id"]
     assert run("graphs", "backups", graph_id).stdout.split()[0] == backup_id
+    restored = json.loads(run("graphs", "restore-backup", graph_id, backup_id).stdout)
+    assert (restored["graph_id"], restored["status"]) == (graph_id, "active")
     suspended = json.loads(run("graphs", "delete", graph_id).stdout)
     assert (suspended["status"], suspended["changed"]) == ("suspended", True)
     assert "deleted after" in run("graphs", "list", "--status", "suspended").stdout
@@ -234,11 +236,11 @@ def test_a_graphs_life_from_the_command_line(tmp_path: Path) -> None:
     again = cli("subscriptions", "cancel", sub_id, env=env)
     assert again.returncode == 2 and "cancelled already" in again.stderr
 
-    restored = json.loads(run("graphs", "restore-backup", graph_id, backup_id).stdout)
-    assert restored["status"] == "active" and restored["graph_id"] != graph_id
+    unpaid = cli("graphs", "restore-backup", graph_id, backup_id, env=env)
+    assert unpaid.returncode == 2 and "--into" not in unpaid.stderr
+    assert "into_graph_id" in unpaid.stderr and "new, paid subscription" in unpaid.stderr
     listed = run("graphs", "list").stdout.splitlines()
-    assert {line.split()[0]: line.split()[1] for line in listed} == {
-        graph_id: "deleted", restored["graph_id"]: "active"}
+    assert {line.split()[0]: line.split()[1] for line in listed} == {graph_id: "deleted"}
 
 
 def test_a_full_tier_queues_and_hosts_add_provisions_the_queue_in_order(

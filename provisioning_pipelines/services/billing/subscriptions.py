@@ -257,6 +257,12 @@ def raise_invoice(session: Session, subscription: Subscription | Row[Any]) -> In
 # --- reading subscriptions ----------------------------------------------------------------------
 
 
+def reported_by(session: Session, operation_id: str, user_id: str) -> Subscription | None:
+    """The user's subscription whose provisioning ``operation_id`` reports, if any."""
+    return session.scalar(select(Subscription).where(
+        Subscription.operation_id == operation_id, Subscription.user_id == user_id))
+
+
 def summary(subscription: Subscription) -> dict[str, Any]:
     """A subscription as the API, the CLI and a launched run's result show it."""
     return {"subscription_id": subscription.id, "status": subscription.status,

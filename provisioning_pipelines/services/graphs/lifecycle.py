@@ -295,6 +295,16 @@ def out_of_step(session: Session, *, now: datetime, limit: int = 100) -> list[di
     return found
 
 
+def unpaid_graphs(session: Session, *, limit: int = 100) -> list[str]:
+    """Active top-level graphs no subscription pays for: those an earlier version's restores
+    made as new graphs. They are suspended like a cancelled one's (and deleted after the grace),
+    so their owner can restore their backups into a graph of a paid subscription."""
+    return list(session.scalars(select(Graph.id).where(
+        Graph.parent_graph_id.is_(None), Graph.status == "active",
+        Graph.subscription_id.is_(None), Graph.tier != "ladybug-shared")
+        .order_by(Graph.id).limit(limit)))
+
+
 def live_graphs(session: Session) -> list[str]:
     """Top-level graphs that are active or suspended: what the daily backups copy."""
     return list(session.scalars(select(Graph.id).where(

@@ -4,8 +4,13 @@ A backup is a copy of the checkpointed file taken while this process holds the f
 handle: LadybugDB lets one process at a time open a file read-write, so nobody writes during the
 copy, and the checkpoint first moves the write-ahead log into the file, so the copy stands alone
 (no WAL needed). The copy is hashed (sha256) once written, and published with a rename, so a
-backup file is whole or absent. A restore copies into a temp file, hashes the copy, and publishes
-it (without overwriting) only if the hash is the manifest's.
+backup file is whole or absent.
+
+A restore replaces a live database: the backup is copied into a temp file beside it and hashed
+(a copy whose sha256 is not the manifest's is thrown away, nothing touched); only then is the
+live file checkpointed (so nothing of it waits in a WAL that would replay onto the new file) and
+the copy renamed over it, its sidecars removed. The old data is whole until the rename, the new
+data whole after it.
 """
 
 from __future__ import annotations
@@ -58,12 +63,10 @@ def verify(backup: Path, checksum: str) -> None:
         raise _damaged(backup, actual, checksum)
 
 
-def restore(backup: Path, checksum: str, destination: Path) -> None:
-    """Make ``destination`` from a backup, hashing what is copied: a copy whose sha256 is not
-    ``checksum`` is thrown away, and nothing is published. A finished restore is kept as is."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    if destination.is_file():
-        return  # restored before (a retry); the database may have been opened since
+def stage(backup: Path, checksum: str, destination: Path) -> Path:
+    """A checked copy of the backup in a temp file beside ``destination`` (which is untouched):
+    a copy whose sha256 is not ``checksum`` is thrown away. The caller swaps it in or removes
+    it; a crash leaves only a temp file, which housekeeping removes."""
     if not backup.is_file():
         raise NotFound(f"backup_id: the backup's file is missing ({backup.name})",
                        field="backup_id")
@@ -73,9 +76,22 @@ def restore(backup: Path, checksum: str, destination: Path) -> None:
         if actual != checksum:
             raise _damaged(backup, actual, checksum)
         files.fsync_file(temp)
-        files.publish(temp, destination)
-    finally:
+    except BaseException:
         files.remove_with_sidecars(temp)
+        raise
+    return temp
+
+
+def swap_in(engine: LadybugEngine, staged: Path, destination: Path) -> None:
+    """Put a staged copy in place of the live database ``destination``: checkpoint the live
+    file, rename the copy over it and remove its sidecars, all under the path's write lock."""
+    with engine.writing(destination) as conn:
+        conn.execute("CHECKPOINT")
+    with files.WRITE_LOCKS.hold(files.lock_key(destination)):
+        os.replace(staged, destination)
+        for extra in files.sidecars(destination):
+            extra.unlink(missing_ok=True)
+        files.fsync_dir(destination.parent)
 
 
 def _damaged(backup: Path, actual: str, expected: str) -> InvalidRequest:
