@@ -20,10 +20,14 @@ from typing import Any
 import httpx
 import pytest
 from dagster import DagsterInstance
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from starlette.requests import Request
 
-from provisioning_pipelines.errors import SettingsError
+from provisioning_pipelines.api.same_origin import check_browser_write
+from provisioning_pipelines.errors import Forbidden, SettingsError
 from provisioning_pipelines.services.billing.events import billing_event
-from provisioning_pipelines.settings import load_settings
+from provisioning_pipelines.settings import load_settings, normalized_origin
 from provisioning_pipelines.storage.db import Database
 from tests.api.helpers import Api, make_api, serve
 from tests.api.test_page import browser, expect  # noqa: F401  (browser is a fixture)
@@ -179,3 +183,37 @@ def test_a_wildcard_or_a_path_in_cors_allow_origins_stops_start_up() -> None:
             load_settings(CORS_ALLOW_ORIGINS=value)
     assert load_settings(CORS_ALLOW_ORIGINS="https://A.example.com:443, http://b:8080/"
                          ).cors_origins == ["https://a.example.com", "http://b:8080"]
+
+
+def cookie_write(headers: dict[str, str], *, host: str = "127.0.0.1:8000") -> Request:
+    """A POST as the ASGI server hands it over (headers are latin-1 bytes there)."""
+    raw = [(b"host", host.encode())] + [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                                        for name, value in headers.items()]
+    return Request({"type": "http", "method": "POST", "scheme": "http", "path": "/v1/x",
+                    "headers": raw, "query_string": b"", "server": ("127.0.0.1", 8000)})
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@example(origin="HTTP://127.0.0.1:8000/", site="cross-site")  # ours, however it is written
+@example(origin="http://127.0.0.1:8001", site="same-origin")  # another port: never ours
+@given(origin=st.text(st.characters(max_codepoint=255), max_size=60)
+       | st.builds("{}://{}:{}".format, st.sampled_from(["http", "https", "HTTP", "ftp"]),
+                   st.sampled_from(["127.0.0.1", "LOCALHOST", "[::1]", "a.example.com"]),
+                   st.integers(0, 70000))
+       | st.sampled_from(["http://127.0.0.1:8000", "HTTP://127.0.0.1:8000/", "null",
+                          "http://127.0.0.1:8000/app", "http://user@127.0.0.1:8000"]),
+       site=st.none() | st.sampled_from(["same-origin", "same-site", "cross-site", "none", ""]))
+def test_any_origin_but_our_own_is_refused_with_a_403_naming_it(origin: str,
+                                                                 site: str | None) -> None:
+    headers = {"Origin": origin, "Content-Type": "application/json"}
+    if site is not None:
+        headers["Sec-Fetch-Site"] = site
+    ours = {"http://127.0.0.1:8000", "https://console.example.com"}
+    try:
+        check_browser_write(cookie_write(headers), ["https://console.example.com"])
+    except Forbidden as refusal:
+        assert refusal.field == "Origin"
+        assert normalized_origin(origin) not in ours
+    else:  # Sec-Fetch-Site never overrules an Origin that is there
+        assert normalized_origin(origin) in ours
+
