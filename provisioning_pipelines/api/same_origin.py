@@ -48,7 +48,8 @@ def check_browser_write(request: Request, allowed: Collection[str]) -> None:
         return
     origin = request.headers.get("origin")
     if origin is not None:
-        if normalized_origin(origin) not in {own_origin(request), *allowed}:
+        trusted = {own_origin(request), *allowed} - {None}
+        if normalized_origin(origin) not in trusted:
             raise Forbidden(f"Origin: {origin[:200]!r} is neither this server's origin nor in "
                             "CORS_ALLOW_ORIGINS; the session cookie is accepted only from the "
                             "app's own pages", field="Origin")

@@ -217,3 +217,10 @@ def test_any_origin_but_our_own_is_refused_with_a_403_naming_it(origin: str,
     else:  # Sec-Fetch-Site never overrules an Origin that is there
         assert normalized_origin(origin) in ours
 
+
+
+def test_an_opaque_origin_is_refused_even_without_a_host_header() -> None:
+    request = cookie_write({"Origin": "null", "Content-Type": "application/json"}, host="")
+    request.scope["headers"] = [h for h in request.scope["headers"] if h[0] != b"host"]
+    with pytest.raises(Forbidden, match="Origin"):
+        check_browser_write(request, [])
