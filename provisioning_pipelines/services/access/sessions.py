@@ -83,9 +83,10 @@ def _genuine(token: str | None, secret: str, *, now: float | None) -> str | None
         return None
     if not expires.isdigit() or len(session_id) > 64:
         return None
-    latest = None if now is None else now + SESSION_SECONDS + CLOCK_LEEWAY_SECONDS
-    if now is not None and latest is not None and not now <= int(expires) <= latest:
-        return None
+    if now is not None:
+        latest = now + SESSION_SECONDS + CLOCK_LEEWAY_SECONDS
+        if not now <= int(expires) <= latest:
+            return None
     return session_id
 
 
