@@ -137,6 +137,7 @@ def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: st
                "DATA_DIR": str(home / "data"), "GRAPH_DATA_DIR": str(home / "graphs"),
                "DATABASE_URL": database_url, "REDIS_URL": redis_url,
                "REDIS_KEY_PREFIX": prefix, "BILLING_WEBHOOK_SECRET": SECRET,
+               "SESSION_SECRET": "session secret of the benchmark",
                "DAGSTER_HOME": str(home / "dagster"), "DAGSTER_PG_URL": dagster_url,
                "LOCAL_HOST_CAPACITY": str(graphs * 2),
                # answer only: what recording a webhook costs with no provisioning beside it

@@ -256,7 +256,9 @@ def main() -> None:
         env = {"PATH": os.environ.get("PATH", ""), "HOME": str(folder),
                "DATA_DIR": str(folder / "data"), "GRAPH_DATA_DIR": str(folder / "graphs"),
                "DATABASE_URL": database_url, "REDIS_URL": args.redis,
-               "REDIS_KEY_PREFIX": prefix, "PROVISIONING_RESUME_INTERVAL_SECONDS": "0"}
+               "REDIS_KEY_PREFIX": prefix, "PROVISIONING_RESUME_INTERVAL_SECONDS": "0",
+               "BILLING_WEBHOOK_SECRET": "whsec_bench_fanout",
+               "SESSION_SECRET": "session secret of the benchmark"}
 
         def show(title: str, result: dict[str, Any]) -> None:
             print(f"  {title:<28} {result['streams']:>6} streams  cut {result['cut']:>4}  "

@@ -99,6 +99,7 @@ def main() -> None:
                "DATA_DIR": str(folder / "data"), "GRAPH_DATA_DIR": str(folder / "graphs"),
                "DATABASE_URL": database_url, "REDIS_URL": args.redis,
                "REDIS_KEY_PREFIX": f"{name}:", "BILLING_WEBHOOK_SECRET": SECRET,
+               "SESSION_SECRET": "session secret of the benchmark",
                "DIRECT_MAX_CONCURRENCY": str(args.in_flight)}
         first, url = start(env, folder / "first.log")
         with ThreadPoolExecutor(args.in_flight) as pool:

@@ -133,6 +133,12 @@ class RequestTimeout(InvalidRequest):
     status_code = 408
     code = "request_timeout"
 
+class UnsupportedMediaType(InvalidRequest):
+    """A body in a form the endpoint does not read (a browser's write must be JSON)."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
 
 class ServiceUnavailable(ProvisioningError):
     """A store this request needs is down; the same request may succeed later (answered 503)."""

@@ -14,6 +14,7 @@ import hmac
 import os
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +23,10 @@ from provisioning_pipelines.errors import SettingsError
 from provisioning_pipelines.storage.defaults import DEFAULT_DATA_DIR, embedded_database_url
 from provisioning_pipelines.storage.events import DEFAULT_KEY_PREFIX, DEFAULT_TTL_SECONDS
 from provisioning_pipelines.storage.ladybug import DEFAULT_BUFFER_POOL_MB
+
+#: The webhook secret's default: fit for the embedded default on one machine, nothing else.
+DEVELOPMENT_WEBHOOK_SECRET = "whsec_local_development_only"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 EMBEDDED_DAGSTER_YAML = """\
 # The embedded Dagster instance: default SQLite storage under this folder.
@@ -51,7 +56,7 @@ class Settings(BaseSettings):
         15.0, validation_alias="DAGSTER_MATERIALIZATION_TIMEOUT"
     )
     billing_webhook_secret: str = Field(
-        "whsec_local_development_only", validation_alias="BILLING_WEBHOOK_SECRET"
+        DEVELOPMENT_WEBHOOK_SECRET, validation_alias="BILLING_WEBHOOK_SECRET"
     )
     stripe_api_key: str | None = Field(None, validation_alias="STRIPE_API_KEY")
     stripe_api_base: str = Field("https://api.stripe.com", validation_alias="STRIPE_API_BASE")
@@ -145,18 +150,65 @@ class Settings(BaseSettings):
             raise ValueError("expected a redis:// URL")
         return value
 
+    @field_validator("cors_allow_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        """Each entry one exact origin, written as a browser sends it (so it can match): a
+        wildcard would let any site's page act with a signed-in user's cookie."""
+        origins = []
+        for entry in (part.strip() for part in value.split(",")):
+            if not entry:
+                continue
+            if "*" in entry:
+                raise ValueError(f"{entry!r}: a wildcard is not allowed; name each origin "
+                                 "(https://console.example.com), as credentials are allowed")
+            origin = normalized_origin(entry)
+            if origin is None:
+                raise ValueError(f"{entry!r} is not an origin: expected scheme://host[:port] "
+                                 "(http or https, no path)")
+            origins.append(origin)
+        return ",".join(origins)
+
+    @property
+    def embedded(self) -> bool:
+        """The embedded default: a SQLite app database and no Redis, one machine's worth.
+        Anything else is a shared deployment, which must not run on development secrets."""
+        return not self.redis_url and self.resolved_database_url.startswith("sqlite")
+
+    def check_serving(self) -> None:
+        """What a server refuses to start with outside the embedded default: the development
+        webhook secret (anyone could sign a payment), and no ``SESSION_SECRET`` (sessions would
+        be signed with a key derived from the webhook secret)."""
+        if self.embedded:
+            return
+        where = " and ".join(
+            ([] if self.resolved_database_url.startswith("sqlite") else ["DATABASE_URL is "
+                                                                          "PostgreSQL"])
+            + (["REDIS_URL is set"] if self.redis_url else []))
+        if self.billing_webhook_secret == DEVELOPMENT_WEBHOOK_SECRET:
+            raise SettingsError(
+                "invalid settings: BILLING_WEBHOOK_SECRET: the local development default cannot "
+                f"be served outside the embedded default ({where}); set the billing "
+                "provider's signing secret")
+        if not self.session_secret:
+            raise SettingsError(
+                "invalid settings: SESSION_SECRET: required outside the embedded default "
+                f"({where}); set a long random secret, the same on every API worker")
+
     @property
     def resolved_session_secret(self) -> str:
-        """Signs browser sessions. Unset: derived from the webhook secret, so every worker with
-        the same configuration accepts the same sessions."""
+        """Signs browser sessions. Unset, and only in the embedded default: derived from the
+        webhook secret, so a fresh checkout works with nothing set."""
         if self.session_secret:
             return self.session_secret
+        if not self.embedded:
+            self.check_serving()  # raises: never derived outside the embedded default
         return hmac.new(self.billing_webhook_secret.encode(), b"browser sessions",
                         hashlib.sha256).hexdigest()
 
     @property
     def cors_origins(self) -> list[str]:
-        return [o.strip() for o in self.cors_allow_origins.split(",") if o.strip()]
+        return [o for o in self.cors_allow_origins.split(",") if o]
 
     @property
     def resolved_database_url(self) -> str:
@@ -187,6 +239,25 @@ class Settings(BaseSettings):
             (home / "dagster.yaml").write_text(EMBEDDED_DAGSTER_YAML)
         os.environ["DAGSTER_HOME"] = str(home)
         return home
+
+
+def normalized_origin(text: str) -> str | None:
+    """``scheme://host[:port]`` as a browser's ``Origin`` header writes it (lower case, no
+    default port), or None for anything else (a path, ``null``, no host)."""
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if (scheme not in _DEFAULT_PORTS or not parts.hostname or parts.username is not None
+            or parts.password is not None or parts.path not in ("", "/") or parts.query
+            or parts.fragment):
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    return f"{scheme}://{host}" + (f":{port}" if port and port != _DEFAULT_PORTS[scheme] else "")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -19,6 +19,7 @@ from tests.conftest import free_port
 
 CLI = str(Path(sys.executable).parent / "provisioning-pipelines")
 SECRET = "whsec_process_tests"
+SESSION_SECRET = "session secret of the process tests"
 
 
 class ServerProcess:
@@ -48,7 +49,9 @@ def server_env(tmp_path: Path, **settings: Any) -> dict[str, str]:
     """The environment of a server process: its own data folder, the given settings."""
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
            "DATA_DIR": str(tmp_path / "data"), "BILLING_WEBHOOK_SECRET": SECRET,
-           "GRAPH_DATA_DIR": str(tmp_path / "graphs")}
+           "SESSION_SECRET": SESSION_SECRET, "GRAPH_DATA_DIR": str(tmp_path / "graphs")}
+    if os.environ.get("PYTHONPATH"):  # the tree under test, not only the installed one
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     env.update({key: str(value) for key, value in settings.items()})
     return env
 

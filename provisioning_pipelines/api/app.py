@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
                *, dagster_instance: Callable[[], DagsterInstance] | None = None,
                keepalive_seconds: float = DEFAULT_KEEPALIVE_SECONDS) -> Starlette:
     settings = settings or get_settings()
+    settings.check_serving()  # no development secrets outside the embedded default
     api = ApiContext(settings=settings, executor=executor or default_executor(),
                      dagster_instance=dagster_instance or functools.cache(DagsterInstance.get),
                      keepalive_seconds=keepalive_seconds)

@@ -4,7 +4,9 @@ Services raise ``ProvisioningError``s; ``guard`` maps them to answers once for e
 and a store that is down to 503 naming it, so a client's mistake is never a 5xx and an outage
 is told as one. A plain (non-async) endpoint runs in the thread pool, so SQL and Redis calls
 never block the event loop. Bodies are read within bounds of size, time and number
-(``api/bodies.py``), after authentication.
+(``api/bodies.py``), after authentication. Authentication is ``user_of``, and so is the one rule
+for browsers: a write authenticated by the session cookie must come from an allowed origin with
+a JSON body (``same_origin.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from provisioning_pipelines import metrics
 from provisioning_pipelines.api.bodies import BodyReader, closes_connection
 from provisioning_pipelines.api.limits import InFlightLimits
+from provisioning_pipelines.api.same_origin import check_browser_write
 from provisioning_pipelines.direct import DirectExecutor, ProvisioningResult
 from provisioning_pipelines.errors import (
     EngineError,
@@ -34,7 +37,7 @@ from provisioning_pipelines.errors import (
 )
 from provisioning_pipelines.flows import Flow
 from provisioning_pipelines.flows.public import describe
-from provisioning_pipelines.services.access import accounts
+from provisioning_pipelines.services.access import accounts, sessions
 from provisioning_pipelines.services.access.accounts import Identity
 from provisioning_pipelines.services.provisioning import leases
 from provisioning_pipelines.settings import Settings
@@ -140,18 +143,26 @@ class ApiContext:
 
     def user_of(self, request: Request) -> Identity:
         """The caller, from ``Authorization: Bearer <api key>`` or a browser's session cookie;
-        401 otherwise."""
+        401 otherwise. A write with the cookie is first checked for where it comes from."""
         header = request.headers.get("authorization", "")
         key = header[7:].strip() if header.lower().startswith("bearer ") else None
+        token = request.cookies.get(SESSION_COOKIE)
+        if key is None and token:
+            self.check_browser(request)
         with self.database.session() as session:
             if key is not None:
                 user = accounts.authenticate(session, key)
             else:
-                user = accounts.session_user(session, request.cookies.get(SESSION_COOKIE),
+                user = sessions.session_user(session, token,
                                              self.settings.resolved_session_secret)
         if user is None:
             raise Unauthorized("Authorization: a valid 'Bearer <api key>' is required")
         return user
+
+    def check_browser(self, request: Request) -> None:
+        """403 (or 415) for a write that would use or set the session cookie from a page that
+        is neither this server's nor one of ``CORS_ALLOW_ORIGINS``."""
+        check_browser_write(request, self.settings.cors_origins)
 
 
 def guard(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:

@@ -1,9 +1,11 @@
 """``/v1/session``: a browser signs in with its API key and gets a session cookie.
 
 ``EventSource`` cannot send an ``Authorization`` header, so the page authenticates with a
-cookie: ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no other site's page sends it,
-which is the CSRF defence), ``Secure`` over HTTPS, holding a signed, expiring token that names
-the user, never the key itself.
+cookie: ``HttpOnly`` (no script reads it), ``SameSite=Strict`` (no other site's page sends it),
+``Secure`` over HTTPS, holding a signed, expiring token that names a session row, never the key
+itself. SameSite is per site, not per origin, so the CSRF defence is the origin check every
+cookie write gets (``same_origin.py``); signing in gets it too, so that no other page can sign
+a browser in as someone else. Signing out deletes the row: the token then fails on every worker.
 """
 
 from __future__ import annotations
@@ -16,30 +18,35 @@ from starlette.routing import Route
 from provisioning_pipelines.api.context import SESSION_COOKIE, ApiContext, guard
 from provisioning_pipelines.errors import Unauthorized
 from provisioning_pipelines.services import validation
-from provisioning_pipelines.services.access import accounts
+from provisioning_pipelines.services.access import accounts, sessions
 
 
 def routes(api: ApiContext) -> list[Route]:
     async def sign_in(request: Request) -> Response:
+        api.check_browser(request)
         body = await api.bodies.read_json(request)
         key = validation.text(body.get("api_key"), "api_key", max_length=200)
 
-        def check() -> accounts.Identity:
+        def start() -> tuple[accounts.Identity, str]:
             with api.database.session() as session:
                 user = accounts.authenticate(session, key)
-            if user is None:
-                raise Unauthorized("api_key: not a valid API key", field="api_key")
-            return user
+                if user is None:
+                    raise Unauthorized("api_key: not a valid API key", field="api_key")
+                return user, sessions.sign_in(session, user, api.settings.resolved_session_secret)
 
-        user = await run_in_threadpool(check)
+        user, token = await run_in_threadpool(start)
         answer = JSONResponse({"user_id": user.user_id, "email": user.email})
-        answer.set_cookie(SESSION_COOKIE,
-                          accounts.session_token(user, api.settings.resolved_session_secret),
-                          max_age=accounts.SESSION_SECONDS, httponly=True, samesite="strict",
-                          secure=request.url.scheme == "https", path="/")
+        answer.set_cookie(SESSION_COOKIE, token, max_age=sessions.SESSION_SECONDS, httponly=True,
+                          samesite="strict", secure=request.url.scheme == "https", path="/")
         return answer
 
     def sign_out(request: Request) -> Response:
+        """204 whether or not the browser was signed in; its session, if any, ends everywhere."""
+        token = request.cookies.get(SESSION_COOKIE)
+        if token:
+            api.check_browser(request)
+            with api.database.session() as session:
+                sessions.sign_out(session, token, api.settings.resolved_session_secret)
         answer = Response(status_code=204)
         answer.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
         return answer

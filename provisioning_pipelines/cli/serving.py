@@ -40,6 +40,7 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> int:
     if workers > 1 and not (settings.database_url and settings.redis_url):
         raise InvalidRequest("--workers: several workers share work through PostgreSQL and "
                              "Redis; set DATABASE_URL and REDIS_URL", field="workers")
+    settings.check_serving()
     if settings.database_url is None:
         upgrade_once(settings.resolved_database_url)
     if settings.redis_url:

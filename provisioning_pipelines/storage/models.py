@@ -84,6 +84,18 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class BrowserSession(Base):
+    """One sign-in of a browser: its cookie's token names this row, so deleting the row (sign-out,
+    or housekeeping once it expired) ends the session on every API worker."""
+
+    __tablename__ = "browser_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class Membership(Base):
     __tablename__ = "memberships"
 

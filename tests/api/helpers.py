@@ -22,6 +22,7 @@ from provisioning_pipelines.storage.db import Database
 from tests.conftest import free_port
 
 SECRET = "whsec_test_secret"
+SESSION_SECRET = "session secret of the API tests"
 
 
 class Api:
@@ -99,7 +100,8 @@ def serve(app: Any) -> Iterator[str]:
 def make_api(database: Database, resources: dict[str, Any], instance: DagsterInstance, *,
              direct: bool = True, **settings_: Any) -> tuple[Any, DirectExecutor]:
     """The app on these resources; it resumes and sweeps nothing unless a test asks."""
-    values = {"BILLING_WEBHOOK_SECRET": SECRET, "DIRECT_GRAPH_PROVISIONING_ENABLED": direct,
+    values = {"BILLING_WEBHOOK_SECRET": SECRET, "SESSION_SECRET": SESSION_SECRET,
+              "DIRECT_GRAPH_PROVISIONING_ENABLED": direct,
               "PROVISIONING_RESUME_INTERVAL_SECONDS": 0, "HOUSEKEEPING_INTERVAL_SECONDS": 0,
               **settings_}
     settings = load_settings(**values)

@@ -9,11 +9,10 @@ from typing import Any
 import httpx
 from dagster import DagsterInstance
 
-from provisioning_pipelines.services.access import accounts
+from provisioning_pipelines.services.access import accounts, sessions
 from provisioning_pipelines.services.billing.events import billing_event
-from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.db import Database
-from tests.api.helpers import SECRET, Api, make_api, serve
+from tests.api.helpers import SESSION_SECRET, Api, make_api, serve
 from tests.factories import new_customer, paid_graph_subscription
 
 
@@ -24,15 +23,17 @@ def pay(api: Api, sub_id: str) -> str:
 
 def test_a_session_cookie_signs_a_browser_in_and_out(api: Api) -> None:
     user = new_customer(api.database)
-    with httpx.Client(base_url=api.url) as browser:
+    with httpx.Client(base_url=api.url, headers={"Origin": api.url}) as browser:
         assert browser.get("/v1/session").json() == {"user_id": None, "email": None}
         refused = browser.post("/v1/session", json={"api_key": "ppk_wrong"})
         signed = browser.post("/v1/session", json={"api_key": user.api_key})
         cookie = signed.headers["set-cookie"]
         mine = browser.get("/v1/subscriptions")
         me = browser.get("/v1/session").json()
+        token = browser.cookies["pp_session"]
         browser.delete("/v1/session")
         after = browser.get("/v1/subscriptions")
+        replayed = browser.get("/v1/subscriptions", headers={"Cookie": f"pp_session={token}"})
 
     assert refused.status_code == 401 and refused.json()["field"] == "api_key"
     assert signed.status_code == 200 and signed.json()["user_id"] == user.user_id
@@ -40,15 +41,16 @@ def test_a_session_cookie_signs_a_browser_in_and_out(api: Api) -> None:
     assert user.api_key not in cookie  # a signed token, never the key
     assert mine.status_code == 200 and me["user_id"] == user.user_id
     assert after.status_code == 401
+    assert replayed.status_code == 401  # the token itself ended, not only the cookie
 
 
 def test_a_forged_or_expired_session_is_refused(api: Api) -> None:
     user = new_customer(api.database)
     identity = accounts.Identity(user_id=user.user_id, email="x@example.com")
-    secret = load_settings(BILLING_WEBHOOK_SECRET=SECRET).resolved_session_secret
-    genuine = accounts.session_token(identity, secret)
-    forged = accounts.session_token(identity, "not the server's secret")
-    stale = accounts.session_token(identity, secret, now=time.time() - 86400)
+    with api.database.session() as session:
+        genuine = sessions.sign_in(session, identity, SESSION_SECRET)
+        forged = sessions.sign_in(session, identity, "not the server's secret")
+        stale = sessions.sign_in(session, identity, SESSION_SECRET, now=time.time() - 86400)
     with httpx.Client(base_url=api.url, cookies={"pp_session": genuine}) as browser:
         assert browser.get("/v1/subscriptions").status_code == 200
     for token in (forged, stale, f"{user.user_id}.99999999999.deadbeef", "garbage"):

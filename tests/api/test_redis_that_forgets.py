@@ -55,7 +55,8 @@ NO_PERSISTENCE = ("--save", "", "--appendonly", "no")
 def test_serve_refuses_a_redis_that_may_evict_open_operations(tmp_path: Path) -> None:
     with redis_server(tmp_path, *NO_PERSISTENCE, "--maxmemory", "64mb",
                       "--maxmemory-policy", "allkeys-lru") as url:
-        env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "REDIS_URL": url}
+        env = {**os.environ, "DATA_DIR": str(tmp_path / "data"), "REDIS_URL": url,
+               "BILLING_WEBHOOK_SECRET": "whsec_of_this_test", "SESSION_SECRET": "of this test"}
         done = subprocess.run([sys.executable, "-m", "provisioning_pipelines.cli", "serve",
                                "--port", str(free_port())], env=env, capture_output=True,
                               text=True, timeout=120)

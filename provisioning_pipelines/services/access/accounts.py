@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -96,35 +95,3 @@ def org_of(session: Session, user_id: str) -> str:
     if org_id is None:
         raise InvalidRequest(f"user_id: {user_id!r} belongs to no organization", field="user_id")
     return org_id
-
-
-# --- browser sessions ---------------------------------------------------------------------------
-
-#: How long a browser session lasts before the key must be given again.
-SESSION_SECONDS = 12 * 3600
-
-
-def session_token(identity: Identity, secret: str, *, now: float | None = None) -> str:
-    """A signed, expiring token naming the user: what a browser's session cookie holds instead
-    of the API key itself."""
-    expires = int((time.time() if now is None else now) + SESSION_SECONDS)
-    body = f"{identity.user_id}.{expires}"
-    return f"{body}.{_signature(body, secret)}"
-
-
-def session_user(session: Session, token: str | None, secret: str, *,
-                 now: float | None = None) -> Identity | None:
-    """The user a session token names, if it is genuine, unexpired, and the user still exists."""
-    if not token or token.count(".") != 2:
-        return None
-    user_id, expires, signature = token.split(".")
-    if not hmac.compare_digest(signature, _signature(f"{user_id}.{expires}", secret)):
-        return None
-    if not expires.isdigit() or int(expires) < (time.time() if now is None else now):
-        return None
-    user = session.get(User, user_id)
-    return Identity(user_id=user.id, email=user.email) if user is not None else None
-
-
-def _signature(body: str, secret: str) -> str:
-    return hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()

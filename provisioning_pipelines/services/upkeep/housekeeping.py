@@ -1,6 +1,6 @@
 """Sweeping what failures leave on disk (temp files, fork workspaces, unfinished checkpoints,
-sidecars of nothing, and graph files no row owns), and billing events older than their
-retention.
+sidecars of nothing, and graph files no row owns), and what time leaves in the database
+(billing events older than their retention, expired browser sessions).
 
 A database file is made as a hidden temp file and published by a link, and a graph's row is
 committed before its file is made, so after a crash the leftovers are easy to tell apart: a temp
@@ -17,7 +17,8 @@ checkpoint did not finish (a ``.shadow`` left by a full disk, which stops every 
 waited for, never disturbed.
 
 A billing event's record exists to make a redelivery a no-op; past ``WEBHOOK_RETENTION_DAYS``
-it is removed (``remove_old_webhook_events``).
+it is removed (``remove_old_webhook_events``). An expired session's row is refused anyway;
+removing it only keeps the table small.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import EngineError
+from provisioning_pipelines.services.access import sessions
 from provisioning_pipelines.services.graphs.states import GRAPH
 from provisioning_pipelines.storage.ladybug import LadybugEngine, sidecars
 from provisioning_pipelines.storage.ladybug.files import SIDECAR_PREFIXES, recovery_pending
@@ -64,6 +66,7 @@ class SweepReport:
     #: Graph files whose unfinished checkpoint was finished, and those it could not be.
     recovered: list[str] = field(default_factory=list)
     not_recovered: list[str] = field(default_factory=list)
+    sessions_removed: int = 0
 
     @property
     def anything(self) -> bool:
@@ -91,7 +94,8 @@ def sweep(session: Session, graph_data_dir: Path, *, min_age_seconds: float,
           now: float | None = None, engine: LadybugEngine | None = None,
           backup_dir: Path | None = None) -> SweepReport:
     """Remove stale temp files and fork workspaces, quarantine graph files without a row and
-    sidecars without a file, and (given the ``engine``) finish live graphs' checkpoints."""
+    sidecars without a file, (given the ``engine``) finish live graphs' checkpoints, and delete
+    expired browser sessions."""
     now = time.time() if now is None else now
     owned = owned_files(session)
     report = SweepReport()
@@ -120,6 +124,7 @@ def sweep(session: Session, graph_data_dir: Path, *, min_age_seconds: float,
     if engine is not None:
         _recover(engine, (path for path in sorted(owned) if recovery_pending(Path(path))),
                  now, min_age_seconds, report)
+    report.sessions_removed = sessions.remove_expired(session, now=now)
     if report.anything:
         logger.warning("housekeeping: removed %d temp files and %d fork workspaces, "
                        "quarantined %d graph files no row owns (%s) and %d sidecars of no "
@@ -129,6 +134,8 @@ def sweep(session: Session, graph_data_dir: Path, *, min_age_seconds: float,
                        len(report.sidecars_quarantined), report.sidecars_quarantined,
                        len(report.recovered), report.recovered, len(report.not_recovered),
                        report.not_recovered)
+    if report.sessions_removed:
+        logger.info("housekeeping: removed %d expired browser sessions", report.sessions_removed)
     return report
 
 

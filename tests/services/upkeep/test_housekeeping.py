@@ -23,10 +23,12 @@ from provisioning_pipelines.flows import (
     SubscriptionConfig,
 )
 from provisioning_pipelines.services import webhooks
+from provisioning_pipelines.services.access import sessions
+from provisioning_pipelines.services.access.accounts import Identity
 from provisioning_pipelines.services.upkeep import housekeeping
 from provisioning_pipelines.storage.db import Database, get_database
 from provisioning_pipelines.storage.ladybug import sidecars
-from provisioning_pipelines.storage.models import WebhookEvent
+from provisioning_pipelines.storage.models import BrowserSession, WebhookEvent
 from tests.api.helpers import make_api
 from tests.conftest import make_resources
 from tests.factories import new_customer, paid_graph_subscription
@@ -185,3 +187,22 @@ def test_the_api_process_sweeper_removes_them_after_webhook_retention_days(
     executor.close()
 
     assert old not in event_ids(database) and young in event_ids(database)
+
+
+def test_a_sweep_removes_expired_browser_sessions_and_keeps_live_ones(
+    database: Database, graph_dir: Path,
+) -> None:
+    user = new_customer(database)
+    identity = Identity(user_id=user.user_id, email="x@example.com")
+    with database.session() as session:
+        expired = sessions.sign_in(session, identity, "secret",
+                                   now=time.time() - sessions.SESSION_SECONDS - 60)
+        live = sessions.sign_in(session, identity, "secret")
+
+    with database.session() as session:
+        report = housekeeping.sweep(session, graph_dir, min_age_seconds=600)
+    with database.session() as session:
+        left = set(session.scalars(select(BrowserSession.id)))
+
+    assert report.sessions_removed == 1
+    assert left == {live.split(".")[0]} and expired.split(".")[0] not in left
