@@ -54,13 +54,13 @@ def check_can_add_subgraph(session: Session, parent: Graph, user_id: str) -> Non
     (so the API refuses at once instead of starting an operation that fails): top-level,
     active, the caller an admin, a tier that allows subgraphs and one left under its limit (the
     limit is counted again, under the parent's lock, when the rows are written)."""
+    check_parent_active(parent)
     if parent.parent_graph_id is not None:
         raise InvalidRequest(
             f"parent_graph_id: {parent.id!r} is itself a subgraph; subgraphs can only "
             "be made from a top-level graph",
             field="parent_graph_id",
         )
-    check_parent_active(parent)
     role = session.get(GraphUser, (parent.id, user_id))
     if role is None or role.role != "admin":
         raise Forbidden(f"parent_graph_id: you need the admin role on {parent.id!r}",
