@@ -1,4 +1,5 @@
-"""``GET /healthz``: can this process reach its database, Redis and the Dagster instance?"""
+"""``GET /healthz``: can this process reach its database (at the newest schema), Redis and the
+Dagster instance?"""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from provisioning_pipelines.api.context import ApiContext, guard
+from provisioning_pipelines.errors import DatabaseNotMigrated, ProvisioningError
+from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.migrate import schema_problem
 
 
 def routes(api: ApiContext) -> list[Route]:
     def healthz(request: Request) -> Response:
-        checks = {"database": _check(api.database.ping)}
+        checks = {"database": _check(lambda: api.database.ping() and _migrated(api.database))}
         checks["redis"] = (_check(api.store.ping) if api.settings.redis_url
                            else {"ok": True, "detail": "in-memory operation store"})
         checks["dagster"] = _check(lambda: api.dagster_instance().get_runs_count() >= 0)
@@ -28,6 +32,16 @@ def _check(probe: Callable[[], Any]) -> dict[str, Any]:
     """A probe passes only by returning a true value; raising or answering no is a failure."""
     try:
         answer = probe()
+    except ProvisioningError as exc:  # ours: written for whoever reads it
+        return {"ok": False, "detail": exc.message}
     except Exception as exc:
         return {"ok": False, "detail": f"{type(exc).__name__}: {exc}"}
     return {"ok": True} if answer else {"ok": False, "detail": "no answer"}
+
+
+def _migrated(database: Database) -> bool:
+    """A database behind the newest schema is reachable, yet fails every request."""
+    problem = schema_problem(database)
+    if problem is not None:
+        raise DatabaseNotMigrated(problem)
+    return True

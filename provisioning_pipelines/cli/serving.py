@@ -32,7 +32,7 @@ _SUPERVISE_SECONDS = 0.5
 
 
 def serve(host: str, port: int, workers: int, settings: Settings) -> int:
-    from provisioning_pipelines.storage.migrate import upgrade_once
+    from provisioning_pipelines.storage.migrate import require_current, upgrade_once
 
     if workers < 1:
         raise InvalidRequest("--workers: must be at least 1", field="workers")
@@ -41,6 +41,7 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> int:
                              "Redis; set DATABASE_URL and REDIS_URL", field="workers")
     if settings.database_url is None:
         upgrade_once(settings.resolved_database_url)
+    require_current(settings.resolved_database_url)  # else every request would be a 500
     settings.prepare_dagster_home()
     _configure_logging(workers)
     if workers == 1:
