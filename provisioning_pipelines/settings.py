@@ -94,9 +94,10 @@ class Settings(BaseSettings):
     )
     graph_templates_enabled: bool = Field(True, validation_alias="GRAPH_TEMPLATES_ENABLED")
     local_host_capacity: PositiveInt | None = Field(None, validation_alias="LOCAL_HOST_CAPACITY")
+    metrics_dir: Path | None = Field(None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
 
     @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home",
-                     "session_secret", "backup_dir", mode="before")
+                     "session_secret", "backup_dir", "metrics_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

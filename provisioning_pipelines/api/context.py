@@ -71,7 +71,8 @@ class ApiContext:
     fanout: Fanout = field(init=False)
 
     def __post_init__(self) -> None:
-        self.fanout = Fanout(self.executor.store, keepalive=self.keepalive_seconds)
+        self.fanout = Fanout(self.executor.store, keepalive=self.keepalive_seconds,
+                             count_readers=metrics.STREAM_READERS.inc)
 
     @property
     def database(self) -> Database:
