@@ -188,4 +188,4 @@ def test_every_scrape_of_metrics_shows_the_whole_server_whichever_worker_answers
     assert all(("provisioning_open_streams", ()) in one for one in scrapes)  # no pid label
     assert [one[REFUSED] for one in after_the_kill] == [forged] * 10  # the dead one's count stays
     assert gone  # its gauges no longer count
-    assert list(temporary.glob("provisioning-metrics-*")) == []  # serve's own folder is removed when it ends
+    assert list(temporary.glob("provisioning-metrics-*")) == []  # serve removed its own folder
