@@ -8,6 +8,27 @@ without importing pydantic for commands that read no setting.
 
 from __future__ import annotations
 
+import re
+
+# Where things are, as drivers and the engine write it: URLs, addresses with their ports, a
+# quoted host, "port N", and absolute paths (whose last part is kept: it names a graph file).
+_URL = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s)'\"]+")
+_ADDRESS = re.compile(r"\[[0-9a-fA-F:.]+\](?::[0-9]+)?|\b(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?::[0-9]+)?"
+                      r"|\b[a-zA-Z0-9][a-zA-Z0-9.-]*:[0-9]{2,5}\b")
+_QUOTED_HOST = re.compile(r'((?:server at|host name|on socket|host)\s+)"[^"]*"', re.IGNORECASE)
+_PORT = re.compile(r"\bport\s+[0-9]+", re.IGNORECASE)
+_PATH = re.compile(r"(?<![\w.~])(?:/[^\s/'\"():,]+)+/([^\s/'\"():,]*)")
+
+
+def redacted(message: str) -> str:
+    """``message`` without where anything is (hosts, ports, URLs, folders): what a client reads
+    says what failed, the log keeps where."""
+    message = _URL.sub("<url>", message)
+    message = _QUOTED_HOST.sub(r'\1"<host>"', message)
+    message = _ADDRESS.sub("<host>", message)
+    message = _PORT.sub("port <port>", message)
+    return _PATH.sub(r"\1", message)
+
 
 class ProvisioningError(Exception):
     """Base of every error a user can cause or see."""
@@ -68,6 +89,13 @@ class PaymentRequired(ProvisioningError):
     retryable = False
 
 
+class TooManyInFlight(ProvisioningError):
+    """A user already has as much of one kind of work running as a limit allows."""
+
+    status_code = 429
+    code = "too_many_in_flight"
+
+
 class CapacityExhausted(ProvisioningError):
     """No host of the tier has a free slot: retryable once capacity is added."""
 
@@ -76,10 +104,22 @@ class CapacityExhausted(ProvisioningError):
 
 
 class EngineError(ProvisioningError):
-    """The graph engine refused or failed an operation on a database file."""
+    """The graph engine refused or failed an operation on a database file. Its message (shown
+    to clients) names the file but not its folder; ``str()`` (logged) keeps the whole text."""
 
     status_code = 500
     code = "engine_error"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.message = redacted(message)
+
+
+class StorageFull(EngineError):
+    """A host's disk has no room for what was asked; retryable once space is freed."""
+
+    status_code = 503
+    code = "storage_full"
 
 
 class PayloadTooLarge(InvalidRequest):
@@ -87,11 +127,25 @@ class PayloadTooLarge(InvalidRequest):
     code = "payload_too_large"
 
 
+class RequestTimeout(InvalidRequest):
+    """A request body that did not arrive whole in time (answered 408, the connection closed)."""
+
+    status_code = 408
+    code = "request_timeout"
+
+
 class ServiceUnavailable(ProvisioningError):
     """A store this request needs is down; the same request may succeed later (answered 503)."""
 
     status_code = 503
     code = "unavailable"
+
+
+class Busy(ServiceUnavailable):
+    """This process is reading as many request bodies as it may; the same request may succeed
+    in a moment (answered 503 with ``Retry-After``)."""
+
+    code = "busy"
 
 
 class DatabaseNotMigrated(ServiceUnavailable):

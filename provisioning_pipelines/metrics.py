@@ -64,6 +64,11 @@ STREAM_READERS = Gauge(
 SLOW_CLIENTS = Counter(
     "provisioning_slow_clients", "SSE clients dropped for taking no event for "
     "SLOW_CLIENT_TIMEOUT_SECONDS.", registry=REGISTRY)
+BODY_READS = Gauge("provisioning_body_reads", "Request bodies being read now (at most "
+                   "BODY_READ_MAX_CONCURRENCY).", registry=REGISTRY)
+BODIES_REFUSED = Counter(
+    "provisioning_bodies_refused", "Request bodies refused before they were read whole, by "
+    "reason (timeout: 408, busy: 503).", ["reason"], registry=REGISTRY)
 
 
 def scrape() -> tuple[bytes, str]:

@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     graph_data_dir: Path | None = Field(None, validation_alias="GRAPH_DATA_DIR")
     redis_url: str | None = Field(None, validation_alias="REDIS_URL")
     redis_key_prefix: str = Field(DEFAULT_KEY_PREFIX, validation_alias="REDIS_KEY_PREFIX")
+    redis_require_persistence: bool = Field(False, validation_alias="REDIS_REQUIRE_PERSISTENCE")
     dagster_home: Path | None = Field(None, validation_alias="DAGSTER_HOME")
     dagster_webserver_url: str = Field(
         "http://127.0.0.1:3000", validation_alias="DAGSTER_WEBSERVER_URL"
@@ -51,6 +52,11 @@ class Settings(BaseSettings):
     )
     billing_webhook_secret: str = Field(
         "whsec_local_development_only", validation_alias="BILLING_WEBHOOK_SECRET"
+    )
+    stripe_api_key: str | None = Field(None, validation_alias="STRIPE_API_KEY")
+    stripe_api_base: str = Field("https://api.stripe.com", validation_alias="STRIPE_API_BASE")
+    billing_outbox_interval_seconds: float = Field(
+        5.0, ge=0, validation_alias="BILLING_OUTBOX_INTERVAL_SECONDS"
     )
     session_secret: str | None = Field(None, validation_alias="SESSION_SECRET")
     cors_allow_origins: str = Field("", validation_alias="CORS_ALLOW_ORIGINS")
@@ -94,10 +100,29 @@ class Settings(BaseSettings):
     )
     graph_templates_enabled: bool = Field(True, validation_alias="GRAPH_TEMPLATES_ENABLED")
     local_host_capacity: PositiveInt | None = Field(None, validation_alias="LOCAL_HOST_CAPACITY")
+    max_restores_in_flight: PositiveInt = Field(
+        2, validation_alias="MAX_RESTORES_IN_FLIGHT_PER_USER"
+    )
+    max_backups_in_flight: PositiveInt = Field(
+        3, validation_alias="MAX_BACKUPS_IN_FLIGHT_PER_USER"
+    )
+    max_subgraph_creations_in_flight: PositiveInt = Field(
+        5, validation_alias="MAX_SUBGRAPH_CREATIONS_IN_FLIGHT_PER_USER"
+    )
+
+    body_read_timeout_seconds: PositiveFloat = Field(
+        10.0, validation_alias="BODY_READ_TIMEOUT_SECONDS"
+    )
+    body_read_max_concurrency: PositiveInt = Field(
+        64, validation_alias="BODY_READ_MAX_CONCURRENCY"
+    )
+    webhook_retention_days: int = Field(30, ge=3, validation_alias="WEBHOOK_RETENTION_DAYS")
+
     metrics_dir: Path | None = Field(None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
 
     @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home",
-                     "session_secret", "backup_dir", "metrics_dir", mode="before")
+                     "session_secret", "backup_dir", "stripe_api_key", "metrics_dir",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -108,6 +133,13 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("expected a sqlite:/// or postgresql+psycopg2:// URL")
         return value
+
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _known_api_base(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("expected an http:// or https:// URL")
+        return value.rstrip("/")
 
     @field_validator("redis_url")
     @classmethod

@@ -7,9 +7,10 @@ operations, and anyone else's answers 404, exactly like one that does not exist.
 resource holds its endpoints; this one assembles them.
 
 While the app runs, it heals what crashed (``direct/recovery.py``: lapsed claims resumed, stray
-files swept). On shutdown (SIGTERM), open streams end with a final event, in-flight
-provisionings get ``SHUTDOWN_GRACE_SECONDS`` to finish, and the claims of those that did not are
-given back at once, so another worker continues them without waiting for a lease to lapse.
+files swept) and tells the billing system of cancellations and reactivations decided here. On
+shutdown (SIGTERM), open streams end with a final event, in-flight provisionings get
+``SHUTDOWN_GRACE_SECONDS`` to finish, and the claims of those that did not are given back at
+once, so another worker continues them without waiting for a lease to lapse.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
                         interval=settings.resume_interval_seconds if direct_on else 0,
                         grace_seconds=settings.claim_lease_seconds,
                         sweep_interval=settings.housekeeping_interval_seconds,
-                        stray_age_seconds=settings.housekeeping_stray_age_seconds)
+                        stray_age_seconds=settings.housekeeping_stray_age_seconds,
+                        billing_interval=settings.billing_outbox_interval_seconds,
+                        webhook_retention_days=settings.webhook_retention_days)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

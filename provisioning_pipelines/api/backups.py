@@ -6,15 +6,16 @@ A backup and a restore answer ``202 {"operation_id", ...}`` once checked
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from provisioning_pipelines.api.context import ApiContext, guard
+from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows import (
     BACKUP_FLOW,
     RESTORE_FLOW,
@@ -51,15 +52,22 @@ def routes(api: ApiContext) -> list[Route]:
 
 
     async def restore_backup(request: Request) -> Response:
+        """Restore into the backed-up graph, or ``{"into_graph_id": ...}`` (the body is
+        optional): a graph of the same owner that an active subscription pays for."""
         graph_id = request.path_params["graph_id"]
         backup_id = request.path_params["backup_id"]
+        await run_in_threadpool(api.user_of, request)  # who asks, before reading their body
+        body = await api.bodies.read_json(request, optional=True)
+        into = body.get("into_graph_id")
+        if into is not None and not isinstance(into, str):
+            raise InvalidRequest("into_graph_id: expected a graph id (kg…)",
+                                 field="into_graph_id")
 
         def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
-            restore_id = uuid.uuid4().hex
             plan = backups.plan_restore(session, user_id=user.user_id, graph_id=graph_id,
-                                        backup_id=backup_id, restore_id=restore_id)
+                                        backup_id=backup_id, into_graph_id=into)
             config = RestoreConfig(user_id=user.user_id, graph_id=graph_id,
-                                   backup_id=backup_id, restore_id=restore_id)
+                                   backup_id=backup_id, into_graph_id=into)
             return RESTORE_FLOW, config, {"graph_id": plan.graph_id}
 
         return await api.launch(request, check)

@@ -3,14 +3,14 @@
 Services raise ``ProvisioningError``s; ``guard`` maps them to answers once for every endpoint,
 and a store that is down to 503 naming it, so a client's mistake is never a 5xx and an outage
 is told as one. A plain (non-async) endpoint runs in the thread pool, so SQL and Redis calls
-never block the event loop. Bodies are read with a size limit, after authentication.
+never block the event loop. Bodies are read within bounds of size, time and number
+(``api/bodies.py``), after authentication.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,19 +23,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from provisioning_pipelines import metrics
+from provisioning_pipelines.api.bodies import BodyReader, closes_connection
+from provisioning_pipelines.api.limits import InFlightLimits
 from provisioning_pipelines.direct import DirectExecutor, ProvisioningResult
 from provisioning_pipelines.errors import (
-    InvalidRequest,
-    PayloadTooLarge,
+    EngineError,
     ProvisioningError,
     ServiceUnavailable,
     Unauthorized,
 )
 from provisioning_pipelines.flows import Flow
+from provisioning_pipelines.flows.public import describe
 from provisioning_pipelines.services.access import accounts
 from provisioning_pipelines.services.access.accounts import Identity
 from provisioning_pipelines.services.provisioning import leases
-from provisioning_pipelines.services.validation import json_problem, type_name
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.errors import is_outage, what_is_down
@@ -46,8 +47,6 @@ logger = logging.getLogger("provisioning_pipelines.api")
 Endpoint = Callable[[Request], Awaitable[Response] | Response]
 #: A lifecycle request's check: what it starts (flow, config) and what else the answer says.
 Check = Callable[[Session, Identity], tuple[Flow, Any, dict[str, Any]]]
-#: The largest request body the API reads (a custom schema at its limits is ~0.5 MiB).
-MAX_BODY_BYTES = 1024 * 1024
 #: What a 503 asks a client to wait before trying again.
 RETRY_AFTER_SECONDS = 5
 #: The browser session's cookie (HttpOnly, SameSite=Strict): a signed token, never the key.
@@ -69,10 +68,18 @@ class ApiContext:
     unfinished: int = 0
     #: Every SSE stream of this process reads through it: one store reader per operation.
     fanout: Fanout = field(init=False)
+    #: Every request body of this process is read through it, within its bounds.
+    bodies: BodyReader = field(init=False)
+    #: Per-user bounds on the unpaid work started through the API.
+    limits: InFlightLimits = field(init=False)
 
     def __post_init__(self) -> None:
         self.fanout = Fanout(self.executor.store, keepalive=self.keepalive_seconds,
                              count_readers=metrics.STREAM_READERS.inc)
+        self.limits = InFlightLimits(self.settings, self.executor.store,
+                                     self.executor.open_operation)
+        self.bodies = BodyReader(timeout_seconds=self.settings.body_read_timeout_seconds,
+                                 max_concurrent=self.settings.body_read_max_concurrency)
 
     @property
     def database(self) -> Database:
@@ -128,8 +135,7 @@ class ApiContext:
             return user, flow, config, extra
 
         user, flow, config, extra = await run_in_threadpool(checked)
-        operation_id = await run_in_threadpool(self.executor.open_operation,
-                                               flow.operation_kind, user.user_id)
+        operation_id = await self.limits.open(flow.operation_kind, user.user_id)
         self.start(self.executor.run, flow, config, operation_id=operation_id)
         return JSONResponse({"operation_id": operation_id, **extra}, status_code=202)
 
@@ -166,7 +172,16 @@ def guard(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
 def error_response(exc: BaseException) -> JSONResponse:
     """The answer for an error: its own status for ours, 503 for an outage, 500 otherwise."""
     if isinstance(exc, ProvisioningError):
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+        if isinstance(exc, EngineError):
+            logger.warning("graph engine: %s", exc.message)
+        headers = {}
+        if isinstance(exc, ServiceUnavailable):
+            headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        if closes_connection(exc):
+            headers["Connection"] = "close"
+        # The customer's sentence: an engine's own text (paths, its message) stays in the log.
+        return JSONResponse({**exc.to_dict(), "message": describe(exc)},
+                            status_code=exc.status_code, headers=headers)
     if is_outage(exc):
         down = what_is_down(exc)
         metrics.OUTAGES.labels("database" if down == "database" else "event_store").inc()
@@ -177,41 +192,3 @@ def error_response(exc: BaseException) -> JSONResponse:
     logger.error("unexpected error", exc_info=exc)
     return JSONResponse({"error": "internal_error", "message": "an unexpected error; it has "
                          "been logged", "field": None}, status_code=500)
-
-
-async def read_body(request: Request, *, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The raw body, refused with 413 past ``limit`` bytes (announced or actually sent)."""
-    announced = request.headers.get("content-length")
-    if announced is not None and announced.isdigit() and int(announced) > limit:
-        raise PayloadTooLarge(f"body: larger than {limit} bytes", field="body")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body: larger than {limit} bytes", field="body")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def read_json(request: Request) -> dict[str, Any]:
-    """The body as a JSON object, or 422 naming what is wrong with it (413 when too large)."""
-    raw = await read_body(request)
-    try:
-        body = json.loads(raw, parse_constant=_refuse_constant)
-    except RecursionError:
-        raise InvalidRequest("body: nested too deeply", field="body") from None
-    except ValueError as exc:
-        raise InvalidRequest(f"body: not valid JSON ({exc})"[:200], field="body") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest(f"body: expected a JSON object, got {type_name(body)}",
-                             field="body")
-    problem = json_problem(body)
-    if problem:
-        field, why = problem
-        raise InvalidRequest(f"{field}: {why}", field=field)
-    return body
-
-
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from provisioning_pipelines.api.context import ApiContext, guard, read_json
+from provisioning_pipelines.api.context import ApiContext, guard
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows import (
     REACTIVATION_FLOW,
@@ -37,12 +37,12 @@ def routes(api: ApiContext) -> list[Route]:
         def visible() -> Identity:
             user = api.user_of(request)
             with api.database.session() as session:
-                subgraphs.check_parent_active(
-                    graphs.visible_graph(session, graph_id, user.user_id))
+                parent = graphs.visible_graph(session, graph_id, user.user_id)
+                subgraphs.check_can_add_subgraph(session, parent, user.user_id)
             return user
 
         user = await run_in_threadpool(visible)
-        body = await read_json(request)
+        body = await api.bodies.read_json(request)
         name = subgraphs.validate_subgraph_name(body.get("name"))
         description = validation.text(body.get("description"), "description",
                                       max_length=graph_requests.MAX_DESCRIPTION_LENGTH,
@@ -50,8 +50,7 @@ def routes(api: ApiContext) -> list[Route]:
         fork_parent = body.get("fork_parent", False)
         if not isinstance(fork_parent, bool):
             raise InvalidRequest("fork_parent: expected true or false", field="fork_parent")
-        operation_id = await run_in_threadpool(api.executor.open_operation,
-                                               SUBGRAPH_FLOW.operation_kind, user.user_id)
+        operation_id = await api.limits.open(SUBGRAPH_FLOW.operation_kind, user.user_id)
         api.start(api.executor.subgraph, user.user_id, graph_id, name, description=description,
                   fork_parent=fork_parent, operation_id=operation_id)
         return JSONResponse({"operation_id": operation_id}, status_code=202)

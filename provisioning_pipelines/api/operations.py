@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from provisioning_pipelines import metrics
 from provisioning_pipelines.api.context import RETRY_AFTER_SECONDS, ApiContext, guard, logger
+from provisioning_pipelines.direct.rebuild import rebuild_lost_operation
 from provisioning_pipelines.errors import InvalidRequest, NotFound
 from provisioning_pipelines.storage.events import (
     EventStoreUnavailable,
@@ -46,6 +47,9 @@ def routes(api: ApiContext) -> list[Route]:
         user = api.user_of(request)
         operation_id = request.path_params["operation_id"]
         operation = api.store.get(operation_id)
+        if operation is None:  # lost by the event store? a provisioning's is rebuilt
+            operation = rebuild_lost_operation(api.database, api.store, operation_id,
+                                               user.user_id)
         if operation is None or operation.user_id != user.user_id:
             raise NotFound(f"no operation {operation_id!r}", field="operation_id")
         return operation
@@ -172,7 +176,8 @@ def encoded(operation_id: str, event: OperationEvent) -> bytes:
 def _view(operation: Operation, *, kind: bool = False) -> dict[str, Any]:
     view = {"operation_id": operation.id, "status": operation.status,
             "progress": operation.progress, "message": operation.message,
-            "result": operation.result, "error": operation.error}
+            "result": operation.result, "error": operation.error,
+            "error_code": operation.error_code}
     if kind:
         view.update(kind=operation.kind, created_at=operation.created_at.isoformat())
     return view

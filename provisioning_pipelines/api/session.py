@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from provisioning_pipelines.api.context import SESSION_COOKIE, ApiContext, guard, read_json
+from provisioning_pipelines.api.context import SESSION_COOKIE, ApiContext, guard
 from provisioning_pipelines.errors import Unauthorized
 from provisioning_pipelines.services import validation
 from provisioning_pipelines.services.access import accounts
@@ -21,7 +21,7 @@ from provisioning_pipelines.services.access import accounts
 
 def routes(api: ApiContext) -> list[Route]:
     async def sign_in(request: Request) -> Response:
-        body = await read_json(request)
+        body = await api.bodies.read_json(request)
         key = validation.text(body.get("api_key"), "api_key", max_length=200)
 
         def check() -> accounts.Identity:

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from provisioning_pipelines.api.context import ApiContext, guard, read_json
+from provisioning_pipelines.api.context import ApiContext, guard
 from provisioning_pipelines.flows import SUSPENSION_FLOW, Flow, LifecycleConfig
 from provisioning_pipelines.services import requests as subscriptions
 from provisioning_pipelines.services.access.accounts import Identity
@@ -27,7 +27,7 @@ PUBLIC_FIELDS = ("subscription_id", "status", "resource_type", "resource_id", "p
 def routes(api: ApiContext) -> list[Route]:
     async def create_subscription(request: Request) -> Response:
         user = await run_in_threadpool(api.user_of, request)
-        body = await read_json(request)
+        body = await api.bodies.read_json(request)
 
         def create() -> dict[str, str]:
             with api.database.session() as session:

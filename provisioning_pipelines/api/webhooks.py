@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from provisioning_pipelines import metrics
-from provisioning_pipelines.api.context import ApiContext, guard, read_body
+from provisioning_pipelines.api.context import ApiContext, guard
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows import started_by
 from provisioning_pipelines.services import webhooks
@@ -52,7 +52,7 @@ def routes(api: ApiContext) -> list[Route]:
 
     async def billing_webhook(request: Request) -> Response:
         try:
-            payload = await read_body(request, limit=webhooks.MAX_BODY_BYTES)
+            payload = await api.bodies.read(request, limit=webhooks.MAX_BODY_BYTES)
             delivery = webhooks.verify(payload, request.headers.get("stripe-signature"),
                                        api.settings.billing_webhook_secret)
         except InvalidRequest:

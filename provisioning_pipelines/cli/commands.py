@@ -251,16 +251,31 @@ def bench(args: argparse.Namespace, settings: Settings | None) -> int:
 
 
 def dev(args: argparse.Namespace, settings: Settings) -> int:
+    """The API, the Dagster UI and its daemon; Ctrl-C or a SIGTERM stops all three (a SIGTERM
+    once ended this process alone and left the three running)."""
+    import os
+    import signal
     import subprocess
+    from pathlib import Path
 
     from provisioning_pipelines.cli.dev import dagster_servers, stop
 
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     home = settings.prepare_dagster_home()
     logs = settings.data_dir.resolve()  # not DAGSTER_HOME, which may be deploy/ in the checkout
+    # The Dagster processes run in the checkout, the API here: relative folders would name two
+    # different places, so both get them resolved from here.
+    folders = {"DATA_DIR": settings.data_dir, "GRAPH_DATA_DIR": settings.graph_data_dir,
+               "BACKUP_DIR": settings.backup_dir}
+    env = {name: str(Path(value).resolve()) for name, value in folders.items() if value}
     api = subprocess.Popen([sys.executable, "-m", "provisioning_pipelines.cli", "serve",
-                            "--port", str(args.port)], start_new_session=True)
+                            "--port", str(args.port)], start_new_session=True,
+                           env={**os.environ, **env})
     try:
-        with dagster_servers(home, port=args.dagster_port, log_dir=logs) as url:
+        with dagster_servers(home, port=args.dagster_port, log_dir=logs, env=env) as url:
             print(f"Dagster UI     {url}\n"
                   f"API            http://127.0.0.1:{args.port}\n"
                   f"operations     http://127.0.0.1:{args.port}/ui/\n"
@@ -268,6 +283,8 @@ def dev(args: argparse.Namespace, settings: Settings) -> int:
                   "Ctrl-C stops all three.", flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 api.wait()
+    except KeyboardInterrupt:
+        pass  # stopped while the servers were starting
     finally:
         stop(api)
     return 0

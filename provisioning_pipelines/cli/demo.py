@@ -2,8 +2,8 @@
 
 A user asks for a graph, a signed ``checkout.session.completed`` reaches the real app, the
 provisioning is followed live on the SSE stream, then a subgraph forks the graph's data, the user
-gets access to the ``sec`` repository, and the graph is backed up, deleted (suspended for the
-grace) and its backup restored as a new graph. The materializations land in the local Dagster
+gets access to the ``sec`` repository, and the graph is backed up, the backup restored into it,
+and the graph deleted (suspended for the grace). The materializations land in the local Dagster
 instance (``.data/dagster``), so ``dagster dev`` shows them. Every run makes a new user, so it
 can be run again and again.
 """
@@ -55,7 +55,7 @@ def run_demo(settings: Settings) -> int:
                       "delivering a signed checkout.session.completed")
         operation = _pay(url, settings, graph_sub)
         graph = _follow(console, url, user.api_key, operation)
-        path = Path(graph["database_path"])
+        path = _file_of(executor, graph["graph_id"])  # the API shows no server paths
         tables = [t.name for t in LadybugEngine().list_tables(path)]
         console.print(f"   graph [bold green]{graph['graph_id']}[/] at {path}")
         console.print(f"   {len(tables)} tables: {', '.join(tables)}")
@@ -76,24 +76,24 @@ def run_demo(settings: Settings) -> int:
         console.print(f"   {access['access_level']} access to {access['repository']}, "
                       f"{access['credits_added']} credits")
         graph_id = graph["graph_id"]
-        console.print(f"[bold]5.[/] a backup of {graph_id}, its deletion (suspended for the "
-                      "grace), and the backup restored as a new graph")
+        console.print(f"[bold]5.[/] a backup of {graph_id}, restored into it (its data "
+                      "replaced by the backup's), then its deletion (suspended for the grace)")
         made = api.post(f"/v1/graphs/{graph_id}/backups")
         made.raise_for_status()
         backup = _follow(console, url, user.api_key, made.json()["operation_id"])
         console.print(f"   backup {backup['backup_id']}: {backup['size_bytes']:,} bytes, "
                       f"sha256 {backup['checksum'][:12]}…, kept until {backup['expires_at'][:10]}")
+        restore = api.post(f"/v1/graphs/{graph_id}/backups/{backup['backup_id']}/restore")
+        restore.raise_for_status()
+        copy = _follow(console, url, user.api_key, restore.json()["operation_id"])
+        console.print(f"   {copy['graph_id']} ({copy['status']}) restored from "
+                      f"{backup['backup_id']}: {len(copy['tables'])} tables")
         deleted = api.delete(f"/v1/graphs/{graph_id}")
         deleted.raise_for_status()
         gone = _follow(console, url, user.api_key, deleted.json()["operation_id"])
         console.print(f"   {graph_id} is {gone['status']}; deleted after "
                       f"{gone['delete_after'][:16]} unless restored (POST /v1/graphs/{graph_id}"
                       "/restore)")
-        restore = api.post(f"/v1/graphs/{graph_id}/backups/{backup['backup_id']}/restore")
-        restore.raise_for_status()
-        copy = _follow(console, url, user.api_key, restore.json()["operation_id"])
-        console.print(f"   new graph [bold green]{copy['graph_id']}[/] ({copy['status']}) with "
-                      f"{len(copy['tables'])} tables, from {backup['backup_id']}")
         executor.reporter.wait_idle(settings.dagster_materialization_timeout)
         scrape = api.get("/metrics").text
     finally:
@@ -118,6 +118,13 @@ def _serve(app: Any) -> tuple[uvicorn.Server, str]:
     while not server.started:
         time.sleep(0.02)
     return server, f"http://127.0.0.1:{port}"
+
+
+def _file_of(executor: Any, graph_id: str) -> Path:
+    from provisioning_pipelines.services.graphs import records
+
+    with executor.resources["database"].get().session() as session:
+        return Path(records.top_level_graph(session, graph_id).database_path)
 
 
 def _subscribe(api: httpx.Client, body: dict[str, Any]) -> str:

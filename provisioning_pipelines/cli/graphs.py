@@ -8,7 +8,6 @@ Each change runs its flow as one operation, in this process (or as a Dagster run
 from __future__ import annotations
 
 import argparse
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from provisioning_pipelines.cli.commands import database_of, print_json
@@ -47,12 +46,15 @@ def add_commands(commands_: Any, subgraphs: Any, subscriptions: Any) -> None:
     backups = graphs.add_parser("backups", help="a graph's backups, newest first")
     backups.add_argument("graph_id", help="kg...")
     backups.set_defaults(run=graphs_backups)
-    from_backup = graphs.add_parser("restore-backup", help="make a new graph from a backup "
-                                    "(the original is not touched)")
+    from_backup = graphs.add_parser("restore-backup", help="restore a backup into a paid graph, "
+                                    "replacing its data (the backed-up graph by default)")
     from_backup.add_argument("graph_id", help="the graph the backup is of (kg...)")
     from_backup.add_argument("backup_id", help="bk_..., as graphs backups shows it")
-    from_backup.add_argument("--user", help="who owns the new graph (default: the original's "
-                             "owner, the only one allowed)")
+    from_backup.add_argument("--into", dest="into_graph_id", metavar="GRAPH_ID",
+                             help="restore into this graph of the same owner (active, paid "
+                             "for); needed when the backed-up graph is deleted")
+    from_backup.add_argument("--user", help="whose backup (default: the graph's owner, the "
+                             "only one allowed)")
     from_backup.set_defaults(run=graphs_restore_backup)
     for command in (delete, restore, backup, from_backup):
         _via_dagster(command)
@@ -175,14 +177,13 @@ def graphs_restore_backup(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.services.graphs import backups
     from provisioning_pipelines.services.graphs import records as graphs
 
-    restore_id = uuid.uuid4().hex
     with database_of(settings).session() as session:
         user_id = args.user or graphs.top_level_graph(session, args.graph_id).owner_user_id
         backups.plan_restore(session, user_id=user_id, graph_id=args.graph_id,
-                             backup_id=args.backup_id, restore_id=restore_id)
+                             backup_id=args.backup_id, into_graph_id=args.into_graph_id)
     return _run(args, settings, RESTORE_FLOW, RestoreConfig(
         user_id=user_id, graph_id=args.graph_id, backup_id=args.backup_id,
-        restore_id=restore_id))
+        into_graph_id=args.into_graph_id))
 
 
 def subgraphs_delete(args: argparse.Namespace, settings: Settings) -> int:

@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from provisioning_pipelines.errors import InvalidRequest
+from provisioning_pipelines.errors import InvalidRequest, ServiceUnavailable
 from provisioning_pipelines.settings import Settings, get_settings
 
 logger = logging.getLogger("provisioning_pipelines.serve")
@@ -50,6 +51,8 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> int:
     if settings.database_url is None:
         upgrade_once(settings.resolved_database_url)
     require_current(settings.resolved_database_url)  # else every request would be a 500
+    if settings.redis_url:
+        _check_redis(settings)
     settings.prepare_dagster_home()
     _configure_logging(workers)
     with _worker_metrics(settings.metrics_dir, workers) as folder:
@@ -81,7 +84,8 @@ def _worker_metrics(configured: Path | None, workers: int) -> Iterator[Path | No
     folder = configured or Path(tempfile.mkdtemp(prefix="provisioning-metrics-"))
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.db"):
-        stale.unlink()
+        if not stale.name.endswith(f"_{os.getpid()}.db"):  # this process's own are live
+            stale.unlink()
     os.environ[METRICS_DIR_VARIABLE] = str(folder)
     try:
         yield folder
@@ -96,6 +100,20 @@ def _mark_dead(folder: Path | None, pid: int | None) -> None:
         from prometheus_client.multiprocess import mark_process_dead
 
         mark_process_dead(pid, str(folder))
+
+
+def _check_redis(settings: Settings) -> None:
+    """Refuse to serve on a Redis that may drop open operations; warn about one that forgets
+    them on a restart (``storage/events/durability.py``)."""
+    from provisioning_pipelines.storage.events.durability import check_durability
+
+    assert settings.redis_url is not None
+    found = check_durability(settings.redis_url,
+                             require_persistence=settings.redis_require_persistence)
+    for warning in found.warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    if found.refused:
+        raise ServiceUnavailable("; ".join(found.refused))
 
 
 def _listeners(host: str, port: int, count: int) -> list[socket.socket]:

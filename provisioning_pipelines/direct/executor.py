@@ -38,6 +38,7 @@ from provisioning_pipelines.flows import (
     execute_flow,
     materialization,
 )
+from provisioning_pipelines.flows.public import public_result
 from provisioning_pipelines.runtime.progress import (
     Owner,
     ProgressReporter,
@@ -46,7 +47,12 @@ from provisioning_pipelines.runtime.progress import (
 )
 from provisioning_pipelines.runtime.reporting import MaterializationReporter, build_reporter
 from provisioning_pipelines.runtime.resources import build_resources, step_context
-from provisioning_pipelines.services.provisioning.claims import ClaimHeld, ClaimLost, Queued
+from provisioning_pipelines.services.provisioning.claims import (
+    ClaimHeld,
+    ClaimLost,
+    Queued,
+    RetryScheduled,
+)
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.events import OperationStore
 
@@ -138,10 +144,7 @@ class DirectExecutor:
                         outcome = self._execute(flow, config, operation_id, wait_for_holder)
                         result = outcome.result
             except Exception as exc:
-                queued = isinstance(exc, Queued)
-                claimed = isinstance(exc, ClaimHeld | ClaimLost)
-                _count(flow, method, "queued" if queued else "claim_held" if claimed else "failed",
-                       started)
+                _count(flow, method, _outcome_of(exc), started)
                 end_on_error(ProgressReporter(logger, self._events, operation_id), exc,
                              made_here=created)
                 if not isinstance(exc, Queued):
@@ -153,7 +156,8 @@ class DirectExecutor:
                 _count(flow, method, "queued", started)
                 return ProvisioningResult(operation_id, result)
             _count(flow, method, "completed", started)
-        self._events.call(operation_id, "complete", {**result, "operation_id": operation_id})
+        self._events.call(operation_id, "complete",
+                          {**public_result(result), "operation_id": operation_id})
         if outcome is not None and outcome.materialize and self.reporter is not None:
             self.reporter.submit(operation_id, materialization(outcome, "direct",
                                                                operation_id=operation_id))
@@ -202,6 +206,15 @@ class DirectExecutor:
         self._pool.shutdown(wait=True)
         if self.reporter is not None:
             self.reporter.close()
+
+
+def _outcome_of(exc: BaseException) -> str:
+    """How a call that raised ``exc`` is counted."""
+    if isinstance(exc, Queued):
+        return "queued"
+    if isinstance(exc, RetryScheduled):
+        return "retry_scheduled"
+    return "claim_held" if isinstance(exc, ClaimHeld | ClaimLost) else "failed"
 
 
 def _count(flow: Flow, method: str, outcome: str, started: float) -> None:

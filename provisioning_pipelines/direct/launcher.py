@@ -10,6 +10,7 @@ from the flow's own description of its runs, as for every other trigger.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +22,9 @@ from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from provisioning_pipelines.errors import ProvisioningError, ServiceUnavailable
 from provisioning_pipelines.flows import Flow
 from provisioning_pipelines.flows.steps import OPERATION_TAG
+from provisioning_pipelines.services.provisioning.claims import RetryScheduled
+
+logger = logging.getLogger("provisioning_pipelines.direct")
 
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 
@@ -60,6 +64,13 @@ class GraphQLJobLauncher:
                 break
             time.sleep(self.poll_seconds)
         result = flow.result(self.resources["database"].get(), config)
+        if status != "SUCCESS" and result.get("status") == "provisioning":
+            # The run's attempt failed with attempts left: the run said so on the operation,
+            # and the sensor's next run continues it.
+            raise RetryScheduled(result["subscription_id"], attempt=result.get("attempts") or 0,
+                                 max_attempts=self.resources["policy"].get().max_attempts,
+                                 reason=result.get("error") or f"the run ended {status}",
+                                 reason_code="run_failed", retry_in=None)
         if status != "SUCCESS":
             raise RunFailed(f"Dagster run {run_id} ended {status}"
                             + (f": {result['error']}" if result.get("error") else ""))
@@ -72,5 +83,7 @@ class GraphQLJobLauncher:
             yield
         except DagsterGraphQLClientError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ServiceUnavailable(f"the Dagster webserver at {self.url} did not answer: "
-                                     f"{first[:200]}") from exc
+            logger.info("the Dagster webserver at %s did not answer: %s", self.url,
+                           first[:200])
+            raise ServiceUnavailable("the Dagster webserver did not answer; try again "
+                                     "shortly") from exc

@@ -9,8 +9,15 @@ API process does this; they race on the claim like any other trigger, so the wor
 Subscriptions with no attempt left are failed, as the sensors do. The sensors stay the safety
 net for when no API process is up.
 
-The sweeper removes what crashes leave on disk (``services/upkeep/housekeeping.py``) at start-up and
+The sweeper removes what failures leave on disk (``services/upkeep/housekeeping.py``: temp files and
+half-written copies, fork workspaces, sidecars of nothing, orphans) and finishes live graphs'
+unfinished checkpoints, and removes billing event records past their retention, at start-up and
 every ``sweep_interval`` seconds.
+
+The billing courier sends the outbox (cancellations and reactivations decided here) to the
+billing system every ``billing_interval`` seconds (``services/billing/outbound.py``), with direct
+provisioning on or off; Dagster's billing sensor does the same, and the two race on each row's
+claim.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 from provisioning_pipelines import metrics
 from provisioning_pipelines.direct.executor import DirectExecutor
 from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
+from provisioning_pipelines.services.billing import outbound
 from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.services.provisioning import claims
 from provisioning_pipelines.services.provisioning.claims import DueSubscription
@@ -37,12 +45,15 @@ class Recovery:
     """The resumer and the sweeper of one API process, as asyncio tasks."""
 
     def __init__(self, executor: DirectExecutor, *, interval: float, grace_seconds: float,
-                 sweep_interval: float, stray_age_seconds: float) -> None:
+                 sweep_interval: float, stray_age_seconds: float,
+                 billing_interval: float = 0, webhook_retention_days: float = 30) -> None:
         self.executor = executor
+        self.billing_interval = billing_interval
         self.interval = interval
         self.grace_seconds = grace_seconds
         self.sweep_interval = sweep_interval
         self.stray_age_seconds = stray_age_seconds
+        self.webhook_retention_days = webhook_retention_days
         self.resumed = 0
         self._running: set[str] = set()
         policy = executor.resources["policy"].get()
@@ -60,6 +71,8 @@ class Recovery:
             self._spawn(self._resume_forever())
         if self.sweep_interval > 0:
             self._spawn(self._sweep_forever())
+        if self.billing_interval > 0 and self._billing_sender() is not None:
+            self._spawn(self._deliver_forever())
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -113,7 +126,8 @@ class Recovery:
                 self.executor.store.complete(operation_id, {
                     **row, "operation_id": operation_id, "completed_by": "another worker"})
             else:
-                self.executor.store.fail(operation_id, row["error"] or "provisioning failed")
+                self.executor.store.fail(operation_id, row["error"] or "provisioning failed",
+                                         "provisioning_failed")
             ended += 1
             logger.warning("operation %s: ended for subscription %s, whose worker died after "
                            "settling it", operation_id, row["subscription_id"])
@@ -161,7 +175,28 @@ class Recovery:
             await asyncio.sleep(self.sweep_interval)
 
     def sweep(self) -> housekeeping.SweepReport:
-        graph_dir = self.executor.resources["graph_engine"].graph_data_dir
+        resources = self.executor.resources
+        backups = resources["backups"].get() if "backups" in resources else None
         with self._database.session() as session:
-            return housekeeping.sweep(session, graph_dir,
-                                      min_age_seconds=self.stray_age_seconds)
+            housekeeping.remove_old_webhook_events(
+                session, retention_days=self.webhook_retention_days)
+        with self._database.session() as session:
+            return housekeeping.sweep(
+                session, resources["graph_engine"].graph_data_dir,
+                min_age_seconds=self.stray_age_seconds, engine=resources["graph_engine"].get(),
+                backup_dir=backups.backup_dir if backups else None)
+
+    def _billing_sender(self) -> outbound.Sender | None:
+        billing_resource = self.executor.resources.get("billing")
+        return billing_resource.sender() if billing_resource is not None else None
+
+    async def _deliver_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.deliver_billing_changes)
+            except Exception as exc:  # an outage of the database: the next round tries again
+                logger.warning("billing outbox: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(self.billing_interval)
+
+    def deliver_billing_changes(self) -> outbound.Delivered:
+        return outbound.deliver_due(self._database, self._billing_sender())

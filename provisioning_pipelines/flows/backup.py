@@ -5,16 +5,16 @@ another backup of it): the copy of the checkpointed file, then its row and manif
 what it is for (``bk_daily_<graph>_<day>`` for the schedule's), so the same backup made twice is
 one backup.
 
-A restore never touches the original: it makes a new graph, whose id is derived from the
-restore's id, from a backup whose checksum is checked before anything is made. The new graph is
-``restoring`` (seen by nobody) until its file, schema, role and credits are all in place; a
-restore that fails is removed, and one whose worker died is removed by the reaper.
+A restore replaces the data of a graph a subscription pays for (the backed-up graph itself, or,
+for a deleted graph's backups, a graph of a new subscription): it never makes a graph, so no
+graph lives without a payment (``services/graphs/backups.py`` says why). The backup's checksum
+is checked before anything is touched, the copy is made whole beside the graph's file before it
+replaces it, and a restore whose worker died is finished or undone by the reaper.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,13 +25,13 @@ from pydantic import Field
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows.asset_keys import BACKUP_ASSET, GRAPH_ASSET
 from provisioning_pipelines.flows.deletion import give_back, hold_graph
+from provisioning_pipelines.flows.public import detail
 from provisioning_pipelines.flows.steps import (
     GRAPH_TAG,
     USER_TAG,
     Flow,
     Outcome,
     StepContext,
-    describe,
     step,
 )
 from provisioning_pipelines.services.graphs import backups, lifecycle
@@ -152,13 +152,17 @@ BACKUP_FLOW = Flow(
 
 
 class RestoreConfig(Config):
-    """The backup to restore, and whose new graph it becomes."""
+    """The backup to restore, and the paid graph whose data it replaces."""
 
     user_id: str = Field(description="The owner of the backed-up graph.")
     graph_id: str = Field(description="The graph the backup is of (it may be deleted).")
     backup_id: str = Field(description="bk_…")
-    restore_id: str | None = Field(default=None, description="Names the new graph (its id is "
-                                   "derived from it); made up when empty.")
+    into_graph_id: str | None = Field(default=None, description="The graph to restore into "
+                                      "(active, paid for); graph_id itself when empty.")
+
+    @property
+    def target(self) -> str:
+        return self.into_graph_id or self.graph_id
 
 
 @dataclass(frozen=True)
@@ -167,61 +171,76 @@ class RestoreWork:
     claim: GraphClaim
     path: Path
     started_at: float
+    staged: Path | None = None
 
 
-def discard_restore(ctx: StepContext, work: Any, exc: BaseException) -> None:
-    """A restore that failed leaves nothing: the new graph's file, rows and slot go."""
+def undo_restore(ctx: StepContext, work: Any, exc: BaseException) -> None:
+    """Before the swap, a failed restore leaves the graph as it was: the staged copy goes, the
+    mark and the claim are cleared. After it (the file is the backup's, its rows unfinished),
+    the claim is left to lapse and the reaper finishes the rows."""
     if not isinstance(work, RestoreWork):
         return
+    if work.staged is not None and not work.staged.exists():
+        ctx.log.error(f"restore into {work.plan.graph_id}: {detail(exc)} after its file was "
+                      "replaced; the reaper finishes its records")
+        return
+    if work.staged is not None:
+        work.staged.unlink(missing_ok=True)
     with ctx.database.session() as session:
-        graphs.discard_graph(session, ctx.engine, work.plan.graph_id)
-    ctx.log.error(f"restore into {work.plan.graph_id}: {describe(exc)}; removed")
+        backups.unmark_restore(session, work.claim)
+        lifecycle.release_graph(session, work.claim)
+    ctx.log.error(f"restore into {work.plan.graph_id}: {detail(exc)}; the graph is unchanged")
 
 
-restore_step = step(on_failure=discard_restore, around=hold_graph)
+restore_step = step(on_failure=undo_restore, around=hold_graph)
 
 
 @step(config=RestoreConfig)
 def plan_restore(ctx: StepContext, config: RestoreConfig) -> RestoreWork:
-    """Check the backup (owner, file, checksum) before anything is made, then reserve the new
-    graph's row and host slot."""
+    """Check the backup (owner, file, checksum) and the graph it goes into (the user's, active,
+    paid for) before anything is touched, then claim that graph."""
     started_at = time.time()
-    restore_id = config.restore_id or uuid.uuid4().hex
     with ctx.database.session() as session:
         plan = backups.plan_restore(session, user_id=config.user_id, graph_id=config.graph_id,
-                                    backup_id=config.backup_id, restore_id=restore_id)
+                                    backup_id=config.backup_id,
+                                    into_graph_id=config.into_graph_id)
     ctx.progress(f"Checking backup {plan.backup_id}", 10)
     backup_files.verify(plan.backup_path, plan.checksum)
     with ctx.database.session() as session:
-        graph = backups.reserve_restored_graph(session, plan, graph_data_dir=ctx.graph_data_dir,
-                                               operation_id=ctx.operation_id)
-        path = Path(graph.database_path)
-    with ctx.database.session() as session:
-        claim = lifecycle.claim_graph(session, plan.graph_id, statuses=(backups.RESTORING,),
+        claim = lifecycle.claim_graph(session, plan.graph_id, statuses=("active",),
                                       lease_seconds=ctx.policy.claim_lease_seconds)
-    ctx.progress(f"Restoring into new graph {plan.graph_id}", 30)
+        path = Path(graphs.top_level_graph(session, plan.graph_id).database_path)
+    ctx.progress(f"Restoring {plan.backup_id} into graph {plan.graph_id}", 30)
     return RestoreWork(plan, claim, path, started_at)
 
 
 @restore_step
-def restore_database_file(ctx: StepContext, work: RestoreWork) -> RestoreWork:
-    """Copy the backup into the new graph's file, checking the copy's checksum."""
+def stage_backup_copy(ctx: StepContext, work: RestoreWork) -> RestoreWork:
+    """Copy the backup beside the graph's file, checking the copy's checksum; the graph's own
+    file is not touched yet."""
     with ctx.database.session() as session:
         lifecycle.assert_graph_held(session, work.claim)
-    backup_files.restore(work.plan.backup_path, work.plan.checksum, work.path)
-    ctx.progress(f"Restored {work.path.name}", 70)
-    return work
+    staged = backup_files.stage(work.plan.backup_path, work.plan.checksum, work.path)
+    ctx.progress(f"Copied {work.plan.backup_id} beside {work.plan.graph_id}", 60)
+    return replace(work, staged=staged)
 
 
 @restore_step
-def finish_restore(ctx: StepContext, work: RestoreWork) -> Outcome:
-    """Schema rows, the owner's admin role and a credit pool; the new graph is ``active``."""
+def swap_in_backup(ctx: StepContext, work: RestoreWork) -> Outcome:
+    """Still paid for? Mark the graph, put the copy in place of its file, then the backup's
+    schema replaces the graph's and the claim is released."""
+    assert work.staged is not None
+    with ctx.database.session() as session:
+        graph = lifecycle.assert_graph_held(session, work.claim)
+        backups.check_paid_for(session, graph)
+        backups.begin_restore(session, work.plan, graph, ctx.operation_id)
+    backup_files.swap_in(ctx.engine, work.staged, work.path)
     with ctx.database.session() as session:
         graph = lifecycle.assert_graph_held(session, work.claim)
         backups.finish_restore(session, work.plan, graph)
         lifecycle.release_graph(session, work.claim)
         view = graphs.describe(session, graph)
-    ctx.progress(f"Graph {work.plan.graph_id} restored", 100)
+    ctx.progress(f"Graph {work.plan.graph_id} restored from {work.plan.backup_id}", 100)
     tables = ctx.engine.list_tables(work.path)
     result = {**view, "restored_from": {"graph_id": work.plan.source_graph_id,
                                         "backup_id": work.plan.backup_id},
@@ -235,23 +254,20 @@ def finish_restore(ctx: StepContext, work: RestoreWork) -> Outcome:
 
 
 def restore_tags(config: RestoreConfig) -> dict[str, str]:
-    return {GRAPH_TAG: config.graph_id, USER_TAG: config.user_id}
+    return {GRAPH_TAG: config.target, USER_TAG: config.user_id}
 
 
 def restore_result(database: Database, config: RestoreConfig) -> dict[str, Any]:
-    if not config.restore_id:
-        return {"graph_id": None}
-    graph_id = backups.restored_graph_id(config.restore_id)
     with database.session() as session:
         try:
-            return graphs.describe(session, graphs.visible_graph(session, graph_id,
+            return graphs.describe(session, graphs.visible_graph(session, config.target,
                                                                  config.user_id))
         except Exception:
-            return {"graph_id": graph_id, "status": None}
+            return {"graph_id": config.target, "status": None}
 
 
 RESTORE_FLOW = Flow(
     name="restore", job_name="restore_graph_job", operation_kind="graph_restore",
-    description="Restore a backup as a new graph (the original is never touched).",
-    asset_key=GRAPH_ASSET, steps=(plan_restore, restore_database_file, finish_restore),
+    description="Restore a backup into a graph a subscription pays for, replacing its data.",
+    asset_key=GRAPH_ASSET, steps=(plan_restore, stage_backup_copy, swap_in_backup),
     tags=restore_tags, owner=lambda database, config: config.user_id, result=restore_result)

@@ -20,13 +20,13 @@ from dagster import Config
 from pydantic import Field
 
 from provisioning_pipelines.flows.asset_keys import GRAPH_ASSET, SUBGRAPH_ASSET
+from provisioning_pipelines.flows.public import detail
 from provisioning_pipelines.flows.steps import (
     GRAPH_TAG,
     USER_TAG,
     Flow,
     Outcome,
     StepContext,
-    describe,
     step,
 )
 from provisioning_pipelines.services.graphs import backups, lifecycle, subgraphs
@@ -71,7 +71,7 @@ def give_back(ctx: StepContext, work: Any, exc: BaseException) -> None:
     if isinstance(claim, GraphClaim):
         with ctx.database.session() as session:
             lifecycle.release_graph(session, claim)
-        ctx.log.warning(f"graph {claim.graph_id}: {describe(exc)}; its claim is given back")
+        ctx.log.warning(f"graph {claim.graph_id}: {detail(exc)}; its claim is given back")
 
 
 teardown_step = step(on_failure=give_back, around=hold_graph)

@@ -179,9 +179,3 @@ def worth_retrying(exc: BaseException) -> bool:
     if isinstance(exc, ProvisioningError):
         return exc.retryable
     return not is_refused_data(exc)
-
-
-def describe(exc: BaseException) -> str:
-    if isinstance(exc, ProvisioningError):
-        return exc.message
-    return f"{type(exc).__name__}: {exc}"

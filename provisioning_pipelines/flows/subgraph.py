@@ -16,20 +16,22 @@ from typing import Any
 from dagster import Config
 from pydantic import Field
 
+from provisioning_pipelines.errors import StorageFull
 from provisioning_pipelines.flows.asset_keys import SUBGRAPH_ASSET
+from provisioning_pipelines.flows.public import describe, detail
 from provisioning_pipelines.flows.steps import (
     GRAPH_TAG,
     USER_TAG,
     Flow,
     Outcome,
     StepContext,
-    describe,
     step,
 )
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.graphs import subgraphs
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import expected_tables
+from provisioning_pipelines.storage.ladybug.fork import ParentUnreadable
 
 
 class SubgraphConfig(Config):
@@ -66,7 +68,7 @@ def discard_subgraph(ctx: StepContext, work: Any, exc: BaseException) -> None:
         return
     with ctx.database.session() as session:
         graphs.discard_graph(session, ctx.engine, work.subgraph_id)
-    ctx.log.error(f"subgraph {work.subgraph_id}: creation failed ({describe(exc)}); removed")
+    ctx.log.error(f"subgraph {work.subgraph_id}: creation failed ({detail(exc)}); removed")
 
 
 @step(config=SubgraphConfig)
@@ -109,8 +111,8 @@ def fork_parent_data(ctx: StepContext, work: SubgraphWork) -> Outcome:
                                             exclude=config.fork_exclude)
             fork = {"fork_status": "completed", "rows_copied": copied}
         except Exception as exc:  # the subgraph stays; the fork's failure is reported
-            fork = {"fork_status": "failed", "fork_error": describe(exc)}
-            ctx.log.warning(f"subgraph {work.subgraph_id}: fork failed ({describe(exc)})")
+            fork = {"fork_status": "failed", "fork_error": fork_error(config, exc)}
+            ctx.log.warning(f"subgraph {work.subgraph_id}: fork failed ({detail(exc)})")
         with ctx.database.session() as session:
             subgraphs.record_fork(session, work.subgraph_id, fork)
     ctx.progress(f"Subgraph {work.subgraph_id} ready", 100)
@@ -122,6 +124,19 @@ def fork_parent_data(ctx: StepContext, work: SubgraphWork) -> Outcome:
                 "fork_status": fork["fork_status"]}
     return Outcome(asset_key=SUBGRAPH_ASSET, result=result, metadata=metadata,
                    started_at=work.started_at)
+
+
+def fork_error(config: SubgraphConfig, exc: BaseException) -> str:
+    """What the customer is told of a failed fork: what happened to their data and what to do,
+    not the engine's words (those go to the log)."""
+    if isinstance(exc, ParentUnreadable):
+        why = ("its host has run out of disk space" if isinstance(exc.__cause__, StorageFull)
+               else "its database file could not be opened")
+        return (f"the parent graph {config.parent_graph_id} could not be read ({why}), so "
+                "nothing was copied: the subgraph is empty. Delete it and fork again later; "
+                "if this persists, contact support.")
+    return (f"copying the data of {config.parent_graph_id} failed ({describe(exc)}); nothing "
+            "was copied: the subgraph is empty. Delete it and fork again later.")
 
 
 def subgraph_tags(config: SubgraphConfig) -> dict[str, str]:

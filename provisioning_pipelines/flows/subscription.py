@@ -17,11 +17,11 @@ from dagster import Config
 from pydantic import Field
 
 from provisioning_pipelines.flows.asset_keys import SUBSCRIPTION_ASSETS
+from provisioning_pipelines.flows.public import CustomerError, customer_error, detail
 from provisioning_pipelines.flows.steps import (
     SUBSCRIPTION_TAG,
     Outcome,
     StepContext,
-    describe,
     step,
     worth_retrying,
 )
@@ -32,6 +32,7 @@ from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.provisioning import claims, leases
 from provisioning_pipelines.services.provisioning.claims import Claim
 from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.errors import is_outage
 
 
 class SubscriptionConfig(Config):
@@ -60,12 +61,15 @@ def abandon_attempt(ctx: StepContext, work: Any, exc: BaseException) -> None:
     """Undo what this attempt made, keep the error, give the claim back.
 
     Only while the claim is still ours: a worker whose lease lapsed must not undo the work of the
-    worker that took over.
+    worker that took over. While attempts remain, raises ``RetryScheduled`` (from ``exc``): the
+    work goes on, so its operation does too. The subscription keeps the customer's sentence
+    for the error; the log keeps the raw one.
     """
     if not isinstance(work, SubscriptionWork) or work.claim.already_active:
         return
     claim = work.claim
-    error = describe(exc)
+    error = customer_error(exc)
+    retryable = worth_retrying(exc)
     try:
         with ctx.database.session() as session:
             claims.assert_held(session, claim)
@@ -77,7 +81,7 @@ def abandon_attempt(ctx: StepContext, work: Any, exc: BaseException) -> None:
                 repositories.revoke_subscription_access(session, claim.subscription_id)
                 credits.remove_subscription_allocations(session, claim.subscription_id)
             status = claims.release_after_failure(
-                session, claim, error, retryable=worth_retrying(exc),
+                session, claim, error.message, retryable=retryable,
                 max_attempts=ctx.policy.max_attempts,
                 backoff_seconds=ctx.policy.retry_backoff_seconds,
             )
@@ -85,8 +89,28 @@ def abandon_attempt(ctx: StepContext, work: Any, exc: BaseException) -> None:
         ctx.log.warning(f"subscription {claim.subscription_id}: claim lapsed; leaving its "
                         "work to the worker that took over")
         raise lost from exc
+    except Exception as unreleased:
+        # The database went away with the claim still held: its lease lapses and the next
+        # trigger makes the next attempt, if one is left; what was made is found and finished.
+        ctx.log.error(f"subscription {claim.subscription_id}: attempt {claim.attempt} failed "
+                      f"({detail(exc)}) and its claim could not be given back "
+                      f"({detail(unreleased)})")
+        if (is_outage(unreleased) and retryable
+                and claim.attempt < ctx.policy.max_attempts):
+            raise _retry(claim, ctx, error, ctx.policy.claim_lease_seconds) from exc
+        raise
     ctx.log.error(f"subscription {claim.subscription_id}: attempt {claim.attempt} failed "
-                  f"({error}); subscription is now {status}")
+                  f"({detail(exc)}); subscription is now {status}")
+    if status == "provisioning":
+        delay = claims.backoff_delay(claim.attempt, ctx.policy.retry_backoff_seconds)
+        raise _retry(claim, ctx, error, delay) from exc
+
+
+def _retry(claim: Claim, ctx: StepContext, error: CustomerError,
+           retry_in: float) -> claims.RetryScheduled:
+    return claims.RetryScheduled(claim.subscription_id, attempt=claim.attempt,
+                                 max_attempts=ctx.policy.max_attempts, reason=error.message,
+                                 reason_code=error.code, retry_in=retry_in)
 
 
 def hold_claim(ctx: StepContext, work: Any) -> AbstractContextManager[Any]:
@@ -162,12 +186,12 @@ def subscription_owner(database: Database, config: SubscriptionConfig) -> str | 
 
 
 def subscription_result(database: Database, config: SubscriptionConfig) -> dict[str, Any]:
-    """Where a run left the subscription: its status, resource and error."""
+    """Where a run left the subscription: its status, resource, attempts and error."""
     with database.session() as session:
         subscription = billing.get_subscription(session, config.subscription_id)
         found = billing.summary(subscription)
     return {key: found[key] for key in ("subscription_id", "status", "resource_type",
-                                        "resource_id", "error")}
+                                        "resource_id", "attempts", "error")}
 
 
 def _metadata_value(value: Any) -> Any:

@@ -128,7 +128,10 @@ def suspend_resource(ctx: StepContext, target: Target) -> Outcome:
             changed, details = False, {}
     ctx.progress(f"Suspended {target.graph_id or target.resource_id or '-'}", 100)
     done = replace(target, changed=changed)
-    return _outcome(done, _state(ctx, target, "suspended"), details,
+    # Nothing was made yet (cancelled before the payment): the subscription is cancelled and
+    # there is no resource to call suspended.
+    otherwise = "suspended" if target.graph_id or target.resource_id else "canceled"
+    return _outcome(done, _state(ctx, target, otherwise), details,
                     "suspended" if changed else "already")
 
 

@@ -12,6 +12,7 @@ import warnings
 from dagster import BetaWarning, Definitions
 
 from provisioning_pipelines.orchestration.assets import ASSETS
+from provisioning_pipelines.orchestration.billing import billing_outbox_sensor
 from provisioning_pipelines.orchestration.checks import (
     CHECKS,
     build_run_failure_sensor,
@@ -45,6 +46,7 @@ def _definitions(settings: Settings) -> Definitions:
                                 interval_seconds=settings.sensor_interval_seconds),
                  lifecycle_reaper_sensor(interval_seconds=settings.sensor_interval_seconds,
                                          alert_minutes=settings.unprovisioned_alert_minutes),
+                 billing_outbox_sensor(interval_seconds=settings.sensor_interval_seconds),
                  build_run_failure_sensor()],
         resources=build_resources(settings, env_vars=True),
     )

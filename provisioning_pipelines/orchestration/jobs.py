@@ -37,7 +37,8 @@ from provisioning_pipelines.flows import (
     materialization,
     run_step,
 )
-from provisioning_pipelines.flows.steps import FLOW_TAG, OPERATION_TAG, USER_TAG, describe
+from provisioning_pipelines.flows.public import detail
+from provisioning_pipelines.flows.steps import FLOW_TAG, OPERATION_TAG, USER_TAG
 from provisioning_pipelines.runtime.progress import end_on_error
 from provisioning_pipelines.runtime.resources import (
     BackupsResource,
@@ -69,12 +70,15 @@ def run_step_in_op(step: Step, context: OpExecutionContext, value: Any,
     except Exception as exc:
         end_on_error(operation, exc, made_here=False)  # a run continues its launcher's operation
         metadata = {"error": type(exc).__name__, "step": step.name}
-        if isinstance(exc, ProvisioningError):
+        if isinstance(exc, ProvisioningError) and exc.__cause__ is None:
             # A refusal (unpaid, over a limit, ...) is one line and its field, not a trace.
             raise Failure(description=f"{step.name}: {exc.message}",
                           metadata={**metadata, "field": exc.field or ""},
                           allow_retries=False) from None
-        raise Failure(description=f"{step.name}: {describe(exc)}", metadata=metadata,
+        # The operator's view (the run's log) keeps the raw cause; the customer's never does.
+        cause = f" ({detail(exc.__cause__)})" if isinstance(exc, ProvisioningError) \
+            and exc.__cause__ is not None else ""
+        raise Failure(description=f"{step.name}: {detail(exc)}{cause}", metadata=metadata,
                       allow_retries=False) from exc
     if isinstance(output, Outcome):
         if output.materialize:

@@ -5,10 +5,12 @@ webhook or a user starts directly. Each tick it
 
 * launches a suspension for a subscription that billing ended (now, or at its period's end)
   while its resource is still live, and a reactivation for an active one whose graph is
-  suspended (``lifecycle.out_of_step``);
+  suspended (``lifecycle.out_of_step``), and a suspension for a graph no subscription pays
+  for (made by an earlier version's restores);
 * launches the deletion of each suspended graph past its grace, and of each deletion that began
   and did not finish (a teardown killed half-way is run again, and finishes);
-* removes what a restore whose worker died left (file, rows, slot) and backups past retention;
+* finishes (or undoes) a restore whose worker died, removes what an earlier version's restore
+  left, and backups past retention;
 * logs an alert for each paid customer still without a resource after
   ``UNPROVISIONED_ALERT_MINUTES``, written once to the audit log.
 
@@ -38,6 +40,7 @@ from provisioning_pipelines.flows import (
     SUSPENSION_FLOW,
     DeletionConfig,
     Flow,
+    LifecycleConfig,
     follow_up,
 )
 from provisioning_pipelines.orchestration.jobs import JOBS
@@ -61,6 +64,7 @@ def lifecycle_requests(database: DatabaseResource, now: datetime) -> list[RunReq
     """The suspensions, reactivations and deletions that are due."""
     with database.get().session() as session:
         changes = lifecycle.out_of_step(session, now=now)
+        unpaid = lifecycle.unpaid_graphs(session)
         deletions = lifecycle.due_deletions(session, now=now)
     requests = []
     for change in changes:
@@ -69,6 +73,10 @@ def lifecycle_requests(database: DatabaseResource, now: datetime) -> list[RunReq
                          actor="reaper", reason="billing ended the subscription" if ending
                          else "billing resumed it")
         requests.append(_request(then.flow, then.config, change["subscription_id"], now))
+    for graph_id in unpaid:
+        suspension = LifecycleConfig(graph_id=graph_id, actor="reaper",
+                                     reason="paid for by no subscription")
+        requests.append(_request(SUSPENSION_FLOW, suspension, graph_id, now))
     for graph_id in deletions:
         config = DeletionConfig(graph_id=graph_id, actor="reaper",
                                 reason="the grace after cancellation is over")
@@ -82,6 +90,7 @@ def reap(context: SensorEvaluationContext, database: DatabaseResource,
     Returns what was done, one line each."""
     done = []
     with database.get().session() as session:
+        done.extend(backups.finish_interrupted_restores(session, now=now))
         for graph_id in backups.stale_restores(session, now=now):
             graphs.discard_graph(session, graph_engine.get(), graph_id)
             done.append(f"removed the unfinished restore {graph_id}")

@@ -14,8 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from provisioning_pipelines import metrics
-from provisioning_pipelines.flows.steps import describe
-from provisioning_pipelines.services.provisioning.claims import ClaimHeld, ClaimLost, Queued
+from provisioning_pipelines.flows.public import customer_error, describe, public_result
+from provisioning_pipelines.services.provisioning.claims import (
+    ClaimHeld,
+    ClaimLost,
+    Queued,
+    RetryScheduled,
+)
 from provisioning_pipelines.storage.events import OperationStore, new_operation_id
 
 logger = logging.getLogger("provisioning_pipelines")
@@ -86,10 +91,10 @@ class ProgressReporter:
         self._write("start", message)
 
     def complete(self, result: dict[str, Any]) -> None:
-        self._write("complete", {**result, "operation_id": self.operation_id})
+        self._write("complete", {**public_result(result), "operation_id": self.operation_id})
 
-    def fail(self, error: str) -> None:
-        self._write("fail", error)
+    def fail(self, error: str, code: str | None = None) -> None:
+        self._write("fail", error, code)
 
     def _write(self, method: str, *args: Any) -> None:
         if self.events is not None and self.operation_id is not None:
@@ -99,14 +104,18 @@ class ProgressReporter:
 def end_on_error(progress: ProgressReporter, exc: BaseException, *, made_here: bool) -> None:
     """End an operation whose flow raised ``exc``: the one rule for both paths.
 
-    A queued subscription's operation goes on (a progress line; whoever provisions it ends it).
-    While another worker holds the claim, or took it over, that worker ends the operation, unless
-    this caller made the operation itself (``made_here``: then no one else knows of it). Any other
-    error fails it, with the error's one line.
+    An operation ends ``failed`` only when its work has finally failed. A queued subscription's
+    operation goes on (a progress line; whoever provisions it ends it), and so does one whose
+    attempt failed with attempts left (``RetryScheduled``: the next attempt, in any process,
+    continues it). While another worker holds the claim, or took it over, that worker ends the
+    operation, unless this caller made the operation itself (``made_here``: then no one else
+    knows of it). Any other error fails it, with the customer's sentence and code (never a
+    path, a host or a driver's message: ``flows/public.py``).
     """
-    if isinstance(exc, Queued):
+    if isinstance(exc, Queued | RetryScheduled):
         progress(describe(exc))
     elif isinstance(exc, ClaimHeld | ClaimLost) and not made_here:
         return
     else:
-        progress.fail(describe(exc))
+        error = customer_error(exc)
+        progress.fail(error.message, error.code)

@@ -1,5 +1,5 @@
 """Dagster resources at every boundary: database, graph engine, operation events, progress,
-policy and backups.
+policy, backups and the billing system.
 
 A resource is configuration; the heavy object behind it (an engine and its pool, a Redis pool, a
 template cache) is made once per process and shared, because the direct executor runs thousands
@@ -25,6 +25,7 @@ from pydantic import Field
 
 from provisioning_pipelines.flows import Policy, StepContext
 from provisioning_pipelines.runtime.progress import ProgressReporter, SafeEvents
+from provisioning_pipelines.services.billing.outbound import StripeSender
 from provisioning_pipelines.services.graphs.backups import BackupPolicy
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import Database, get_database
@@ -123,6 +124,22 @@ class BackupsResource(ConfigurableResource):
         return BackupPolicy(Path(self.backup_dir), self.final_retention_days)
 
 
+class BillingResource(ConfigurableResource):
+    """The billing system (Stripe) that cancellations and reactivations decided here are sent
+    to; without an API key nothing is sent and the outbox keeps them."""
+
+    api_key: str | None = Field(default=None, description="Stripe secret key; none = off.")
+    api_base: str = Field(default="https://api.stripe.com", description="Stripe's API URL.")
+
+    def sender(self) -> StripeSender | None:
+        return _sender(self.api_key, self.api_base) if self.api_key else None
+
+
+@lru_cache(maxsize=8)
+def _sender(api_key: str, api_base: str) -> StripeSender:
+    return StripeSender(api_key, api_base)
+
+
 def build_resources(settings: Settings, *, env_vars: bool = False
                     ) -> dict[str, ConfigurableResource]:
     """The resources every entry point uses, from the settings.
@@ -152,6 +169,10 @@ def build_resources(settings: Settings, *, env_vars: bool = False
                                  deletion_grace_days=settings.deletion_grace_days),
         "backups": BackupsResource(backup_dir=str(settings.resolved_backup_dir),
                                    final_retention_days=settings.final_backup_retention_days),
+        "billing": BillingResource(
+            api_key=settings.stripe_api_key and from_env("STRIPE_API_KEY",
+                                                         settings.stripe_api_key),
+            api_base=settings.stripe_api_base),
     }
 
 

@@ -3,6 +3,10 @@
 One home for "what a string from a client may be": PostgreSQL refuses NUL in text and JSON,
 columns have lengths, and control characters in names end up in logs and file listings. A value
 that fails is refused with ``InvalidRequest`` naming its field, before anything is made.
+
+A pattern that checks an identifier is applied with ``fullmatch`` (never ``match`` with ``$``,
+which also matches before a final newline, so a name with a trailing newline passed), and its
+character classes are ASCII (``[0-9]``, not a digit class, which takes any script's digits).
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from typing import Any
 
 from provisioning_pipelines.errors import InvalidRequest
 
-# C0 controls but tab, newline and carriage return (allowed in descriptions), and DEL.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_LINE_BREAKS = re.compile(r"[\t\n\r]")
+# Control characters (Unicode's Cc: C0, DEL and C1) but tab, newline and carriage return, which
+# are allowed in descriptions; single-line text refuses those and Unicode's line separators too.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_LINE_BREAKS = re.compile(r"[\t\n\r\u2028\u2029]")
 #: How deeply JSON a client sends may nest (bodies, custom schemas, webhook events).
 MAX_DEPTH = 32
 

@@ -1,7 +1,8 @@
 """Billing webhooks in Stripe's format: verify, record once, apply, or reject and keep.
 
 The signature is checked with the ``stripe`` package (HMAC-SHA256 over ``"{t}.{raw body}"``,
-300 s tolerance), offline. A delivery that is not genuine, or not JSON at all, is refused (400)
+300 s tolerance), offline, and refused when dated more than the tolerance ahead (the package
+bounds only the past). A delivery that is not genuine, or not JSON at all, is refused (400)
 and nothing is kept. A genuine one is always recorded, under a unique event id in the same
 transaction as the change it causes, so an event is applied exactly once: a redelivery (or ten
 concurrent deliveries) fails the insert and changes nothing, and the endpoint answers 2xx only
@@ -22,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -32,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, InvalidRequest, NotFound
 from provisioning_pipelines.services import audit
-from provisioning_pipelines.services.billing import event_order
+from provisioning_pipelines.services.billing import event_order, outbox
 from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.services.billing.event_order import event_key
 from provisioning_pipelines.services.graphs import lifecycle
@@ -45,6 +47,8 @@ TOLERANCE_SECONDS = 300
 MAX_BODY_BYTES = 1024 * 1024
 HANDLED = ("checkout.session.completed", "customer.subscription.updated",
            "customer.subscription.deleted", "invoice.payment_failed")
+#: The events with which billing reports back a change we sent it (``services/billing/outbox``).
+OUR_ECHOES = ("customer.subscription.updated", "customer.subscription.deleted")
 # Seconds since the epoch that a datetime can hold (year 1 ... 9999 would overflow below 0).
 _LATEST_TIMESTAMP = 253402300799
 # The fields of data.object each handled event reads, and their column lengths.
@@ -90,7 +94,21 @@ def verify(payload: bytes, signature: str | None, secret: str) -> Delivery:
                              field="Stripe-Signature") from None
     except UnicodeDecodeError:
         raise InvalidWebhook("body: not UTF-8", field="body") from None
+    ahead = _signed_at(signature) - time.time()
+    if ahead > TOLERANCE_SECONDS:
+        raise InvalidWebhook(f"Stripe-Signature: signed {ahead:.0f} s in the future; more than "
+                             f"the {TOLERANCE_SECONDS} s tolerance", field="Stripe-Signature")
     return read(raw)
+
+
+def _signed_at(signature: str) -> float:
+    """The header's ``t=``, which the ``stripe`` package bounds in the past only: a signature
+    dated ahead would otherwise stay replayable until that date plus the tolerance."""
+    for item in signature.split(","):
+        key, _, value = item.strip().partition("=")
+        if key == "t" and value.isascii() and value.isdigit():
+            return int(value)
+    raise InvalidWebhook("Stripe-Signature: no timestamp", field="Stripe-Signature")
 
 
 def read(raw: str) -> Delivery:
@@ -145,6 +163,10 @@ def _problem(event: Any) -> str | None:
     ours = (metadata or {}).get("subscription_id")
     if isinstance(ours, str) and (problem := text_problem(ours, max_length=64)):
         return f"data.object.metadata.subscription_id: {problem}"
+    request = event.get("request")
+    key = request.get("idempotency_key") if isinstance(request, dict) else None
+    if isinstance(key, str) and (problem := text_problem(key, max_length=255)):
+        return f"request.idempotency_key: {problem}"
     return None
 
 
@@ -223,6 +245,9 @@ def _act(session: Session, event: dict[str, Any], operation_id: str | None,
         return Applied(event["id"], kind, ignored="no subscription of ours")
     applied = Applied(event["id"], kind, subscription.id, user_id=subscription.user_id,
                       resource_type=subscription.resource_type)
+    if kind in OUR_ECHOES and (ours := outbox.echo_of(session, subscription.id, event)):
+        return replace(applied, ignored=f"our own change ({ours.action}, billing change "
+                       f"{ours.id}), applied already")
     if kind == "invoice.payment_failed":
         audit.record(session, actor="billing", action="invoice.payment_failed",
                      subject_type="subscription", subject_id=subscription.id,
@@ -249,7 +274,7 @@ def _act(session: Session, event: dict[str, Any], operation_id: str | None,
         return replace(applied, canceled=billing.cancel(session, subscription.id))
     if subscription.status == "canceled":
         event_order.mark_applied(subscription, key)
-        return _paid_again(session, subscription, applied, operation_id)
+        return _paid_again(session, subscription, obj, applied, operation_id)
     paid = billing.mark_paid(  # the event's key in the same statement as the payment
         session, subscription.id, stripe_customer_id=_str(obj.get("customer")),
         stripe_subscription_id=_str(obj.get("subscription")), operation_id=operation_id,
@@ -257,13 +282,16 @@ def _act(session: Session, event: dict[str, Any], operation_id: str | None,
     return replace(applied, paid=paid)
 
 
-def _paid_again(session: Session, subscription: Subscription, applied: Applied,
-                operation_id: str | None) -> Applied:
+def _paid_again(session: Session, subscription: Subscription, obj: dict[str, Any],
+                applied: Applied, operation_id: str | None) -> Applied:
     """A new payment for a cancelled subscription: its resource comes back within the grace,
-    or is provisioned if it never was; one deleted already stays deleted."""
+    or is provisioned if it never was; one deleted already stays deleted. Either way the
+    payment's subscription in billing is the one told of later changes."""
     state = lifecycle.resource_state(session, subscription)
     if state == "gone":
         return replace(applied, ignored="the subscription ended and its resource was deleted")
+    billing.rebind(subscription, stripe_customer_id=_str(obj.get("customer")),
+                   stripe_subscription_id=_str(obj.get("subscription")))
     if state == "live":
         billing.reactivate(session, subscription)
         return replace(applied, reactivated=True)

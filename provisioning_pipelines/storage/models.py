@@ -338,3 +338,32 @@ class GraphBackup(Base):
     schema_fingerprint: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class BillingChange(Base):
+    """A change decided here (a cancellation or a reactivation) that the billing system must
+    be told of: written in the transaction of the change itself, sent afterwards.
+
+    ``idempotency_key`` goes with every attempt, so the billing system applies the change once
+    however often it is sent; ``status`` is ``pending`` (to send; retried with backoff until
+    ``next_attempt_at``), ``sent``, ``skipped`` (nothing to tell: the subscription has no id in
+    the billing system) or ``failed`` (the billing system refused it; ``last_error`` says why).
+    ``echo_event_id`` is the billing event that reported the change back (applied already).
+    """
+
+    __tablename__ = "billing_outbox"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("subscriptions.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16))
+    stripe_subscription_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    idempotency_key: Mapped[str] = mapped_column(String(128), unique=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claimed_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+    echo_event_id: Mapped[str | None] = mapped_column(String(128))

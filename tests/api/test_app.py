@@ -172,6 +172,40 @@ def test_subgraph_over_http(api: Api) -> None:
     assert events[-1][2]["result"]["graph_id"] == f"{graph_id}_analysis"
 
 
+def test_a_subgraph_its_parent_cannot_have_is_refused_before_any_operation(api: Api) -> None:
+    """Once: 202, then an operation that failed (a standard graph), and 422 where every other
+    missing permission is 403 (a reader). Now the refusal is the answer."""
+    from provisioning_pipelines.services.graphs import records
+
+    owner = new_customer(api.database)
+    with api.client(owner.api_key) as client:
+        standard_sub = client.post("/v1/subscriptions", json={
+            "resource_type": "graph", "plan_name": "ladybug-standard",
+            "graph": graph_request()}).json()["subscription_id"]
+    large_sub = subscribe_graph(api, owner.api_key)
+    for sub_id in (standard_sub, large_sub):
+        api.deliver(checkout_event(sub_id))
+    standard = api.wait_status(owner.api_key, standard_sub, "active")["resource_id"]
+    large = api.wait_status(owner.api_key, large_sub, "active")["resource_id"]
+    reader = new_customer(api.database)
+    with api.database.session() as session:
+        records.grant_role(session, large, reader.user_id, "read")
+
+    with api.client(owner.api_key) as client:
+        before = len(client.get("/v1/operations").json()["operations"])
+        refused = client.post(f"/v1/graphs/{standard}/subgraphs", json={"name": "one"})
+        assert len(client.get("/v1/operations").json()["operations"]) == before
+    with api.client(reader.api_key) as client:
+        made = client.post(f"/v1/graphs/{large}/subgraphs", json={"name": "mine"})
+        gone = client.delete(f"/v1/graphs/{large}/subgraphs/mine")
+        assert client.get("/v1/operations").json()["operations"] == []
+
+    assert refused.status_code == 409 and refused.json()["field"] == "parent_graph_id"
+    assert "ladybug-standard allows no subgraphs" in refused.json()["message"]
+    assert made.status_code == 403 and "admin role" in made.json()["message"], made.text
+    assert gone.status_code == 403 and gone.json()["field"] == "parent_graph_id", gone.text
+
+
 def test_invalid_subscription_request_names_the_field(api: Api) -> None:
     user = new_customer(api.database)
     with api.client(user.api_key) as client:

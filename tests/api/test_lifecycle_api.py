@@ -1,13 +1,17 @@
 """A graph's whole life over real HTTP: list, delete (suspend), restore within the grace, back
-up, restore a backup as a new graph, delete a subgraph, cancel a subscription; billing events
+up, restore a backup into its graph, delete a subgraph, cancel a subscription; billing events
 delivered in every order."""
 
 from __future__ import annotations
 
 import itertools
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import select
 
 from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.models import Graph
@@ -71,7 +75,12 @@ def test_an_owner_lists_deletes_and_restores_a_graph_within_the_grace(api: Api) 
         assert client.get("/v1/graphs").json() == {"graphs": []}
 
 
-def test_a_backup_restores_as_a_new_graph_with_the_same_tables_and_rows(api: Api) -> None:
+def graph_ids(api: Api) -> set[str]:
+    with api.database.session() as session:
+        return set(session.scalars(select(Graph.id)))
+
+
+def test_a_backup_restores_into_its_graph_replacing_the_data(api: Api) -> None:
     user = new_customer(api.database)
     graph_id = active_graph(api, user.api_key)
     with api.database.session() as session:
@@ -89,23 +98,83 @@ def test_a_backup_restores_as_a_new_graph_with_the_same_tables_and_rows(api: Api
         backups = client.get(f"/v1/graphs/{graph_id}/backups").json()["backups"]
         assert [b["backup_id"] for b in backups] == [made.json()["backup_id"]]
         assert {"backup_id", "created_at", "size_bytes", "checksum"} <= set(backups[0])
+        engine.execute(path, ["CREATE (:Entity {identifier: 'later', name: 'Later'})"])
+        before = graph_ids(api)
 
         restore = client.post(f"/v1/graphs/{graph_id}/backups/{backups[0]['backup_id']}"
                               "/restore")
-        assert restore.status_code == 202
+        assert restore.status_code == 202 and restore.json()["graph_id"] == graph_id
         kind, data = finished(api, user.api_key, restore.json()["operation_id"])
         assert kind == "operation_completed", data
-        new_id = data["result"]["graph_id"]
-        assert new_id == restore.json()["graph_id"] and new_id != graph_id
-        shown = client.get(f"/v1/graphs/{new_id}").json()
-        assert shown["status"] == "active"
-        assert {g["graph_id"] for g in client.get("/v1/graphs").json()["graphs"]} == {
-            graph_id, new_id}
+        assert data["result"]["graph_id"] == graph_id
+        assert client.get(f"/v1/graphs/{graph_id}").json()["status"] == "active"
+        assert graph_ids(api) == before
         missing = client.post(f"/v1/graphs/{graph_id}/backups/bk_nothing/restore")
         assert missing.status_code == 404 and missing.json()["field"] == "backup_id"
-    with api.database.session() as session:
-        new_path = Path(session.get(Graph, new_id).database_path)
-    assert engine.count_rows(new_path) == counts
+        wrong = client.post(f"/v1/graphs/{graph_id}/backups/{backups[0]['backup_id']}"
+                            "/restore", json={"into_graph_id": 7})
+        assert wrong.status_code == 422 and wrong.json()["field"] == "into_graph_id"
+    assert engine.count_rows(path) == counts
+
+
+def test_restores_at_once_make_no_graph_and_a_cancelled_customer_restores_nothing(
+        api: Api) -> None:
+    """The attack that once made 19 free graphs: one paid graph, one backup, 25 restores at
+    once, then a cancellation and more restores."""
+    user = new_customer(api.database)
+    sub_id = subscribe_graph(api, user.api_key)
+    api.deliver(checkout_event(sub_id))
+    graph_id = api.wait_status(user.api_key, sub_id, "active")["resource_id"]
+    with api.client(user.api_key) as client:
+        made = client.post(f"/v1/graphs/{graph_id}/backups")
+        assert finished(api, user.api_key, made.json()["operation_id"])[0] == \
+            "operation_completed"
+        url = f"/v1/graphs/{graph_id}/backups/{made.json()['backup_id']}/restore"
+        before = graph_ids(api)
+
+        with ThreadPoolExecutor(25) as pool:
+            answers = list(pool.map(lambda _: api.client(user.api_key).post(url), range(25)))
+
+        statuses = Counter(answer.status_code for answer in answers)
+        assert set(statuses) <= {202, 429} and statuses[202] >= 1, statuses
+        for answer in answers:
+            if answer.status_code == 429:
+                assert answer.json()["field"] == "MAX_RESTORES_IN_FLIGHT_PER_USER"
+            else:
+                assert answer.json()["graph_id"] == graph_id
+                finished(api, user.api_key, answer.json()["operation_id"])
+        assert graph_ids(api) == before
+
+        cancelled = client.delete(f"/v1/subscriptions/{sub_id}")
+        assert finished(api, user.api_key, cancelled.json()["operation_id"])[0] == \
+            "operation_completed"
+        refused = client.post(url)
+        assert refused.status_code == 402, refused.text
+        assert refused.json()["field"] == "graph_id"
+    assert graph_ids(api) == before
+
+
+def test_a_user_with_enough_restores_running_is_answered_429_naming_the_limit(
+        api: Api) -> None:
+    user = new_customer(api.database)
+    graph_id = active_graph(api, user.api_key)
+    with api.client(user.api_key) as client:
+        made = client.post(f"/v1/graphs/{graph_id}/backups")
+        assert finished(api, user.api_key, made.json()["operation_id"])[0] == \
+            "operation_completed"
+        url = f"/v1/graphs/{graph_id}/backups/{made.json()['backup_id']}/restore"
+        running = [api.executor.open_operation("graph_restore", user.user_id)
+                   for _ in range(2)]  # the default MAX_RESTORES_IN_FLIGHT_PER_USER
+
+        refused = client.post(url)
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["field"] == "MAX_RESTORES_IN_FLIGHT_PER_USER"
+        assert "2 restores" in refused.json()["message"]
+        subgraph = client.post(f"/v1/graphs/{graph_id}/subgraphs", json={"name": "ok"})
+        assert subgraph.status_code == 202  # another kind has its own limit
+
+        api.executor.store.fail(running[0], "ended")
+        assert client.post(url).status_code == 202
 
 
 def test_a_subgraph_is_deleted_by_an_operation(api: Api) -> None:
@@ -143,6 +212,17 @@ def test_cancelling_a_subscription_suspends_its_graph_once(api: Api) -> None:
         assert client.get(f"/v1/graphs/{graph_id}").json()["status"] == "suspended"
         again = client.delete(f"/v1/subscriptions/{sub_id}")
         assert again.status_code == 409 and again.json()["field"] == "subscription_id"
+
+
+def test_cancelling_before_the_payment_says_cancelled_not_suspended(api: Api) -> None:
+    user = new_customer(api.database)
+    sub_id = subscribe_graph(api, user.api_key)
+    with api.client(user.api_key) as client:
+        cancelled = client.delete(f"/v1/subscriptions/{sub_id}")
+        kind, data = finished(api, user.api_key, cancelled.json()["operation_id"])
+        assert kind == "operation_completed"
+        assert (data["result"]["status"], data["result"]["graph_id"]) == ("canceled", None)
+        assert client.get(f"/v1/subscriptions/{sub_id}").json()["status"] == "canceled"
 
 
 def event(kind: str, sub_id: str, created: int, index: int) -> dict[str, Any]:

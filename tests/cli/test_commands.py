@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from provisioning_pipelines.services import webhooks
+from provisioning_pipelines.services.billing import outbox
 from provisioning_pipelines.services.billing.events import billing_event
 from provisioning_pipelines.storage.db import dispose_database, get_database
 from tests.conftest import free_port
@@ -222,6 +223,8 @@ def test_a_graphs_life_from_the_command_line(tmp_path: Path) -> None:
 
     backup_id = json.loads(run("graphs", "backup", graph_id).stdout)["backup_id"]
     assert run("graphs", "backups", graph_id).stdout.split()[0] == backup_id
+    restored = json.loads(run("graphs", "restore-backup", graph_id, backup_id).stdout)
+    assert (restored["graph_id"], restored["status"]) == (graph_id, "active")
     suspended = json.loads(run("graphs", "delete", graph_id).stdout)
     assert (suspended["status"], suspended["changed"]) == ("suspended", True)
     assert "deleted after" in run("graphs", "list", "--status", "suspended").stdout
@@ -234,11 +237,11 @@ def test_a_graphs_life_from_the_command_line(tmp_path: Path) -> None:
     again = cli("subscriptions", "cancel", sub_id, env=env)
     assert again.returncode == 2 and "cancelled already" in again.stderr
 
-    restored = json.loads(run("graphs", "restore-backup", graph_id, backup_id).stdout)
-    assert restored["status"] == "active" and restored["graph_id"] != graph_id
+    unpaid = cli("graphs", "restore-backup", graph_id, backup_id, env=env)
+    assert unpaid.returncode == 2 and "--into" not in unpaid.stderr
+    assert "into_graph_id" in unpaid.stderr and "new, paid subscription" in unpaid.stderr
     listed = run("graphs", "list").stdout.splitlines()
-    assert {line.split()[0]: line.split()[1] for line in listed} == {
-        graph_id: "deleted", restored["graph_id"]: "active"}
+    assert {line.split()[0]: line.split()[1] for line in listed} == {graph_id: "deleted"}
 
 
 def test_a_full_tier_queues_and_hosts_add_provisions_the_queue_in_order(
@@ -273,3 +276,28 @@ def test_a_full_tier_queues_and_hosts_add_provisions_the_queue_in_order(
     assert "ladybug-standard-2" in listed and "queue ladybug-standard: 1 waiting" in listed
     run("hosts", "drain", "ladybug-standard-2")
     assert "draining" in run("hosts", "list").stdout
+
+
+def test_a_cancellation_and_a_restore_from_the_command_line_are_kept_for_billing(
+        tmp_path: Path) -> None:
+    env = {"DATA_DIR": str(tmp_path / "data"), "PROVISIONING_RETRY_BACKOFF_SECONDS": "0"}
+    assert cli("db", "upgrade", env=env).returncode == 0
+    database = get_database(f"sqlite:///{(tmp_path / 'data' / 'provisioning.db').resolve()}")
+    sub_id = paid_graph_subscription(database, new_customer(database), paid=False)
+    with database.session() as session:
+        webhooks.record_and_apply(session, webhooks.read(json.dumps(billing_event(
+            sub_id, customer="cus_1", subscription="sub_in_billing"))))
+    graph_id = json.loads(cli("provision", "graph", "--subscription", sub_id, env=env)
+                          .stdout)["resource_id"]
+
+    for words in (("subscriptions", "cancel", sub_id), ("graphs", "restore", graph_id)):
+        answer = cli(*words, env=env)
+        assert answer.returncode == 0, answer.stderr
+    with database.session() as session:
+        kept = outbox.changes_of(session)
+    # STRIPE_API_KEY unset: nothing is sent, both wait in the outbox, in order
+    assert [(c["action"], c["status"], c["stripe_subscription_id"], c["actor"])
+            for c in reversed(kept)] == [("cancel", "pending", "sub_in_billing", "operator"),
+                                         ("reactivate", "pending", "sub_in_billing",
+                                          "operator")]
+    dispose_database(database.url)

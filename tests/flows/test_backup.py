@@ -1,4 +1,5 @@
-"""Backups and restores: a restored backup is a new graph; a damaged or doubled one makes none."""
+"""Backups and restores: a restore replaces a paid graph's data and makes no graph; a damaged
+backup touches nothing; a backup made twice is one."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from provisioning_pipelines.flows import (
     RestoreConfig,
     SubgraphConfig,
 )
-from provisioning_pipelines.services.graphs import backups as backup_service
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import files
 from provisioning_pipelines.storage.models import (
@@ -35,56 +35,108 @@ from tests.flows.lifecycle_helpers import (
 )
 
 
-def test_a_restored_backup_is_a_new_graph_with_the_same_tables_and_rows(
+def graph_count(database: Database) -> int:
+    with database.session() as session:
+        return session.scalar(select(func.count()).select_from(Graph))
+
+
+def test_a_restored_backup_replaces_the_graphs_data_and_makes_no_graph(
         run: Runner, database: Database, resources: dict[str, Any]) -> None:
     user_id, _sub_id, graph_id = a_graph(database, resources)
     engine = resources["graph_engine"].get()
-    original = graph_row(database, graph_id)["path"]
-    counts = engine.count_rows(original)
-
+    path = graph_row(database, graph_id)["path"]
+    counts = engine.count_rows(path)
     backup = run(BACKUP_FLOW, BackupConfig(graph_id=graph_id, backup_id="bk_test1"))
     assert (backup["backup_id"], backup["size_bytes"] > 0) == ("bk_test1", True)
-    engine.execute(original, ["CREATE (:Entity {identifier: 'later', name: 'After'})"])
+    engine.execute(path, ["CREATE (:Entity {identifier: 'later', name: 'After'})"])
+    before = graph_count(database)
 
     restored = run(RESTORE_FLOW, RestoreConfig(user_id=user_id, graph_id=graph_id,
-                                               backup_id="bk_test1", restore_id="r1"))
+                                               backup_id="bk_test1"))
 
-    new_id = restored["graph_id"]
-    assert new_id != graph_id and restored["status"] == "active"
+    assert (restored["graph_id"], restored["status"]) == (graph_id, "active")
     assert restored["restored_from"] == {"graph_id": graph_id, "backup_id": "bk_test1"}
-    new_path = graph_row(database, new_id)["path"]
-    assert engine.count_rows(new_path) == counts
-    assert [t.name for t in engine.list_tables(new_path)] == \
-        [t.name for t in engine.list_tables(original)]
-    assert engine.count_rows(original)["Entity"] == counts["Entity"] + 1  # untouched
-    row = graph_row(database, new_id)
-    assert (row["status"], row["roles"], row["pools"]) == ("active", [True], ["active"])
-    run_direct(SUBGRAPH_FLOW, SubgraphConfig(user_id=user_id, parent_graph_id=new_id,
+    assert engine.count_rows(path) == counts  # the row written after the backup is gone
+    assert graph_count(database) == before
+    assert not files.has_sidecars(path)
+    assert not list(path.parent.glob(f".{path.name}.*.tmp"))
+    with database.session() as session:
+        graph = session.get(Graph, graph_id)
+        assert "restoring" not in graph.details and graph.lifecycle_token is None
+    run_direct(SUBGRAPH_FLOW, SubgraphConfig(user_id=user_id, parent_graph_id=graph_id,
                                              name="child"), resources)
 
 
-def test_a_damaged_backup_is_refused_before_anything_is_made(
+def test_a_deleted_graphs_backup_restores_only_into_a_graph_of_a_new_payment(
+        run: Runner, database: Database, resources: dict[str, Any]) -> None:
+    from provisioning_pipelines.flows import DELETION_FLOW, DeletionConfig
+
+    user_id, _sub_id, graph_id = a_graph(database, resources)
+    run(BACKUP_FLOW, BackupConfig(graph_id=graph_id, backup_id="bk_gone"))
+    run(DELETION_FLOW, DeletionConfig(graph_id=graph_id, at_once=True))
+    before = graph_count(database)
+
+    error = run.error(RESTORE_FLOW, RestoreConfig(user_id=user_id, graph_id=graph_id,
+                                                  backup_id="bk_gone"))
+    assert "deleted" in error and "into_graph_id" in error
+    assert graph_count(database) == before
+
+    # A new payment: a second subscription of the same user, and its graph.
+    _other_user, _other_sub, other_graph = a_graph(database, resources)
+    with database.session() as session:
+        session.get(Graph, other_graph).owner_user_id = user_id
+    restored = run(RESTORE_FLOW, RestoreConfig(user_id=user_id, graph_id=graph_id,
+                                               backup_id="bk_gone", into_graph_id=other_graph))
+    assert (restored["graph_id"], restored["status"]) == (other_graph, "active")
+    assert graph_count(database) == before + 1  # the new subscription's graph, no other
+
+
+def test_no_backup_is_restored_into_a_graph_nobody_pays_for(
+        run: Runner, database: Database, resources: dict[str, Any]) -> None:
+    from provisioning_pipelines.storage.models import Subscription
+
+    user_id, sub_id, graph_id = a_graph(database, resources)
+    run(BACKUP_FLOW, BackupConfig(graph_id=graph_id, backup_id="bk_unpaid"))
+    engine = resources["graph_engine"].get()
+    path = graph_row(database, graph_id)["path"]
+    engine.execute(path, ["CREATE (:Entity {identifier: 'kept', name: 'Kept'})"])
+    counts = engine.count_rows(path)
+    with database.session() as session:
+        session.get(Subscription, sub_id).status = "canceled"
+
+    error = run.error(RESTORE_FLOW, RestoreConfig(user_id=user_id, graph_id=graph_id,
+                                                  backup_id="bk_unpaid"))
+
+    assert "canceled" in error and "active subscription" in error
+    assert engine.count_rows(path) == counts
+
+
+def test_a_damaged_backup_is_refused_before_anything_is_touched(
         run: Runner, database: Database, resources: dict[str, Any]) -> None:
     user_id, _sub_id, graph_id = a_graph(database, resources)
     run_direct(BACKUP_FLOW, BackupConfig(graph_id=graph_id, backup_id="bk_test2"), resources)
+    engine = resources["graph_engine"].get()
+    live = graph_row(database, graph_id)["path"]
+    engine.execute(live, ["CREATE (:Entity {identifier: 'later', name: 'After'})"])
+    counts = engine.count_rows(live)
     with database.session() as session:
         path = Path(session.get(GraphBackup, "bk_test2").path)
         slots = session.scalar(select(func.sum(GraphHost.slots_used)))
-        graphs_before = session.scalar(select(func.count()).select_from(Graph))
+    graphs_before = graph_count(database)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
 
     error = run.error(RESTORE_FLOW, RestoreConfig(user_id=user_id, graph_id=graph_id,
-                                                  backup_id="bk_test2", restore_id="r2"))
+                                                  backup_id="bk_test2"))
 
     assert "damaged" in error
-    new_id = backup_service.restored_graph_id("r2")
+    assert engine.count_rows(live) == counts
     with database.session() as session:
-        assert session.get(Graph, new_id) is None
         assert session.scalar(select(func.sum(GraphHost.slots_used))) == slots
-        assert session.scalar(select(func.count()).select_from(Graph)) == graphs_before
-    assert not list(graph_row(database, graph_id)["path"].parent.glob(f"{new_id}*"))
+        assert session.get(Graph, graph_id).lifecycle_token is None
+    assert graph_count(database) == graphs_before
+    assert not list(live.parent.glob(f".{live.name}.*.tmp"))
 
 
 def test_a_backup_made_twice_is_one_backup(run: Runner, database: Database,

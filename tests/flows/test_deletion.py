@@ -100,6 +100,3 @@ def test_deleting_a_subgraph_frees_its_name(run: Runner, database: Database,
     assert "no subgraph 'child'" in missing
     run_direct(SUBGRAPH_FLOW, SubgraphConfig(user_id=user_id, parent_graph_id=graph_id,
                                              name="child"), resources)
-
-
-# --- backups and restore --------------------------------------------------------------------------

@@ -241,12 +241,14 @@ def test_invalid_graph_request_is_refused_before_payment(
 
 
 class FailingAfterCreate(LadybugEngine):
-    """An engine that makes the database file and then breaks, as a full disk might."""
+    """An engine that makes the database file and then breaks, as a full disk might (in the
+    engine's own words, which name the file's path)."""
 
     def ensure_database(self, path: Path, ddl: Any) -> bool:
         super().ensure_database(path, ddl)
         assert path.exists()
-        raise EngineError(f"disk full after writing {path.name}")
+        raise EngineError(f"graph database {path.name}: IO exception: Cannot write to file "
+                          f"{path}.wal: No space left on device")
 
 
 class FailingEngineResource(GraphEngineResource):
@@ -271,9 +273,9 @@ def test_failure_after_the_file_exists_undoes_the_attempt(
                      instance=dagster_instance, resources=resources)
 
     assert not result.success
-    assert "disk full" in job_error(result)
+    assert "No space left on device" in job_error(result)  # the operator's view: all of it
     sub = subscription(database, sub_id)
-    assert sub.status == "failed" and "disk full" in (sub.last_error or "")
+    assert sub.status == "failed" and sub.last_error == "the disk was full"  # the customer's
     assert sub.claim_token is None
     assert graph_files(graph_dir) == []
     assert slots_used(database) == 0
@@ -289,11 +291,13 @@ def test_failed_attempts_stay_provisioning_until_the_last(
     failing = {**resources, "graph_engine": failing_engine(graph_dir)}
 
     for attempt in (1, 2):
-        with pytest.raises(EngineError):
+        with pytest.raises(claims.RetryScheduled,
+                           match=f"attempt {attempt} of 3 failed: the disk was full") as retry:
             run_direct(GRAPH_FLOW, SubscriptionConfig(subscription_id=sub_id), failing)
+        assert isinstance(retry.value.__cause__, EngineError)
         sub = subscription(database, sub_id)
         assert (sub.status, sub.attempts, sub.claim_token) == ("provisioning", attempt, None)
-        assert "disk full" in (sub.last_error or "")
+        assert sub.last_error == "the disk was full"
     with pytest.raises(EngineError):
         run_direct(GRAPH_FLOW, SubscriptionConfig(subscription_id=sub_id), failing)
     assert subscription(database, sub_id).status == "failed"
@@ -314,7 +318,7 @@ def test_backoff_holds_the_next_attempt_back(
     sub_id = paid_graph_subscription(database, user)
     failing = {**resources, "graph_engine": failing_engine(graph_dir),
                "policy": make_policy(retry_backoff_seconds=60)}
-    with pytest.raises(EngineError):
+    with pytest.raises(claims.RetryScheduled, match="retrying in 60 s"):
         run_direct(GRAPH_FLOW, SubscriptionConfig(subscription_id=sub_id), failing)
     with pytest.raises(claims.ClaimHeld, match="retry after"):
         run_direct(GRAPH_FLOW, SubscriptionConfig(subscription_id=sub_id), resources)

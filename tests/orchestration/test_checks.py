@@ -8,7 +8,16 @@ from typing import Any
 from dagster import DagsterInstance, Definitions, build_run_status_sensor_context
 from sqlalchemy import select, update
 
-from provisioning_pipelines.flows import GRAPH_FLOW, SubscriptionConfig
+from provisioning_pipelines.flows import (
+    DELETION_FLOW,
+    GRAPH_FLOW,
+    SUBGRAPH_FLOW,
+    SUSPENSION_FLOW,
+    DeletionConfig,
+    LifecycleConfig,
+    SubgraphConfig,
+    SubscriptionConfig,
+)
 from provisioning_pipelines.orchestration.assets import ASSETS
 from provisioning_pipelines.orchestration.checks import (
     CHECKS,
@@ -106,3 +115,26 @@ def test_a_business_refusal_is_one_line_in_the_run(
                 failure.step_failure_data.user_failure_data.metadata.items()}
     assert metadata == {"error": "PaymentRequired", "step": "claim_subscription",
                         "field": "subscription_id"}
+
+
+def test_checks_stay_green_after_a_deletion_a_suspension_and_a_subgraph(
+    database: Database, resources: dict[str, Any], dagster_instance: DagsterInstance,
+) -> None:
+    user = new_customer(database)
+    made = [run_direct(GRAPH_FLOW, SubscriptionConfig(subscription_id=paid_graph_subscription(
+        database, user, plan_name="ladybug-large")), resources).result for _ in range(3)]
+    deleted, suspended, _active = (graph["graph_id"] for graph in made)
+    run_direct(SUBGRAPH_FLOW, SubgraphConfig(user_id=user.user_id, parent_graph_id=suspended,
+                                             name="child"), resources)
+    run_direct(DELETION_FLOW, DeletionConfig(graph_id=deleted, at_once=True,
+                                             reason="graphs delete --now"), resources)
+    run_direct(SUSPENSION_FLOW, LifecycleConfig(graph_id=suspended), resources)
+
+    checks = run_checks(resources, dagster_instance)
+
+    assert {name: (check.passed, check.metadata["findings"].value)
+            for name, check in checks.items()} == {
+        "graph_files_hold_their_schema": (True, "none"), "hosts_within_capacity": (True, "none"),
+        "files_match_rows": (True, "none")}
+    # the suspended graph, its subgraph and the active one; not the tombstone
+    assert checks["graph_files_hold_their_schema"].metadata["graphs_checked"].value == 3

@@ -35,11 +35,11 @@ from provisioning_pipelines.orchestration.reaper import (
 from provisioning_pipelines.orchestration.schedules import daily_graph_backups
 from provisioning_pipelines.services.graphs import backups, lifecycle
 from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.ladybug import backups as backup_files
 from provisioning_pipelines.storage.models import (
     AuditLogEntry,
     Graph,
     GraphBackup,
-    GraphHost,
     Subscription,
     utcnow,
 )
@@ -123,6 +123,27 @@ def test_a_cancellation_nobody_acted_on_is_suspended_and_a_graph_past_its_grace_
     assert requested(reap(resources)) == []
 
 
+def test_a_graph_no_subscription_pays_for_is_suspended(
+        database: Database, resources: dict[str, Any]) -> None:
+    """An earlier version's restores made graphs without a subscription: the reaper suspends
+    them (deleted after the grace), and their owner restores into a paid graph instead."""
+    _sub_id, graph_id = provisioned(database, resources)
+    _paid_sub, paid_graph = provisioned(database, resources)
+    with database.session() as session:
+        session.get(Graph, graph_id).subscription_id = None
+
+    result = reap(resources)
+
+    assert requested(result) == [
+        ("suspend_resource_job", {"subscription_id": None, "graph_id": graph_id,
+                                  "actor": "reaper", "reason": "paid for by no subscription"})]
+    run_requested(result, resources)
+    with database.session() as session:
+        assert session.get(Graph, graph_id).status == "suspended"
+        assert session.get(Graph, paid_graph).status == "active"
+    assert requested(reap(resources)) == []
+
+
 def test_a_period_end_cancellation_waits_for_the_period_to_end(
         database: Database, resources: dict[str, Any]) -> None:
     sub_id, graph_id = provisioned(database, resources)
@@ -153,19 +174,29 @@ def test_a_repository_subscription_cancelled_behind_our_back_loses_its_access(
         assert lifecycle.out_of_step(session, now=datetime.now(UTC)) == []
 
 
-def test_dead_restores_and_expired_backups_are_removed(
-        database: Database, resources: dict[str, Any]) -> None:
+@pytest.mark.parametrize("swapped", [False, True], ids=["before the swap", "after the swap"])
+def test_a_dead_restore_is_finished_or_undone_and_expired_backups_are_removed(
+        database: Database, resources: dict[str, Any], swapped: bool) -> None:
     sub_id, graph_id = provisioned(database, resources)
     run_direct(BACKUP_FLOW, BackupConfig(graph_id=graph_id, backup_id="bk_old"), resources)
+    engine = resources["graph_engine"].get()
     with database.session() as session:
         user_id = session.get(Subscription, sub_id).user_id
-        slots = session.scalar(select(GraphHost.slots_used).where(
-            GraphHost.id == session.get(Graph, graph_id).host_id))
-    # A restore whose worker died after its first step: a row, a slot, a claim nobody renews.
-    work = plan_restore(direct_context(resources), RestoreConfig(user_id=user_id, graph_id=graph_id,
-                                           backup_id="bk_old", restore_id="dead"))
+        path = Path(session.get(Graph, graph_id).database_path)
+    engine.execute(path, ["CREATE (:Entity {identifier: 'later', name: 'Later'})"])
+    later = engine.count_rows(path)["Entity"]
+    # A restore whose worker died with the graph marked (its file replaced, or not yet).
+    context = direct_context(resources)
+    work = plan_restore(context, RestoreConfig(user_id=user_id, graph_id=graph_id,
+                                               backup_id="bk_old"))
     with database.session() as session:
-        session.execute(update(Graph).where(Graph.id == work.plan.graph_id).values(
+        graph = session.get(Graph, graph_id)
+        backups.begin_restore(session, work.plan, graph, None)
+    if swapped:
+        staged = backup_files.stage(work.plan.backup_path, work.plan.checksum, path)
+        backup_files.swap_in(engine, staged, path)
+    with database.session() as session:
+        session.execute(update(Graph).where(Graph.id == graph_id).values(
             lifecycle_lease_expires_at=utcnow() - timedelta(seconds=1)))
         backup = session.get(GraphBackup, "bk_old")
         backup.expires_at = utcnow() - timedelta(seconds=1)
@@ -174,10 +205,12 @@ def test_dead_restores_and_expired_backups_are_removed(
     reap(resources)
 
     with database.session() as session:
-        assert session.get(Graph, work.plan.graph_id) is None
-        assert session.scalar(select(GraphHost.slots_used).where(
-            GraphHost.id == session.get(Graph, graph_id).host_id)) == slots
+        graph = session.get(Graph, graph_id)
+        assert (graph.status, graph.lifecycle_token) == ("active", None)
+        assert "restoring" not in graph.details
+        assert ("restored_from" in graph.details) is swapped
         assert session.get(GraphBackup, "bk_old") is None
+    assert engine.count_rows(path)["Entity"] == (later - 1 if swapped else later)
     assert not backup_file.exists() and not backup_file.with_suffix(".json").exists()
 
 

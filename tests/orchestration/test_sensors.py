@@ -146,6 +146,50 @@ def test_sensor_run_racing_the_direct_path_makes_one_graph(
     assert len([p for p in graph_dir.rglob("*.lbug") if ".templates" not in p.parts]) == 1
 
 
+def test_a_sensor_run_after_a_failed_direct_attempt_continues_the_customers_operation(
+    postgres_database: Database, graph_dir: Path, dagster_instance: DagsterInstance,
+    redis_prefix: str,
+) -> None:
+    """A direct attempt fails on a full disk (its error a progress event); the sensor's run, a
+    Dagster run sharing the Redis store, continues and completes that same operation."""
+    from provisioning_pipelines.flows import GRAPH_FLOW, SubscriptionConfig
+    from provisioning_pipelines.services.provisioning import claims
+    from tests.conftest import REDIS_URL, make_resources
+    from tests.faults import FullDiskEngine, FullDiskEngineResource
+    from tests.flows.helpers import run_job
+
+    resources = make_resources(postgres_database.url, graph_dir, REDIS_URL=REDIS_URL,
+                               REDIS_KEY_PREFIX=redis_prefix)
+    FullDiskEngine.fills = 1
+    full = {**resources, "graph_engine": FullDiskEngineResource(
+        data_dir=str(graph_dir), buffer_pool_mb=16, use_templates=True)}
+    user = new_customer(postgres_database)
+    sub_id = paid_graph_subscription(postgres_database, user)
+    executor = DirectExecutor(full)
+    operation_id = executor.open_operation("graph_provisioning", user.user_id)
+    with pytest.raises(claims.RetryScheduled):
+        executor.graph(sub_id, operation_id=operation_id)
+    assert not executor.store.get(operation_id).is_terminal  # type: ignore[union-attr]
+    with postgres_database.session() as session:
+        assert claims.operation_of(session, sub_id) == operation_id
+
+    age(postgres_database, sub_id)
+    [request] = requests(evaluate(postgres_database.url))
+    assert request.tags["provisioning/operation_id"] == operation_id
+    result = run_job(GRAPH_FLOW, SubscriptionConfig(subscription_id=sub_id),
+                     instance=dagster_instance, resources=resources, tags=request.tags)
+    executor.close()
+
+    assert result.success
+    events = executor.store.events(operation_id)
+    assert [e.data["message"] for e in events if "failed:" in e.data["message"]] == [
+        "attempt 1 of 3 failed: the disk was full; retrying shortly"]
+    assert [e.type for e in events].count("operation_completed") == 1
+    assert events[-1].type == "operation_completed"
+    assert events[-1].data["result"]["graph_id"] == graphs.graph_id_for_subscription(sub_id)
+    assert "database_path" not in events[-1].data["result"]
+
+
 @pytest.mark.redis
 def test_with_direct_off_the_webhook_answers_an_operation_that_the_sensors_run_ends(
     database: Database, database_url: str, graph_dir: Path, redis_prefix: str,

@@ -74,6 +74,20 @@ def test_anything_but_a_genuine_delivery_is_refused_with_400(tamper: str) -> Non
     assert refused.value.status_code == 400
 
 
+@pytest.mark.parametrize("ahead", [3600, 301 + 60])
+def test_a_signature_dated_beyond_the_tolerance_ahead_is_refused(ahead: int) -> None:
+    payload = json.dumps(event("checkout.session.completed", "sub_x")).encode()
+    signature = sign(payload, SECRET, int(time.time()) + ahead)
+    with pytest.raises(InvalidWebhook, match="in the future") as refused:
+        webhooks.verify(payload, signature, SECRET)
+    assert refused.value.status_code == 400 and refused.value.field == "Stripe-Signature"
+
+
+def test_a_signature_a_little_ahead_is_clock_skew_and_accepted() -> None:
+    payload = json.dumps(event("checkout.session.completed", "sub_x")).encode()
+    assert webhooks.verify(payload, sign(payload, SECRET, int(time.time()) + 60), SECRET)
+
+
 def test_a_paid_checkout_moves_the_subscription_on_and_says_what_to_provision(
     database: Database,
 ) -> None:

@@ -120,6 +120,7 @@ def test_create_and_get_round_trip(store: OperationStore) -> None:
         "message": "",
         "result": None,
         "error": None,
+        "error_code": None,
         "created_at": operation.created_at.isoformat(),
         "updated_at": operation.updated_at.isoformat(),
         "dagster_report": None,
@@ -229,6 +230,24 @@ def test_event_payloads(store: OperationStore) -> None:
         store.complete(pending, {"when": object()})
     assert store.get(pending).status == "pending"  # type: ignore[union-attr]
     assert store.events(pending) == []
+
+
+def test_a_failure_keeps_its_code_in_the_event_and_the_record(store: OperationStore) -> None:
+    coded, plain = (store.create("graph").id for _ in range(2))
+    failed = store.fail(coded, "the disk was full", "disk_full")
+    assert failed is not None
+    assert failed.data["error"] == "the disk was full"
+    assert failed.data["error_code"] == "disk_full"
+    assert store.events(coded) == [failed]  # replayed as written
+    record = store.get(coded)
+    assert record is not None and record.error_code == "disk_full"
+    assert record.to_dict()["error_code"] == "disk_full"
+    assert store.fail(coded, "again", "internal_error") is None  # the first terminal wins
+    assert store.get(coded).error_code == "disk_full"  # type: ignore[union-attr]
+
+    without = store.fail(plain, "no code")
+    assert without is not None and "error_code" not in without.data
+    assert store.get(plain).error_code is None  # type: ignore[union-attr]
 
 
 def test_first_terminal_state_wins(store: OperationStore) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, InvalidRequest, NotFound
+from provisioning_pipelines.services.validation import text_problem
 from provisioning_pipelines.storage.models import (
     BillingCustomer,
     Membership,
@@ -25,7 +26,7 @@ from provisioning_pipelines.storage.models import (
     new_id,
 )
 
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 API_KEY_PREFIX = "ppk_"
 
 
@@ -44,7 +45,8 @@ def create_user(
     session: Session, *, email: str, org_name: str | None = None, invoice_billing: bool = False
 ) -> NewUser:
     """A user, their organization (new unless one of that name exists) and an API key."""
-    if not isinstance(email, str) or not EMAIL.fullmatch(email):
+    if (not isinstance(email, str) or not EMAIL.fullmatch(email)
+            or text_problem(email, max_length=320)):
         raise InvalidRequest(f"email: {email!r} is not an email address", field="email")
     if session.scalar(select(User.id).where(User.email == email)) is not None:
         raise Conflict(f"email: a user with {email!r} exists already", field="email")

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import InvalidRequest, NotFound
 from provisioning_pipelines.services import audit
+from provisioning_pipelines.services.billing import outbox
 from provisioning_pipelines.services.billing.event_order import (
     WATERMARK,
     EventKey,
@@ -154,7 +155,8 @@ def cancel(session: Session, subscription_id: str, *, actor: str = "billing") ->
 
     A provisioning in flight loses its claim: its next fenced write fails, and what it made is
     suspended like any other cancelled subscription's resource. A user's cancellation (any
-    ``actor`` but billing) is a decision as of now: a billing event sent before it is older.
+    ``actor`` but billing) is a decision as of now: a billing event sent before it is older,
+    and the billing system is told of it through the outbox, in this transaction.
     """
     subscription = get_subscription(session, subscription_id)
     if subscription.status == "canceled":
@@ -167,6 +169,7 @@ def cancel(session: Session, subscription_id: str, *, actor: str = "billing") ->
     subscription.lease_expires_at = None
     audit.record(session, actor=actor, action="subscription.canceled",
                  subject_type="subscription", subject_id=subscription_id)
+    outbox.record(session, subscription, "cancel", actor=actor)
     return True
 
 
@@ -183,13 +186,24 @@ def schedule_cancellation(session: Session, subscription: Subscription,
 
 def reactivate(session: Session, subscription: Subscription, *, actor: str = "billing") -> None:
     """A cancelled subscription with a live resource is active again (a user's reactivation
-    is a decision as of now, like a cancellation)."""
+    is a decision as of now, like a cancellation, and told to billing like one)."""
     if actor != "billing":
         decided_now(subscription, "reactivated", actor)
     subscription.status = "active"
     subscription.canceled_at = None
     audit.record(session, actor=actor, action="subscription.reactivated",
                  subject_type="subscription", subject_id=subscription.id)
+    outbox.record(session, subscription, "reactivate", actor=actor)
+
+
+def rebind(subscription: Subscription, *, stripe_customer_id: str | None,
+           stripe_subscription_id: str | None) -> None:
+    """A new payment for a cancelled subscription comes with a new subscription in the
+    billing system: that is the one to tell of what is decided here from now on."""
+    if stripe_subscription_id:
+        subscription.stripe_subscription_id = stripe_subscription_id
+    if stripe_customer_id:
+        subscription.stripe_customer_id = stripe_customer_id
 
 
 def repay(session: Session, subscription: Subscription, *,
@@ -255,6 +269,12 @@ def raise_invoice(session: Session, subscription: Subscription | Row[Any]) -> In
 
 
 # --- reading subscriptions ----------------------------------------------------------------------
+
+
+def reported_by(session: Session, operation_id: str, user_id: str) -> Subscription | None:
+    """The user's subscription whose provisioning ``operation_id`` reports, if any."""
+    return session.scalar(select(Subscription).where(
+        Subscription.operation_id == operation_id, Subscription.user_id == user_id))
 
 
 def summary(subscription: Subscription) -> dict[str, Any]:

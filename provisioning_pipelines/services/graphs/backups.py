@@ -9,7 +9,6 @@ what a backup is for, so making one twice is one backup.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import uuid
@@ -21,15 +20,21 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.errors import NotFound
+from provisioning_pipelines.errors import InvalidRequest, NotFound, PaymentRequired
 from provisioning_pipelines.services import audit
-from provisioning_pipelines.services.billing import credits
-from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.catalog import TIERS
 from provisioning_pipelines.services.graphs import records as graphs
+from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
+from provisioning_pipelines.services.graphs.states import GRAPH, LIVE
 from provisioning_pipelines.storage.ladybug import ddl_fingerprint
-from provisioning_pipelines.storage.ladybug.backups import BackupFile
-from provisioning_pipelines.storage.models import Graph, GraphBackup, GraphSchema, utcnow
+from provisioning_pipelines.storage.ladybug.backups import BackupFile, checksum_of
+from provisioning_pipelines.storage.models import (
+    Graph,
+    GraphBackup,
+    GraphSchema,
+    Subscription,
+    utcnow,
+)
 
 KINDS = ("daily", "on_demand", "final")
 RESTORING = graphs.RESTORING
@@ -140,82 +145,143 @@ def _statements(session: Session, graph_id: str) -> list[str]:
 
 
 # --- restore -------------------------------------------------------------------------------------
+#
+# A backup is restored INTO a graph that a subscription pays for, replacing that graph's data and
+# schema; it never makes a graph of its own. So every live graph stays one subscription's, a
+# cancellation reaches everything it paid for, and restoring the same backup 25 times makes no
+# graph at all. A deleted graph's backups (kept for the final retention) are restored into a live
+# graph of a new, paid subscription (``into_graph_id``): restoring is never a way around paying.
 
 
 @dataclass(frozen=True)
 class RestorePlan:
-    """A new graph to make from a backup, decided before anything is made."""
+    """A backup to restore and the paid graph it replaces, decided before anything is touched."""
 
-    graph_id: str
-    source_graph_id: str
+    graph_id: str  # the graph whose data the backup replaces
+    source_graph_id: str  # the graph the backup was taken of (the same, or a deleted one)
     backup_id: str
     backup_path: Path
     checksum: str
     user_id: str
 
 
-def restored_graph_id(restore_id: str) -> str:
-    """The new graph's id, derived from the restore's id: a retried restore makes one graph."""
-    return "kg" + hashlib.sha256(f"restore:{restore_id}".encode()).hexdigest()[:16]
-
-
 def plan_restore(session: Session, *, user_id: str, graph_id: str, backup_id: str,
-                 restore_id: str) -> RestorePlan:
-    """The owner's backup of a graph (deleted or not)."""
+                 into_graph_id: str | None = None) -> RestorePlan:
+    """The owner's backup of a graph (deleted or not), and the graph it is restored into: the
+    same graph by default, or ``into_graph_id``; either must be the user's own, active and paid
+    for by an active subscription (402 otherwise)."""
+    source = _owned_top_level(session, graph_id, user_id, field="graph_id")
+    backup = backup_of(session, graph_id, backup_id)
+    target = source
+    if into_graph_id is not None and into_graph_id != graph_id:
+        target = _owned_top_level(session, into_graph_id, user_id, field="into_graph_id")
+    field = "graph_id" if target is source else "into_graph_id"
+    if target.status in ("deleting", "deleted"):
+        raise PaymentRequired(
+            f"{field}: graph {target.id!r} is {target.status}; restore its backup into a graph "
+            "of a new, paid subscription: POST .../restore with {\"into_graph_id\": \"kg…\"}",
+            field=field)
+    check_paid_for(session, target, field=field)
+    GRAPH.check("restore_into", target.status, target.id, field=field)
+    if target.graph_type != source.graph_type:
+        raise InvalidRequest(f"{field}: graph {target.id!r} is a {target.graph_type} graph; the "
+                             f"backup is of a {source.graph_type} graph", field=field)
+    return RestorePlan(graph_id=target.id, source_graph_id=source.id, backup_id=backup.id,
+                       backup_path=Path(backup.path), checksum=backup.checksum, user_id=user_id)
+
+
+def _owned_top_level(session: Session, graph_id: str, user_id: str, *, field: str) -> Graph:
     graph = session.get(Graph, graph_id) if graphs.GRAPH_ID.fullmatch(graph_id) else None
     if graph is None or graph.owner_user_id != user_id or graph.parent_graph_id is not None:
-        raise NotFound(f"graph_id: no graph {graph_id[:70]!r}", field="graph_id")
-    backup = backup_of(session, graph_id, backup_id)
-    return RestorePlan(graph_id=restored_graph_id(restore_id), source_graph_id=graph_id,
-                       backup_id=backup.id, backup_path=Path(backup.path),
-                       checksum=backup.checksum, user_id=user_id)
-
-
-def reserve_restored_graph(session: Session, plan: RestorePlan, *, graph_data_dir: Path,
-                           operation_id: str | None) -> Graph:
-    """The new graph's row (``restoring``, seen by nobody yet) and its host slot; a retry
-    finds the row it made."""
-    found = session.get(Graph, plan.graph_id)
-    if found is not None:
-        return found
-    source = session.get(Graph, plan.source_graph_id)
-    assert source is not None
-    hosts.ensure_local_hosts(session, graph_data_dir)
-    host = hosts.allocate_slot(session, source.tier)
-    graph = Graph(
-        id=plan.graph_id, org_id=source.org_id, owner_user_id=plan.user_id,
-        subscription_id=None, name=source.name, description=source.description,
-        graph_type=source.graph_type, tier=source.tier, host_id=host.id,
-        database_path=str(graphs.database_path(host.data_root, plan.graph_id)),
-        schema_extensions=list(source.schema_extensions or []), tags=list(source.tags or []),
-        details={"restored_from": {"graph_id": source.id, "backup_id": plan.backup_id,
-                                   "operation_id": operation_id}},
-        status=RESTORING)
-    session.add(graph)
-    session.flush()
+        raise NotFound(f"{field}: no graph {graph_id[:70]!r}", field=field)
     return graph
 
 
+def check_paid_for(session: Session, graph: Graph, *, field: str = "graph_id") -> None:
+    """Refuse (402) to put data into a graph no active subscription pays for."""
+    subscription = (session.get(Subscription, graph.subscription_id)
+                    if graph.subscription_id else None)
+    if subscription is None or subscription.status != "active":
+        state = subscription.status if subscription else "paid for by no subscription"
+        raise PaymentRequired(f"{field}: graph {graph.id!r} is {state}; a backup is restored "
+                              "only into a graph an active subscription pays for", field=field)
+
+
+def begin_restore(session: Session, plan: RestorePlan, graph: Graph,
+                  operation_id: str | None) -> None:
+    """Mark the graph as being restored (committed before its file is replaced), so a restore
+    whose worker died is finished or undone by ``finish_interrupted_restores``."""
+    graph.details = {**(graph.details or {}),
+                     "restoring": {"backup_id": plan.backup_id, "checksum": plan.checksum,
+                                   "source_graph_id": plan.source_graph_id,
+                                   "user_id": plan.user_id, "operation_id": operation_id}}
+
+
+def unmark_restore(session: Session, claim: GraphClaim) -> None:
+    """Clear the mark of a restore that never replaced the file (while still holding it)."""
+    graph = session.get(Graph, claim.graph_id)
+    if graph is not None and graph.lifecycle_token == claim.token:
+        graph.details = _without_mark(graph.details)
+
+
+def _without_mark(details: dict[str, Any] | None) -> dict[str, Any]:
+    return {key: value for key, value in (details or {}).items() if key != "restoring"}
+
+
 def finish_restore(session: Session, plan: RestorePlan, graph: Graph) -> None:
-    """With the file in place: its schema rows, the owner's admin role, a credit pool, and
-    ``active``."""
+    """With the backup's file in place: the backup's schema replaces the graph's, and the
+    graph says where its data came from."""
     backup = session.get(GraphBackup, plan.backup_id)
     assert backup is not None
     statements = schema_of_backup(session, backup)
     schema = session.scalar(select(GraphSchema).where(GraphSchema.graph_id == backup.graph_id))
-    graphs.store_schema(session, graph.id, statements, None,
-                        schema_type=schema.schema_type if schema else "restored")
-    graphs.grant_role(session, graph.id, plan.user_id, "admin")
-    credits.create_graph_pool(session, graph_id=graph.id, tier=TIERS[graph.tier],
-                              subscription_id=None)
-    graph.status = "active"
+    schema_type = schema.schema_type if schema else "restored"
+    for old in session.scalars(select(GraphSchema).where(GraphSchema.graph_id == graph.id)):
+        session.delete(old)
+    session.flush()
+    graphs.store_schema(session, graph.id, statements, None, schema_type=schema_type)
+    details = _without_mark(graph.details)
+    details["restored_from"] = {"graph_id": plan.source_graph_id, "backup_id": plan.backup_id,
+                                "at": utcnow().isoformat()}
+    graph.details = details
     audit.record(session, actor=plan.user_id, action="graph.restored", subject_type="graph",
                  subject_id=graph.id, details={"source_graph_id": plan.source_graph_id,
                                                "backup_id": plan.backup_id})
 
 
+def finish_interrupted_restores(session: Session, *, now: datetime,
+                                limit: int = 100) -> list[str]:
+    """Restores whose worker died after marking the graph: if the file is the backup's (its
+    sha256 says so) the restore happened and its rows are finished; otherwise the graph was
+    never touched and the mark goes. Either way the graph is released, one line each."""
+    done = []
+    marked = session.scalars(select(Graph).where(
+        Graph.status.in_(LIVE), Graph.lifecycle_lease_expires_at < now)
+        .limit(limit * 10))
+    for graph in marked:
+        mark = (graph.details or {}).get("restoring")
+        if not mark or len(done) >= limit:
+            continue
+        path = Path(graph.database_path)
+        swapped = path.is_file() and checksum_of(path) == mark["checksum"]
+        plan = RestorePlan(graph_id=graph.id, source_graph_id=mark["source_graph_id"],
+                           backup_id=mark["backup_id"], backup_path=path,
+                           checksum=mark["checksum"], user_id=mark["user_id"])
+        if swapped and session.get(GraphBackup, plan.backup_id) is not None:
+            finish_restore(session, plan, graph)
+            done.append(f"finished the interrupted restore of {plan.backup_id} into {graph.id}")
+        else:
+            graph.details = _without_mark(graph.details)
+            done.append(f"undid the interrupted restore of {plan.backup_id} into {graph.id} "
+                        "(its file was never replaced)")
+        graph.lifecycle_token = None
+        graph.lifecycle_lease_expires_at = None
+    return done
+
+
 def stale_restores(session: Session, *, now: datetime, limit: int = 100) -> list[str]:
-    """Restores whose worker stopped renewing its claim: what they made is to be removed."""
+    """Graphs an earlier version's restore was making (``restoring``, as a new graph) whose
+    worker stopped renewing its claim: what they made is to be removed."""
     return list(session.scalars(select(Graph.id).where(
         Graph.status == RESTORING,
         (Graph.lifecycle_token.is_(None)) | (Graph.lifecycle_lease_expires_at < now))

@@ -13,13 +13,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from provisioning_pipelines.errors import InvalidRequest
+from provisioning_pipelines.services.validation import text_problem
 
 CUSTOM_FIELD = "custom_schema"
 
 MAX_TABLES = 100
 MAX_PROPERTIES = 100
 
-IDENTIFIER_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+IDENTIFIER_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
 
 # Property types a custom schema may use. Kept small on purpose: each one round-trips through
 # the parquet fork (checked with LadybugDB 0.22) and maps to a JSON value in the API.
@@ -89,7 +90,7 @@ def _check_keys(obj: Mapping[str, Any], allowed: frozenset[str], path: str) -> N
     unknown = sorted(str(k) for k in obj if k not in allowed)
     if unknown:
         raise _fail(
-            f"{path}.{unknown[0]}" if IDENTIFIER_RE.match(unknown[0]) else path,
+            f"{path}.{unknown[0]}" if IDENTIFIER_RE.fullmatch(unknown[0]) else path,
             f"unknown field {_describe(unknown[0])}; allowed: {', '.join(sorted(allowed))}",
         )
 
@@ -98,7 +99,7 @@ def _identifier(value: object, path: str) -> str:
     """Return ``value`` if it is a safe identifier; otherwise raise naming ``path``."""
     if not isinstance(value, str):
         raise _fail(path, f"expected a string, got {type(value).__name__}")
-    if not IDENTIFIER_RE.match(value):
+    if not IDENTIFIER_RE.fullmatch(value):
         raise _fail(
             path,
             f"invalid name {_describe(value)}; use a letter followed by up to 62 letters, "
@@ -112,6 +113,8 @@ def _identifier(value: object, path: str) -> str:
 def _type(value: object, path: str) -> str:
     if not isinstance(value, str):
         raise _fail(path, f"expected a string, got {type(value).__name__}")
+    if problem := text_problem(value, max_length=64):
+        raise _fail(path, f"type {_describe(value)} {problem}")
     canonical = value.strip().upper()
     if canonical not in ALLOWED_TYPES:
         raise _fail(

@@ -13,6 +13,15 @@ event applied while nobody was up). Each change here is one conditional UPDATE, 
   under a lifecycle claim on the graph (fenced like a subscription's claim), the file before the
   slot: a slot is never freed while its file exists. The row stays, as a tombstone: who, when,
   why are in it and in the audit log.
+
+A subgraph has no life of its own: its row's status changes with its parent's, in the same
+transaction (the one that already turns the family's roles off and freezes its pools), rather
+than being computed from the parent's when it is read. Every reader of ``graphs.status`` (the
+API, ``graphs show`` and ``list``, the state table's refusals, the integrity checks, the
+sweeps) then tells the truth without having to know that subgraphs have parents; a computed
+status would have to be repeated in each of those queries, and the one that forgot it would
+show a suspended subgraph as active (as the integrity checks once counted deleted graphs as
+live). Nothing else moves a subgraph's status, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -74,6 +83,8 @@ def suspend_graph(session: Session, graph_id: str, *, grace_seconds: float, acto
         .execution_options(synchronize_session=False))
     if moved.rowcount != 1:
         return False
+    _move_subgraphs(session, graph_id, "suspend", suspended_at=now,
+                    delete_after=now + timedelta(seconds=grace_seconds))
     family = _family(session, graph_id)
     session.execute(update(GraphUser).where(GraphUser.graph_id.in_(family))
                     .values(enabled=False).execution_options(synchronize_session=False))
@@ -94,6 +105,7 @@ def reactivate_graph(session: Session, graph_id: str, *, actor: str) -> bool:
         .execution_options(synchronize_session=False))
     if moved.rowcount != 1:
         return False
+    _move_subgraphs(session, graph_id, "reactivate", suspended_at=None, delete_after=None)
     family = _family(session, graph_id)
     session.execute(update(GraphUser).where(GraphUser.graph_id.in_(family))
                     .values(enabled=True).execution_options(synchronize_session=False))
@@ -126,6 +138,15 @@ def unfreeze_repository_credits(session: Session, subscription: Subscription) ->
         .where(CreditPool.user_id == subscription.user_id,
                CreditPool.repository == (subscription.resource_id or ""))
         .values(status="active").execution_options(synchronize_session=False))
+
+
+def _move_subgraphs(session: Session, graph_id: str, transition: str, **values: Any) -> None:
+    """The parent's transition, made by its subgraphs too (see the module docstring)."""
+    session.execute(
+        update(Graph).where(Graph.parent_graph_id == graph_id,
+                            Graph.status.in_(GRAPH.sources(transition)))
+        .values(status=GRAPH.target(transition), **values)
+        .execution_options(synchronize_session=False))
 
 
 def _family(session: Session, graph_id: str) -> list[str]:
@@ -213,6 +234,7 @@ def begin_deletion(session: Session, claim: GraphClaim, *, now_too: bool, actor:
                        f"graph {graph.id!r} is {graph.status} and not due for deletion",
                        field="graph_id")
     graph.status = GRAPH.target("begin_deletion")
+    _move_subgraphs(session, graph.id, "begin_deletion")
     audit.record(session, actor=actor, action="graph.deleting", subject_type="graph",
                  subject_id=graph.id, details={"reason": reason, "at_once": now_too})
     if graph.subscription_id:  # a graph deleted at once ends its subscription with it
@@ -293,6 +315,16 @@ def out_of_step(session: Session, *, now: datetime, limit: int = 100) -> list[di
         found.append({"subscription_id": sub_id, "resource_type": resource_type,
                       "graph_id": graph_id, "action": "suspend" if ending else "reactivate"})
     return found
+
+
+def unpaid_graphs(session: Session, *, limit: int = 100) -> list[str]:
+    """Active top-level graphs no subscription pays for: those an earlier version's restores
+    made as new graphs. They are suspended like a cancelled one's (and deleted after the grace),
+    so their owner can restore their backups into a graph of a paid subscription."""
+    return list(session.scalars(select(Graph.id).where(
+        Graph.parent_graph_id.is_(None), Graph.status == "active",
+        Graph.subscription_id.is_(None), Graph.tier != "ladybug-shared")
+        .order_by(Graph.id).limit(limit)))
 
 
 def live_graphs(session: Session) -> list[str]:

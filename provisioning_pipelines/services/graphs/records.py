@@ -43,7 +43,7 @@ from provisioning_pipelines.storage.models import (
 
 #: A graph being restored from a backup: nobody sees it until it is ``active``.
 RESTORING = "restoring"
-GRAPH_ID = re.compile(r"^kg[0-9a-f]{16,}$")
+GRAPH_ID = re.compile(r"kg[0-9a-f]{16,}")
 #: A graph's or a subgraph's id (``{parent}_{name}``), as it may appear in a path.
 ANY_GRAPH_ID = re.compile(r"kg[0-9a-f]{16,64}(_[A-Za-z0-9]{1,20})?")
 

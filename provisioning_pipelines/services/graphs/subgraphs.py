@@ -1,7 +1,9 @@
 """Subgraphs: child databases of a graph, on its host, with its schema and within its limit.
 
 A subgraph has no subscription of its own (the parent's tier pays for it). Its id is
-``{parent}_{name}``, unique; the tier's limit is counted under the parent's row lock.
+``{parent}_{name}``, unique; the tier's limit is counted under the parent's row lock. Its status
+is its parent's, written to its own row whenever the parent's changes (``lifecycle.py`` says
+why), so a suspended parent's subgraphs are shown and refused as suspended.
 """
 
 from __future__ import annotations
@@ -15,14 +17,20 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.errors import Conflict, InvalidRequest, LimitReached, NotFound
+from provisioning_pipelines.errors import (
+    Conflict,
+    Forbidden,
+    InvalidRequest,
+    LimitReached,
+    NotFound,
+)
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.catalog import TIERS
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.graphs.states import GRAPH
 from provisioning_pipelines.storage.models import Graph, GraphHost, GraphUser, User
 
-SUBGRAPH_NAME = re.compile(r"^[a-zA-Z0-9]{1,20}$")
+SUBGRAPH_NAME = re.compile(r"[a-zA-Z0-9]{1,20}")
 
 
 def validate_subgraph_name(name: Any) -> str:
@@ -39,6 +47,34 @@ def check_parent_active(parent: Graph) -> None:
     if not GRAPH.allows("add_subgraph", parent.status):
         raise Conflict(f"parent_graph_id: graph {parent.id!r} is {parent.status}; no new "
                        "subgraph can be made from it", field="parent_graph_id")
+
+
+def check_can_add_subgraph(session: Session, parent: Graph, user_id: str) -> None:
+    """Everything a new subgraph needs of its parent that can be told before anything is made
+    (so the API refuses at once instead of starting an operation that fails): top-level,
+    active, the caller an admin, a tier that allows subgraphs and one left under its limit (the
+    limit is counted again, under the parent's lock, when the rows are written)."""
+    if parent.parent_graph_id is not None:
+        raise InvalidRequest(
+            f"parent_graph_id: {parent.id!r} is itself a subgraph; subgraphs can only "
+            "be made from a top-level graph",
+            field="parent_graph_id",
+        )
+    check_parent_active(parent)
+    role = session.get(GraphUser, (parent.id, user_id))
+    if role is None or role.role != "admin":
+        raise Forbidden(f"parent_graph_id: you need the admin role on {parent.id!r}",
+                        field="parent_graph_id")
+    tier = TIERS[parent.tier]
+    if tier.name == "ladybug-shared":
+        raise InvalidRequest("parent_graph_id: shared repositories have no subgraphs",
+                             field="parent_graph_id")
+    if tier.max_subgraphs == 0:
+        raise LimitReached(f"tier {tier.name} allows no subgraphs; upgrade to ladybug-large",
+                           field="parent_graph_id")
+    if parent.subgraph_count >= tier.max_subgraphs:
+        raise LimitReached(f"graph {parent.id!r} already has {tier.max_subgraphs} subgraphs, "
+                           f"the most tier {tier.name} allows", field="parent_graph_id")
 
 
 @dataclass(frozen=True)
@@ -73,23 +109,8 @@ def reserve_subgraph(
     if parent is None or role is None:
         raise NotFound(f"parent_graph_id: no graph {parent_graph_id!r}",
                        field="parent_graph_id")
-    if parent.parent_graph_id is not None:
-        raise InvalidRequest(
-            f"parent_graph_id: {parent_graph_id!r} is itself a subgraph; subgraphs can only "
-            "be made from a top-level graph",
-            field="parent_graph_id",
-        )
-    check_parent_active(parent)
-    if role.role != "admin":
-        raise InvalidRequest(f"parent_graph_id: you need the admin role on {parent_graph_id!r}",
-                             field="parent_graph_id")
+    check_can_add_subgraph(session, parent, user_id)
     tier = TIERS[parent.tier]
-    if tier.name == "ladybug-shared":
-        raise InvalidRequest("parent_graph_id: shared repositories have no subgraphs",
-                             field="parent_graph_id")
-    if tier.max_subgraphs == 0:
-        raise LimitReached(f"tier {tier.name} allows no subgraphs; upgrade to ladybug-large",
-                           field="parent_graph_id")
     taken = session.execute(
         update(Graph)
         .where(Graph.id == parent_graph_id, Graph.subgraph_count < tier.max_subgraphs)
@@ -167,7 +188,7 @@ def deletable_subgraph(session: Session, *, user_id: str, parent_graph_id: str,
         raise Conflict(f"parent_graph_id: graph {parent_graph_id!r} is {parent.status}; its "
                        "subgraphs go with it", field="parent_graph_id")
     if role is None or role.role != "admin":
-        raise InvalidRequest(f"parent_graph_id: you need the admin role on {parent_graph_id!r}",
+        raise Forbidden(f"parent_graph_id: you need the admin role on {parent_graph_id!r}",
                              field="parent_graph_id")
     subgraph_id = f"{parent_graph_id}_{name}"
     subgraph = session.get(Graph, subgraph_id)

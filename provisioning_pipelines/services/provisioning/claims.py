@@ -36,7 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.errors import Conflict, PaymentRequired
+from provisioning_pipelines.errors import Conflict, PaymentRequired, ProvisioningError
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.services.billing.states import SUBSCRIPTION
@@ -71,6 +71,28 @@ class Queued(ClaimHeld):
                          f"{tier}: position {position} in its queue", field="subscription_id",
                          backoff=True)
         self.position = position
+
+
+class RetryScheduled(ProvisioningError):
+    """An attempt failed and another will follow: the work goes on, under the same operation.
+
+    Not a failure of the operation: whoever makes the next attempt (any process: the direct
+    path's resumer, a sensor's run) continues it and ends it, completed or failed.
+    """
+
+    status_code = 503
+    code = "retry_scheduled"
+
+    def __init__(self, subscription_id: str, *, attempt: int, max_attempts: int, reason: str,
+                 reason_code: str, retry_in: float | None) -> None:
+        when = f"retrying in {retry_in:.0f} s" if retry_in and retry_in >= 1 else "retrying shortly"
+        super().__init__(f"attempt {attempt} of {max_attempts} failed: {reason}; {when}",
+                         field="subscription_id")
+        self.subscription_id = subscription_id
+        self.attempt = attempt
+        self.max_attempts = max_attempts
+        self.reason_code = reason_code
+        self.retry_in = retry_in
 
 
 @dataclass(frozen=True)
@@ -346,13 +368,28 @@ def release_after_failure(
         subscription.status = "failed"
         subscription.retry_after = None
     else:
-        delay = backoff_seconds * 2 ** max(subscription.attempts - 1, 0)
+        delay = backoff_delay(subscription.attempts, backoff_seconds)
         subscription.retry_after = now + timedelta(seconds=delay)
     audit.record(session, actor="provisioning",
                  action="subscription.failed" if final else "subscription.attempt_failed",
                  subject_type="subscription", subject_id=subscription.id,
                  details={"attempt": subscription.attempts, "error": error})
     return subscription.status
+
+
+def backoff_delay(attempt: int, backoff_seconds: float) -> float:
+    """Seconds a subscription waits after its failed ``attempt`` before the next may start."""
+    return backoff_seconds * 2 ** max(attempt - 1, 0)
+
+
+def operation_of(session: Session, subscription_id: str) -> str | None:
+    """The operation that reports a subscription's provisioning, whichever process works on it.
+
+    Recorded when the payment is (the webhook opens it) or by the first claim that carries one;
+    every later attempt continues it, so the customer watches one operation to its end.
+    """
+    return session.scalar(select(Subscription.operation_id)
+                          .where(Subscription.id == subscription_id))
 
 
 def reset_failed(session: Session, subscription_id: str, *, actor: str = "operator") -> bool:

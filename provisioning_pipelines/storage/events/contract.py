@@ -36,9 +36,9 @@ DEFAULT_KEY_PREFIX = "pp:"
 DEFAULT_KEEPALIVE_SECONDS = 15.0
 
 MAX_ID_PART = 2**64 - 1
-_EVENT_ID_RE = re.compile(r"^(\d{1,20})(?:-(\d{1,20}))?$")
+_EVENT_ID_RE = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
 # No ":" so that no operation id can name another operation's stream key in Redis.
-_OPERATION_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_OPERATION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 # action -> (statuses it may leave, status it moves to, event type), from the operation's state
 # table. The Redis script receives the allowed statuses as an argument instead of repeating them.
@@ -61,7 +61,7 @@ def event_id_key(event_id: str) -> tuple[int, int]:
 
     Ids must be compared numerically: as strings ``"10-0" < "9-0"``.
     """
-    match = _EVENT_ID_RE.match(event_id) if isinstance(event_id, str) else None
+    match = _EVENT_ID_RE.fullmatch(event_id) if isinstance(event_id, str) else None
     if match is None:
         raise ValueError(f"invalid event id {event_id!r}: expected '<ms>-<seq>'")
     ms, seq = int(match.group(1)), int(match.group(2) or 0)
@@ -89,7 +89,7 @@ def utcnow() -> datetime:
 
 def is_operation_id(operation_id: object) -> bool:
     """Ids end up in Redis keys and URLs; a malformed one names no operation."""
-    return isinstance(operation_id, str) and _OPERATION_ID_RE.match(operation_id) is not None
+    return isinstance(operation_id, str) and _OPERATION_ID_RE.fullmatch(operation_id) is not None
 
 
 def clamp_percent(percent: int | float | None) -> int | None:
@@ -171,6 +171,8 @@ class Operation:
     updated_at: datetime
     dagster_report: str | None = None
     dagster_report_detail: str | None = None
+    #: The failure's machine-readable code (``fail(..., code=)``), None otherwise.
+    error_code: str | None = None
 
     @classmethod
     def pending(cls, operation_id: str, kind: str, user_id: str | None,
@@ -193,6 +195,7 @@ class Operation:
             "message": self.message,
             "result": self.result,
             "error": self.error,
+            "error_code": self.error_code,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
             "dagster_report": self.dagster_report,
@@ -288,11 +291,17 @@ class OperationStore(ABC):
             record={"result": json.dumps(result)},
         )
 
-    def fail(self, operation_id: str, error: str) -> OperationEvent | None:
+    def fail(self, operation_id: str, error: str, code: str | None = None
+             ) -> OperationEvent | None:
+        """End the operation failed with ``error`` (the customer's sentence) and, when given,
+        ``code`` (machine-readable: ``disk_full``, ``invalid_request``, ...), both in the event's
+        data and the record."""
         error = str(error)
-        return self._write(
-            operation_id, "fail", error, extra={"error": error}, record={"error": error}
-        )
+        extra: dict[str, Any] = {"error": error}
+        record = {"error": error}
+        if code is not None:
+            extra["error_code"] = record["error_code"] = str(code)
+        return self._write(operation_id, "fail", error, extra=extra, record=record)
 
     def cancel(self, operation_id: str, reason: str = "") -> OperationEvent | None:
         return self._write(

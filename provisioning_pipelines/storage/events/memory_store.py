@@ -139,8 +139,9 @@ class InMemoryOperationStore(OperationStore):
             updates: dict[str, Any] = {}
             if "result" in record:
                 updates["result"] = json.loads(record["result"])
-            if "error" in record:
-                updates["error"] = record["error"]
+            for key in ("error", "error_code"):
+                if key in record:
+                    updates[key] = record[key]
             rec.operation = replace(
                 current,
                 status=status,

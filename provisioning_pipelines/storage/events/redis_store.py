@@ -153,6 +153,7 @@ class RedisOperationStore(OperationStore):
             message=fields.get("message", ""),
             result=json.loads(result) if result is not None else None,
             error=fields.get("error"),
+            error_code=fields.get("error_code"),
             created_at=datetime.fromisoformat(fields["created_at"]),
             updated_at=datetime.fromisoformat(fields["updated_at"]),
             dagster_report=fields.get("dagster_report"),

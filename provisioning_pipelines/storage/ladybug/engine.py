@@ -14,6 +14,23 @@ Why it looks the way it does (LadybugDB 0.22, measured on 2 cores):
   caps a process at ~15 open databases; we pass a smaller power of two.
 * Running the schema DDL costs ~30-40 ms; copying a file that already holds the schema ~1 ms. So
   ``create_database`` copies a verified per-schema *template* when ``template_dir`` is set.
+
+What a failure leaves beside a file (found by filling a small tmpfs, LadybugDB 0.22):
+
+* Closing a read-write handle checkpoints, even with nothing to write, and the close never
+  raises. On a full disk it leaves ``x.lbug.shadow`` (empty when not one page could be
+  written; with the pages, and a torn ``x.lbug``, when the disk filled half-way, then beside
+  ``x.lbug.wal.checkpoint``). From then on *every read-only open fails* ("checkpoint
+  recovery is pending") until a read-write open completes the checkpoint; it does so without
+  loss once there is room. So ``recover`` does exactly that, every read that meets it calls
+  ``recover`` first, and housekeeping recovers what is left. Deleting a shadow that holds
+  pages would lose the data the torn file is missing; only an empty one is removed, and only
+  while no process has the file open for writing (``files.exclusive``).
+* A plain ``x.lbug.wal`` (a write whose checkpoint never began, or a kill -9) is harmless:
+  read-only opens replay it in memory, and the next read-write close folds it in.
+* A *write* whose WAL cannot grow raises, and the close after it then aborts the whole
+  process (``std::terminate`` on an ``IOException`` in LadybugDB's own clean-up); no Python
+  code can catch that.
 """
 
 from __future__ import annotations
@@ -30,7 +47,13 @@ from typing import Any
 
 import ladybug
 
-from provisioning_pipelines.errors import Conflict, EngineError, NotFound, ProvisioningError
+from provisioning_pipelines.errors import (
+    Conflict,
+    EngineError,
+    NotFound,
+    ProvisioningError,
+    StorageFull,
+)
 from provisioning_pipelines.storage.ladybug import files, fork
 from provisioning_pipelines.storage.ladybug.cypher import (
     Statement,
@@ -58,6 +81,15 @@ _LOCKED = "Could not set lock"
 # tells the two apart without stalling ensure_database on a damaged file.
 _CHECKPOINTING = "please retry later"
 _CHECKPOINT_WAIT = 0.25
+# A checkpoint began and did not finish (see the module docstring): a read-write open ends it.
+_RECOVERY_PENDING = "recovery is pending"
+
+
+def _unfinished(path: Path, cause: Exception | None) -> StorageFull:
+    detail = f" ({cause})" if cause is not None else ""
+    return StorageFull(f"graph database {path.name} cannot be opened until a checkpoint "
+                       "that ran out of disk space is finished; free space on its host"
+                       f"{detail}")
 
 
 class LadybugEngine:
@@ -87,7 +119,17 @@ class LadybugEngine:
     # ------------------------------------------------------------------ handles
 
     def _open(self, path: Path, *, read_only: bool, pool: int | None) -> ladybug.Database:
-        """Open a database, retrying while another process holds the write lock."""
+        """Open a database, retrying while another process holds the write lock; a read that
+        meets an unfinished checkpoint has it finished first (``recover``)."""
+        try:
+            return self._open_once(path, read_only=read_only, pool=pool)
+        except EngineError as exc:
+            if not (read_only and _RECOVERY_PENDING in str(exc)):
+                raise
+        self.recover(path)
+        return self._open_once(path, read_only=True, pool=pool)
+
+    def _open_once(self, path: Path, *, read_only: bool, pool: int | None) -> ladybug.Database:
         started = time.monotonic()
         delay = 0.005
         while True:
@@ -131,6 +173,45 @@ class LadybugEngine:
             raise EngineError(f"graph database {path.name}: {exc}") from exc
         finally:
             db.close()
+            if not read_only and files.recovery_pending(path):
+                self._after_failed_checkpoint(path)
+
+    def _after_failed_checkpoint(self, path: Path) -> None:
+        """The close's checkpoint failed (the close says nothing): finish it now if there is
+        room, or leave it to the next read or housekeeping, saying so."""
+        try:
+            self.recover(path)
+        except EngineError as exc:
+            logger.warning("%s", exc)
+
+    def recover(self, path: Path) -> bool:
+        """Finish a checkpoint of ``path`` that did not finish, so that read-only opens work
+        again; True if one was pending. A read-write open does it (LadybugDB's own recovery);
+        an empty ``.shadow`` is removed instead, which works on a disk that is still full.
+
+        Raises ``StorageFull`` when the checkpoint cannot be finished for lack of room.
+        """
+        path = Path(path)
+        with files.WRITE_LOCKS.hold(files.lock_key(path)):
+            if not path.is_file() or not files.recovery_pending(path):
+                return False
+            if files.empty_shadow(path):
+                with files.exclusive(path) as alone:
+                    if alone and files.empty_shadow(path):
+                        os.remove(f"{path}.shadow")
+                        logger.warning("graph database %s: removed the empty shadow file of "
+                                       "a checkpoint that could not start", path.name)
+                        return True
+            try:
+                db = self._open_once(path, read_only=False, pool=self.buffer_pool_bytes)
+                db.close()
+            except EngineError as exc:
+                raise _unfinished(path, exc) from exc
+            if files.recovery_pending(path):
+                raise _unfinished(path, None)
+            logger.warning("graph database %s: finished a checkpoint that had not finished",
+                           path.name)
+            return True
 
     @contextlib.contextmanager
     def writing(self, path: Path, *, pool: int | None = None) -> Iterator[ladybug.Connection]:
@@ -263,13 +344,13 @@ class LadybugEngine:
             made = False
             if self.template_path(ddl) is not None:
                 try:
-                    template = self._template(ddl)
-                    shutil.copyfile(template, temp)
-                    files.fsync_file(temp)
+                    self._copy(self._template(ddl), temp)
                     made = True
                 except OSError as exc:  # template folder unusable: still serve the request
-                    logger.warning("schema template unavailable (%s); running the DDL", exc)
                     files.remove_with_sidecars(temp)
+                    if exc.errno in files.DISK_FULL:  # the DDL would fill the same disk
+                        raise
+                    logger.warning("schema template unavailable (%s); running the DDL", exc)
             if not made:
                 self._build(temp, ddl)
             files.publish(temp, path)
@@ -279,6 +360,12 @@ class LadybugEngine:
             raise EngineError(f"cannot create graph database {path.name}: {exc}") from exc
         finally:
             files.remove_with_sidecars(temp)
+
+    @staticmethod
+    def _copy(template: Path, temp: Path) -> None:
+        """A new database's bytes: the template copied into the temp file, and synced."""
+        shutil.copyfile(template, temp)
+        files.fsync_file(temp)
 
     def ensure_database(self, path: Path, ddl: Sequence[str]) -> bool:
         """Create ``path`` unless a complete one is there; True if this call made the file.

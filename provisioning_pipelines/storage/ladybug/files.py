@@ -9,6 +9,7 @@ the file), so writes to one path are serialised by a process-wide lock per path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 import uuid
@@ -27,17 +28,27 @@ except ImportError:  # pragma: no cover - Windows
 # ones are checked with a stat each; "x.lbug.pk_validator.<n>.tmp" needs a directory scan, done
 # only when deleting or when a fixed one shows the file was not closed cleanly.
 SIDECAR_PREFIXES = ("wal", "shadow", "checkpoint", "pinned", "pk_validator", "tmp", "lock")
+#: Sidecars of a checkpoint that did not finish (what a full disk leaves; see
+#: ``recovery_pending``). While one is there, every read-only open fails.
+RECOVERY_SIDECARS = (".shadow", ".wal.checkpoint")
 _FIXED_SIDECARS = (
     ".wal",
-    ".shadow",
+    *RECOVERY_SIDECARS,
     ".checkpoint",
     ".checkpoint.intent.lock",
     ".checkpoint.apply.lock",
     ".pinned.tmp",
 )
 
+#: The errnos of a full disk (or a user's quota): no other write to that disk can pass either.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
 class KeyedLocks:
-    """One lock per key, created on demand and dropped when nobody holds or waits for it."""
+    """One lock per key, created on demand and dropped when nobody holds or waits for it.
+
+    Re-entrant: a thread that holds a file's lock (``ensure_database`` verifying it) may meet
+    a read that needs the file recovered first, which takes the same lock."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
@@ -46,7 +57,7 @@ class KeyedLocks:
     @contextlib.contextmanager
     def hold(self, key: str) -> Iterator[None]:
         with self._guard:
-            entry = self._locks.setdefault(key, [threading.Lock(), 0])
+            entry = self._locks.setdefault(key, [threading.RLock(), 0])
             entry[1] += 1
         try:
             with entry[0]:
@@ -124,6 +135,50 @@ def _remove(path: Path) -> bool:
 def has_sidecars(path: Path) -> bool:
     """Cheap check (a few stats, no directory scan) for the sidecars that matter."""
     return any(os.path.lexists(f"{path}{suffix}") for suffix in _FIXED_SIDECARS)
+
+
+def recovery_pending(path: Path) -> bool:
+    """A checkpoint of ``path`` began and did not finish: LadybugDB refuses every read-only
+    open until a read-write open completes it (``LadybugEngine.recover``)."""
+    return any(os.path.lexists(f"{path}{suffix}") for suffix in RECOVERY_SIDECARS)
+
+
+def empty_shadow(path: Path) -> bool:
+    """Only an empty ``.shadow`` is pending: a checkpoint that could not write its first page.
+    It holds nothing, and the file itself was never touched (a checkpoint writes the whole
+    shadow before it changes the file), so removing it loses nothing."""
+    try:
+        size = os.stat(f"{path}.shadow").st_size
+    except FileNotFoundError:
+        return False
+    return size == 0 and not os.path.lexists(f"{path}.wal.checkpoint")
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[bool]:
+    """Whether no other process has ``path`` open read-write (LadybugDB holds a POSIX write
+    lock on the whole file while it does), holding that lock meanwhile so none can start.
+
+    Only under this process's ``WRITE_LOCKS`` for the path: POSIX locks belong to the process,
+    and closing this descriptor would drop a lock a handle of this process held.
+    """
+    if fcntl is None:  # pragma: no cover
+        yield False
+        return
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def remove_with_sidecars(path: Path, *, thorough: bool = False) -> bool:

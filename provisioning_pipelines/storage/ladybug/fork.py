@@ -3,15 +3,21 @@
 Each chosen table is exported from the parent with ``COPY (MATCH ... RETURN ...) TO 'x.parquet'``
 and loaded into the child with ``COPY Table FROM 'x.parquet'`` (relationship files carry the from
 and to keys first), all loads in one transaction on the child, so a failed fork adds no rows.
+
+The parquet files go before the child's write handle closes: that close checkpoints, and on a
+disk they filled it would leave a ``.shadow`` that stops every read of the child (``engine``).
+A parent that cannot be opened or read is ``ParentUnreadable``, and a fork whose node tables did
+not get every row the parent holds fails rather than pass for a copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +36,10 @@ from provisioning_pipelines.storage.ladybug.cypher import (
     run_in_transaction,
 )
 from provisioning_pipelines.storage.ladybug.schema import POOL_PER_COLUMN
+
+
+class ParentUnreadable(EngineError):
+    """The parent's file could not be opened or read: nothing was copied."""
 
 
 class Opener(Protocol):
@@ -147,6 +157,20 @@ def _copy_pool(engine: Opener, *schemas: dict[str, _Table]) -> int:
                64 * MiB + widest * 4 * MiB + columns * POOL_PER_COLUMN)
 
 
+@contextlib.contextmanager
+def _reading_parent(engine: Opener, parent: Path) -> Iterator[ladybug.Connection]:
+    """A read-only session on the parent whose failure to open is ``ParentUnreadable``."""
+    opened = False
+    try:
+        with engine.session(parent, read_only=True, pool=engine.data_buffer_pool_bytes) as source:
+            opened = True
+            yield source
+    except (EngineError, NotFound) as exc:
+        if opened or isinstance(exc, ParentUnreadable):
+            raise
+        raise ParentUnreadable(exc.message) from exc
+
+
 def _copy(
     engine: Opener,
     parent: Path,
@@ -155,45 +179,62 @@ def _copy(
     exclude: Sequence[str],
     workdir: Path,
 ) -> dict[str, int]:
-    with engine.session(parent, read_only=True, pool=engine.data_buffer_pool_bytes) as source:
+    with _reading_parent(engine, parent) as source:
         try:
             parent_schema = _read_schema(source)
         except Exception as exc:
-            raise EngineError(f"cannot read the schema of {parent.name}: {exc}") from exc
+            raise ParentUnreadable(f"cannot read the schema of {parent.name}: {exc}") from exc
         with engine.writing(child, pool=_copy_pool(engine, parent_schema)) as target:
-            child_schema = _read_schema(target)
-            steps = _plan_copy(parent_schema, child_schema, tables, exclude)
-            if not steps:
-                return {}
-            copied = {child_schema[s.table.lower()].name for s in steps}
-            # Empty tables are "copied" without a file: each COPY pair costs ~10 ms.
-            empty = {
-                name for name in copied if count(source, parent_schema[name.lower()]) == 0
-            }
-            steps = [step for step in steps if step.table not in empty]
-            files: list[Path] = []
-            for index, step in enumerate(steps):
-                file = workdir / f"{index:03d}.parquet"
-                try:
-                    source.execute(f"COPY ({step.export}) TO {path_literal(file)}")
-                except Exception as exc:
-                    raise EngineError(
-                        f"fork export of {step.table} from {parent.name} failed: {exc}"
-                    ) from exc
-                files.append(file)
-            loaded = {step.table for step in steps}
-            before = {name: count(target, child_schema[name.lower()]) for name in loaded}
-            loads = [step.load.replace(_FILE, path_literal(file))
-                     for step, file in zip(steps, files, strict=True)]
-            run_in_transaction(target, loads, label=f"{child.name}: fork load")
-            return {
-                name: (
-                    count(target, child_schema[name.lower()]) - before[name]
-                    if name in loaded
-                    else 0
-                )
-                for name in sorted(copied)
-            }
+            try:
+                return _load(source, target, parent, child, parent_schema, tables, exclude,
+                             workdir)
+            finally:  # before the child's handle closes: its checkpoint needs the room
+                shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _load(
+    source: ladybug.Connection,
+    target: ladybug.Connection,
+    parent: Path,
+    child: Path,
+    parent_schema: dict[str, _Table],
+    tables: Sequence[str] | None,
+    exclude: Sequence[str],
+    workdir: Path,
+) -> dict[str, int]:
+    """Export the chosen tables from ``source`` and load them into ``target`` in one
+    transaction; rows added per copied table."""
+    child_schema = _read_schema(target)
+    steps = _plan_copy(parent_schema, child_schema, tables, exclude)
+    if not steps:
+        return {}
+    copied = {child_schema[s.table.lower()].name for s in steps}
+    held = {name: count(source, parent_schema[name.lower()]) for name in copied}
+    # Empty tables are "copied" without a file: each COPY pair costs ~10 ms.
+    steps = [step for step in steps if held[step.table]]
+    files: list[Path] = []
+    for index, step in enumerate(steps):
+        file = workdir / f"{index:03d}.parquet"
+        try:
+            source.execute(f"COPY ({step.export}) TO {path_literal(file)}")
+        except Exception as exc:
+            raise EngineError(
+                f"fork export of {step.table} from {parent.name} failed: {exc}"
+            ) from exc
+        files.append(file)
+    loaded = {step.table for step in steps}
+    before = {name: count(target, child_schema[name.lower()]) for name in loaded}
+    loads = [step.load.replace(_FILE, path_literal(file))
+             for step, file in zip(steps, files, strict=True)]
+    run_in_transaction(target, loads, label=f"{child.name}: fork load")
+    added = {name: count(target, child_schema[name.lower()]) - before[name]
+             if name in loaded else 0 for name in sorted(copied)}
+    short = [f"{name} ({added[name]:,} of {held[name]:,})" for name in sorted(copied)
+             if child_schema[name.lower()].kind == "NODE" and added[name] != held[name]]
+    if short:
+        raise EngineError(f"fork into {child.name} did not copy every row of "
+                          f"{parent.name}: {', '.join(short)}")
+    return added
 
 
 def _plan_copy(
