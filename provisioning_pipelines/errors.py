@@ -154,5 +154,13 @@ class Busy(ServiceUnavailable):
     code = "busy"
 
 
+class DatabaseNotMigrated(ServiceUnavailable):
+    """The app database's schema is not the one this code was written for: every request
+    would fail, so the CLI and ``serve`` stop with this line and ``/healthz`` answers 503."""
+
+    code = "database_not_migrated"
+    retryable = False
+
+
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot start with."""

@@ -5,6 +5,12 @@ directly (``method="direct"``) or launches and waits for (``method="launched"``)
 reports to Dagster, store outages, its waiting queue and open streams. A Dagster run process is
 not scraped; its runs are in Dagster's own UI. One registry per process (not the global one, so
 importing this module never registers twice).
+
+``serve --workers N`` is one server to whoever scrapes it, whichever worker answers: each
+worker counts into files under ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess
+mode, chosen from the environment when prometheus_client is first imported), and a scrape sums
+every worker's files. A gauge counts only live workers (``livesum``): ``serve`` marks a worker
+dead when it exits; a counter keeps what a dead worker counted.
 """
 
 from __future__ import annotations
@@ -16,9 +22,15 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    values,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+#: Whether this process counts into PROMETHEUS_MULTIPROC_DIR, as prometheus_client decided.
+MULTIPROCESS = values.ValueClass is not values.MutexValue
+#: A gauge's value across workers: the sum over those alive.
+ACROSS_WORKERS = "livesum"
 
 PROVISIONINGS = Counter(
     "provisioning_provisionings", "Provisionings finished, by flow, method and outcome "
@@ -29,8 +41,9 @@ DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 WAITING = Gauge(
     "provisioning_waiting", "Provisionings waiting for a free slot of DIRECT_MAX_CONCURRENCY.",
-    registry=REGISTRY)
-RUNNING = Gauge("provisioning_running", "Provisionings running now.", registry=REGISTRY)
+    registry=REGISTRY, multiprocess_mode=ACROSS_WORKERS)
+RUNNING = Gauge("provisioning_running", "Provisionings running now.", registry=REGISTRY,
+                multiprocess_mode=ACROSS_WORKERS)
 RESUMED = Counter("provisioning_resumed", "Provisionings resumed after another worker's "
                   "crash.", registry=REGISTRY)
 REPORTS = Counter(
@@ -43,10 +56,11 @@ OUTAGES = Counter(
     "provisioning_store_outages", "Calls that found a store unreachable, by store (database, "
     "event_store).", ["store"], registry=REGISTRY)
 STREAMS = Gauge("provisioning_open_streams", "Server-Sent Events streams open now.",
-                registry=REGISTRY)
+                registry=REGISTRY, multiprocess_mode=ACROSS_WORKERS)
 STREAM_READERS = Gauge(
     "provisioning_stream_readers", "Event store readers open now: one per operation with a "
-    "stream open in this process, however many streams it has.", registry=REGISTRY)
+    "stream open in a process, however many streams it has.", registry=REGISTRY,
+    multiprocess_mode=ACROSS_WORKERS)
 SLOW_CLIENTS = Counter(
     "provisioning_slow_clients", "SSE clients dropped for taking no event for "
     "SLOW_CLIENT_TIMEOUT_SECONDS.", registry=REGISTRY)
@@ -58,5 +72,9 @@ BODIES_REFUSED = Counter(
 
 
 def scrape() -> tuple[bytes, str]:
-    """The exposition and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    """The exposition (of every worker, in multiprocess mode) and its content type."""
+    if not MULTIPROCESS:
+        return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return generate_latest(registry), CONTENT_TYPE_LATEST

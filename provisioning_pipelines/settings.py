@@ -123,8 +123,11 @@ class Settings(BaseSettings):
     )
     webhook_retention_days: int = Field(30, ge=3, validation_alias="WEBHOOK_RETENTION_DAYS")
 
+    metrics_dir: Path | None = Field(None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
+
     @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home",
-                     "session_secret", "backup_dir", "stripe_api_key", mode="before")
+                     "session_secret", "backup_dir", "stripe_api_key", "metrics_dir",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

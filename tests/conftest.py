@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import redis
@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from provisioning_pipelines.runtime.resources import PolicyResource, build_resources
 from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.db import Database, dispose_database, get_database
-from provisioning_pipelines.storage.migrate import upgrade
+from provisioning_pipelines.storage.migrate import head_revisions, previous_revision, upgrade
 
 POSTGRES_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
@@ -117,6 +117,35 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         url = request.getfixturevalue("postgres_app_url")
         _truncate_all(url)
         yield url
+
+
+class Unmigrated(NamedTuple):
+    url: str
+    at: str  # the revision it is at ("none": never migrated)
+    needs: str  # the newest revision
+
+
+@pytest.fixture(params=["postgres-empty", "sqlite-empty", "postgres-behind", "sqlite-behind"])
+def unmigrated(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Unmigrated]:
+    """An app database that was never migrated, or is one revision behind the newest."""
+    backend, state = request.param.split("-")
+    if backend == "postgres":
+        request.getfixturevalue("postgres_server")
+        url = create_postgres_database("pp_unmigrated")
+    else:
+        url = f"sqlite:///{tmp_path / 'unmigrated.db'}"
+    [head] = head_revisions()
+    at = "none"
+    try:
+        if state == "behind":
+            at = previous_revision(head)
+            upgrade(url, at)
+        yield Unmigrated(url, at, head)
+    finally:
+        if backend == "postgres":
+            drop_postgres_database(url)
+        else:
+            dispose_database(url)
 
 
 @pytest.fixture

@@ -48,6 +48,8 @@ class ServerProcess:
 def server_env(tmp_path: Path, **settings: Any) -> dict[str, str]:
     """The environment of a server process: its own data folder, the given settings."""
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path),
+           # a checkout first on the path (a worktree) is what the server runs, too
+           **{key: os.environ[key] for key in ("PYTHONPATH",) if key in os.environ},
            "DATA_DIR": str(tmp_path / "data"), "BILLING_WEBHOOK_SECRET": SECRET,
            "SESSION_SECRET": SESSION_SECRET, "GRAPH_DATA_DIR": str(tmp_path / "graphs")}
     if os.environ.get("PYTHONPATH"):  # the tree under test, not only the installed one

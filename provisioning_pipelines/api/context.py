@@ -77,7 +77,8 @@ class ApiContext:
     limits: InFlightLimits = field(init=False)
 
     def __post_init__(self) -> None:
-        self.fanout = Fanout(self.executor.store, keepalive=self.keepalive_seconds)
+        self.fanout = Fanout(self.executor.store, keepalive=self.keepalive_seconds,
+                             count_readers=metrics.STREAM_READERS.inc)
         self.limits = InFlightLimits(self.settings, self.executor.store,
                                      self.executor.open_operation)
         self.bodies = BodyReader(timeout_seconds=self.settings.body_read_timeout_seconds,

@@ -1,4 +1,5 @@
-"""``GET /healthz``: can this process reach its database, Redis and the Dagster instance?
+"""``GET /healthz``: can this process reach its database (at the newest schema), Redis and the
+Dagster instance?
 
 Open to anyone (load balancers ask it without a key), so a failing check says *what* is down,
 never where it is: a driver's message names hosts, ports and sockets, and those go to the log.
@@ -14,11 +15,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from provisioning_pipelines.api.context import ApiContext, guard, logger
+from provisioning_pipelines.errors import DatabaseNotMigrated
+from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.migrate import schema_problem
 
 
 def routes(api: ApiContext) -> list[Route]:
     def healthz(request: Request) -> Response:
-        checks = {"database": _check("database", api.database.ping)}
+        checks = {"database": _check("database",
+                                     lambda: api.database.ping() and _migrated(api.database))}
         checks["redis"] = (_check("event store", api.store.ping) if api.settings.redis_url
                            else {"ok": True, "detail": "in-memory operation store"})
         checks["dagster"] = _check("Dagster instance",
@@ -33,7 +38,17 @@ def _check(what: str, probe: Callable[[], Any]) -> dict[str, Any]:
     """A probe passes only by returning a true value; raising or answering no is a failure."""
     try:
         answer = probe()
+    except DatabaseNotMigrated as exc:  # its revisions and the fix; it names no host
+        return {"ok": False, "detail": exc.message}
     except Exception as exc:
         logger.warning("healthz: %s unreachable: %s: %s", what, type(exc).__name__, exc)
         return {"ok": False, "detail": f"{what} unreachable"}
     return {"ok": True} if answer else {"ok": False, "detail": f"{what} unreachable"}
+
+
+def _migrated(database: Database) -> bool:
+    """A database behind the newest schema is reachable, yet fails every request."""
+    problem = schema_problem(database)
+    if problem is not None:
+        raise DatabaseNotMigrated(problem)
+    return True

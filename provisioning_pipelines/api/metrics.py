@@ -1,4 +1,4 @@
-"""``GET /metrics``: this process's counters in Prometheus' text format (see ``metrics.py``).
+"""``GET /metrics``: the server's counters in Prometheus' text format (see ``metrics.py``).
 
 Unauthenticated, as scrapers expect; expose the port to the monitoring network only.
 """
@@ -15,7 +15,6 @@ from provisioning_pipelines.api.context import ApiContext, guard
 
 def routes(api: ApiContext) -> list[Route]:
     async def scrape(request: Request) -> Response:
-        metrics.STREAM_READERS.set(api.fanout.readers)  # the fanout lives on this loop
         body, content_type = metrics.scrape()
         return Response(body, media_type=content_type)
 

@@ -5,7 +5,10 @@ never 5xx for a body: a genuine event we cannot apply is recorded as rejected an
 with ``ignored``. Only an outage of the database answers 503, so the sender retries. With direct
 provisioning on, what the event changed follows in the background (a paid subscription is
 provisioned, a cancelled one's resource suspended, one paid again reactivated); otherwise, or
-if this process dies first, the sensors launch a run for it.
+if this process dies first, the sensors launch a run for it. A payment is answered with its
+operation either way (with direct provisioning off, when the operation events are in Redis):
+then it is pending until the sensor's run starts it, and that run's progress and outcome are
+written to it.
 """
 
 from __future__ import annotations
@@ -57,20 +60,23 @@ def routes(api: ApiContext) -> list[Route]:
             raise
         direct = api.settings.direct_graph_provisioning_enabled
         # The operation's id is recorded with the payment, so whoever provisions it (this
-        # process, or another after a crash) reports to the one the caller watches.
-        planned = new_operation_id() if direct else None
+        # process, another after a crash, or the sensor's Dagster run, which carries it as a
+        # run tag) reports to the one the caller watches. Without direct provisioning only
+        # that run, another process, writes it: through a store both share (Redis), or never.
+        planned = new_operation_id() if direct or api.settings.redis_url else None
         applied = await run_in_threadpool(record, delivery, planned)
         metrics.WEBHOOKS.labels(applied.status if applied else "duplicate").inc()
         if applied is None:
             return JSONResponse({"received": True, "duplicate": True, "operation_id": None})
         operation_id = None
-        then = started_by(applied) if direct else None
-        if then is not None:
+        then = started_by(applied)
+        if then is not None and (direct or (applied.paid and planned is not None)):
             flow, config = then.flow, then.config
             operation_id = await run_in_threadpool(api.executor.open_operation,
                                                    flow.operation_kind, applied.user_id,
                                                    planned if applied.paid else None)
-            api.start(api.executor.run, flow, config, operation_id=operation_id)
+            if direct:  # otherwise it stays pending until the sensor's run starts it
+                api.start(api.executor.run, flow, config, operation_id=operation_id)
         body: dict[str, Any] = {"received": True, "duplicate": False,
                                 "operation_id": operation_id}
         if applied.ignored:

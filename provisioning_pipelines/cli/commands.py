@@ -43,12 +43,8 @@ def db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 def users_create(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.services.access import accounts
-    from provisioning_pipelines.storage.db import get_database
-    from provisioning_pipelines.storage.migrate import upgrade_once
 
-    if settings.database_url is None:
-        upgrade_once(settings.resolved_database_url)
-    with get_database(settings.resolved_database_url).session() as session:
+    with database_of(settings).session() as session:
         made = accounts.create_user(session, email=args.email, org_name=args.org,
                                     invoice_billing=args.invoice_billing)
     answer = {"user_id": made.user_id, "org_id": made.org_id, "api_key": made.api_key}
@@ -66,11 +62,14 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def database_of(settings: Settings):  # type: ignore[no-untyped-def]
+    """The app database, upgraded first when it is the embedded default; any other must be at
+    the newest schema already (``DatabaseNotMigrated``, one line, otherwise)."""
     from provisioning_pipelines.storage.db import get_database
-    from provisioning_pipelines.storage.migrate import upgrade_once
+    from provisioning_pipelines.storage.migrate import require_current, upgrade_once
 
     if settings.database_url is None:
         upgrade_once(settings.resolved_database_url)
+    require_current(settings.resolved_database_url)
     return get_database(settings.resolved_database_url)
 
 

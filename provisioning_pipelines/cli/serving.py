@@ -9,7 +9,10 @@ grace, claims given back; a second SIGTERM cuts the grace short). The workers sh
 PostgreSQL and Redis, which is why several need both: every claim is a row in the database
 (exactly once across processes), and operations and their events live in Redis, so a stream
 can be served by a worker other than the one provisioning. Each worker has its own
-``DIRECT_MAX_CONCURRENCY`` provisioning threads and its own ``/metrics``.
+``DIRECT_MAX_CONCURRENCY`` provisioning threads; ``/metrics`` shows them all, whichever worker
+answers: the workers count into files under ``PROMETHEUS_MULTIPROC_DIR`` (a temporary folder of
+the supervisor's own unless one is set), which ``serve`` empties when it starts, and a worker
+that exits is marked dead there so that its gauges no longer count.
 """
 
 from __future__ import annotations
@@ -17,10 +20,15 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from provisioning_pipelines.errors import InvalidRequest, ServiceUnavailable
@@ -33,7 +41,7 @@ _SUPERVISE_SECONDS = 0.5
 
 
 def serve(host: str, port: int, workers: int, settings: Settings) -> int:
-    from provisioning_pipelines.storage.migrate import upgrade_once
+    from provisioning_pipelines.storage.migrate import require_current, upgrade_once
 
     if workers < 1:
         raise InvalidRequest("--workers: must be at least 1", field="workers")
@@ -43,13 +51,56 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> int:
     settings.check_serving()
     if settings.database_url is None:
         upgrade_once(settings.resolved_database_url)
+    require_current(settings.resolved_database_url)  # else every request would be a 500
     if settings.redis_url:
         _check_redis(settings)
     settings.prepare_dagster_home()
     _configure_logging(workers)
-    if workers == 1:
-        return run_worker(settings, host=host, port=port)
-    return _supervise(_listeners(host, port, workers))
+    with _worker_metrics(settings.metrics_dir, workers) as folder:
+        if workers == 1:
+            try:
+                return run_worker(settings, host=host, port=port)
+            finally:
+                _mark_dead(folder, os.getpid())
+        return _supervise(_listeners(host, port, workers), folder)
+
+
+#: What prometheus_client reads, when it is first imported, to count into files.
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextmanager
+def _worker_metrics(configured: Path | None, workers: int) -> Iterator[Path | None]:
+    """The folder every worker counts into, emptied of what an earlier server left (its
+    workers' gauges would count as live): the one configured, else with several workers a
+    temporary one, removed at the end. One worker with none configured counts in memory.
+
+    Set in the environment before any worker (or this process) imports prometheus_client.
+    """
+    if configured is None and workers == 1:
+        if os.environ.get(METRICS_DIR_VARIABLE) == "":  # would count into the working folder
+            del os.environ[METRICS_DIR_VARIABLE]
+        yield None
+        return
+    folder = configured or Path(tempfile.mkdtemp(prefix="provisioning-metrics-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        if not stale.name.endswith(f"_{os.getpid()}.db"):  # this process's own are live
+            stale.unlink()
+    os.environ[METRICS_DIR_VARIABLE] = str(folder)
+    try:
+        yield folder
+    finally:
+        if configured is None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _mark_dead(folder: Path | None, pid: int | None) -> None:
+    """A worker that exited: its gauges (``livesum``) stop counting; its counters stay."""
+    if folder is not None and pid is not None:
+        from prometheus_client.multiprocess import mark_process_dead
+
+        mark_process_dead(pid, str(folder))
 
 
 def _check_redis(settings: Settings) -> None:
@@ -117,7 +168,7 @@ def _worker_main(listener: socket.socket, workers: int) -> None:
     run_worker(get_settings(), listener=listener)
 
 
-def _supervise(listeners: list[socket.socket]) -> int:
+def _supervise(listeners: list[socket.socket], metrics_dir: Path | None) -> int:
     context = multiprocessing.get_context("spawn")
     signals_seen = 0
 
@@ -151,8 +202,11 @@ def _supervise(listeners: list[socket.socket]) -> int:
                 if not process.is_alive():
                     logger.warning("worker %s exited with %s; starting another", process.pid,
                                    process.exitcode)
+                    _mark_dead(metrics_dir, process.pid)
                     workers[index] = start(listeners[index])
         time.sleep(_SUPERVISE_SECONDS)
+    for process in workers:
+        _mark_dead(metrics_dir, process.pid)
     for listener in listeners:
         listener.close()
     return 0

@@ -59,6 +59,8 @@ def run_step_in_op(step: Step, context: OpExecutionContext, value: Any,
     ctx = step_context(resources, method="dagster", log=context.log,
                        operation_id=context.run.tags.get(OPERATION_TAG))
     operation = progress.reporter(context.log, ctx.operation_id)
+    if step.config_cls is not None:  # the flow's first step: the run has begun
+        operation.start(f"Dagster run {context.run_id} started ({context.job_name})")
     try:
         output = run_step(step, ctx, value, retries_done=context.retry_number,
                           hand_over_retries=True)

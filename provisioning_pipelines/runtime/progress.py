@@ -86,6 +86,10 @@ class ProgressReporter:
         self.log.info(f"[{percent if percent is not None else '-'}%] {message}")
         self._write("progress", message, percent)
 
+    def start(self, message: str) -> None:
+        """Move a pending operation to running (one already running is left as it is)."""
+        self._write("start", message)
+
     def complete(self, result: dict[str, Any]) -> None:
         self._write("complete", {**public_result(result), "operation_id": self.operation_id})
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from provisioning_pipelines.storage.db import Database
@@ -123,7 +126,66 @@ def test_a_worker_killed_is_replaced_and_the_port_keeps_answering(
                  "the dead worker was not replaced")
         assert len(children_of(server.process.pid)) == 2
         for _ in range(10):  # whichever worker takes it, the port answers
-            assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 200
+            health = httpx.get(f"{server.url}/healthz", timeout=30)
+            assert health.status_code == 200, health.text
         assert "starting another" in server.output()
         server.signal(signal.SIGTERM)
         assert server.wait(60) == 0
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One scrape of ``/metrics``, on a connection of its own (so any worker may answer)."""
+    answer = httpx.get(f"{url}/metrics", timeout=30)
+    assert answer.status_code == 200
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(answer.text)
+            for sample in family.samples}
+
+
+REFUSED = ("provisioning_webhooks_total", (("outcome", "refused"),))
+
+
+@pytest.mark.parametrize("configured", [True, False], ids=["folder-set", "folder-unset"])
+def test_every_scrape_of_metrics_shows_the_whole_server_whichever_worker_answers(
+    postgres_database: Database, postgres_app_url: str, redis_prefix: str, tmp_path: Path,
+    configured: bool,
+) -> None:
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    # What an earlier server left in the folder: a count, and a gauge of a worker now gone.
+    subprocess.run([sys.executable, "-c", "from provisioning_pipelines import metrics; "
+                    "metrics.WEBHOOKS.labels('refused').inc(1000); metrics.RUNNING.inc()"],
+                   env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(folder)}, check=True)
+    temporary = tmp_path / "tmp"  # where serve makes its own folder when none is set
+    temporary.mkdir()
+    env = server_env(tmp_path, DATABASE_URL=postgres_app_url, REDIS_URL=REDIS_URL,
+                     REDIS_KEY_PREFIX=redis_prefix, TMPDIR=temporary,
+                     **({"PROMETHEUS_MULTIPROC_DIR": folder} if configured else {}))
+    forged = 20
+    with api_process(env, tmp_path / "serve.log", workers=2) as server:
+        wait_for(lambda: len(children_of(server.process.pid)) >= 2, 60,
+                 "the workers did not start")
+        for _ in range(forged):  # a connection each: the kernel spreads them over the workers
+            answer = httpx.post(f"{server.url}/v1/webhooks/billing", content=b"{}", timeout=30,
+                                headers={"Stripe-Signature": "t=1,v1=forged"})
+            assert answer.status_code == 400
+        scrapes = [scrape(server.url) for _ in range(10)]
+        if not configured:
+            [folder] = temporary.glob("provisioning-metrics-*")
+
+        dead = children_of(server.process.pid)[0]
+        os.kill(dead, signal.SIGKILL)
+        wait_for(lambda: dead not in children_of(server.process.pid)
+                 and len(children_of(server.process.pid)) == 2, 60,
+                 "the dead worker was not replaced")
+        after_the_kill = [scrape(server.url) for _ in range(10)]
+        gone = not list(folder.glob(f"gauge_livesum_{dead}.db"))
+        server.signal(signal.SIGTERM)
+        assert server.wait(60) == 0
+
+    assert [one[REFUSED] for one in scrapes] == [forged] * 10
+    assert [one[("provisioning_running", ())] for one in scrapes] == [0] * 10
+    assert all(("provisioning_open_streams", ()) in one for one in scrapes)  # no pid label
+    assert [one[REFUSED] for one in after_the_kill] == [forged] * 10  # the dead one's count stays
+    assert gone  # its gauges no longer count
+    assert list(temporary.glob("provisioning-metrics-*")) == []  # serve removed its own folder

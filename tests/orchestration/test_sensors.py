@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -13,12 +13,14 @@ from dagster import DagsterInstance, RunRequest, SensorResult, build_sensor_cont
 from sqlalchemy import func, select, update
 
 from provisioning_pipelines.direct import DirectExecutor
+from provisioning_pipelines.flows.steps import OPERATION_TAG
+from provisioning_pipelines.orchestration.jobs import JOBS
 from provisioning_pipelines.orchestration.sensors import build_sensors
 from provisioning_pipelines.runtime.resources import DatabaseResource
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.models import Graph, Subscription, utcnow
-from tests.conftest import make_policy
+from tests.conftest import REDIS_URL, make_policy, make_resources
 from tests.factories import new_customer, paid_graph_subscription, paid_repository_subscription
 from tests.flows.test_graph import _launch_in_another_process
 
@@ -186,3 +188,45 @@ def test_a_sensor_run_after_a_failed_direct_attempt_continues_the_customers_oper
     assert events[-1].type == "operation_completed"
     assert events[-1].data["result"]["graph_id"] == graphs.graph_id_for_subscription(sub_id)
     assert "database_path" not in events[-1].data["result"]
+
+
+@pytest.mark.redis
+def test_with_direct_off_the_webhook_answers_an_operation_that_the_sensors_run_ends(
+    database: Database, database_url: str, graph_dir: Path, redis_prefix: str,
+    dagster_instance: DagsterInstance,
+) -> None:
+    from tests.api.helpers import Api, make_api, serve
+    from tests.api.test_app import checkout_event, subscribe_graph
+
+    shared = {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix}
+    resources = make_resources(database_url, graph_dir, **shared)
+    app, executor = make_api(database, resources, dagster_instance, direct=False, **shared)
+    with serve(app) as url, ThreadPoolExecutor(1) as pool:
+        api = Api(url, database, executor)
+        user = new_customer(database)
+        sub_id = subscribe_graph(api, user.api_key)
+        operation_id = api.deliver(checkout_event(sub_id)).json()["operation_id"]
+        assert operation_id is not None
+        watched = pool.submit(api.events, user.api_key, operation_id)
+
+        [request] = requests(evaluate(database_url, direct_enabled=False))
+        ran = JOBS["graph"].execute_in_process(
+            run_config=request.run_config, tags=request.tags, instance=dagster_instance,
+            resources=resources, raise_on_error=False)
+
+        events = watched.result(timeout=120)
+        with api.client(user.api_key) as client:
+            operation = client.get(f"/v1/operations/{operation_id}").json()
+    executor.close()
+
+    assert request.tags[OPERATION_TAG] == operation_id
+    assert ran.success
+    graph_id = graphs.graph_id_for_subscription(sub_id)
+    types = [kind for _, kind, _ in events]
+    assert types[0] == "operation_started" and types[-1] == "operation_completed"
+    assert ran.run_id in events[0][2]["message"]
+    assert "operation_progress" in types  # the run's own steps, through Redis
+    assert events[-1][2]["result"]["graph_id"] == graph_id
+    assert operation["status"] == "completed"
+    assert operation["result"]["graph_id"] == graph_id
+    assert operation["result"]["run_id"] == ran.run_id

@@ -66,10 +66,13 @@ class Fanout:
     """Subscriptions to a store's operations, sharing one reader per operation."""
 
     def __init__(self, store: OperationStore, *,
-                 keepalive: float = DEFAULT_KEEPALIVE_SECONDS) -> None:
+                 keepalive: float = DEFAULT_KEEPALIVE_SECONDS,
+                 count_readers: Callable[[int], object] | None = None) -> None:
         if keepalive <= 0:
             raise ValueError("keepalive must be positive")
         self.store = store
+        #: Told +1 when a reader starts and -1 when it has ended (the API's gauge).
+        self.count_readers = count_readers
         #: How long the reader blocks on the store at a time; also how soon it sees the store go.
         self.keepalive = keepalive
         self._feeds: dict[str, _Feed] = {}
@@ -133,9 +136,16 @@ class Fanout:
             feed.reader = asyncio.create_task(self._read(operation_id, feed),
                                               name=f"fanout-{operation_id}")
             self._readers.add(feed.reader)
-            feed.reader.add_done_callback(self._readers.discard)
+            feed.reader.add_done_callback(self._reader_ended)
+            if self.count_readers is not None:
+                self.count_readers(1)
         feed.watchers += 1
         return feed
+
+    def _reader_ended(self, reader: asyncio.Task[None]) -> None:
+        self._readers.discard(reader)
+        if self.count_readers is not None:
+            self.count_readers(-1)
 
     def _leave(self, operation_id: str, feed: _Feed) -> None:
         feed.watchers -= 1
