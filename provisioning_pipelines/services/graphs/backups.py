@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from provisioning_pipelines.errors import InvalidRequest, NotFound, PaymentRequired
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.catalog import TIERS
+from provisioning_pipelines.services.graphs import lifecycle
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
 from provisioning_pipelines.services.graphs.states import GRAPH, LIVE
@@ -183,6 +184,9 @@ def plan_restore(session: Session, *, user_id: str, graph_id: str, backup_id: st
             field=field)
     check_paid_for(session, target, field=field)
     GRAPH.check("restore_into", target.status, target.id, field=field)
+    if target.lifecycle_token and target.lifecycle_lease_expires_at and (
+            target.lifecycle_lease_expires_at > utcnow()):
+        raise lifecycle.graphs_busy(target.id)  # told now, not as a failed operation
     if target.graph_type != source.graph_type:
         raise InvalidRequest(f"{field}: graph {target.id!r} is a {target.graph_type} graph; the "
                              f"backup is of a {source.graph_type} graph", field=field)
@@ -202,9 +206,10 @@ def check_paid_for(session: Session, graph: Graph, *, field: str = "graph_id") -
     subscription = (session.get(Subscription, graph.subscription_id)
                     if graph.subscription_id else None)
     if subscription is None or subscription.status != "active":
-        state = subscription.status if subscription else "paid for by no subscription"
-        raise PaymentRequired(f"{field}: graph {graph.id!r} is {state}; a backup is restored "
-                              "only into a graph an active subscription pays for", field=field)
+        state = (f"'s subscription is {subscription.status}" if subscription
+                 else " is paid for by no subscription")
+        raise PaymentRequired(f"{field}: graph {graph.id!r}{state}; a backup is restored only "
+                              "into a graph an active subscription pays for", field=field)
 
 
 def begin_restore(session: Session, plan: RestorePlan, graph: Graph,
