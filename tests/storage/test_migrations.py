@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
-from provisioning_pipelines.storage.db import dispose_database, get_database
+from provisioning_pipelines.storage.db import Database, dispose_database, get_database
 from provisioning_pipelines.storage.migrate import schema_problem, upgrade
 from provisioning_pipelines.storage.models import Base
 
@@ -39,3 +40,26 @@ def test_a_database_migrated_by_a_newer_version_is_named_so(tmp_path: Path) -> N
     assert problem.startswith("database at revision 0099_future, which this version does not "
                               "know")
     assert "db upgrade" not in problem  # upgrading would not help
+
+
+def test_subgraphs_of_suspended_parents_are_brought_in_line(
+        database: Database, resources: dict[str, Any]) -> None:
+    """Rows written before a subgraph's status followed its parent's: 0007 fixes them once."""
+    from provisioning_pipelines.flows import SUBGRAPH_FLOW, SubgraphConfig
+    from tests.flows.helpers import run_direct
+    from tests.flows.lifecycle_helpers import a_graph
+
+    user_id, _sub_id, graph_id = a_graph(database, resources)
+    child = run_direct(SUBGRAPH_FLOW, SubgraphConfig(user_id=user_id, parent_graph_id=graph_id,
+                                                     name="child"), resources).result["graph_id"]
+    with database.session() as session:  # as an earlier version left them
+        session.execute(text("UPDATE graphs SET status = 'suspended' WHERE id = :id"),
+                        {"id": graph_id})
+        session.execute(text("UPDATE alembic_version SET version_num = '0006_sessions'"))
+
+    upgrade(database.url)
+
+    with database.session() as session:
+        status = session.execute(text("SELECT status FROM graphs WHERE id = :id"),
+                                 {"id": child}).scalar_one()
+    assert status == "suspended"
