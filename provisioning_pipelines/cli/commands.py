@@ -265,6 +265,10 @@ def dev(args: argparse.Namespace, settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, interrupt)
     home = settings.prepare_dagster_home()
+    if settings.dagster_home is None:  # made before the webserver and the daemon share it
+        from provisioning_pipelines.cli.instance import make_embedded_storage
+
+        make_embedded_storage(home)
     logs = settings.data_dir.resolve()  # not DAGSTER_HOME, which may be deploy/ in the checkout
     # The Dagster processes run in the checkout, the API here: relative folders would name two
     # different places, so both get them resolved from here.

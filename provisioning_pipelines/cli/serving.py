@@ -54,7 +54,11 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> int:
     require_current(settings.resolved_database_url)  # else every request would be a 500
     if settings.redis_url:
         _check_redis(settings)
-    settings.prepare_dagster_home()
+    home = settings.prepare_dagster_home()
+    if settings.dagster_home is None:  # the embedded instance: made before workers share it
+        from provisioning_pipelines.cli.instance import make_embedded_storage
+
+        make_embedded_storage(home)
     _configure_logging(workers)
     with _worker_metrics(settings.metrics_dir, workers) as folder:
         if workers == 1:
