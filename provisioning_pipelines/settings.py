@@ -64,6 +64,7 @@ class Settings(BaseSettings):
         5.0, ge=0, validation_alias="BILLING_OUTBOX_INTERVAL_SECONDS"
     )
     session_secret: str | None = Field(None, validation_alias="SESSION_SECRET")
+    session_secret_previous: str | None = Field(None, validation_alias="SESSION_SECRET_PREVIOUS")
     cors_allow_origins: str = Field("", validation_alias="CORS_ALLOW_ORIGINS")
     max_attempts: PositiveInt = Field(3, validation_alias="PROVISIONING_MAX_ATTEMPTS")
     claim_lease_seconds: PositiveFloat = Field(
@@ -126,8 +127,8 @@ class Settings(BaseSettings):
     metrics_dir: Path | None = Field(None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
 
     @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home",
-                     "session_secret", "backup_dir", "stripe_api_key", "metrics_dir",
-                     mode="before")
+                     "session_secret", "session_secret_previous", "backup_dir", "stripe_api_key",
+                     "metrics_dir", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -208,6 +209,13 @@ class Settings(BaseSettings):
             self.check_serving()  # raises: never derived outside the embedded default
         return hmac.new(self.billing_webhook_secret.encode(), b"browser sessions",
                         hashlib.sha256).hexdigest()
+
+    @property
+    def session_secrets(self) -> tuple[str, ...]:
+        """What a session's token may be signed with: the secret new tokens are signed with,
+        then the one it replaced (``SESSION_SECRET_PREVIOUS``) while a rotation is under way."""
+        previous = (self.session_secret_previous,) if self.session_secret_previous else ()
+        return (self.resolved_session_secret, *previous)
 
     @property
     def cors_origins(self) -> list[str]:

@@ -154,8 +154,7 @@ class ApiContext:
             if key is not None:
                 user = accounts.authenticate(session, key)
             else:
-                user = sessions.session_user(session, token,
-                                             self.settings.resolved_session_secret)
+                user = sessions.session_user(session, token, self.settings.session_secrets)
         if user is None:
             raise Unauthorized("Authorization: a valid 'Bearer <api key>' is required")
         return user

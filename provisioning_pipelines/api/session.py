@@ -46,7 +46,7 @@ def routes(api: ApiContext) -> list[Route]:
         if token:
             api.check_browser(request)
             with api.database.session() as session:
-                sessions.sign_out(session, token, api.settings.resolved_session_secret)
+                sessions.sign_out(session, token, api.settings.session_secrets)
         answer = Response(status_code=204)
         answer.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
         return answer

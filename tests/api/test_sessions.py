@@ -23,7 +23,7 @@ from provisioning_pipelines.errors import SettingsError
 from provisioning_pipelines.services.access.sessions import SESSION_SECONDS
 from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.db import Database
-from tests.api.helpers import SESSION_SECRET, Api
+from tests.api.helpers import SESSION_SECRET, Api, make_api, serve
 from tests.api.test_workers import children_of, wait_for
 from tests.conftest import POSTGRES_URL, REDIS_URL
 from tests.factories import new_customer
@@ -107,6 +107,33 @@ def test_a_token_cannot_live_longer_than_a_session(api: Api) -> None:
             answers[name] = client.get("/v1/subscriptions").status_code
     assert answers == {"genuine": 200, "year 2100": 401, "an hour too long": 401,
                        "just expired": 401}
+
+
+def test_a_rotated_session_secret_keeps_browsers_signed_in_while_the_previous_is_given(
+        api: Api, resources: dict[str, Any], dagster_instance: DagsterInstance) -> None:
+    user = new_customer(api.database)
+    with httpx.Client(base_url=api.url, headers={"Origin": api.url}) as client:
+        old_token = client.post("/v1/session", json={"api_key": user.api_key}).cookies[
+            "pp_session"]
+    rotating, rotated_executor = make_api(api.database, resources, dagster_instance,
+                                          SESSION_SECRET="a-new-session-secret",
+                                          SESSION_SECRET_PREVIOUS=SESSION_SECRET)
+    rotated, done_executor = make_api(api.database, resources, dagster_instance,
+                                      SESSION_SECRET="a-new-session-secret")
+    try:
+        with serve(rotating) as during, serve(rotated) as after:
+            def status(url: str, token: str) -> int:
+                with httpx.Client(base_url=url, cookies={"pp_session": token}) as client:
+                    return client.get("/v1/subscriptions").status_code
+
+            with httpx.Client(base_url=during, headers={"Origin": during}) as client:
+                new_token = client.post("/v1/session", json={"api_key": user.api_key}
+                                        ).cookies["pp_session"]
+            assert (status(during, old_token), status(during, new_token)) == (200, 200)
+            assert (status(after, old_token), status(after, new_token)) == (401, 200)
+    finally:
+        rotated_executor.close()
+        done_executor.close()
 
 
 def embedded_executor(tmp_path: Path) -> DirectExecutor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from sqlalchemy import delete
@@ -41,12 +42,12 @@ def sign_in(session: Session, identity: Identity, secret: str, *,
     return f"{body}.{_signature(body, secret)}"
 
 
-def session_user(session: Session, token: str | None, secret: str, *,
+def session_user(session: Session, token: str | None, secrets: Sequence[str], *,
                  now: float | None = None) -> Identity | None:
     """The user a token's session belongs to, if the token is genuine, unexpired, not signed
     out, and the user still exists."""
     now = time.time() if now is None else now
-    session_id = _genuine(token, secret, now=now)
+    session_id = _genuine(token, secrets, now=now)
     if session_id is None:
         return None
     row = session.get(BrowserSession, session_id)
@@ -56,9 +57,9 @@ def session_user(session: Session, token: str | None, secret: str, *,
     return Identity(user_id=user.id, email=user.email) if user is not None else None
 
 
-def sign_out(session: Session, token: str | None, secret: str) -> bool:
+def sign_out(session: Session, token: str | None, secrets: Sequence[str]) -> bool:
     """End the token's session everywhere (its row goes); False if it named none."""
-    session_id = _genuine(token, secret, now=None)
+    session_id = _genuine(token, secrets, now=None)
     if session_id is None:
         return False
     return bool(session.execute(
@@ -72,14 +73,15 @@ def remove_expired(session: Session, *, now: float | None = None) -> int:
         delete(BrowserSession).where(BrowserSession.expires_at < cutoff)).rowcount or 0
 
 
-def _genuine(token: str | None, secret: str, *, now: float | None) -> str | None:
-    """The session id of a token we signed, or None. With ``now``, also None unless its
-    expiry lies between now and now + the session's lifetime."""
+def _genuine(token: str | None, secrets: Sequence[str], *, now: float | None) -> str | None:
+    """The session id of a token we signed (with any of ``secrets``), or None. With ``now``,
+    also None unless its expiry lies between now and now + the session's lifetime."""
     if not token or len(token) > 200 or token.count(".") != 2:
         return None
     session_id, expires, signature = token.split(".")
-    expected = _signature(f"{session_id}.{expires}", secret)
-    if not hmac.compare_digest(signature.encode(), expected.encode()):
+    body = f"{session_id}.{expires}"
+    if not any(hmac.compare_digest(signature.encode(), _signature(body, secret).encode())
+               for secret in secrets):
         return None
     if not expires.isdigit() or len(session_id) > 64:
         return None
