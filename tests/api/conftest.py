@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 from dagster import DagsterInstance
+from sqlalchemy.engine import make_url
 
-from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.db import Database, dispose_database, get_database
 from tests.api.helpers import Api, make_api, serve
 from tests.conftest import make_resources
+from tests.tcp_proxy import TcpProxy
 
 
 @pytest.fixture
@@ -32,3 +34,18 @@ def postgres_api(postgres_database: Database, graph_dir: Path,
     with serve(app) as url:
         yield Api(url, postgres_database, executor)
     executor.close()
+
+
+@pytest.fixture
+def cut_off_database(postgres_app_url: str, postgres_database: Database
+                     ) -> Iterator[tuple[Database, TcpProxy]]:
+    """The session's PostgreSQL database, reached through a proxy the test can cut."""
+    target = make_url(postgres_app_url)
+    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
+    proxy.start()
+    url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    try:
+        yield get_database(url), proxy
+    finally:
+        proxy.stop()
+        dispose_database(url)

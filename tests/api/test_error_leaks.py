@@ -4,7 +4,6 @@ host, port or socket of the database or Redis (the log keeps them)."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -12,32 +11,18 @@ import pytest
 from dagster import DagsterInstance
 from sqlalchemy.engine import make_url
 
-from provisioning_pipelines.storage.db import Database, dispose_database, get_database
+from provisioning_pipelines.storage.db import Database
 from tests.api.helpers import make_api, serve
 from tests.conftest import make_resources
 from tests.tcp_proxy import TcpProxy
 
 
-@pytest.fixture
-def proxied_database(postgres_app_url: str, postgres_database: Database
-                     ) -> Iterator[tuple[Database, TcpProxy]]:
-    target = make_url(postgres_app_url)
-    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
-    proxy.start()
-    url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    try:
-        yield get_database(url), proxy
-    finally:
-        proxy.stop()
-        dispose_database(url)
-
-
 def test_healthz_without_a_key_says_what_is_down_never_where(
-    proxied_database: tuple[Database, TcpProxy], graph_dir: Path,
+    cut_off_database: tuple[Database, TcpProxy], graph_dir: Path,
     dagster_instance: DagsterInstance, own_redis: tuple[str, subprocess.Popen[bytes]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    database, proxy = proxied_database
+    database, proxy = cut_off_database
     redis_url, redis_server = own_redis
     resources = make_resources(database.url, graph_dir, REDIS_URL=redis_url)
     app, executor = make_api(database, resources, dagster_instance, REDIS_URL=redis_url)

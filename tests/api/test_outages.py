@@ -6,16 +6,14 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from dagster import DagsterInstance
 from sqlalchemy.engine import make_url
 
 from provisioning_pipelines.services.billing.events import billing_event
-from provisioning_pipelines.storage.db import Database, dispose_database, get_database
+from provisioning_pipelines.storage.db import Database
 from tests.api.helpers import Api, make_api, serve
 from tests.conftest import make_resources
 from tests.factories import new_customer, paid_graph_subscription
@@ -99,21 +97,6 @@ def test_with_redis_down_reads_answer_503_streams_end_cleanly_and_provisioning_g
             revived.kill()
             revived.wait()
     executor.close()
-
-
-@pytest.fixture
-def cut_off_database(postgres_app_url: str, postgres_database: Database
-                     ) -> Iterator[tuple[Database, TcpProxy]]:
-    """The session's PostgreSQL database, reached through a proxy the test can cut."""
-    target = make_url(postgres_app_url)
-    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
-    proxy.start()
-    url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    try:
-        yield get_database(url), proxy
-    finally:
-        proxy.stop()
-        dispose_database(url)
 
 
 def test_with_the_database_cut_off_a_webhook_answers_503_and_its_redelivery_applies(

@@ -14,19 +14,16 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from dagster import DagsterInstance
-from sqlalchemy.engine import make_url
 
 from provisioning_pipelines.runtime.resources import GraphEngineResource
 from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.services.billing.events import billing_event
 from provisioning_pipelines.services.graphs.records import graph_id_for_subscription
-from provisioning_pipelines.storage.db import Database, dispose_database, get_database
+from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.ladybug import LadybugEngine
 from tests.api.helpers import Api, make_api, serve
 from tests.conftest import REDIS_URL, make_resources
@@ -55,21 +52,6 @@ class GatedEngine(LadybugEngine):
 class GatedEngineResource(GraphEngineResource):
     def get(self) -> LadybugEngine:
         return GatedEngine(template_dir=Path(self.data_dir) / ".templates")
-
-
-@pytest.fixture
-def cut_off_database(postgres_app_url: str, postgres_database: Database
-                     ) -> Iterator[tuple[Database, TcpProxy]]:
-    """The session's PostgreSQL database, reached through a proxy the test can cut."""
-    target = make_url(postgres_app_url)
-    proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432)
-    proxy.start()
-    url = target.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    try:
-        yield get_database(url), proxy
-    finally:
-        proxy.stop()
-        dispose_database(url)
 
 
 def app_on(database: Database, graph_dir: Path, instance: DagsterInstance, prefix: str,
