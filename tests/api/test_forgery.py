@@ -10,11 +10,10 @@ refused, and the same request from the app's own page must work.
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
@@ -32,6 +31,7 @@ from provisioning_pipelines.storage.db import Database
 from tests.api.helpers import Api, make_api, serve
 from tests.api.test_page import browser, expect  # noqa: F401  (browser is a fixture)
 from tests.factories import graph_request, new_customer, paid_graph_subscription
+from tests.serving import http_server
 
 FETCH_PAGE = """<!doctype html><title>prize</title><script>
 fetch("{target}", {{method: "POST", mode: "no-cors", credentials: "include",
@@ -60,14 +60,8 @@ def attacker_site(pages: dict[str, str]) -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Pages)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(Pages) as url:
+        yield url
 
 
 def test_a_page_on_another_port_cannot_make_a_subgraph_with_the_victims_cookie(

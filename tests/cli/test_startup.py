@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from tests.serving import http_server
 
 HEAVY = {"dagster", "sqlalchemy", "alembic", "ladybug", "redis", "starlette", "uvicorn",
          "pydantic", "pydantic_settings", "stripe"}
@@ -64,14 +65,8 @@ class CompletedOperation(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def api_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), CompletedOperation)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(CompletedOperation) as url:
+        yield url
 
 
 def test_help_imports_nothing_outside_the_standard_library(tmp_path: Path) -> None:
