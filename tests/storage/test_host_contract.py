@@ -361,3 +361,44 @@ def test_a_fork_is_not_retried_and_a_read_is(tmp_path: Path) -> None:
         with pytest.raises(HostUnavailable):
             client.query(graph_id, "CREATE (:P {id: 1})", read_only=False)
         assert len(calls) == 5
+
+
+def test_sigterm_lets_a_request_in_flight_finish(tmp_path: Path) -> None:
+    """A create whose body is half sent when SIGTERM arrives is answered, then the server ends.
+    ``Expect: 100-continue`` tells the test when the server is inside the request: it answers
+    ``100 Continue`` when the endpoint starts reading the body."""
+    import json
+    import signal
+    import socket
+
+    process = HostProcess(tmp_path / "data", tmp_path / "host.log").start()
+    try:
+        graph_id = new_id()
+        body = json.dumps({"ddl": DDL}).encode()
+        with socket.create_connection(("127.0.0.1", process.port), timeout=60) as conn:
+            conn.sendall(
+                f"PUT /v1/graphs/{graph_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode())
+            assert conn.recv(1024).startswith(b"HTTP/1.1 100")
+            conn.sendall(body[:10])
+            assert process.process is not None
+            process.process.send_signal(signal.SIGTERM)
+            with pytest.raises(OSError):  # stops accepting new connections...
+                for _ in range(200):  # ...once the signal is handled (bounded polling)
+                    socket.create_connection(("127.0.0.1", process.port), timeout=5).close()
+                    time.sleep(0.05)
+            conn.sendall(body[10:])  # ...and still finishes the one in flight
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), answer
+        assert json.loads(payload)["created"] is True
+        assert process.process.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert (process.data_root / f"{graph_id}.lbug").is_file()
+    finally:
+        process.stop()
