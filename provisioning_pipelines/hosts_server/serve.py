@@ -3,7 +3,8 @@
 Its token comes from the environment (``GRAPH_HOST_TOKEN``, and ``GRAPH_HOST_TOKEN_PREVIOUS``
 while a rotation is under way), never from the command line, where ``ps`` would show it. On
 SIGTERM uvicorn stops accepting connections and lets requests in flight finish (up to
-``GRAPH_HOST_SHUTDOWN_GRACE_SECONDS``, 30 by default) before the process ends.
+``GRAPH_HOST_SHUTDOWN_GRACE_SECONDS``, 30 by default) before the process ends. A request body
+not received whole within ``GRAPH_HOST_BODY_TIMEOUT_SECONDS`` (10) is answered 408.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from provisioning_pipelines.errors import SettingsError
 TOKEN = "GRAPH_HOST_TOKEN"
 PREVIOUS_TOKEN = "GRAPH_HOST_TOKEN_PREVIOUS"
 GRACE = "GRAPH_HOST_SHUTDOWN_GRACE_SECONDS"
+BODY_TIMEOUT = "GRAPH_HOST_BODY_TIMEOUT_SECONDS"
 #: A token shorter than this is refused at start: it could be guessed.
 MIN_TOKEN_LENGTH = 16
 
@@ -34,6 +36,16 @@ def tokens_from(environ: Mapping[str, str]) -> list[str]:
     return [current, previous] if previous else [current]
 
 
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        value = float(environ.get(name, default))
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise SettingsError(f"{name}: must be a positive number of seconds")
+    return value
+
+
 def serve(*, host_id: str, tier: str, capacity: int, data_root: Path, address: str,
           port: int, environ: Mapping[str, str] | None = None) -> int:
     import uvicorn
@@ -43,17 +55,15 @@ def serve(*, host_id: str, tier: str, capacity: int, data_root: Path, address: s
 
     environ = os.environ if environ is None else environ
     tokens = tokens_from(environ)
-    try:
-        grace = float(environ.get(GRACE, "30"))
-    except ValueError:
-        raise SettingsError(f"{GRACE}: must be a number of seconds") from None
+    grace = _seconds(environ, GRACE, 30.0)
+    body_timeout = _seconds(environ, BODY_TIMEOUT, 10.0)
     if capacity < 1:
         raise SettingsError("--capacity: must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
     local = LocalHost(host_id, data_root.resolve(), tier=tier, capacity=capacity)
-    config = uvicorn.Config(create_app(local, tokens), host=address, port=port,
-                            log_level="info", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=max(1, int(grace)))
+    app = create_app(local, tokens, body_timeout=body_timeout)
+    config = uvicorn.Config(app, host=address, port=port, log_level="info", access_log=False,
+                            lifespan="off", timeout_graceful_shutdown=max(1, int(grace)))
     uvicorn.Server(config).run()
     return 0

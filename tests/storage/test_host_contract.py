@@ -402,3 +402,27 @@ def test_sigterm_lets_a_request_in_flight_finish(tmp_path: Path) -> None:
         assert (process.data_root / f"{graph_id}.lbug").is_file()
     finally:
         process.stop()
+
+
+def test_a_body_that_stalls_is_answered_408_and_the_connection_closed(tmp_path: Path) -> None:
+    """The server's own bound on a body's time (0.5 s here), not the test's timing: the test
+    only waits for the answer."""
+    import socket
+
+    process = HostProcess(tmp_path / "data", tmp_path / "host.log")
+    process.env["GRAPH_HOST_BODY_TIMEOUT_SECONDS"] = "0.5"
+    process.start()
+    try:
+        graph_id = new_id()
+        with socket.create_connection(("127.0.0.1", process.port), timeout=60) as conn:
+            conn.sendall(f"PUT /v1/graphs/{graph_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         f"Authorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n\r\n"
+                         '{"ddl": ['.encode())
+            answer = b""
+            while chunk := conn.recv(65536):  # the server closes the connection after it
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b'"error":"request_timeout"' in answer and b'"field":"body"' in answer
+        assert not (process.data_root / f"{graph_id}.lbug").exists()
+    finally:
+        process.stop()
