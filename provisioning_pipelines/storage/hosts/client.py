@@ -52,7 +52,7 @@ class CircuitBreaker:
     """Closed, open for ``cool_down`` seconds after ``threshold`` failures in a row, then
     half-open: one trial call at a time decides."""
 
-    def __init__(self, *, threshold: int = 3, cool_down: float = 5.0,
+    def __init__(self, *, threshold: int = 5, cool_down: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold = threshold
         self.cool_down = cool_down
