@@ -164,3 +164,10 @@ class DatabaseNotMigrated(ServiceUnavailable):
 
 class SettingsError(ValueError):
     """An environment variable holds a value the service cannot start with."""
+
+
+class HostUnavailable(ServiceUnavailable):
+    """A graph host did not answer (or its circuit breaker is open after it failed several
+    times in a row); named by its id, never its address."""
+
+    code = "host_unavailable"

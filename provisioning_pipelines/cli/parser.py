@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from provisioning_pipelines.cli import commands, hosts
+from provisioning_pipelines.cli import commands, graph_host, hosts
 from provisioning_pipelines.cli import graphs as lifecycle
 from provisioning_pipelines.errors import ProvisioningError, SettingsError
 
@@ -169,6 +169,7 @@ def build_parser() -> Parser:
 
     lifecycle.add_commands(commands_, subgraphs, subs)
     hosts.add_commands(commands_)
+    graph_host.add_commands(commands_)
 
     serve = commands_.add_parser("serve", help="run the HTTP API (webhooks, operations, SSE)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")

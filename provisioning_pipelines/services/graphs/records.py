@@ -26,6 +26,7 @@ from provisioning_pipelines.services.catalog import Tier, customer_tier
 from provisioning_pipelines.services.graphs.graph_requests import GraphRequest
 from provisioning_pipelines.services.provisioning import claims, queue
 from provisioning_pipelines.storage.db import Database, insert_all
+from provisioning_pipelines.storage.graph_ids import ANY_GRAPH_ID, GRAPH_ID
 from provisioning_pipelines.storage.ladybug import (
     LadybugEngine,
     expected_tables,
@@ -43,9 +44,6 @@ from provisioning_pipelines.storage.models import (
 
 #: A graph being restored from a backup: nobody sees it until it is ``active``.
 RESTORING = "restoring"
-GRAPH_ID = re.compile(r"kg[0-9a-f]{16,}")
-#: A graph's or a subgraph's id (``{parent}_{name}``), as it may appear in a path.
-ANY_GRAPH_ID = re.compile(r"kg[0-9a-f]{16,64}(_[A-Za-z0-9]{1,20})?")
 
 
 _GRAPHS = Graph.__table__

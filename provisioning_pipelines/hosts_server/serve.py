@@ -1,0 +1,69 @@
+"""``host serve``: one graph host server on one machine, until SIGTERM.
+
+Its token comes from the environment (``GRAPH_HOST_TOKEN``, and ``GRAPH_HOST_TOKEN_PREVIOUS``
+while a rotation is under way), never from the command line, where ``ps`` would show it. On
+SIGTERM uvicorn stops accepting connections and lets requests in flight finish (up to
+``GRAPH_HOST_SHUTDOWN_GRACE_SECONDS``, 30 by default) before the process ends. A request body
+not received whole within ``GRAPH_HOST_BODY_TIMEOUT_SECONDS`` (10) is answered 408.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from provisioning_pipelines.errors import SettingsError
+
+TOKEN = "GRAPH_HOST_TOKEN"
+PREVIOUS_TOKEN = "GRAPH_HOST_TOKEN_PREVIOUS"
+GRACE = "GRAPH_HOST_SHUTDOWN_GRACE_SECONDS"
+BODY_TIMEOUT = "GRAPH_HOST_BODY_TIMEOUT_SECONDS"
+#: A token shorter than this is refused at start: it could be guessed.
+MIN_TOKEN_LENGTH = 16
+
+
+def tokens_from(environ: Mapping[str, str]) -> list[str]:
+    """The current token and the previous one (if given), or ``SettingsError``."""
+    current = environ.get(TOKEN, "").strip()
+    if len(current) < MIN_TOKEN_LENGTH:
+        raise SettingsError(f"{TOKEN}: required, at least {MIN_TOKEN_LENGTH} characters "
+                            "(the bearer token every caller of the host sends)")
+    previous = environ.get(PREVIOUS_TOKEN, "").strip()
+    if previous and len(previous) < MIN_TOKEN_LENGTH:
+        raise SettingsError(f"{PREVIOUS_TOKEN}: at least {MIN_TOKEN_LENGTH} characters")
+    return [current, previous] if previous else [current]
+
+
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        value = float(environ.get(name, default))
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise SettingsError(f"{name}: must be a positive number of seconds")
+    return value
+
+
+def serve(*, host_id: str, tier: str, capacity: int, data_root: Path, address: str,
+          port: int, environ: Mapping[str, str] | None = None) -> int:
+    import uvicorn
+
+    from provisioning_pipelines.hosts_server.app import create_app
+    from provisioning_pipelines.storage.hosts.local import LocalHost
+
+    environ = os.environ if environ is None else environ
+    tokens = tokens_from(environ)
+    grace = _seconds(environ, GRACE, 30.0)
+    body_timeout = _seconds(environ, BODY_TIMEOUT, 10.0)
+    if capacity < 1:
+        raise SettingsError("--capacity: must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    local = LocalHost(host_id, data_root.resolve(), tier=tier, capacity=capacity)
+    app = create_app(local, tokens, body_timeout=body_timeout)
+    config = uvicorn.Config(app, host=address, port=port, log_level="info", access_log=False,
+                            lifespan="off", timeout_graceful_shutdown=max(1, int(grace)))
+    uvicorn.Server(config).run()
+    return 0

@@ -1,0 +1,121 @@
+"""What a graph host does, whoever runs it: one interface, keyed by graph id under the host's
+data root, with an in-process implementation (``local``) and an HTTP client of the host server
+(``client``), held to one contract test suite.
+
+Which calls may be repeated is part of the contract, since the client retries exactly those:
+``create`` (on the graph id: a retry returns what exists; another schema under the id is a
+``Conflict``), ``delete`` (a missing graph is fine), ``back_up`` (on the backup's name),
+``checkpoint`` and every read. ``fork`` and a writing ``query`` are not: a repeated fork would
+copy its rows twice.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from provisioning_pipelines.errors import NotFound
+from provisioning_pipelines.storage.graph_ids import ANY_GRAPH_ID
+
+#: A backup's name under its graph (becomes a file name: letters, digits, ``_``, ``-``).
+BACKUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+#: The host's own folder under its data root (schema records, backups, templates).
+HOST_FOLDER = ".host"
+SUFFIX = ".lbug"
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    graph_id: str
+    #: The sha256 fingerprint of the schema's DDL (``ladybug.ddl_fingerprint``).
+    schema: str
+    size_bytes: int
+    #: Whether this call made the file (False: it was there, a retry).
+    created: bool
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    graph_id: str
+    name: str
+    size_bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Holding:
+    """What the data root really holds: graph files by id, and every other entry by name (a
+    file put there by hand, a half-made temp file), which nobody placed and a caller reports."""
+
+    graphs: tuple[str, ...]
+    unknown: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class HostHealth:
+    tier: str
+    capacity: int
+    used: int
+
+
+def check_graph_id(graph_id: object, *, field_name: str = "graph_id") -> str:
+    """The id if it is one; else ``NotFound`` naming the field (no file has such a name)."""
+    if not isinstance(graph_id, str) or not ANY_GRAPH_ID.fullmatch(graph_id):
+        shown = repr(graph_id)[:80]
+        raise NotFound(f"{field_name}: {shown} is not a graph id (kg and 16 to 64 hex digits, "
+                       "optionally _ and a subgraph name)", field=field_name)
+    return graph_id
+
+
+def check_backup_name(name: object) -> str:
+    if not isinstance(name, str) or not BACKUP_NAME.fullmatch(name):
+        raise NotFound(f"name: {repr(name)[:80]} is not a backup name (1 to 64 letters, digits, "
+                       "_ or -, starting with a letter or digit)", field="name")
+    return name
+
+
+class GraphHost(abc.ABC):
+    """One machine's graphs. Every method names the graph by id; none takes a path."""
+
+    host_id: str
+
+    @abc.abstractmethod
+    def create(self, graph_id: str, ddl: Sequence[str]) -> GraphInfo:
+        """Make the graph with ``ddl``'s schema, or return it if it exists with that schema."""
+
+    @abc.abstractmethod
+    def fork(self, child_id: str, parent_id: str, *, tables: Sequence[str] | None = None,
+             exclude: Sequence[str] = ()) -> dict[str, int]:
+        """Copy the parent's rows into the (created) child; rows added per table."""
+
+    @abc.abstractmethod
+    def checkpoint(self, graph_id: str) -> None:
+        """Fold the graph's WAL into its file (before any copy of it)."""
+
+    @abc.abstractmethod
+    def back_up(self, graph_id: str, name: str) -> BackupInfo:
+        """A consistent copy into the host's backup folder; an existing one is returned."""
+
+    @abc.abstractmethod
+    def delete(self, graph_id: str) -> bool:
+        """Remove the graph and its sidecars; True if anything was there."""
+
+    @abc.abstractmethod
+    def list(self) -> Holding:
+        """What the data root holds now, read from the disk."""
+
+    @abc.abstractmethod
+    def query(self, graph_id: str, cypher: str, params: Mapping[str, Any] | None = None, *,
+              read_only: bool = True) -> list[dict[str, Any]]:
+        """Rows as dicts; a read-only query that writes is refused (``InvalidRequest``)."""
+
+    @abc.abstractmethod
+    def size(self, graph_id: str) -> int:
+        """Bytes the graph takes on disk (its file and sidecars)."""
+
+    @abc.abstractmethod
+    def health(self) -> HostHealth:
+        """The host's tier, how many graphs it may hold and how many it holds."""

@@ -1,0 +1,208 @@
+"""The graph host in-process: the ``LadybugEngine`` over files under one data root.
+
+This is the embedded default, and what the host server runs behind its HTTP edge. Graph files
+are ``<data root>/<graph id>.lbug`` (with LadybugDB's sidecars beside them), as the services
+place them today; what the host keeps for itself is under ``<data root>/.host/``: the schema
+fingerprint each graph was made with (``schemas/``, so a retried create can tell "the same
+graph" from "another schema under that id"), backups (``backups/<graph id>/<name>.lbug``) and
+the schema templates that make a create a file copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from provisioning_pipelines.errors import (
+    Conflict,
+    EngineError,
+    InvalidRequest,
+    NotFound,
+    StorageFull,
+)
+from provisioning_pipelines.storage.graph_ids import ANY_GRAPH_ID
+from provisioning_pipelines.storage.hosts.contract import (
+    HOST_FOLDER,
+    SUFFIX,
+    BackupInfo,
+    GraphHost,
+    GraphInfo,
+    Holding,
+    HostHealth,
+    check_backup_name,
+    check_graph_id,
+)
+from provisioning_pipelines.storage.ladybug import (
+    LadybugEngine,
+    ddl_fingerprint,
+    expected_tables,
+    files,
+)
+from provisioning_pipelines.storage.ladybug import backups as ladybug_backups
+from provisioning_pipelines.storage.ladybug.cypher import rows
+from provisioning_pipelines.storage.ladybug.schema import table_keys
+
+#: What LadybugDB says when a read-only open is asked to write.
+_READ_ONLY_WRITE = "read-only database"
+#: How ``LadybugEngine.query`` names a query that opened its file and then failed.
+_QUERY_FAILED = "query failed on"
+#: How the engine names a DDL statement that failed (``cypher.run_in_transaction``'s label).
+_DDL_FAILED = "schema statement"
+
+
+class LocalHost(GraphHost):
+    """A host whose files this process opens itself (it must be their only writer)."""
+
+    def __init__(self, host_id: str, data_root: Path, *, tier: str, capacity: int,
+                 engine: LadybugEngine | None = None) -> None:
+        self.host_id = host_id
+        self.data_root = Path(data_root)
+        self.tier = tier
+        self.capacity = capacity
+        self.own = self.data_root / HOST_FOLDER
+        self.engine = engine or LadybugEngine(template_dir=self.own / "templates")
+        self.data_root.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------------ paths
+
+    def _path(self, graph_id: str, *, field_name: str = "graph_id") -> Path:
+        return self.data_root / f"{check_graph_id(graph_id, field_name=field_name)}{SUFFIX}"
+
+    def _held(self, graph_id: str, *, field_name: str = "graph_id") -> Path:
+        path = self._path(graph_id, field_name=field_name)
+        if not path.is_file():
+            raise NotFound(f"{field_name}: graph {graph_id} is not on host {self.host_id}",
+                           field=field_name)
+        return path
+
+    def _schema_record(self, graph_id: str) -> Path:
+        return self.own / "schemas" / graph_id
+
+    def _record_schema(self, graph_id: str, fingerprint: str) -> None:
+        record = self._schema_record(graph_id)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        temp = files.temp_path(record)
+        temp.write_text(fingerprint)
+        os.replace(temp, record)
+
+    # ------------------------------------------------------------------ the contract
+
+    def create(self, graph_id: str, ddl: Sequence[str]) -> GraphInfo:
+        path = self._path(graph_id)
+        ddl = [str(statement) for statement in ddl]
+        if not any(statement.strip() for statement in ddl):
+            raise InvalidRequest("ddl: no statement given", field="ddl")
+        fingerprint = ddl_fingerprint(ddl)
+        with files.WRITE_LOCKS.hold(files.lock_key(path)):
+            if path.exists():
+                self._same_schema(graph_id, path, ddl, fingerprint)
+                return GraphInfo(graph_id, fingerprint, self._size(path), created=False)
+            try:
+                self.engine.create_database(path, ddl)
+            except EngineError as exc:
+                if _DDL_FAILED not in str(exc) or isinstance(exc, StorageFull):
+                    raise
+                raise InvalidRequest(f"ddl: {exc.message}", field="ddl") from exc
+            self._record_schema(graph_id, fingerprint)
+            return GraphInfo(graph_id, fingerprint, self._size(path), created=True)
+
+    def _same_schema(self, graph_id: str, path: Path, ddl: list[str], fingerprint: str) -> None:
+        """A graph already there is this create's (a retry) or a ``Conflict``. Without a record
+        (a file put there by hand, a crash between the file and its record) its tables decide,
+        and the record is written."""
+        record = self._schema_record(graph_id)
+        if record.is_file():
+            if record.read_text().strip() != fingerprint:
+                raise Conflict(f"graph_id: graph {graph_id} exists on host {self.host_id} with "
+                               "another schema", field="graph_id")
+            return
+        held = table_keys(self.engine.list_tables(path))
+        if held != table_keys(expected_tables(ddl)):
+            raise Conflict(f"graph_id: graph {graph_id} exists on host {self.host_id} with "
+                           f"other tables ({', '.join(sorted(name for name, _ in held))})",
+                           field="graph_id")
+        self._record_schema(graph_id, fingerprint)
+
+    def fork(self, child_id: str, parent_id: str, *, tables: Sequence[str] | None = None,
+             exclude: Sequence[str] = ()) -> dict[str, int]:
+        check_graph_id(child_id)
+        parent = self._held(parent_id, field_name="parent_id")
+        child = self._held(child_id)
+        if parent == child:
+            raise InvalidRequest("parent_id: a graph cannot be forked into itself",
+                                 field="parent_id")
+        return self.engine.copy_tables(parent, child, tables=tables, exclude=exclude)
+
+    def checkpoint(self, graph_id: str) -> None:
+        with self.engine.writing(self._held(graph_id)) as conn:
+            conn.execute("CHECKPOINT")
+
+    def back_up(self, graph_id: str, name: str) -> BackupInfo:
+        path = self._held(graph_id)
+        destination = self.own / "backups" / graph_id / f"{check_backup_name(name)}{SUFFIX}"
+        made = ladybug_backups.back_up(self.engine, path, destination)
+        return BackupInfo(graph_id, name, made.size_bytes, made.checksum)
+
+    def delete(self, graph_id: str) -> bool:
+        removed = self.engine.delete_database(self._path(graph_id))
+        self._schema_record(graph_id).unlink(missing_ok=True)
+        return removed
+
+    def list(self) -> Holding:
+        graphs, unknown = [], []
+        names = set(os.listdir(self.data_root))
+        for name in sorted(names):
+            stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else None
+            if name == HOST_FOLDER:
+                continue
+            if stem is not None and ANY_GRAPH_ID.fullmatch(stem) and \
+                    (self.data_root / name).is_file():
+                graphs.append(stem)
+            elif not self._is_sidecar(name, names):
+                unknown.append(name)
+        return Holding(tuple(graphs), tuple(unknown))
+
+    @staticmethod
+    def _is_sidecar(name: str, names: set[str]) -> bool:
+        """A file LadybugDB keeps beside a graph that is there (``x.lbug.wal`` ...)."""
+        head, dot, tail = name.partition(f"{SUFFIX}.")
+        return bool(dot) and f"{head}{SUFFIX}" in names and \
+            tail.startswith(files.SIDECAR_PREFIXES)
+
+    def query(self, graph_id: str, cypher: str, params: Mapping[str, Any] | None = None, *,
+              read_only: bool = True) -> list[dict[str, Any]]:
+        path = self._held(graph_id)
+        if not isinstance(cypher, str) or not cypher.strip():
+            raise InvalidRequest("cypher: no query given", field="cypher")
+        try:
+            if read_only:
+                return self.engine.query(path, cypher, dict(params or {}))
+            with self.engine.writing(path, pool=self.engine.data_buffer_pool_bytes) as conn:
+                try:
+                    return rows(conn.execute(cypher, dict(params or {})))
+                except Exception as exc:
+                    raise EngineError(f"{_QUERY_FAILED} {path.name}: {exc}") from exc
+        except EngineError as exc:
+            if _READ_ONLY_WRITE in str(exc):
+                raise InvalidRequest("cypher: a read-only query cannot write (ask with "
+                                     "read_only false)", field="cypher") from exc
+            if _QUERY_FAILED in str(exc):  # opened, then the text failed: the query's fault
+                raise InvalidRequest(f"cypher: {exc.message}", field="cypher") from exc
+            raise
+
+    def size(self, graph_id: str) -> int:
+        return self._size(self._held(graph_id))
+
+    @staticmethod
+    def _size(path: Path) -> int:
+        total = 0
+        for part in (path, *files.sidecars(path)):
+            with contextlib.suppress(FileNotFoundError):
+                total += part.stat().st_size
+        return total
+
+    def health(self) -> HostHealth:
+        return HostHealth(self.tier, self.capacity, len(self.list().graphs))

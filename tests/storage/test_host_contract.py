@@ -1,0 +1,428 @@
+"""The graph host contract, held by both implementations: ``LocalHost`` in this process, and
+``HostClient`` talking to a real ``host serve`` process on a loopback port. Then what only the
+server has: its token, its open ``/healthz``, its edge against ids that are paths, and a host
+killed and started again on its disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from provisioning_pipelines.errors import Conflict, HostUnavailable, InvalidRequest, NotFound
+from provisioning_pipelines.storage.graph_ids import ANY_GRAPH_ID
+from provisioning_pipelines.storage.hosts import GraphHost, LocalHost
+from provisioning_pipelines.storage.hosts.client import CircuitBreaker, HostClient
+from provisioning_pipelines.storage.ladybug import sidecars
+from tests.host_serving import PREVIOUS_TOKEN, TOKEN, HostProcess
+
+DDL = [
+    "CREATE NODE TABLE Person(id INT64, name STRING, PRIMARY KEY(id))",
+    "CREATE REL TABLE Knows(FROM Person TO Person, since INT64)",
+]
+OTHER_DDL = ["CREATE NODE TABLE Company(id INT64, PRIMARY KEY(id))"]
+TIER, CAPACITY = "ladybug-standard", 10
+
+
+def new_id() -> str:
+    return "kg" + secrets.token_hex(8)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostProcess]:
+    folder = tmp_path_factory.mktemp("host-server")
+    process = HostProcess(folder / "data", folder / "host.log", capacity=CAPACITY)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def local_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("local-host") / "data"
+
+
+@pytest.fixture(params=["local", "http"])
+def host(request: pytest.FixtureRequest, local_root: Path) -> Iterator[tuple[GraphHost, Path]]:
+    """A host and its data root on this machine's disk."""
+    if request.param == "local":
+        yield LocalHost("host-local", local_root, tier=TIER, capacity=CAPACITY), local_root
+        return
+    server: HostProcess = request.getfixturevalue("server")
+    with HostClient(server.host_id, server.url, TOKEN) as client:
+        yield client, server.data_root
+
+
+def person_rows(host: GraphHost, graph_id: str) -> list[dict]:
+    return host.query(graph_id, "MATCH (p:Person) RETURN p.id AS id, p.name AS name "
+                      "ORDER BY p.id")
+
+
+# --- the contract -------------------------------------------------------------------------
+
+
+def test_create_is_idempotent_on_the_id_and_another_schema_is_refused(host) -> None:
+    host, _ = host
+    graph_id = new_id()
+    made = host.create(graph_id, DDL)
+    assert made.created and made.graph_id == graph_id and made.size_bytes > 0
+    again = host.create(graph_id, DDL)
+    assert not again.created and again.schema == made.schema
+    with pytest.raises(Conflict) as refused:
+        host.create(graph_id, OTHER_DDL)
+    assert graph_id in refused.value.message and "another schema" in refused.value.message
+    assert person_rows(host, graph_id) == []  # the refused create touched nothing
+
+
+def test_a_create_over_a_file_put_there_by_hand_compares_its_tables(host) -> None:
+    host, root = host
+    source, placed = new_id(), new_id()
+    host.create(source, DDL)
+    host.checkpoint(source)
+    shutil.copyfile(root / f"{source}.lbug", root / f"{placed}.lbug")
+    assert not host.create(placed, DDL).created
+    other = new_id()
+    shutil.copyfile(root / f"{source}.lbug", root / f"{other}.lbug")
+    with pytest.raises(Conflict, match="other tables"):
+        host.create(other, OTHER_DDL)
+
+
+def test_fork_copies_the_parents_rows(host) -> None:
+    host, _ = host
+    parent, child = new_id(), new_id()
+    host.create(parent, DDL)
+    host.query(parent, "UNWIND [1, 2, 3] AS i CREATE (:Person {id: i, name: 'p' + "
+               "CAST(i AS STRING)})", read_only=False)
+    host.query(parent, "MATCH (a:Person {id: 1}), (b:Person {id: 2}) "
+               "CREATE (a)-[:Knows {since: 2020}]->(b)", read_only=False)
+    host.create(child, DDL)
+    assert host.fork(child, parent) == {"Person": 3, "Knows": 1}
+    assert person_rows(host, child) == person_rows(host, parent)
+    assert host.fork(child, parent, tables=["Person"], exclude=["*"]) == {}
+    with pytest.raises(NotFound) as missing:
+        host.fork(child, new_id())
+    assert missing.value.field == "parent_id"
+
+
+def test_back_up_is_idempotent_and_says_its_sha256(host) -> None:
+    host, root = host
+    graph_id = new_id()
+    host.create(graph_id, DDL)
+    host.query(graph_id, "CREATE (:Person {id: 7, name: 'seven'})", read_only=False)
+    host.checkpoint(graph_id)
+    first = host.back_up(graph_id, "daily-1")
+    file = root / ".host" / "backups" / graph_id / "daily-1.lbug"
+    assert first.sha256 == hashlib.sha256(file.read_bytes()).hexdigest()
+    assert first.size_bytes == file.stat().st_size
+    host.query(graph_id, "CREATE (:Person {id: 8, name: 'eight'})", read_only=False)
+    assert host.back_up(graph_id, "daily-1") == first  # a retry: the same backup, kept
+    with pytest.raises(NotFound):
+        host.back_up(graph_id, "../escape")
+
+
+def test_delete_is_idempotent(host) -> None:
+    host, root = host
+    graph_id = new_id()
+    host.create(graph_id, DDL)
+    assert host.delete(graph_id) is True
+    assert host.delete(graph_id) is False
+    assert not (root / f"{graph_id}.lbug").exists()
+    assert graph_id not in host.list().graphs
+    with pytest.raises(NotFound):
+        host.size(graph_id)
+    assert host.create(graph_id, OTHER_DDL).created  # its schema record went with it
+
+
+def test_list_is_exactly_what_the_disk_holds(host) -> None:
+    host, root = host
+    made = [new_id(), new_id()]
+    for graph_id in made:
+        host.create(graph_id, DDL)
+    by_hand = new_id()
+    shutil.copyfile(root / f"{made[0]}.lbug", root / f"{by_hand}.lbug")
+    (root / "notes.txt").write_text("left here by an operator")
+    held = host.list()
+    assert set(made) | {by_hand} <= set(held.graphs)
+    assert "notes.txt" in held.unknown
+    on_disk = {name for name in os.listdir(root) if name != ".host"}
+    graph_files = {f"{graph_id}.lbug" for graph_id in held.graphs}
+    beside = {extra.name for name in graph_files for extra in sidecars(root / name)}
+    assert graph_files | beside | set(held.unknown) == on_disk
+    assert not graph_files & set(held.unknown)
+    (root / "notes.txt").unlink()
+
+
+def test_a_read_only_query_refuses_a_write(host) -> None:
+    host, _ = host
+    graph_id = new_id()
+    host.create(graph_id, DDL)
+    with pytest.raises(InvalidRequest) as refused:
+        host.query(graph_id, "CREATE (:Person {id: 1, name: 'x'})")
+    assert refused.value.field == "cypher" and "read-only" in refused.value.message
+    assert person_rows(host, graph_id) == []
+    with pytest.raises(InvalidRequest) as broken:
+        host.query(graph_id, "MATCH (n:Nowhere) RETURN n")
+    assert broken.value.field == "cypher"
+    assert host.query(graph_id, "RETURN $x + 1 AS y", {"x": 41}) == [{"y": 42}]
+
+
+def test_size_is_the_files_bytes(host) -> None:
+    host, root = host
+    graph_id = new_id()
+    host.create(graph_id, DDL)
+    host.checkpoint(graph_id)
+    path = root / f"{graph_id}.lbug"
+    assert host.size(graph_id) == path.stat().st_size + sum(
+        extra.stat().st_size for extra in sidecars(path))
+    with pytest.raises(NotFound):
+        host.size(new_id())
+
+
+def test_health_says_tier_capacity_and_what_is_held(host) -> None:
+    host, _ = host
+    host.create(new_id(), DDL)
+    health = host.health()
+    assert (health.tier, health.capacity) == (TIER, CAPACITY)
+    assert health.used == len(host.list().graphs) >= 1
+
+
+@pytest.mark.parametrize("bad", ["../kg0123456789abcdef", "/etc/passwd", "kg0123\x00",
+                                 "KG0123456789ABCDEF", "kg0123456789abcdef/..", ""])
+def test_an_id_that_is_not_a_graph_id_is_refused_before_any_file(host, bad: str) -> None:
+    host, root = host
+    before = set(os.listdir(root.parent))
+    for call in (lambda: host.create(bad, DDL), lambda: host.size(bad),
+                 lambda: host.delete(bad), lambda: host.fork(bad, bad)):
+        with pytest.raises(NotFound) as refused:
+            call()
+        assert refused.value.field == "graph_id"
+    assert set(os.listdir(root.parent)) == before
+
+
+# --- the server only ----------------------------------------------------------------------
+
+
+def test_every_path_but_healthz_needs_the_token_and_the_previous_one_is_accepted(server
+                                                                                ) -> None:
+    for headers in ({}, {"Authorization": "Bearer wrong-token-of-enough-length"},
+                    {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN},
+                    {"Authorization": f"Bearer {TOKEN}x"}):
+        for method, path in (("GET", "/v1/graphs"), ("GET", "/nowhere"),
+                             ("PUT", f"/v1/graphs/{new_id()}")):
+            answer = httpx.request(method, f"{server.url}{path}", headers=headers, timeout=30)
+            assert answer.status_code == 401, (headers, path)
+            assert answer.json()["error"] == "unauthorized"
+    for token in (TOKEN, PREVIOUS_TOKEN):
+        answer = httpx.get(f"{server.url}/v1/graphs", timeout=30,
+                           headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200 and "graphs" in answer.json()
+    health = httpx.get(f"{server.url}/healthz", timeout=30)
+    assert health.status_code == 200
+    assert set(health.json()) == {"ok", "tier", "capacity", "used"}
+
+
+def test_a_clients_mistake_is_never_a_5xx(server) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    graph = f"{server.url}/v1/graphs/{new_id()}"
+    cases = [
+        ("PUT", graph, b"not json", 422), ("PUT", graph, b"[1, 2]", 422),
+        ("PUT", graph, b'{"ddl": "CREATE"}', 422), ("PUT", graph, b"{}", 422),
+        ("PUT", graph, b'{"ddl": ["CREATE NODE TABLE"]}', 422),
+        ("PUT", graph, b"x" * (1024 * 1024 + 1), 413),
+        ("POST", f"{graph}/query", b'{"cypher": "RETURN 1"}', 404),
+        ("POST", f"{graph}/fork", b"{}", 422),
+        ("DELETE", f"{server.url}/v1/graphs", b"", 405),
+    ]
+    for method, url, body, status in cases:
+        answer = httpx.request(method, url, content=body, headers=auth, timeout=30)
+        assert answer.status_code == status, (method, url, body[:40], answer.text)
+        assert set(answer.json()) == {"error", "message", "field"}
+
+
+PATHS = st.one_of(
+    st.sampled_from(["..", "../..", "../etc/passwd", "/etc/passwd", "kg0123456789abcdef/../x",
+                     "kg0123456789abcdef\x00", "\x00", "%2e%2e", ".host", "kg" + "0" * 65,
+                     "kg0123456789abcdef_" + "a" * 21, "kg0123456789abcdef.lbug"]),
+    st.text(min_size=1, max_size=40),
+    st.builds(lambda a, b: a + b, st.sampled_from(["kg0123456789abcdef", "../", "/"]),
+              st.text(max_size=10)),
+)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(graph_id=PATHS)
+def test_an_id_at_the_server_edge_never_reaches_a_path(server, graph_id: str) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    outside = set(os.listdir(server.data_root.parent))
+    held = set(os.listdir(server.data_root))
+    segment = quote(graph_id, safe="")
+    for method, suffix, body in (("PUT", "", {"ddl": OTHER_DDL}), ("GET", "/size", None),
+                                 ("DELETE", "", None), ("PUT", "/backups/b1", None)):
+        answer = httpx.request(method, f"{server.url}/v1/graphs/{segment}{suffix}", json=body,
+                               headers=auth, timeout=30)
+        assert answer.status_code < 500, (graph_id, method, answer.text)
+        if not ANY_GRAPH_ID.fullmatch(graph_id):
+            assert answer.status_code in (404, 405, 422), (graph_id, method, answer.text)
+    assert set(os.listdir(server.data_root.parent)) == outside
+    made = set(os.listdir(server.data_root)) - held
+    assert all(ANY_GRAPH_ID.fullmatch(name.removesuffix(".lbug")) for name in made), made
+
+
+def test_host_serve_without_a_token_stops_with_one_line(tmp_path: Path) -> None:
+    import subprocess
+
+    process = HostProcess(tmp_path / "data", tmp_path / "host.log")
+    env = {key: value for key, value in process.env.items() if key != "GRAPH_HOST_TOKEN"}
+    done = subprocess.run(process.command(), env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: GRAPH_HOST_TOKEN: required, at least 16 characters (the bearer token every "
+        "caller of the host sends)"]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_killed_host_fails_fast_by_its_id_then_serves_its_disk_again(tmp_path: Path) -> None:
+    process = HostProcess(tmp_path / "data", tmp_path / "host.log", host_id="host-b").start()
+    clock = FakeClock()
+    breaker = CircuitBreaker(threshold=3, cool_down=30, clock=clock)
+    timeout = 5.0
+    try:
+        with HostClient("host-b", process.url, TOKEN, timeout=timeout, connect_timeout=timeout,
+                        attempts=3, backoff=0.01, breaker=breaker) as client:
+            graphs = [new_id(), new_id()]
+            for graph_id in graphs:
+                client.create(graph_id, DDL)
+            before = client.list()
+            process.kill()
+
+            started = time.monotonic()
+            with pytest.raises(HostUnavailable) as down:
+                client.list()
+            assert time.monotonic() - started < 3 * timeout + 1
+            message = down.value.message
+            assert "graph host host-b is unavailable" in message
+            assert "127.0.0.1" not in message and str(process.port) not in message
+            assert down.value.status_code == 503
+            assert breaker.state == "open"
+
+            with pytest.raises(HostUnavailable, match="3 calls in a row failed"):
+                client.size(graphs[0])  # fails at once: the host is not called
+
+            process.start()
+            with pytest.raises(HostUnavailable):  # still cooling down, though it is back
+                client.list()
+            clock.now += 31
+            assert breaker.state == "half-open"
+            assert client.list() == before  # its disk, as it was
+            assert breaker.state == "closed"
+            assert set(graphs) <= set(client.list().graphs)
+            assert client.create(graphs[0], DDL).created is False
+    finally:
+        process.stop()
+
+
+def test_a_fork_is_not_retried_and_a_read_is(tmp_path: Path) -> None:
+    """Only repeatable calls are tried again: a fork that met a dead host is not sent twice."""
+    calls: list[str] = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        raise httpx.ConnectError("refused", request=request)
+
+    breaker = CircuitBreaker(threshold=100)
+    with HostClient("host-c", "http://127.0.0.1:9", TOKEN, attempts=3, backoff=0,
+                    breaker=breaker, transport=httpx.MockTransport(refuse)) as client:
+        graph_id = new_id()
+        with pytest.raises(HostUnavailable):
+            client.fork(graph_id, new_id())
+        assert len(calls) == 1
+        with pytest.raises(HostUnavailable):
+            client.query(graph_id, "RETURN 1")
+        assert len(calls) == 4
+        with pytest.raises(HostUnavailable):
+            client.query(graph_id, "CREATE (:P {id: 1})", read_only=False)
+        assert len(calls) == 5
+
+
+def test_sigterm_lets_a_request_in_flight_finish(tmp_path: Path) -> None:
+    """A create whose body is half sent when SIGTERM arrives is answered, then the server ends.
+    ``Expect: 100-continue`` tells the test when the server is inside the request: it answers
+    ``100 Continue`` when the endpoint starts reading the body."""
+    import json
+    import signal
+    import socket
+
+    process = HostProcess(tmp_path / "data", tmp_path / "host.log").start()
+    try:
+        graph_id = new_id()
+        body = json.dumps({"ddl": DDL}).encode()
+        with socket.create_connection(("127.0.0.1", process.port), timeout=60) as conn:
+            conn.sendall(
+                f"PUT /v1/graphs/{graph_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode())
+            assert conn.recv(1024).startswith(b"HTTP/1.1 100")
+            conn.sendall(body[:10])
+            assert process.process is not None
+            process.process.send_signal(signal.SIGTERM)
+            with pytest.raises(OSError):  # stops accepting new connections...
+                for _ in range(600):  # ...once the signal is handled (bounded polling)
+                    socket.create_connection(("127.0.0.1", process.port), timeout=5).close()
+                    time.sleep(0.05)
+            conn.sendall(body[10:])  # ...and still finishes the one in flight
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        head, _, payload = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), answer
+        assert json.loads(payload)["created"] is True
+        assert process.process.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert (process.data_root / f"{graph_id}.lbug").is_file()
+    finally:
+        process.stop()
+
+
+def test_a_body_that_stalls_is_answered_408_and_the_connection_closed(tmp_path: Path) -> None:
+    """The server's own bound on a body's time (0.5 s here), not the test's timing: the test
+    only waits for the answer."""
+    import socket
+
+    process = HostProcess(tmp_path / "data", tmp_path / "host.log")
+    process.env["GRAPH_HOST_BODY_TIMEOUT_SECONDS"] = "0.5"
+    process.start()
+    try:
+        graph_id = new_id()
+        with socket.create_connection(("127.0.0.1", process.port), timeout=60) as conn:
+            conn.sendall(f"PUT /v1/graphs/{graph_id} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         f"Authorization: Bearer {TOKEN}\r\nContent-Length: 1000\r\n\r\n"
+                         '{"ddl": ['.encode())
+            answer = b""
+            while chunk := conn.recv(65536):  # the server closes the connection after it
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+        assert b'"error":"request_timeout"' in answer and b'"field":"body"' in answer
+        assert not (process.data_root / f"{graph_id}.lbug").exists()
+    finally:
+        process.stop()
