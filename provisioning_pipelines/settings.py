@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     )
     graph_templates_enabled: bool = Field(True, validation_alias="GRAPH_TEMPLATES_ENABLED")
     local_host_capacity: PositiveInt | None = Field(None, validation_alias="LOCAL_HOST_CAPACITY")
+    graph_host_token: str | None = Field(None, validation_alias="GRAPH_HOST_TOKEN")
+    graph_host_probe_seconds: float = Field(5.0, ge=0, validation_alias="GRAPH_HOST_PROBE_SECONDS")
+    graph_host_probe_misses: PositiveInt = Field(3, validation_alias="GRAPH_HOST_PROBE_MISSES")
     max_restores_in_flight: PositiveInt = Field(
         2, validation_alias="MAX_RESTORES_IN_FLIGHT_PER_USER"
     )
@@ -128,7 +131,7 @@ class Settings(BaseSettings):
 
     @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home",
                      "session_secret", "session_secret_previous", "backup_dir", "stripe_api_key",
-                     "metrics_dir", mode="before")
+                     "metrics_dir", "graph_host_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

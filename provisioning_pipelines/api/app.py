@@ -59,7 +59,10 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
                         sweep_interval=settings.housekeeping_interval_seconds,
                         stray_age_seconds=settings.housekeeping_stray_age_seconds,
                         billing_interval=settings.billing_outbox_interval_seconds,
-                        webhook_retention_days=settings.webhook_retention_days)
+                        webhook_retention_days=settings.webhook_retention_days,
+                        probe_interval=settings.graph_host_probe_seconds,
+                        probe_misses=settings.graph_host_probe_misses,
+                        host_token=settings.graph_host_token)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

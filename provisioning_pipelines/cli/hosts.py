@@ -8,6 +8,7 @@ order, each continuing the operation its customer watches.
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,17 +21,21 @@ if TYPE_CHECKING:
 def add_commands(commands_: Any) -> None:
     hosts = commands_.add_parser("hosts", help="graph hosts: capacity per tier").add_subparsers(
         dest="hosts_command", required=True)
-    listing = hosts.add_parser("list", help="every host, its slots used and free, and each "
-                               "tier's queue")
+    listing = hosts.add_parser("list", help="every host, its health, slots used and free, and "
+                               "each tier's queue")
+    listing.add_argument("--json", action="store_true", help="one JSON document")
     listing.set_defaults(run=hosts_list)
     add = hosts.add_parser("add", help="register a host: more slots for a tier; the tier's "
                            "queue is provisioned into them at once")
-    add.add_argument("--tier", required=True, help="ladybug-standard, ladybug-large or "
-                     "ladybug-xlarge")
-    add.add_argument("--capacity", type=int, required=True, help="how many graphs it holds")
+    add.add_argument("--url", help="a graph host server (host serve), http://addr:port: "
+                     "registered with the graphs it holds, if it answers with GRAPH_HOST_TOKEN")
+    add.add_argument("--tier", help="ladybug-standard, ladybug-large or ladybug-xlarge "
+                     "(required without --url; with it, the host's own by default)")
+    add.add_argument("--capacity", type=int, help="how many graphs it holds (required "
+                     "without --url; with it, the host's own by default)")
     add.add_argument("--data-root", help="folder of its graph files (default: "
                      "GRAPH_DATA_DIR/<host id>)")
-    add.add_argument("--id", help="the host's id (default: <tier>-<n>)")
+    add.add_argument("--id", help="the host's id (default: <tier>-<n>; required with --url)")
     add.set_defaults(run=hosts_add)
     drain = hosts.add_parser("drain", help="place no new graph on a host (its graphs stay)")
     drain.add_argument("host_id", help="as hosts list shows it")
@@ -47,30 +52,57 @@ def hosts_list(args: argparse.Namespace, settings: Settings) -> int:
     with database_of(settings).session() as session:
         hosts.ensure_local_hosts(session, settings.resolved_graph_data_dir,
                                  settings.local_host_capacity)
-        found = hosts.list_hosts(session)
+        found = [_shown(host) for host in hosts.list_hosts(session)]
         waiting = hosts.queue_lengths(session)
-        for host in found:
-            print(f"{host.id:<28} {host.tier:<17} {host.status:<10} {host.slots_used:>7} used "
-                  f"{host.capacity - host.slots_used:>7} free of {host.capacity:<7} "
-                  f"{host.data_root}")
+    if args.json:
+        print_json({"hosts": found, "queues": dict(sorted(waiting.items()))})
+        return 0
+    for host in found:
+        print(f"{host['host_id']:<28} {host['tier']:<17} {host['status']:<10} "
+              f"{host['health']:<9} {host['slots_used']:>7} used {host['slots_free']:>7} free "
+              f"of {host['capacity']:<7} {host['url'] or host['data_root']} "
+              f"last seen {host['last_seen_at'] or '-'}")
     for tier, count in sorted(waiting.items()):
         print(f"queue {tier}: {count} waiting")
     return 0
 
 
-def hosts_add(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services.capacity import hosts
+def _shown(host: Any) -> dict[str, Any]:
+    return {"host_id": host.id, "tier": host.tier, "url": host.url, "health": host.health,
+            "last_seen_at": host.last_seen_at.isoformat() if host.last_seen_at else None,
+            "slots_used": host.slots_used, "slots_free": max(0, host.capacity - host.slots_used),
+            "capacity": host.capacity, "status": host.status,
+            "draining": host.status == "draining", "data_root": host.data_root}
 
+
+def hosts_add(args: argparse.Namespace, settings: Settings) -> int:
+    from provisioning_pipelines.errors import InvalidRequest
+    from provisioning_pipelines.services.capacity import hosts, remote
+    from provisioning_pipelines.storage.hosts.client import HostClient
+
+    if args.url is None and (args.tier is None or args.capacity is None):
+        raise InvalidRequest("--tier and --capacity are required without --url")
+    if args.url is not None and not args.id:
+        raise InvalidRequest("--id is required with --url: the host's own id")
     with database_of(settings).session() as session:
         hosts.ensure_local_hosts(session, settings.resolved_graph_data_dir,
                                  settings.local_host_capacity)
-        host = hosts.add_host(session, tier=args.tier, capacity=args.capacity,
-                              data_root=Path(args.data_root).resolve() if args.data_root
-                              else None, graph_data_dir=settings.resolved_graph_data_dir,
-                              host_id=args.id)
+        if args.url is not None:
+            # The refusal is one line naming the host; the client's own log of it is not
+            # repeated on the terminal.
+            logging.getLogger(HostClient.__module__).setLevel(logging.ERROR)
+            host = remote.add_remote_host(
+                session, host_id=args.id, url=args.url, token=settings.graph_host_token,
+                graph_data_dir=settings.resolved_graph_data_dir, tier=args.tier,
+                capacity=args.capacity)
+        else:
+            host = hosts.add_host(session, tier=args.tier, capacity=args.capacity,
+                                  data_root=Path(args.data_root).resolve() if args.data_root
+                                  else None, graph_data_dir=settings.resolved_graph_data_dir,
+                                  host_id=args.id)
         added = {"host_id": host.id, "tier": host.tier, "capacity": host.capacity,
-                 "data_root": host.data_root}
-    print_json({**added, "provisioned": _drain_queue(settings, args.tier)})
+                 "slots_used": host.slots_used, "url": host.url, "data_root": host.data_root}
+    print_json({**added, "provisioned": _drain_queue(settings, added["tier"])})
     return 0
 
 

@@ -18,6 +18,10 @@ The billing courier sends the outbox (cancellations and reactivations decided he
 billing system every ``billing_interval`` seconds (``services/billing/outbound.py``), with direct
 provisioning on or off; Dagster's billing sensor does the same, and the two race on each row's
 claim.
+
+The host prober asks every remote graph host's ``/healthz`` every ``probe_interval`` seconds
+(``services/capacity/remote.py``): ``probe_misses`` unanswered in a row make it ``unhealthy``
+(no new graph is placed on it), an answer makes it healthy again.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from provisioning_pipelines.direct.executor import DirectExecutor
 from provisioning_pipelines.flows import SUBSCRIPTION_FLOWS, SubscriptionConfig
 from provisioning_pipelines.services.billing import outbound
 from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.capacity import remote
 from provisioning_pipelines.services.provisioning import claims
 from provisioning_pipelines.services.provisioning.claims import DueSubscription
 from provisioning_pipelines.services.provisioning.due import due_now
@@ -46,8 +51,13 @@ class Recovery:
 
     def __init__(self, executor: DirectExecutor, *, interval: float, grace_seconds: float,
                  sweep_interval: float, stray_age_seconds: float,
-                 billing_interval: float = 0, webhook_retention_days: float = 30) -> None:
+                 billing_interval: float = 0, webhook_retention_days: float = 30,
+                 probe_interval: float = 0, probe_misses: int = 3,
+                 host_token: str | None = None) -> None:
         self.executor = executor
+        self.probe_interval = probe_interval
+        self.probe_misses = probe_misses
+        self.host_token = host_token
         self.billing_interval = billing_interval
         self.interval = interval
         self.grace_seconds = grace_seconds
@@ -73,6 +83,8 @@ class Recovery:
             self._spawn(self._sweep_forever())
         if self.billing_interval > 0 and self._billing_sender() is not None:
             self._spawn(self._deliver_forever())
+        if self.probe_interval > 0:
+            self._spawn(self._probe_forever())
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -200,3 +212,15 @@ class Recovery:
 
     def deliver_billing_changes(self) -> outbound.Delivered:
         return outbound.deliver_due(self._database, self._billing_sender())
+
+    async def _probe_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.probe_hosts)
+            except Exception as exc:  # an outage of the database: the next round tries again
+                logger.warning("host probes: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(self.probe_interval)
+
+    def probe_hosts(self) -> dict[str, str]:
+        """One round of probes: each remote host's health after it."""
+        return remote.probe_hosts(self._database, self.host_token, misses=self.probe_misses)

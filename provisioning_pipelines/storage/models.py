@@ -178,6 +178,17 @@ class GraphHost(Base):
     #: ``available``, or ``draining``: its graphs stay, no new one is placed on it.
     status: Mapped[str] = mapped_column(String(32), default="available")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: The host server's address (``http://10.0.0.5:8100``); None for a local host (a folder
+    #: this process opens itself), which is never probed.
+    url: Mapped[str | None] = mapped_column(String(512))
+    #: ``healthy``, or ``unhealthy`` after ``GRAPH_HOST_PROBE_MISSES`` probes in a row went
+    #: unanswered: no new graph is placed on it, its graphs show ``available: false``; the row
+    #: stays (its graphs are still its).
+    health: Mapped[str] = mapped_column(String(16), default="healthy", server_default="healthy")
+    #: When a probe was last answered.
+    last_seen_at: Mapped[datetime | None]
+    #: Probes in a row that went unanswered (0 after an answer).
+    failed_probes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Graph(Base):

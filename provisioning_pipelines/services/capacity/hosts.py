@@ -27,9 +27,12 @@ from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import CapacityExhausted, Conflict, InvalidRequest, NotFound
 from provisioning_pipelines.services.catalog import TIERS
-from provisioning_pipelines.storage.models import GraphHost, Subscription
+from provisioning_pipelines.storage.models import GraphHost, Subscription, utcnow
 
 _HOSTS = GraphHost.__table__
+#: A host a new graph may go to: not draining, answering its probes, with a free slot.
+_TAKES_GRAPHS = (_HOSTS.c.status == "available", _HOSTS.c.health == "healthy",
+                 _HOSTS.c.slots_used < _HOSTS.c.capacity)
 
 
 def local_host_id(tier: str) -> str:
@@ -76,8 +79,7 @@ def slot_statement(unless: ColumnElement[bool] | None = None, *,
     host = (bindparam("slot_host", type_=String) if on_chosen_host
             else least_used(_HOSTS.c.id, tier).scalar_subquery())
     statement = update(_HOSTS).where(_HOSTS.c.id == host, _HOSTS.c.tier == tier,
-                                     _HOSTS.c.status == "available",
-                                     _HOSTS.c.slots_used < _HOSTS.c.capacity)
+                                     *_TAKES_GRAPHS)
     if unless is not None:
         statement = statement.where(~unless)
     return (statement.values(slots_used=_HOSTS.c.slots_used + 1)
@@ -88,8 +90,7 @@ def least_used(column: Any, tier: str | ColumnElement[str]) -> Select[Any]:
     """``column`` of the least-used available host of the tier with a free slot (none: no
     row): where the next graph of the tier goes."""
     return (select(column)
-            .where(_HOSTS.c.tier == tier, _HOSTS.c.status == "available",
-                   _HOSTS.c.slots_used < _HOSTS.c.capacity)
+            .where(_HOSTS.c.tier == tier, *_TAKES_GRAPHS)
             .order_by(_HOSTS.c.slots_used, _HOSTS.c.id).limit(1))
 
 
@@ -99,7 +100,7 @@ def _plain_slot() -> Update:
 
 
 def allocate_slot(session: Session, tier: str) -> Row[Any]:
-    """A slot on the least-used available host of the tier, tried again while racing
+    """A slot on the least-used available, healthy host of the tier, tried again while racing
     allocations take the chosen one; ``CapacityExhausted`` once none is free."""
     for _ in range(_ALLOCATION_ATTEMPTS):
         host = take_slot(session, tier)
@@ -124,9 +125,11 @@ HOST_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
 def add_host(session: Session, *, tier: str, capacity: int, data_root: Path | None,
-             graph_data_dir: Path, host_id: str | None = None) -> GraphHost:
+             graph_data_dir: Path, host_id: str | None = None, url: str | None = None,
+             slots_used: int = 0) -> GraphHost:
     """Register a host: ``capacity`` more slots for ``tier``, its files under ``data_root``
-    (default: a folder named after it under ``graph_data_dir``)."""
+    (default: a folder named after it under ``graph_data_dir``); a remote one with its
+    server's ``url`` and the ``slots_used`` its disk really holds."""
     if tier not in TIERS or tier == "ladybug-shared":
         raise InvalidRequest(f"tier: {tier!r} is not a graph tier; one of "
                              f"{', '.join(t for t in TIERS if t != 'ladybug-shared')}",
@@ -141,8 +144,10 @@ def add_host(session: Session, *, tier: str, capacity: int, data_root: Path | No
                              "digits and '-'", field="id")
     if session.get(GraphHost, host_id) is not None:
         raise Conflict(f"id: host {host_id!r} exists already", field="id")
-    host = GraphHost(id=host_id, tier=tier, capacity=capacity, slots_used=0,
-                     data_root=str(data_root or graph_data_dir / host_id), status="available")
+    host = GraphHost(id=host_id, tier=tier, capacity=capacity, slots_used=slots_used,
+                     data_root=str(data_root or graph_data_dir / host_id), status="available",
+                     url=url, health="healthy", failed_probes=0,
+                     last_seen_at=utcnow() if url else None)
     session.add(host)
     session.flush()
     return host
@@ -161,11 +166,18 @@ def list_hosts(session: Session) -> list[GraphHost]:
     return list(session.scalars(select(GraphHost).order_by(GraphHost.tier, GraphHost.id)))
 
 
+def unhealthy_among(session: Session, host_ids: set[str]) -> set[str]:
+    """Which of these hosts do not answer their probes now."""
+    if not host_ids:
+        return set()
+    return set(session.scalars(select(GraphHost.id).where(GraphHost.id.in_(host_ids),
+                                                          GraphHost.health == "unhealthy")))
+
+
 def free_slots_query(tier: str | ColumnElement[str]) -> Select[tuple[int]]:
-    """Slots free on the tier's available hosts."""
+    """Slots free on the tier's available, healthy hosts."""
     return (select(func.coalesce(func.sum(GraphHost.capacity - GraphHost.slots_used), 0))
-            .where(GraphHost.tier == tier, GraphHost.status == "available",
-                   GraphHost.slots_used < GraphHost.capacity))
+            .where(GraphHost.tier == tier, *_TAKES_GRAPHS))
 
 
 def free_slots(session: Session, tier: str) -> int:

@@ -260,13 +260,15 @@ def graph_of_subscription(session: Session, subscription_id: str) -> Graph | Non
 
 
 def describe(session: Session, graph: Graph) -> dict[str, Any]:
-    """A graph as its owner sees it (``GET /v1/graphs``): with its subgraphs and file size."""
+    """A graph as its owner sees it (``GET /v1/graphs``): with its subgraphs and file size,
+    and ``available`` false while its host does not answer its probes."""
     children = session.scalars(select(Graph).where(Graph.parent_graph_id == graph.id)
                                .order_by(Graph.subgraph_index)).all()
-    return {**_view(graph), "subgraphs": [_view(child) for child in children]}
+    down = hosts.unhealthy_among(session, {graph.host_id, *(c.host_id for c in children)})
+    return {**_view(graph, down), "subgraphs": [_view(child, down) for child in children]}
 
 
-def _view(graph: Graph) -> dict[str, Any]:
+def _view(graph: Graph, unhealthy_hosts: set[str]) -> dict[str, Any]:
     try:
         size = Path(graph.database_path).stat().st_size
     except OSError:
@@ -274,6 +276,7 @@ def _view(graph: Graph) -> dict[str, Any]:
     return {"graph_id": graph.id, "name": graph.name, "status": graph.status,
             "tier": graph.tier,
             "size_bytes": size, "host_id": graph.host_id,
+            "available": graph.host_id not in unhealthy_hosts,
             "parent_graph_id": graph.parent_graph_id,
             "created_at": graph.created_at.isoformat(),
             "delete_after": graph.delete_after.isoformat() if graph.delete_after else None,

@@ -1,0 +1,83 @@
+"""A graph whose host does not answer its probes says so over HTTP (``available: false``),
+never a 5xx; the others, and the same graph once its host answers again, say ``true``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import DagsterInstance
+
+from provisioning_pipelines.direct.recovery import Recovery
+from provisioning_pipelines.services.capacity import hosts, remote
+from provisioning_pipelines.storage.db import Database
+from tests.api.helpers import Api, make_api, serve
+from tests.api.test_app import checkout_event, subscribe_graph
+from tests.factories import new_customer
+from tests.host_serving import TOKEN, HostProcess
+
+MISSES = 2
+
+
+@pytest.fixture
+def probing_api(database: Database, resources: dict[str, Any],
+                dagster_instance: DagsterInstance) -> Iterator[tuple[Api, Recovery]]:
+    """The app with its probe settings; its probe rounds are driven by the test, not timed."""
+    app, executor = make_api(database, resources, dagster_instance, GRAPH_HOST_TOKEN=TOKEN,
+                             GRAPH_HOST_PROBE_SECONDS=0, GRAPH_HOST_PROBE_MISSES=MISSES)
+    with serve(app) as url:
+        yield Api(url, database, executor), app.state.recovery
+    executor.close()
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[HostProcess]:
+    process = HostProcess(tmp_path / "host-data", tmp_path / "host.log", host_id="large-r",
+                          tier="ladybug-large", capacity=5).start()
+    yield process
+    process.stop()
+
+
+def test_a_graph_on_an_unhealthy_host_is_not_available_over_http(
+        probing_api: tuple[Api, Recovery], host: HostProcess, graph_dir: Path) -> None:
+    api, recovery = probing_api
+    with api.database.session() as session:
+        remote.add_remote_host(session, host_id=host.host_id, url=host.url, token=TOKEN,
+                               graph_data_dir=graph_dir)
+        hosts.set_status(session, host.host_id, "draining")
+    user = new_customer(api.database)
+
+    def provisioned() -> str:
+        sub_id = subscribe_graph(api, user.api_key)
+        api.deliver(checkout_event(sub_id))
+        return api.wait_status(user.api_key, sub_id, "active")["resource_id"]
+
+    local_graph = provisioned()  # on the tier's local host
+    with api.database.session() as session:
+        hosts.set_status(session, "local-ladybug-large", "draining")
+        hosts.set_status(session, host.host_id, "available")
+    remote_graph = provisioned()
+
+    def shown() -> dict[str, bool]:
+        with api.client(user.api_key) as client:
+            one = {graph_id: client.get(f"/v1/graphs/{graph_id}") for graph_id in
+                   (local_graph, remote_graph)}
+            listed = client.get("/v1/graphs")
+        assert {answer.status_code for answer in one.values()} == {200}
+        assert listed.status_code == 200
+        in_list = {g["graph_id"]: g["available"] for g in listed.json()["graphs"]}
+        assert in_list == {graph_id: answer.json()["available"]
+                           for graph_id, answer in one.items()}
+        assert one[remote_graph].json()["host_id"] == host.host_id
+        return in_list
+
+    assert shown() == {local_graph: True, remote_graph: True}
+    host.kill()
+    for _ in range(MISSES):
+        recovery.probe_hosts()
+    assert shown() == {local_graph: True, remote_graph: False}
+    host.start()
+    recovery.probe_hosts()
+    assert shown() == {local_graph: True, remote_graph: True}
