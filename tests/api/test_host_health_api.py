@@ -11,8 +11,9 @@ import pytest
 from dagster import DagsterInstance
 
 from provisioning_pipelines.direct.recovery import Recovery
-from provisioning_pipelines.services.capacity import hosts, remote
+from provisioning_pipelines.services.capacity import remote
 from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.models import Graph
 from tests.api.helpers import Api, make_api, serve
 from tests.api.test_app import checkout_event, subscribe_graph
 from tests.factories import new_customer
@@ -46,7 +47,6 @@ def test_a_graph_on_an_unhealthy_host_is_not_available_over_http(
     with api.database.session() as session:
         remote.add_remote_host(session, host_id=host.host_id, url=host.url, token=TOKEN,
                                graph_data_dir=graph_dir)
-        hosts.set_status(session, host.host_id, "draining")
     user = new_customer(api.database)
 
     def provisioned() -> str:
@@ -55,10 +55,9 @@ def test_a_graph_on_an_unhealthy_host_is_not_available_over_http(
         return api.wait_status(user.api_key, sub_id, "active")["resource_id"]
 
     local_graph = provisioned()  # on the tier's local host
-    with api.database.session() as session:
-        hosts.set_status(session, "local-ladybug-large", "draining")
-        hosts.set_status(session, host.host_id, "available")
     remote_graph = provisioned()
+    with api.database.session() as session:  # where placement will put it once flows reach hosts
+        session.get(Graph, remote_graph).host_id = host.host_id
 
     def shown() -> dict[str, bool]:
         with api.client(user.api_key) as client:

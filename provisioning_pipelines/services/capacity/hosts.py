@@ -30,9 +30,12 @@ from provisioning_pipelines.services.catalog import TIERS
 from provisioning_pipelines.storage.models import GraphHost, Subscription, utcnow
 
 _HOSTS = GraphHost.__table__
-#: A host a new graph may go to: not draining, answering its probes, with a free slot.
+#: A host a new graph may go to: not draining, answering its probes, with a free slot, and (for
+#: now) local: the flows still make graph files on this machine's disk, so a remote host (one
+#: with a ``url``) is registered and watched, and takes graphs once the flows reach hosts through
+#: the host interface (``storage/hosts/``).
 _TAKES_GRAPHS = (_HOSTS.c.status == "available", _HOSTS.c.health == "healthy",
-                 _HOSTS.c.slots_used < _HOSTS.c.capacity)
+                 _HOSTS.c.slots_used < _HOSTS.c.capacity, _HOSTS.c.url.is_(None))
 
 
 def local_host_id(tier: str) -> str:

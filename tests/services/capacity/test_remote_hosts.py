@@ -1,5 +1,6 @@
-"""Probes of a real graph host server: unanswered ones in a row make it unhealthy (and out of
-placement), never deleted; the first answer makes it healthy again."""
+"""Probes of a real graph host server: unanswered ones in a row make it unhealthy, never
+deleted; the first answer makes it healthy again. (Remote hosts take no graph yet: the flows
+still write on this machine's disk.)"""
 
 from __future__ import annotations
 
@@ -42,14 +43,15 @@ def placed(database: Database) -> str:
         return hosts.allocate_slot(session, "ladybug-standard").id
 
 
-def test_a_killed_host_is_unhealthy_after_the_misses_gets_no_graph_and_comes_back(
+def test_a_killed_host_is_unhealthy_after_the_misses_and_healthy_when_it_answers(
         database: Database, host: HostProcess, graph_dir: Path) -> None:
     with database.session() as session:
         remote.add_remote_host(session, host_id=host.host_id, url=host.url, token=TOKEN,
                                graph_data_dir=graph_dir)
     add_host(database, "other", capacity=10, used=5)
     first_seen = row(database, host.host_id).last_seen_at
-    assert placed(database) == host.host_id  # the least used
+    # Registered and watched, but no graph is placed on it while the flows write locally.
+    assert placed(database) == "other"
 
     host.kill()
     for miss in range(1, MISSES):
@@ -59,9 +61,9 @@ def test_a_killed_host_is_unhealthy_after_the_misses_gets_no_graph_and_comes_bac
     down = row(database, host.host_id)
     assert (down.health, down.failed_probes, down.last_seen_at) == ("unhealthy", MISSES,
                                                                     first_seen)
-    # No new graph goes to it, though it is the least used; its row and slots stay.
-    assert [placed(database) for _ in range(5)] == ["other"] * 5
-    assert down.slots_used == 1
+    # Its row and slots stay; the tier fills on the other host and then says so.
+    assert [placed(database) for _ in range(4)] == ["other"] * 4
+    assert down.slots_used == 0
     with pytest.raises(CapacityExhausted):
         placed(database)
     with database.session() as session:
@@ -73,7 +75,6 @@ def test_a_killed_host_is_unhealthy_after_the_misses_gets_no_graph_and_comes_bac
     assert (back.health, back.failed_probes) == ("healthy", 0)
     assert back.last_seen_at is not None and first_seen is not None
     assert back.last_seen_at > first_seen
-    assert placed(database) == host.host_id
 
 
 def test_local_hosts_are_never_probed(database: Database, graph_dir: Path) -> None:
