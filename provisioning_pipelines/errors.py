@@ -171,3 +171,11 @@ class HostUnavailable(ServiceUnavailable):
     times in a row); named by its id, never its address."""
 
     code = "host_unavailable"
+
+    def __init__(self, message: str, *, field: str | None = None,
+                 reached: bool = True) -> None:
+        super().__init__(message, field=field)
+        #: Whether the request may have reached the host (False only when it surely did not:
+        #: no connection was made, or the breaker kept it back), which decides whether a
+        #: create may be placed on another host.
+        self.reached = reached

@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     graph_templates_enabled: bool = Field(True, validation_alias="GRAPH_TEMPLATES_ENABLED")
     local_host_capacity: PositiveInt | None = Field(None, validation_alias="LOCAL_HOST_CAPACITY")
     graph_host_token: str | None = Field(None, validation_alias="GRAPH_HOST_TOKEN")
+    local_graph_hosts: bool = Field(True, validation_alias="LOCAL_GRAPH_HOSTS")
+    graph_host_timeout_seconds: float = Field(10.0, gt=0,
+                                              validation_alias="GRAPH_HOST_TIMEOUT_SECONDS")
     graph_host_probe_seconds: float = Field(5.0, ge=0, validation_alias="GRAPH_HOST_PROBE_SECONDS")
     graph_host_probe_misses: PositiveInt = Field(3, validation_alias="GRAPH_HOST_PROBE_MISSES")
     max_restores_in_flight: PositiveInt = Field(

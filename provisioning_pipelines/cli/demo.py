@@ -14,7 +14,6 @@ import socket
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,7 +27,6 @@ from provisioning_pipelines.services.access import accounts
 from provisioning_pipelines.services.billing.events import billing_event, signed_delivery
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import get_database
-from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.migrate import upgrade_once
 
 
@@ -55,9 +53,8 @@ def run_demo(settings: Settings) -> int:
                       "delivering a signed checkout.session.completed")
         operation = _pay(url, settings, graph_sub)
         graph = _follow(console, url, user.api_key, operation)
-        path = _file_of(executor, graph["graph_id"])  # the API shows no server paths
-        tables = [t.name for t in LadybugEngine().list_tables(path)]
-        console.print(f"   graph [bold green]{graph['graph_id']}[/] at {path}")
+        where, tables = _placed(executor, graph["graph_id"])  # the API shows no server paths
+        console.print(f"   graph [bold green]{graph['graph_id']}[/] at {where}")
         console.print(f"   {len(tables)} tables: {', '.join(tables)}")
 
         console.print("[bold]3.[/] subgraph 'analysis' forking the parent's data")
@@ -120,11 +117,17 @@ def _serve(app: Any) -> tuple[uvicorn.Server, str]:
     return server, f"http://127.0.0.1:{port}"
 
 
-def _file_of(executor: Any, graph_id: str) -> Path:
+def _placed(executor: Any, graph_id: str) -> tuple[str, list[str]]:
+    """Where the graph lives and its tables, asked of its host."""
+    from provisioning_pipelines.services.capacity import hosts
     from provisioning_pipelines.services.graphs import records
 
     with executor.resources["database"].get().session() as session:
-        return Path(records.top_level_graph(session, graph_id).database_path)
+        graph = records.top_level_graph(session, graph_id)
+        host = hosts.graph_host(session, executor.resources["graph_engine"].hosts(),
+                                graph.host_id)
+        where = graph.database_path
+    return where, [name for name, _ in host.tables(graph_id)]
 
 
 def _subscribe(api: httpx.Client, body: dict[str, Any]) -> str:

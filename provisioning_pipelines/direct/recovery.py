@@ -196,6 +196,7 @@ class Recovery:
             return housekeeping.sweep(
                 session, resources["graph_engine"].graph_data_dir,
                 min_age_seconds=self.stray_age_seconds, engine=resources["graph_engine"].get(),
+                directory=resources["graph_engine"].hosts(),
                 backup_dir=backups.backup_dir if backups else None)
 
     def _billing_sender(self) -> outbound.Sender | None:

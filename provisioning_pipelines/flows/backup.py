@@ -34,11 +34,13 @@ from provisioning_pipelines.flows.steps import (
     StepContext,
     step,
 )
+from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs import backups, lifecycle
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.graphs.backups import RestorePlan
 from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
 from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.hosts.local import LocalHost
 from provisioning_pipelines.storage.ladybug import backups as backup_files
 
 
@@ -56,6 +58,7 @@ class BackupConfig(Config):
 class BackupWork:
     claim: GraphClaim
     path: Path
+    host_id: str
     backup_id: str
     kind: str
     started_at: float
@@ -78,9 +81,10 @@ def claim_graph_for_backup(ctx: StepContext, config: BackupConfig) -> BackupWork
     with ctx.database.session() as session:
         claim = lifecycle.claim_graph(session, config.graph_id, statuses=lifecycle.LIVE,
                                       lease_seconds=ctx.policy.claim_lease_seconds)
-        path = Path(graphs.top_level_graph(session, config.graph_id).database_path)
+        graph = graphs.top_level_graph(session, config.graph_id)
+        path, host_id = Path(graph.database_path), graph.host_id
     ctx.progress(f"Backing up graph {config.graph_id}", 10)
-    return BackupWork(claim, path, _backup_id(config), config.kind, started_at)
+    return BackupWork(claim, path, host_id, _backup_id(config), config.kind, started_at)
 
 
 backup_step = step(on_failure=give_back, around=hold_graph)
@@ -91,12 +95,10 @@ def copy_graph_database(ctx: StepContext, work: BackupWork) -> BackupWork:
     """Copy the checkpointed database file (nobody writes during the copy)."""
     assert ctx.backups is not None, "the backups resource is required"
     with ctx.database.session() as session:
-        done = backups.exists(session, work.backup_id)
-    if done:
-        return work
-    copy = backup_files.back_up(ctx.engine, work.path,
-                                backups.file_of(ctx.backups, work.claim.graph_id,
-                                                work.backup_id))
+        if backups.exists(session, work.backup_id):
+            return work
+        host = hosts.graph_host(session, ctx.hosts, work.host_id)
+    copy = backups.take(host, ctx.backups, work.claim.graph_id, work.backup_id)
     ctx.progress(f"Copied {work.path.name} ({copy.size_bytes:,} bytes)", 70)
     return replace(work, copy=copy)
 
@@ -204,6 +206,7 @@ def plan_restore(ctx: StepContext, config: RestoreConfig) -> RestoreWork:
         plan = backups.plan_restore(session, user_id=config.user_id, graph_id=config.graph_id,
                                     backup_id=config.backup_id,
                                     into_graph_id=config.into_graph_id)
+        backups.check_restorable_here(session, plan)
     ctx.progress(f"Checking backup {plan.backup_id}", 10)
     backup_files.verify(plan.backup_path, plan.checksum)
     with ctx.database.session() as session:
@@ -234,17 +237,18 @@ def swap_in_backup(ctx: StepContext, work: RestoreWork) -> Outcome:
         graph = lifecycle.assert_graph_held(session, work.claim)
         backups.check_paid_for(session, graph)
         backups.begin_restore(session, work.plan, graph, ctx.operation_id)
-    backup_files.swap_in(ctx.engine, work.staged, work.path)
+        host = hosts.graph_host(session, ctx.hosts, graph.host_id)
+    assert isinstance(host, LocalHost), "check_restorable_here lets only local hosts through"
+    backup_files.swap_in(host.engine, work.staged, work.path)
     with ctx.database.session() as session:
         graph = lifecycle.assert_graph_held(session, work.claim)
         backups.finish_restore(session, work.plan, graph)
         lifecycle.release_graph(session, work.claim)
         view = graphs.describe(session, graph)
     ctx.progress(f"Graph {work.plan.graph_id} restored from {work.plan.backup_id}", 100)
-    tables = ctx.engine.list_tables(work.path)
     result = {**view, "restored_from": {"graph_id": work.plan.source_graph_id,
                                         "backup_id": work.plan.backup_id},
-              "tables": [table.name for table in tables]}
+              "tables": [name for name, _ in host.tables(work.plan.graph_id)]}
     return Outcome(asset_key=GRAPH_ASSET, result=result,
                    metadata={"graph_id": work.plan.graph_id, "user_id": work.plan.user_id,
                              "lifecycle": "restored",

@@ -29,12 +29,12 @@ from provisioning_pipelines.flows.steps import (
     StepContext,
     step,
 )
+from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs import backups, lifecycle, subgraphs
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
 from provisioning_pipelines.services.provisioning import leases
 from provisioning_pipelines.storage.db import Database
-from provisioning_pipelines.storage.ladybug import backups as backup_files
 
 
 class DeletionConfig(Config):
@@ -51,6 +51,7 @@ class DeletionConfig(Config):
 class Teardown:
     claim: GraphClaim
     path: Path
+    host_id: str
     user_id: str
     started_at: float
     details: dict[str, Any]
@@ -90,7 +91,8 @@ def claim_graph_deletion(ctx: StepContext, config: DeletionConfig) -> Teardown:
         with ctx.database.session() as session:
             graph = lifecycle.begin_deletion(session, claim, now_too=config.at_once,
                                              actor=config.actor, reason=config.reason)
-            work = Teardown(claim, Path(graph.database_path), graph.owner_user_id, started_at,
+            work = Teardown(claim, Path(graph.database_path), graph.host_id,
+                            graph.owner_user_id, started_at,
                             {"reason": config.reason, "actor": config.actor})
     except Exception:
         with ctx.database.session() as session:
@@ -107,9 +109,11 @@ def back_up_before_deletion(ctx: StepContext, work: Teardown) -> Teardown:
     backup_id = backups.backup_id_for("final", work.claim.graph_id)
     with ctx.database.session() as session:
         kept = backups.exists(session, backup_id)
-    if not kept and work.path.is_file():
-        copy = backup_files.back_up(ctx.engine, work.path,
-                                    backups.file_of(ctx.backups, work.claim.graph_id, backup_id))
+    with ctx.database.session() as session:
+        host = hosts.graph_host(session, ctx.hosts, work.host_id)
+    copy = None if kept else backups.take(host, ctx.backups, work.claim.graph_id, backup_id,
+                                          missing_ok=True)
+    if copy is not None:
         with ctx.database.session() as session:
             graph = lifecycle.assert_graph_held(session, work.claim)
             backups.record(session, ctx.backups, graph, backup_id, "final", copy)
@@ -121,7 +125,7 @@ def back_up_before_deletion(ctx: StepContext, work: Teardown) -> Teardown:
 def remove_subgraphs(ctx: StepContext, work: Teardown) -> Teardown:
     """Delete the graph's subgraphs: their files and rows."""
     with ctx.database.session() as session:
-        removed = lifecycle.remove_subgraphs(session, ctx.engine, work.claim)
+        removed = lifecycle.remove_subgraphs(session, ctx.hosts, work.claim)
     ctx.progress(f"Removed {len(removed)} subgraph(s)", 60)
     return replace(work, details={**work.details, "subgraphs": removed})
 
@@ -130,8 +134,7 @@ def remove_subgraphs(ctx: StepContext, work: Teardown) -> Teardown:
 def remove_graph_file(ctx: StepContext, work: Teardown) -> Teardown:
     """Delete the database file and its sidecars."""
     with ctx.database.session() as session:
-        lifecycle.assert_graph_held(session, work.claim)
-    lifecycle.remove_database_file(ctx.engine, work.path)
+        lifecycle.remove_database_file(session, ctx.hosts, work.claim)
     ctx.progress(f"Removed {work.path.name}", 80)
     return work
 
@@ -171,7 +174,7 @@ def remove_subgraph(ctx: StepContext, config: SubgraphDeletionConfig) -> Outcome
         subgraph_id = subgraphs.deletable_subgraph(session, user_id=config.user_id,
                                                    parent_graph_id=config.parent_graph_id,
                                                    name=config.name)
-        graphs.discard_graph(session, ctx.engine, subgraph_id)
+        graphs.discard_graph(session, ctx.hosts, subgraph_id)
         subgraphs.record_deletion(session, subgraph_id, actor=config.user_id)
     ctx.progress(f"Subgraph {subgraph_id} deleted", 100)
     return Outcome(asset_key=SUBGRAPH_ASSET,

@@ -35,9 +35,10 @@ def create_graph_database(ctx: StepContext, work: SubscriptionWork) -> Subscript
     ctx.progress(f"Creating graph {plan.graph_id} ({plan.tier.name}, {len(plan.ddl)} "
                  "schema statements)", 30)
     try:
-        details = graphs.create_graph(ctx.database, ctx.engine, work.claim, plan,
+        details = graphs.create_graph(ctx.database, ctx.hosts, work.claim, plan,
                                       graph_data_dir=ctx.graph_data_dir,
-                                      local_host_capacity=ctx.local_host_capacity)
+                                      local_host_capacity=ctx.local_host_capacity,
+                                      local_hosts=ctx.local_hosts)
     except CapacityExhausted as full:
         with ctx.database.session() as session:
             position = queue.enqueue(session, work.claim)

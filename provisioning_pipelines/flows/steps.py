@@ -27,7 +27,7 @@ from provisioning_pipelines.errors import ProvisioningError
 from provisioning_pipelines.services.graphs.backups import BackupPolicy
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.errors import is_refused_data
-from provisioning_pipelines.storage.ladybug import LadybugEngine
+from provisioning_pipelines.storage.hosts.directory import HostDirectory
 
 #: Transient failures (a dropped connection, a busy database) get two more tries inside one step.
 TRANSIENT_RETRY = RetryPolicy(max_retries=2, delay=0.2, backoff=Backoff.EXPONENTIAL)
@@ -64,7 +64,8 @@ class StepContext:
     executor; ``method`` says which (``dagster`` or ``direct``)."""
 
     database: Database
-    engine: LadybugEngine
+    #: The graph hosts, reached only through their interface (``storage/hosts/``).
+    hosts: HostDirectory
     graph_data_dir: Path
     progress: Progress
     policy: Policy
@@ -77,6 +78,8 @@ class StepContext:
     backups: BackupPolicy | None = None
     #: Slots of each tier's local host when a fresh install registers it (None: the tier's).
     local_host_capacity: int | None = None
+    #: Whether a fresh install registers in-process local hosts (``LOCAL_GRAPH_HOSTS``).
+    local_hosts: bool = True
 
 
 @dataclass(frozen=True)

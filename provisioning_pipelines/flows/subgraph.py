@@ -27,6 +27,7 @@ from provisioning_pipelines.flows.steps import (
     StepContext,
     step,
 )
+from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.graphs import subgraphs
 from provisioning_pipelines.storage.db import Database
@@ -57,6 +58,8 @@ class SubgraphWork:
     parent_path: Path
     path: Path
     tier: str
+    #: The parent's host, where the subgraph lives.
+    host_id: str
     started_at: float
     statements: tuple[str, ...] = ()
     tables: tuple[str, ...] = ()
@@ -67,7 +70,7 @@ def discard_subgraph(ctx: StepContext, work: Any, exc: BaseException) -> None:
     if not isinstance(work, SubgraphWork):
         return
     with ctx.database.session() as session:
-        graphs.discard_graph(session, ctx.engine, work.subgraph_id)
+        graphs.discard_graph(session, ctx.hosts, work.subgraph_id)
     ctx.log.error(f"subgraph {work.subgraph_id}: creation failed ({detail(exc)}); removed")
 
 
@@ -82,7 +85,7 @@ def reserve_subgraph(ctx: StepContext, config: SubgraphConfig) -> SubgraphWork:
         )
     work = SubgraphWork(config=config, subgraph_id=reserved.subgraph_id,
                         parent_path=reserved.parent_path, path=reserved.path,
-                        tier=reserved.tier, started_at=started_at,
+                        tier=reserved.tier, host_id=reserved.host_id, started_at=started_at,
                         statements=reserved.statements)
     ctx.progress(f"Reserved subgraph {work.subgraph_id}", 20)
     return work
@@ -92,8 +95,10 @@ def reserve_subgraph(ctx: StepContext, config: SubgraphConfig) -> SubgraphWork:
 def create_subgraph_database(ctx: StepContext, work: SubgraphWork) -> SubgraphWork:
     """Create the subgraph's database file with the parent's schema, on the parent's host."""
     ctx.progress(f"Creating database for {work.subgraph_id}", 40)
-    ctx.engine.ensure_database(work.path, list(work.statements))
-    tables = tuple(t.name for t in expected_tables(work.statements))  # verified by ensure
+    with ctx.database.session() as session:
+        host = hosts.graph_host(session, ctx.hosts, work.host_id)
+    host.create(work.subgraph_id, list(work.statements))
+    tables = tuple(t.name for t in expected_tables(work.statements))  # verified by create
     ctx.progress(f"Subgraph {work.subgraph_id} created with {len(tables)} tables", 60)
     return replace(work, tables=tables)
 
@@ -106,9 +111,10 @@ def fork_parent_data(ctx: StepContext, work: SubgraphWork) -> Outcome:
     if config.fork_parent:
         ctx.progress(f"Copying data from {config.parent_graph_id}", 70)
         try:
-            copied = ctx.engine.copy_tables(work.parent_path, work.path,
-                                            tables=config.fork_tables,
-                                            exclude=config.fork_exclude)
+            with ctx.database.session() as session:
+                host = hosts.graph_host(session, ctx.hosts, work.host_id)
+            copied = host.fork(work.subgraph_id, config.parent_graph_id,
+                               tables=config.fork_tables, exclude=config.fork_exclude)
             fork = {"fork_status": "completed", "rows_copied": copied}
         except Exception as exc:  # the subgraph stays; the fork's failure is reported
             fork = {"fork_status": "failed", "fork_error": fork_error(config, exc)}

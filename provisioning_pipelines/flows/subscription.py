@@ -16,6 +16,7 @@ from typing import Any
 from dagster import Config
 from pydantic import Field
 
+from provisioning_pipelines.errors import HostUnavailable
 from provisioning_pipelines.flows.asset_keys import SUBSCRIPTION_ASSETS
 from provisioning_pipelines.flows.public import CustomerError, customer_error, detail
 from provisioning_pipelines.flows.steps import (
@@ -70,13 +71,18 @@ def abandon_attempt(ctx: StepContext, work: Any, exc: BaseException) -> None:
     claim = work.claim
     error = customer_error(exc)
     retryable = worth_retrying(exc)
+    # A create its host may have received, and did not answer: the graph keeps its rows and
+    # its place, so the next attempt asks the same host again (its create is idempotent) and
+    # a partition never leaves a second file on another host.
+    keep_place = (isinstance(exc, HostUnavailable) and exc.reached and retryable
+                  and claim.attempt < ctx.policy.max_attempts)
     try:
         with ctx.database.session() as session:
             claims.assert_held(session, claim)
             if claim.resource_type == "graph":
-                graphs.discard_graph(
-                    session, ctx.engine, graphs.graph_id_for_subscription(claim.subscription_id)
-                )
+                if not keep_place:
+                    graphs.discard_graph(session, ctx.hosts,
+                                         graphs.graph_id_for_subscription(claim.subscription_id))
             else:
                 repositories.revoke_subscription_access(session, claim.subscription_id)
                 credits.remove_subscription_allocations(session, claim.subscription_id)

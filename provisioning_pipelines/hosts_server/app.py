@@ -183,6 +183,12 @@ def create_app(host: LocalHost, tokens: Sequence[str], *, body_timeout: float = 
         # Values JSON has no type for (dates, decimals, ...) travel as their text.
         return json.loads(json.dumps({"rows": found}, default=str))
 
+    def tables(request: Request, _: dict[str, Any]) -> Any:
+        return {"tables": host.tables(graph_id(request))}
+
+    def quarantine(request: Request, _: dict[str, Any]) -> Any:
+        return {"quarantined": host.quarantine(graph_id(request))}
+
     def size(request: Request, _: dict[str, Any]) -> Any:
         return {"size_bytes": host.size(graph_id(request))}
 
@@ -194,6 +200,7 @@ def create_app(host: LocalHost, tokens: Sequence[str], *, body_timeout: float = 
     graph = "/v1/graphs/{graph_id}"
     routes = [
         Route("/healthz", endpoint(healthz), methods=["GET"]),
+        Route("/v1/databases", endpoint(listing), methods=["GET"]),
         Route("/v1/graphs", endpoint(listing), methods=["GET"]),
         Route(graph, endpoint(create, body=True), methods=["PUT"]),
         Route(graph, endpoint(delete), methods=["DELETE"]),
@@ -202,6 +209,8 @@ def create_app(host: LocalHost, tokens: Sequence[str], *, body_timeout: float = 
         Route(f"{graph}/backups/{{name}}", endpoint(back_up), methods=["PUT"]),
         Route(f"{graph}/query", endpoint(query, body=True), methods=["POST"]),
         Route(f"{graph}/size", endpoint(size), methods=["GET"]),
+        Route(f"{graph}/tables", endpoint(tables), methods=["GET"]),
+        Route(f"{graph}/quarantine", endpoint(quarantine), methods=["POST"]),
     ]
 
     async def http_error(request: Request, exc: Exception) -> Response:

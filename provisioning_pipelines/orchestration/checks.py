@@ -53,7 +53,7 @@ def _result(findings: list[Finding], **metadata: object) -> AssetCheckResult:
 def graph_files_hold_their_schema(database: DatabaseResource,
                                   graph_engine: GraphEngineResource) -> AssetCheckResult:
     with database.get().session() as session:
-        checked, findings = integrity.graphs_hold_their_schema(session, graph_engine.get())
+        checked, findings = integrity.graphs_hold_their_schema(session, graph_engine.hosts())
     return _result(findings, graphs_checked=checked)
 
 
@@ -69,7 +69,7 @@ def hosts_within_capacity(database: DatabaseResource) -> AssetCheckResult:
 def files_match_rows(database: DatabaseResource,
                      graph_engine: GraphEngineResource) -> AssetCheckResult:
     with database.get().session() as session:
-        return _result(integrity.files_match_rows(session, graph_engine.graph_data_dir))
+        return _result(integrity.files_match_rows(session, graph_engine.hosts()))
 
 
 CHECKS = [graph_files_hold_their_schema, hosts_within_capacity, files_match_rows]

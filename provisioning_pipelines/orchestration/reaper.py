@@ -92,7 +92,7 @@ def reap(context: SensorEvaluationContext, database: DatabaseResource,
     with database.get().session() as session:
         done.extend(backups.finish_interrupted_restores(session, now=now))
         for graph_id in backups.stale_restores(session, now=now):
-            graphs.discard_graph(session, graph_engine.get(), graph_id)
+            graphs.discard_graph(session, graph_engine.hosts(), graph_id)
             done.append(f"removed the unfinished restore {graph_id}")
         for backup in backups.expired(session, now=now):
             backups.prune(session, backup)

@@ -30,6 +30,7 @@ from provisioning_pipelines.services.graphs.backups import BackupPolicy
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import Database, get_database
 from provisioning_pipelines.storage.events import OperationStore, build_operation_store
+from provisioning_pipelines.storage.hosts.directory import HostDirectory
 from provisioning_pipelines.storage.ladybug import LadybugEngine, MiB
 from provisioning_pipelines.storage.migrate import upgrade_once
 
@@ -55,9 +56,20 @@ class GraphEngineResource(ConfigurableResource):
     local_host_capacity: int | None = Field(
         default=None, description="Slots of each tier's local host when it is registered "
         "(none: the tier's own figure).")
+    local_hosts: bool = Field(default=True, description="Register in-process local hosts "
+                              "per tier (false: only hosts added with `hosts add`).")
+    host_token: str | None = Field(default=None, description="Bearer token of the graph "
+                                   "host servers (GRAPH_HOST_TOKEN).")
+    backup_dir: str | None = Field(default=None, description="Where local hosts keep backups.")
+    host_timeout: float = Field(default=10.0, description="Seconds a graph host server may "
+                                "take to answer one call (GRAPH_HOST_TIMEOUT_SECONDS).")
 
     def get(self) -> LadybugEngine:
         return _engine(self.data_dir, self.buffer_pool_mb, self.use_templates)
+
+    def hosts(self) -> HostDirectory:
+        """The graph hosts: local ones over this resource's engine, servers over HTTP."""
+        return _directory(self.get(), self.host_token, self.backup_dir, self.host_timeout)
 
     @property
     def graph_data_dir(self) -> Path:
@@ -69,6 +81,13 @@ def _engine(data_dir: str, buffer_pool_mb: int, use_templates: bool) -> LadybugE
     return LadybugEngine(buffer_pool_bytes=buffer_pool_mb * MiB,
                          template_dir=Path(data_dir) / ".templates",
                          use_templates=use_templates)
+
+
+@lru_cache(maxsize=8)
+def _directory(engine: LadybugEngine, token: str | None, backup_dir: str | None,
+               timeout: float) -> HostDirectory:
+    return HostDirectory(engine, token=token, backup_dir=Path(backup_dir) if backup_dir else None,
+                         timeout=timeout)
 
 
 class OperationEventsResource(ConfigurableResource):
@@ -160,7 +179,12 @@ def build_resources(settings: Settings, *, env_vars: bool = False
         "graph_engine": GraphEngineResource(data_dir=str(settings.resolved_graph_data_dir),
                                             buffer_pool_mb=settings.ladybug_buffer_pool_mb,
                                             use_templates=settings.graph_templates_enabled,
-                                            local_host_capacity=settings.local_host_capacity),
+                                            local_host_capacity=settings.local_host_capacity,
+                                            local_hosts=settings.local_graph_hosts,
+                                            host_token=settings.graph_host_token and from_env(
+                                                "GRAPH_HOST_TOKEN", settings.graph_host_token),
+                                            backup_dir=str(settings.resolved_backup_dir),
+                                            host_timeout=settings.graph_host_timeout_seconds),
         "operation_events": events,
         "progress": ProgressResource(events=events),
         "policy": PolicyResource(max_attempts=settings.max_attempts,
@@ -185,9 +209,10 @@ def step_context(resources: Mapping[str, Any], *, method: str, log: Any,
     """
     return StepContext(
         database=resources["database"].get(),
-        engine=resources["graph_engine"].get(),
+        hosts=resources["graph_engine"].hosts(),
         graph_data_dir=resources["graph_engine"].graph_data_dir,
         local_host_capacity=resources["graph_engine"].local_host_capacity,
+        local_hosts=resources["graph_engine"].local_hosts,
         progress=resources["progress"].reporter(log, operation_id, events=events),
         policy=resources["policy"].get(),
         method=method,

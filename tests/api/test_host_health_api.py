@@ -16,10 +16,19 @@ from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.models import Graph
 from tests.api.helpers import Api, make_api, serve
 from tests.api.test_app import checkout_event, subscribe_graph
+from tests.conftest import make_resources
 from tests.factories import new_customer
 from tests.host_serving import TOKEN, HostProcess
 
 MISSES = 2
+
+
+@pytest.fixture
+def resources(database_url: str, graph_dir: Path) -> dict[str, Any]:
+    """One slot on the tier's local host and one on the host server: the first graph placed
+    goes to the host server (a tie goes to the first id), the second to the local host."""
+    return make_resources(database_url, graph_dir, GRAPH_HOST_TOKEN=TOKEN,
+                          LOCAL_HOST_CAPACITY=1)
 
 
 @pytest.fixture
@@ -36,7 +45,7 @@ def probing_api(database: Database, resources: dict[str, Any],
 @pytest.fixture
 def host(tmp_path: Path) -> Iterator[HostProcess]:
     process = HostProcess(tmp_path / "host-data", tmp_path / "host.log", host_id="large-r",
-                          tier="ladybug-large", capacity=5).start()
+                          tier="ladybug-large", capacity=1).start()
     yield process
     process.stop()
 
@@ -54,10 +63,11 @@ def test_a_graph_on_an_unhealthy_host_is_not_available_over_http(
         api.deliver(checkout_event(sub_id))
         return api.wait_status(user.api_key, sub_id, "active")["resource_id"]
 
-    local_graph = provisioned()  # on the tier's local host
     remote_graph = provisioned()
-    with api.database.session() as session:  # where placement will put it once flows reach hosts
-        session.get(Graph, remote_graph).host_id = host.host_id
+    local_graph = provisioned()
+    with api.database.session() as session:
+        assert session.get(Graph, remote_graph).host_id == host.host_id
+        assert session.get(Graph, local_graph).host_id == "local-ladybug-large"
 
     def shown() -> dict[str, bool]:
         with api.client(user.api_key) as client:

@@ -36,7 +36,7 @@ from tests.flows.helpers import run_job
 
 def bare_context() -> StepContext:
     """A context for steps that touch nothing but the log."""
-    return StepContext(database=None, engine=None, graph_data_dir=Path("."),  # type: ignore[arg-type]
+    return StepContext(database=None, hosts=None, graph_data_dir=Path("."),  # type: ignore[arg-type]
                        progress=lambda message, percent=None: None,
                        policy=Policy(3, 120, 0, 0), method="direct",
                        log=logging.getLogger("tests"))

@@ -65,8 +65,9 @@ def test_checks_pass_on_a_healthy_install_and_name_what_breaks(
     broken = run_checks(resources, dagster_instance)
     assert not any(check.passed for check in broken.values())
     files = broken["files_match_rows"].metadata["findings"].value
-    assert f"{made[0]['graph_id']}: no file at" in files
-    assert "kg9999999999999999.lbug: a graph file no row owns" in files
+    host = made[1]["host_id"]
+    assert f"{made[0]['graph_id']}: no file on host {made[0]['host_id']}" in files
+    assert f"kg9999999999999999: a graph file on host {host} no row places there" in files
     assert made[0]["graph_id"] in broken["graph_files_hold_their_schema"].metadata[
         "findings"].value
     assert "slots_used is 7 but 2 graphs live there" in broken["hosts_within_capacity"].metadata[

@@ -37,5 +37,5 @@ def test_both_paths_build_the_same_context_from_the_settings(tmp_path: Path) -> 
         assert (ctx.policy.max_attempts, ctx.policy.claim_lease_seconds,
                 ctx.policy.retry_backoff_seconds) == (5, 60, 7)
         assert ctx.graph_data_dir == (tmp_path / "graphs").resolve()
-    assert direct.database is dagster.database and direct.engine is dagster.engine
+    assert direct.database is dagster.database and direct.hosts is dagster.hosts
     assert (direct.method, dagster.method) == ("direct", "dagster")

@@ -93,7 +93,7 @@ def test_a_create_over_a_file_put_there_by_hand_compares_its_tables(host) -> Non
     assert not host.create(placed, DDL).created
     other = new_id()
     shutil.copyfile(root / f"{source}.lbug", root / f"{other}.lbug")
-    with pytest.raises(Conflict, match="other tables"):
+    with pytest.raises(Conflict, match="another schema"):
         host.create(other, OTHER_DDL)
 
 
@@ -154,12 +154,36 @@ def test_list_is_exactly_what_the_disk_holds(host) -> None:
     held = host.list()
     assert set(made) | {by_hand} <= set(held.graphs)
     assert "notes.txt" in held.unknown
-    on_disk = {name for name in os.listdir(root) if name != ".host"}
+    on_disk = {name for name in os.listdir(root) if name not in (".host", ".quarantine")}
     graph_files = {f"{graph_id}.lbug" for graph_id in held.graphs}
     beside = {extra.name for name in graph_files for extra in sidecars(root / name)}
     assert graph_files | beside | set(held.unknown) == on_disk
     assert not graph_files & set(held.unknown)
     (root / "notes.txt").unlink()
+
+
+def test_tables_are_the_schemas_in_creation_order(host) -> None:
+    host, _ = host
+    graph_id = new_id()
+    host.create(graph_id, DDL)
+    assert host.tables(graph_id) == [("Person", "NODE"), ("Knows", "REL")]
+    with pytest.raises(NotFound, match="graph_id"):
+        host.tables(new_id())
+
+
+def test_quarantine_moves_a_graph_aside_and_out_of_the_listing(host) -> None:
+    host, root = host
+    graph_id = new_id()
+    host.create(graph_id, DDL)
+    host.query(graph_id, "CREATE (:Person {id: 1, name: 'kept'})", read_only=False)
+    assert host.quarantine(graph_id) is True
+    assert graph_id not in host.list().graphs
+    assert not (root / f"{graph_id}.lbug").exists()
+    aside = [entry.name for entry in (root / ".quarantine").iterdir()]
+    assert any(name.startswith(f"{graph_id}.lbug.") for name in aside)  # kept, not deleted
+    assert host.quarantine(graph_id) is False
+    host.create(graph_id, OTHER_DDL)  # the id is free again, for another schema too
+    assert host.tables(graph_id) == [("Company", "NODE")]
 
 
 def test_a_read_only_query_refuses_a_write(host) -> None:
@@ -322,10 +346,12 @@ def test_a_killed_host_fails_fast_by_its_id_then_serves_its_disk_again(tmp_path:
             assert "graph host host-b is unavailable" in message
             assert "127.0.0.1" not in message and str(process.port) not in message
             assert down.value.status_code == 503
+            assert down.value.reached is False  # refused connections: nothing was sent
             assert breaker.state == "open"
 
-            with pytest.raises(HostUnavailable, match="3 calls in a row failed"):
+            with pytest.raises(HostUnavailable, match="3 calls in a row failed") as held:
                 client.size(graphs[0])  # fails at once: the host is not called
+            assert held.value.reached is False
 
             process.start()
             with pytest.raises(HostUnavailable):  # still cooling down, though it is back

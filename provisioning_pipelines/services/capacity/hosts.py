@@ -27,15 +27,15 @@ from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import CapacityExhausted, Conflict, InvalidRequest, NotFound
 from provisioning_pipelines.services.catalog import TIERS
+from provisioning_pipelines.storage.hosts.contract import GraphHost as HostInterface
+from provisioning_pipelines.storage.hosts.directory import HostAddress, HostDirectory
 from provisioning_pipelines.storage.models import GraphHost, Subscription, utcnow
 
 _HOSTS = GraphHost.__table__
-#: A host a new graph may go to: not draining, answering its probes, with a free slot, and (for
-#: now) local: the flows still make graph files on this machine's disk, so a remote host (one
-#: with a ``url``) is registered and watched, and takes graphs once the flows reach hosts through
-#: the host interface (``storage/hosts/``).
+#: A host a new graph may go to: not draining, answering its probes, with a free slot. The most
+#: free slots first (``least_used``): hosts of a tier fill evenly.
 _TAKES_GRAPHS = (_HOSTS.c.status == "available", _HOSTS.c.health == "healthy",
-                 _HOSTS.c.slots_used < _HOSTS.c.capacity, _HOSTS.c.url.is_(None))
+                 _HOSTS.c.slots_used < _HOSTS.c.capacity)
 
 
 def local_host_id(tier: str) -> str:
@@ -94,7 +94,7 @@ def least_used(column: Any, tier: str | ColumnElement[str]) -> Select[Any]:
     row): where the next graph of the tier goes."""
     return (select(column)
             .where(_HOSTS.c.tier == tier, *_TAKES_GRAPHS)
-            .order_by(_HOSTS.c.slots_used, _HOSTS.c.id).limit(1))
+            .order_by((_HOSTS.c.slots_used - _HOSTS.c.capacity), _HOSTS.c.id).limit(1))
 
 
 @functools.cache
@@ -112,6 +112,27 @@ def allocate_slot(session: Session, tier: str) -> Row[Any]:
         if free_slots(session, tier) == 0:
             break
     raise CapacityExhausted(f"tier {tier!r}: no host has a free slot")
+
+
+def slot_elsewhere(session: Session, tier: str, avoid: set[str]) -> Row[Any] | None:
+    """A slot on the tier's host with the most free slots other than ``avoid`` (hosts that
+    did not answer this attempt), or None."""
+    host = least_used(_HOSTS.c.id, tier).where(_HOSTS.c.id.not_in(avoid)).scalar_subquery()
+    return session.execute(
+        update(_HOSTS).where(_HOSTS.c.id == host, *_TAKES_GRAPHS)
+        .values(slots_used=_HOSTS.c.slots_used + 1)
+        .returning(_HOSTS.c.id, _HOSTS.c.data_root)).first()
+
+
+def graph_host(session: Session, directory: HostDirectory, host_id: str) -> HostInterface:
+    """The host a graph lives on, as its interface (its row read once per process)."""
+    found = directory.known(host_id)
+    if found is not None:
+        return found
+    row = session.get(GraphHost, host_id)
+    if row is None:
+        raise NotFound(f"host_id: no host {host_id[:70]!r}", field="host_id")
+    return directory.get(HostAddress(row.id, row.url, row.data_root))
 
 
 def release_slot(session: Session, host_id: str) -> None:

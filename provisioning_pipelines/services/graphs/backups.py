@@ -20,18 +20,20 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.errors import InvalidRequest, NotFound, PaymentRequired
+from provisioning_pipelines.errors import Conflict, InvalidRequest, NotFound, PaymentRequired
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.catalog import TIERS
 from provisioning_pipelines.services.graphs import lifecycle
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
 from provisioning_pipelines.services.graphs.states import GRAPH, LIVE
+from provisioning_pipelines.storage.hosts.contract import GraphHost as GraphHostInterface
 from provisioning_pipelines.storage.ladybug import ddl_fingerprint
 from provisioning_pipelines.storage.ladybug.backups import BackupFile, checksum_of
 from provisioning_pipelines.storage.models import (
     Graph,
     GraphBackup,
+    GraphHost,
     GraphSchema,
     Subscription,
     utcnow,
@@ -66,6 +68,21 @@ def file_of(policy: BackupPolicy, graph_id: str, backup_id: str) -> Path:
     return policy.backup_dir / graph_id / f"{backup_id}.lbug"
 
 
+def take(host: GraphHostInterface, policy: BackupPolicy, graph_id: str, backup_id: str, *,
+         missing_ok: bool = False) -> BackupFile | None:
+    """The host's consistent copy of the graph (checkpointed first; an existing one is
+    returned). A local host writes it at ``file_of``; a host server keeps it on its own disk,
+    and the path names where the manifest goes here. None when ``missing_ok`` and the host does
+    not hold the graph (a deletion whose file went before its final backup was recorded)."""
+    try:
+        made = host.back_up(graph_id, backup_id)
+    except NotFound:
+        if missing_ok:
+            return None
+        raise
+    return BackupFile(file_of(policy, graph_id, backup_id), made.size_bytes, made.sha256)
+
+
 def record(session: Session, policy: BackupPolicy, graph: Graph, backup_id: str, kind: str,
            copy: BackupFile | None) -> GraphBackup:
     """The backup's row and manifest (once: a retry finds them, and needs no ``copy``)."""
@@ -88,6 +105,7 @@ def record(session: Session, policy: BackupPolicy, graph: Graph, backup_id: str,
                 "size_bytes": copy.size_bytes, "checksum_sha256": copy.checksum,
                 "schema": {"fingerprint": backup.schema_fingerprint,
                            "statements": statements}}
+    copy.path.parent.mkdir(parents=True, exist_ok=True)
     copy.path.with_suffix(".json").write_text(json.dumps(manifest, indent=2))
     audit.record(session, actor="backups", action="graph.backed_up", subject_type="graph",
                  subject_id=graph.id, details={"backup_id": backup_id, "kind": kind,
@@ -164,6 +182,19 @@ class RestorePlan:
     backup_path: Path
     checksum: str
     user_id: str
+
+
+def check_restorable_here(session: Session, plan: RestorePlan) -> None:
+    """A restore copies the backup's file into the graph's place on this machine, so both
+    graphs must live on local hosts; one on a host server is refused (409, nothing touched)
+    until backups live in object storage, from where any host can fetch them."""
+    for graph_id in {plan.source_graph_id, plan.graph_id}:
+        graph = session.get(Graph, graph_id)
+        host = session.get(GraphHost, graph.host_id) if graph is not None else None
+        if host is not None and host.url is not None:
+            raise Conflict(f"backup_id: graph {graph_id} lives on graph host server "
+                           f"{host.id}; restoring a backup there is not supported yet (its "
+                           "backups stay on that host)", field="backup_id")
 
 
 def plan_restore(session: Session, *, user_id: str, graph_id: str, backup_id: str,

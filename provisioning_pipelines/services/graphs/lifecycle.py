@@ -42,7 +42,7 @@ from provisioning_pipelines.services.billing.states import SUBSCRIPTION
 from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.graphs.states import GRAPH, LIVE
-from provisioning_pipelines.storage.ladybug import LadybugEngine
+from provisioning_pipelines.storage.hosts.directory import HostDirectory
 from provisioning_pipelines.storage.models import (
     CreditPool,
     CreditTransaction,
@@ -242,18 +242,22 @@ def begin_deletion(session: Session, claim: GraphClaim, *, now_too: bool, actor:
     return graph
 
 
-def remove_subgraphs(session: Session, engine: LadybugEngine, claim: GraphClaim) -> list[str]:
+def remove_subgraphs(session: Session, directory: HostDirectory, claim: GraphClaim
+                     ) -> list[str]:
     """Each subgraph's file and rows (idempotent: what is gone stays gone)."""
     assert_graph_held(session, claim)
     removed = []
     for child in session.scalars(select(Graph.id).where(Graph.parent_graph_id == claim.graph_id)):
-        graphs.discard_graph(session, engine, child)
+        graphs.discard_graph(session, directory, child)
         removed.append(child)
     return removed
 
 
-def remove_database_file(engine: LadybugEngine, path: Path) -> bool:
-    return engine.delete_database(path)
+def remove_database_file(session: Session, directory: HostDirectory, claim: GraphClaim
+                         ) -> bool:
+    """The graph's file and sidecars, on its host (idempotent)."""
+    graph = assert_graph_held(session, claim)
+    return hosts.graph_host(session, directory, graph.host_id).delete(graph.id)
 
 
 def finish_deletion(session: Session, claim: GraphClaim, *, actor: str, reason: str

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Row, delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.errors import CapacityExhausted, NotFound
+from provisioning_pipelines.errors import CapacityExhausted, HostUnavailable, NotFound
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.billing import credits
 from provisioning_pipelines.services.capacity import hosts
@@ -27,11 +27,9 @@ from provisioning_pipelines.services.graphs.graph_requests import GraphRequest
 from provisioning_pipelines.services.provisioning import claims, queue
 from provisioning_pipelines.storage.db import Database, insert_all
 from provisioning_pipelines.storage.graph_ids import ANY_GRAPH_ID, GRAPH_ID
-from provisioning_pipelines.storage.ladybug import (
-    LadybugEngine,
-    expected_tables,
-    node_properties,
-)
+from provisioning_pipelines.storage.hosts.contract import GraphHost as GraphHostInterface
+from provisioning_pipelines.storage.hosts.directory import HostDirectory
+from provisioning_pipelines.storage.ladybug import expected_tables, node_properties
 from provisioning_pipelines.storage.models import (
     CreditPool,
     CreditTransaction,
@@ -91,46 +89,89 @@ def plan_graph(claim: claims.Claim) -> GraphPlan:
 
 
 def create_graph(
-    database: Database, engine: LadybugEngine, claim: claims.Claim, plan: GraphPlan,
-    *, graph_data_dir: Path, local_host_capacity: int | None = None,
+    database: Database, directory: HostDirectory, claim: claims.Claim, plan: GraphPlan,
+    *, graph_data_dir: Path, local_host_capacity: int | None = None, local_hosts: bool = True,
 ) -> dict[str, Any]:
     """Make (or finish making) the graph: its rows (graph, host slot, schema, owner's role,
-    credit pool, audit) in one transaction, then its file.
+    credit pool, audit) in one transaction, then its file, on its host.
 
     The rows commit before the file exists, so a crash in between leaves a graph a retry
-    finishes (``ensure_database`` builds the missing file; each row is written only if absent),
-    or the undo discards, never a file nobody knows about. A graph first made by this attempt
-    cannot have any of the other rows yet: they are inserted without looking first, in the
-    statement that takes the host's slot (``_make_rows``). ``CapacityExhausted`` (nothing made)
-    when the tier has no free slot, or when others of the tier wait for one first: the caller
-    queues the subscription.
+    finishes (the host's create is idempotent on the graph id; each row is written only if
+    absent), or the undo discards, never a file nobody knows about. A graph first made by this
+    attempt cannot have any of the other rows yet: they are inserted without looking first, in
+    the statement that takes the host's slot (``_make_rows``). ``CapacityExhausted`` (nothing
+    made) when the tier has no free slot, or when others of the tier wait for one first: the
+    caller queues the subscription.
+
+    Across machines, a create the host surely never received (no connection was made) moves
+    the graph to another host of the tier, but only when this attempt placed it: an earlier
+    attempt's create may have reached its host, so a resumed graph is only ever retried where
+    its row says, and a partition never makes a second file (``_placed_elsewhere``).
     """
     request = plan.request
+    place = _Placement(graph_data_dir, local_host_capacity, local_hosts)
     try:
         with database.session() as session:
-            path, host_id = _make_rows(session, claim, plan, graph_data_dir, local_host_capacity,
-                                       at_once=True)
+            path, host_id, fresh = _make_rows(session, claim, plan, place, at_once=True)
     except _SlotNotTaken:
         with database.session() as session:
-            path, host_id = _make_rows(session, claim, plan, graph_data_dir, local_host_capacity,
-                                       at_once=False)
+            path, host_id, fresh = _make_rows(session, claim, plan, place, at_once=False)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    made_file = engine.ensure_database(path, plan.ddl)
+    tried: set[str] = set()
+    while True:
+        with database.session() as session:
+            host = hosts.graph_host(session, directory, host_id)
+        try:
+            info = host.create(plan.graph_id, plan.ddl)
+            break
+        except HostUnavailable as exc:
+            tried.add(host_id)
+            if exc.reached or not fresh:
+                raise
+            with database.session() as session:
+                moved = _placed_elsewhere(session, claim, plan, host_id, tried)
+            if moved is None:
+                raise
+            path, host_id = moved
     if request.entity:
-        _write_entity(engine, path, request.entity, plan.ddl)
-    tables = [t.name for t in expected_tables(plan.ddl)]  # ensure_database verified them
+        _write_entity(host, plan.graph_id, request.entity, plan.ddl)
+    tables = [t.name for t in expected_tables(plan.ddl)]  # the host's create verified them
     return {"graph_id": plan.graph_id, "tier": plan.tier.name, "host_id": host_id,
             "database_path": str(path), "graph_type": request.graph_type, "tables": tables,
-            "resumed": not made_file}
+            "resumed": not info.created}
 
 
-def _make_rows(session: Session, claim: claims.Claim, plan: GraphPlan, graph_data_dir: Path,
-               local_host_capacity: int | None, *, at_once: bool) -> tuple[Path, str]:
+@dataclass(frozen=True)
+class _Placement:
+    graph_data_dir: Path
+    local_host_capacity: int | None
+    local_hosts: bool
+
+
+def _placed_elsewhere(session: Session, claim: claims.Claim, plan: GraphPlan, host_id: str,
+                      tried: set[str]) -> tuple[Path, str] | None:
+    """Move the graph this attempt placed on ``host_id`` (which surely never received its
+    create) to another host of the tier not yet ``tried``: its slot given back, one taken
+    there, the row pointed at it, in one transaction under the claim. None when no other host
+    has a free slot (the graph stays where it was, for the next attempt)."""
+    claims.write_held(session, claim, resource_id=plan.graph_id)
+    slot = hosts.slot_elsewhere(session, plan.tier.name, tried)
+    if slot is None:
+        return None
+    hosts.release_slot(session, host_id)
+    path = database_path(slot.data_root, plan.graph_id)
+    session.execute(update(Graph).where(Graph.id == plan.graph_id)
+                    .values(host_id=slot.id, database_path=str(path)))
+    return path, slot.id
+
+
+def _make_rows(session: Session, claim: claims.Claim, plan: GraphPlan, place: _Placement,
+               *, at_once: bool) -> tuple[Path, str, bool]:
     """The graph's rows and its host's slot (or what an earlier attempt did not make); the
-    file's path and host. ``at_once``: the rows and the slot on the host the fence's statement
-    picked are one statement, so the host's row (every graph of the tier takes a slot there)
-    stays locked for that statement and the commit only; ``_SlotNotTaken`` if it filled."""
+    file's path and host, and whether this attempt placed it. ``at_once``: the rows and the
+    slot on the host the fence's statement picked are one statement, so the host's row (every
+    graph of the tier takes a slot there) stays locked for that statement and the commit only;
+    ``_SlotNotTaken`` if it filled."""
     graph_id = plan.graph_id
     subscription = claims.write_held(session, claim, also=(*_MADE_BEFORE, *_FREE_HOST),
                                      resource_id=graph_id)
@@ -139,18 +180,18 @@ def _make_rows(session: Session, claim: claims.Claim, plan: GraphPlan, graph_dat
         grant_role(session, graph_id, claim.user_id, "admin")
         credits.create_graph_pool(session, graph_id=graph_id, tier=plan.tier,
                                   subscription_id=claim.subscription_id)
-        return Path(subscription.made_database_path), subscription.made_host_id
+        return Path(subscription.made_database_path), subscription.made_host_id, False
     if at_once and subscription.free_id is not None:
         path = database_path(subscription.free_data_root, graph_id)
         rows = _new_graph_rows(claim, plan, subscription.free_id, path)
         if queue.take_slot_in_turn(session, subscription, on_host=subscription.free_id,
                                    rows=rows) is None:
             raise _SlotNotTaken
-        return path, subscription.free_id
-    slot = _place(session, subscription, plan.tier, graph_data_dir, local_host_capacity)
+        return path, subscription.free_id, True
+    slot = _place(session, subscription, plan.tier, place)
     path = database_path(slot.data_root, graph_id)
     insert_all(session, _new_graph_rows(claim, plan, slot.id, path))
-    return path, slot.id
+    return path, slot.id, True
 
 
 def _new_graph_rows(claim: claims.Claim, plan: GraphPlan, host_id: str, path: Path
@@ -174,8 +215,8 @@ def _new_graph_rows(claim: claims.Claim, plan: GraphPlan, host_id: str, path: Pa
     ]
 
 
-def _place(session: Session, subscription: Row[Any], tier: Tier, graph_data_dir: Path,
-           local_host_capacity: int | None) -> Row[Any]:
+def _place(session: Session, subscription: Row[Any], tier: Tier, place: _Placement
+           ) -> Row[Any]:
     """A slot for a new graph (its host's ``id`` and ``data_root``). Usually one statement: a
     slot taken unless someone of the tier is ahead. When that takes none (a fresh install
     without hosts, a queue, a full tier, a lost race), step by step, to register the local
@@ -183,13 +224,14 @@ def _place(session: Session, subscription: Row[Any], tier: Tier, graph_data_dir:
     slot = queue.take_slot_in_turn(session, subscription)
     if slot is not None:
         return slot
-    hosts.ensure_local_hosts(session, graph_data_dir, local_host_capacity)
+    if place.local_hosts:
+        hosts.ensure_local_hosts(session, place.graph_data_dir, place.local_host_capacity)
     if queue.must_wait(session, subscription):
         raise CapacityExhausted(f"tier {tier.name!r}: others wait for a slot first")
     return hosts.allocate_slot(session, tier.name)
 
 
-def _write_entity(engine: LadybugEngine, path: Path, entity: Mapping[str, Any],
+def _write_entity(host: GraphHostInterface, graph_id: str, entity: Mapping[str, Any],
                   ddl: Sequence[str]) -> None:
     """The entity a graph is about becomes its first node (properties the schema knows only,
     read from the DDL: one open of the new file, the write, not a second to ask)."""
@@ -199,8 +241,8 @@ def _write_entity(engine: LadybugEngine, path: Path, entity: Mapping[str, Any],
     values.setdefault("identifier", _slug(str(entity["name"])))
     values["name"] = str(entity["name"])
     assignments = ", ".join(f"e.`{key}` = ${key}" for key in values if key != "identifier")
-    engine.execute(path, [(f"MERGE (e:Entity {{identifier: $identifier}}) SET {assignments}",
-                           values)])
+    host.query(graph_id, f"MERGE (e:Entity {{identifier: $identifier}}) SET {assignments}",
+               values, read_only=False)  # a MERGE: repeated, the same node
 
 
 def _slug(text: str) -> str:
@@ -307,7 +349,7 @@ def schema_statements(session: Session, graph_id: str) -> list[str]:
     return list((row.schema_json or {}).get("statements") or [])
 
 
-def discard_graph(session: Session, engine: LadybugEngine, graph_id: str) -> bool:
+def discard_graph(session: Session, directory: HostDirectory, graph_id: str) -> bool:
     """Remove a graph that never became active: file first, then rows and its host slot.
 
     The file goes first: a crash between the two leaves rows without a file, which the next
@@ -316,7 +358,7 @@ def discard_graph(session: Session, engine: LadybugEngine, graph_id: str) -> boo
     graph = session.get(Graph, graph_id)
     if graph is None:
         return False
-    engine.delete_database(Path(graph.database_path))
+    hosts.graph_host(session, directory, graph.host_id).delete(graph_id)
     pool_ids = select(CreditPool.id).where(CreditPool.graph_id == graph_id)
     session.execute(delete(CreditTransaction).where(CreditTransaction.pool_id.in_(pool_ids)))
     session.execute(delete(CreditPool).where(CreditPool.graph_id == graph_id))

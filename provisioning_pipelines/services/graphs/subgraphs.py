@@ -82,6 +82,8 @@ class ReservedSubgraph:
     """A subgraph whose rows exist, and what making its file needs."""
 
     subgraph_id: str
+    #: The parent's host: a subgraph lives beside its parent (a fork is a copy on one host).
+    host_id: str
     path: Path
     parent_path: Path
     tier: str
@@ -149,7 +151,8 @@ def reserve_subgraph(
     graphs.grant_role(session, subgraph_id, user_id, "admin")
     audit.record(session, actor=user_id, action="subgraph.created", subject_type="graph",
                  subject_id=subgraph_id, details={"parent_graph_id": parent_graph_id})
-    return ReservedSubgraph(subgraph_id=subgraph_id, path=Path(subgraph.database_path),
+    return ReservedSubgraph(subgraph_id=subgraph_id, host_id=host.id,
+                            path=Path(subgraph.database_path),
                             parent_path=Path(parent.database_path), tier=subgraph.tier,
                             statements=tuple(statements))
 

@@ -37,9 +37,10 @@ from pathlib import Path
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.errors import EngineError
+from provisioning_pipelines.errors import EngineError, ProvisioningError
 from provisioning_pipelines.services.access import sessions
 from provisioning_pipelines.services.graphs.states import GRAPH
+from provisioning_pipelines.storage.hosts.directory import HostAddress, HostDirectory
 from provisioning_pipelines.storage.ladybug import LadybugEngine, sidecars
 from provisioning_pipelines.storage.ladybug.files import SIDECAR_PREFIXES, recovery_pending
 from provisioning_pipelines.storage.models import Graph, GraphHost, WebhookEvent
@@ -76,8 +77,10 @@ class SweepReport:
 
 
 def host_folders(session: Session, graph_data_dir: Path) -> list[Path]:
-    """Every folder graph files may live in: each host's, and the local default's."""
-    roots = {Path(root) for root in session.scalars(select(GraphHost.data_root))}
+    """Every folder on this machine graph files may live in: each local host's, and the local
+    default's (a host server sweeps its own disk; ``sweep_host_servers`` asks it)."""
+    roots = {Path(root) for root in session.scalars(select(GraphHost.data_root)
+                                                    .where(GraphHost.url.is_(None)))}
     if graph_data_dir.is_dir():
         roots |= {entry for entry in graph_data_dir.iterdir()
                   if entry.is_dir() and not entry.name.startswith(".")}
@@ -92,7 +95,8 @@ def owned_files(session: Session) -> set[str]:
 
 def sweep(session: Session, graph_data_dir: Path, *, min_age_seconds: float,
           now: float | None = None, engine: LadybugEngine | None = None,
-          backup_dir: Path | None = None) -> SweepReport:
+          backup_dir: Path | None = None, directory: HostDirectory | None = None
+          ) -> SweepReport:
     """Remove stale temp files and fork workspaces, quarantine graph files without a row and
     sidecars without a file, (given the ``engine``) finish live graphs' checkpoints, and delete
     expired browser sessions."""
@@ -124,6 +128,8 @@ def sweep(session: Session, graph_data_dir: Path, *, min_age_seconds: float,
     if engine is not None:
         _recover(engine, (path for path in sorted(owned) if recovery_pending(Path(path))),
                  now, min_age_seconds, report)
+    if directory is not None:
+        sweep_host_servers(session, directory, report)
     report.sessions_removed = sessions.remove_expired(session, now=now)
     if report.anything:
         logger.warning("housekeeping: removed %d temp files and %d fork workspaces, "
@@ -137,6 +143,28 @@ def sweep(session: Session, graph_data_dir: Path, *, min_age_seconds: float,
     if report.sessions_removed:
         logger.info("housekeeping: removed %d expired browser sessions", report.sessions_removed)
     return report
+
+
+def sweep_host_servers(session: Session, directory: HostDirectory, report: SweepReport) -> None:
+    """Quarantine, on each healthy host server, the graphs it holds that no row places there.
+    No age is needed: a graph's row is committed before any host is asked to make its file,
+    and a discarded graph's file goes before its row, so a file without a row there is never
+    work in flight. A host that does not answer is skipped until the next sweep."""
+    placed: dict[str, set[str]] = {}
+    for graph_id, host_id in session.execute(select(Graph.id, Graph.host_id)
+                                             .where(Graph.status != _GONE)):
+        placed.setdefault(host_id, set()).add(graph_id)
+    remote = session.execute(select(GraphHost.id, GraphHost.url, GraphHost.data_root)
+                             .where(GraphHost.url.is_not(None),
+                                    GraphHost.health == "healthy")).all()
+    for host_id, url, data_root in remote:
+        host = directory.get(HostAddress(host_id, url, data_root))
+        try:
+            for graph_id in set(host.list().graphs) - placed.get(host_id, set()):
+                if host.quarantine(graph_id):
+                    report.orphans_quarantined.append(f"{host_id}:{graph_id}")
+        except ProvisioningError as exc:
+            logger.warning("housekeeping: host %s: %s", host_id, exc.message)
 
 
 def _old(entry: Path, now: float, min_age_seconds: float) -> bool:

@@ -11,16 +11,16 @@ one (``states.LIVE``) must have a file that opens.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from provisioning_pipelines.errors import ProvisioningError
+from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs.states import GRAPH, HOLDS_SLOT, LIVE
-from provisioning_pipelines.services.upkeep.housekeeping import QUARANTINE, host_folders
-from provisioning_pipelines.storage.ladybug import LadybugEngine, expected_tables
+from provisioning_pipelines.storage.hosts.directory import HostDirectory
+from provisioning_pipelines.storage.ladybug import expected_tables
 from provisioning_pipelines.storage.models import Graph, GraphHost, GraphSchema
 
 
@@ -33,25 +33,28 @@ class Finding:
         return f"{self.subject}: {self.problem}"
 
 
-def graphs_hold_their_schema(session: Session, engine: LadybugEngine, *,
+def graphs_hold_their_schema(session: Session, directory: HostDirectory, *,
                              limit: int = 200) -> tuple[int, list[Finding]]:
-    """Open the newest ``limit`` graphs' files and compare their tables with the stored DDL.
+    """Ask each of the newest ``limit`` graphs' hosts for its tables and compare them with the
+    stored DDL.
 
-    Returns how many were checked and what was wrong.
+    Returns how many were checked and what was wrong (a host that does not answer is one
+    finding per graph: it cannot be checked now).
     """
     rows = session.execute(
-        select(Graph.id, Graph.database_path, GraphSchema.schema_json)
+        select(Graph.id, Graph.host_id, GraphSchema.schema_json)
         .join(GraphSchema, GraphSchema.graph_id == Graph.id)
         .where(Graph.status.in_(LIVE))
         .order_by(Graph.created_at.desc()).limit(limit)).all()
     findings: list[Finding] = []
-    for graph_id, path, schema_json in rows:
+    for graph_id, host_id, schema_json in rows:
         statements = list((schema_json or {}).get("statements") or [])
         wanted = {(t.name.lower(), t.kind) for t in expected_tables(statements)}
         try:
-            found = {(t.name.lower(), t.kind) for t in engine.list_tables(Path(path))}
+            host = hosts.graph_host(session, directory, host_id)
+            found = {(name.lower(), kind) for name, kind in host.tables(graph_id)}
         except Exception as exc:  # a file that is missing or will not open is the finding
-            findings.append(Finding(graph_id, f"cannot open {path}: {exc}"))
+            findings.append(Finding(graph_id, f"cannot open it on host {host_id}: {exc}"))
             continue
         if missing := sorted(name for name, _ in wanted - found):
             findings.append(Finding(graph_id, f"tables missing: {', '.join(missing)}"))
@@ -76,19 +79,32 @@ def hosts_within_capacity(session: Session) -> list[Finding]:
     return findings
 
 
-def files_match_rows(session: Session, graph_data_dir: Path) -> list[Finding]:
-    """Every live graph has its file, and every graph file has the row of a graph that is not
-    deleted."""
-    rows = {os.path.realpath(path): (graph_id, status) for graph_id, path, status in
-            session.execute(select(Graph.id, Graph.database_path, Graph.status)
-                            .where(Graph.status != GRAPH.target("finish_deletion")))}
-    on_disk = {os.path.realpath(entry) for root in host_folders(session, graph_data_dir)
-               for entry in root.iterdir()
-               if entry.is_file() and entry.suffix == ".lbug"
-               and not entry.name.startswith(".") and QUARANTINE not in entry.parts}
-    findings = [Finding(graph_id, f"no file at {path}")
-                for path, (graph_id, status) in sorted(rows.items())
-                if status in LIVE and path not in on_disk]
-    findings += [Finding(Path(path).name, "a graph file no row owns")
-                 for path in sorted(on_disk - set(rows))]
+def placed_by_host(session: Session) -> dict[str, dict[str, str]]:
+    """Every graph that is not deleted, by host: ``{host id: {graph id: status}}``, with an
+    entry for every registered host (an empty host too)."""
+    placed: dict[str, dict[str, str]] = {host_id: {} for host_id in
+                                         session.scalars(select(GraphHost.id))}
+    for graph_id, host_id, status in session.execute(
+            select(Graph.id, Graph.host_id, Graph.status)
+            .where(Graph.status != GRAPH.target("finish_deletion"))):
+        placed.setdefault(host_id, {})[graph_id] = status
+    return placed
+
+
+def files_match_rows(session: Session, directory: HostDirectory) -> list[Finding]:
+    """On every host, every live graph placed there has its file, and every graph file it
+    holds has the row of a graph that is not deleted placed on that host. A host that does not
+    answer is a finding of its own (what it holds cannot be known now)."""
+    findings = []
+    for host_id, placed in sorted(placed_by_host(session).items()):
+        try:
+            held = set(hosts.graph_host(session, directory, host_id).list().graphs)
+        except ProvisioningError as exc:
+            findings.append(Finding(host_id, f"cannot list its graphs: {exc.message}"))
+            continue
+        findings += [Finding(graph_id, f"no file on host {host_id}")
+                     for graph_id, status in sorted(placed.items())
+                     if status in LIVE and graph_id not in held]
+        findings += [Finding(graph_id, f"a graph file on host {host_id} no row places there")
+                     for graph_id in sorted(held - set(placed))]
     return findings

@@ -119,25 +119,32 @@ class HostClient(GraphHost):
 
     # ------------------------------------------------------------------ transport
 
-    def _unavailable(self, why: str) -> HostUnavailable:
-        return HostUnavailable(f"graph host {self.host_id} is unavailable: {why}")
+    def _unavailable(self, why: str, *, reached: bool = True) -> HostUnavailable:
+        return HostUnavailable(f"graph host {self.host_id} is unavailable: {why}",
+                               reached=reached)
 
     def _call(self, method: str, path: str, *, body: Any = None, repeatable: bool) -> Any:
         tries = self.attempts if repeatable else 1
+        reached = False  # whether any try may have reached the host
         for attempt in range(1, tries + 1):
             if not self.breaker.allow():
                 raise self._unavailable(
                     f"{self.breaker.failures} calls in a row failed; not called again for "
-                    f"{self.breaker.cool_down:g} s")
+                    f"{self.breaker.cool_down:g} s", reached=reached)
             try:
                 response = self._http.request(method, path, json=body)
             except httpx.TransportError as exc:
                 self.breaker.failed()
+                # No connection made: the request surely never left this process.
+                reached |= not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout
+                                             | httpx.PoolTimeout)
                 logger.warning("graph host %s (%s) %s %s: %s", self.host_id,
                                self._http.base_url, method, path, exc)
                 if attempt == tries:
-                    raise self._unavailable(f"no answer ({type(exc).__name__})") from None
+                    raise self._unavailable(f"no answer ({type(exc).__name__})",
+                                            reached=reached) from None
             else:
+                reached = True
                 if response.status_code in _RETRY_STATUSES and attempt < tries:
                     self.breaker.succeeded()  # it answered: not down, only busy
                     response.close()
@@ -192,7 +199,7 @@ class HostClient(GraphHost):
         return bool(self._call("DELETE", self._graph(graph_id), repeatable=True)["deleted"])
 
     def list(self) -> Holding:
-        found = self._call("GET", "/v1/graphs", repeatable=True)
+        found = self._call("GET", "/v1/databases", repeatable=True)
         return Holding(tuple(found["graphs"]), tuple(found["unknown"]))
 
     def query(self, graph_id: str, cypher: str, params: Mapping[str, Any] | None = None, *,
@@ -201,6 +208,14 @@ class HostClient(GraphHost):
         found = self._call("POST", f"{self._graph(graph_id)}/query", body=body,
                            repeatable=read_only)
         return list(found["rows"])
+
+    def tables(self, graph_id: str) -> list[tuple[str, str]]:
+        found = self._call("GET", f"{self._graph(graph_id)}/tables", repeatable=True)
+        return [(str(name), str(kind)) for name, kind in found["tables"]]
+
+    def quarantine(self, graph_id: str) -> bool:
+        return bool(self._call("POST", f"{self._graph(graph_id)}/quarantine",
+                               repeatable=True)["quarantined"])
 
     def size(self, graph_id: str) -> int:
         return int(self._call("GET", f"{self._graph(graph_id)}/size",

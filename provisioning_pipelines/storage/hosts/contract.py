@@ -24,6 +24,8 @@ from provisioning_pipelines.storage.graph_ids import ANY_GRAPH_ID
 BACKUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 #: The host's own folder under its data root (schema records, backups, templates).
 HOST_FOLDER = ".host"
+#: Where graph files nobody placed on the host are moved, under its data root.
+QUARANTINE = ".quarantine"
 SUFFIX = ".lbug"
 
 
@@ -111,6 +113,15 @@ class GraphHost(abc.ABC):
     def query(self, graph_id: str, cypher: str, params: Mapping[str, Any] | None = None, *,
               read_only: bool = True) -> list[dict[str, Any]]:
         """Rows as dicts; a read-only query that writes is refused (``InvalidRequest``)."""
+
+    @abc.abstractmethod
+    def tables(self, graph_id: str) -> list[tuple[str, str]]:
+        """The graph's tables as ``(name, kind)`` in creation order (kind NODE or REL)."""
+
+    @abc.abstractmethod
+    def quarantine(self, graph_id: str) -> bool:
+        """Move a graph nobody placed here aside (``.quarantine/``), for an operator to look
+        at; True if it was there."""
 
     @abc.abstractmethod
     def size(self, graph_id: str) -> int:

@@ -2,16 +2,18 @@
 
 This is the embedded default, and what the host server runs behind its HTTP edge. Graph files
 are ``<data root>/<graph id>.lbug`` (with LadybugDB's sidecars beside them), as the services
-place them today; what the host keeps for itself is under ``<data root>/.host/``: the schema
-fingerprint each graph was made with (``schemas/``, so a retried create can tell "the same
-graph" from "another schema under that id"), backups (``backups/<graph id>/<name>.lbug``) and
-the schema templates that make a create a file copy.
+place them today. A host server keeps its own things under ``<data root>/.host/``: backups
+(``backups/<graph id>/<name>.lbug``) and the schema templates that make a create a file copy;
+in the embedded default those are the control plane's ``BACKUP_DIR`` and template folder. A
+retried create tells "the same graph" from "another schema under that id" by the tables the
+file holds, as ``LadybugEngine.ensure_database`` does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from provisioning_pipelines.errors import (
 from provisioning_pipelines.storage.graph_ids import ANY_GRAPH_ID
 from provisioning_pipelines.storage.hosts.contract import (
     HOST_FOLDER,
+    QUARANTINE,
     SUFFIX,
     BackupInfo,
     GraphHost,
@@ -57,13 +60,16 @@ class LocalHost(GraphHost):
     """A host whose files this process opens itself (it must be their only writer)."""
 
     def __init__(self, host_id: str, data_root: Path, *, tier: str, capacity: int,
-                 engine: LadybugEngine | None = None) -> None:
+                 engine: LadybugEngine | None = None, backup_dir: Path | None = None) -> None:
         self.host_id = host_id
         self.data_root = Path(data_root)
         self.tier = tier
         self.capacity = capacity
         self.own = self.data_root / HOST_FOLDER
         self.engine = engine or LadybugEngine(template_dir=self.own / "templates")
+        #: ``<backup_dir>/<graph id>/<name>.lbug``; the embedded default shares the control
+        #: plane's ``BACKUP_DIR`` here, a host server keeps them under its own folder.
+        self.backup_dir = backup_dir or self.own / "backups"
         self.data_root.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ paths
@@ -78,16 +84,6 @@ class LocalHost(GraphHost):
                            field=field_name)
         return path
 
-    def _schema_record(self, graph_id: str) -> Path:
-        return self.own / "schemas" / graph_id
-
-    def _record_schema(self, graph_id: str, fingerprint: str) -> None:
-        record = self._schema_record(graph_id)
-        record.parent.mkdir(parents=True, exist_ok=True)
-        temp = files.temp_path(record)
-        temp.write_text(fingerprint)
-        os.replace(temp, record)
-
     # ------------------------------------------------------------------ the contract
 
     def create(self, graph_id: str, ddl: Sequence[str]) -> GraphInfo:
@@ -97,34 +93,30 @@ class LocalHost(GraphHost):
             raise InvalidRequest("ddl: no statement given", field="ddl")
         fingerprint = ddl_fingerprint(ddl)
         with files.WRITE_LOCKS.hold(files.lock_key(path)):
-            if path.exists():
-                self._same_schema(graph_id, path, ddl, fingerprint)
+            if path.exists() and self._same_schema(graph_id, path, ddl):
                 return GraphInfo(graph_id, fingerprint, self._size(path), created=False)
             try:
-                self.engine.create_database(path, ddl)
+                self.engine.ensure_database(path, ddl)
             except EngineError as exc:
                 if _DDL_FAILED not in str(exc) or isinstance(exc, StorageFull):
                     raise
                 raise InvalidRequest(f"ddl: {exc.message}", field="ddl") from exc
-            self._record_schema(graph_id, fingerprint)
             return GraphInfo(graph_id, fingerprint, self._size(path), created=True)
 
-    def _same_schema(self, graph_id: str, path: Path, ddl: list[str], fingerprint: str) -> None:
-        """A graph already there is this create's (a retry) or a ``Conflict``. Without a record
-        (a file put there by hand, a crash between the file and its record) its tables decide,
-        and the record is written."""
-        record = self._schema_record(graph_id)
-        if record.is_file():
-            if record.read_text().strip() != fingerprint:
-                raise Conflict(f"graph_id: graph {graph_id} exists on host {self.host_id} with "
-                               "another schema", field="graph_id")
-            return
-        held = table_keys(self.engine.list_tables(path))
+    def _same_schema(self, graph_id: str, path: Path, ddl: list[str]) -> bool:
+        """A graph already there is this create's (a retry: the same tables) or a
+        ``Conflict``; False for a file that does not open (a truncated or foreign one), which
+        the engine replaces, as it does on a retry in this process."""
+        try:
+            held = table_keys(self.engine.list_tables(path))
+        except EngineError:
+            return False
         if held != table_keys(expected_tables(ddl)):
             raise Conflict(f"graph_id: graph {graph_id} exists on host {self.host_id} with "
-                           f"other tables ({', '.join(sorted(name for name, _ in held))})",
+                           "another schema (its tables: "
+                           f"{', '.join(sorted(name for name, _ in held))})",
                            field="graph_id")
-        self._record_schema(graph_id, fingerprint)
+        return True
 
     def fork(self, child_id: str, parent_id: str, *, tables: Sequence[str] | None = None,
              exclude: Sequence[str] = ()) -> dict[str, int]:
@@ -142,21 +134,19 @@ class LocalHost(GraphHost):
 
     def back_up(self, graph_id: str, name: str) -> BackupInfo:
         path = self._held(graph_id)
-        destination = self.own / "backups" / graph_id / f"{check_backup_name(name)}{SUFFIX}"
+        destination = self.backup_dir / graph_id / f"{check_backup_name(name)}{SUFFIX}"
         made = ladybug_backups.back_up(self.engine, path, destination)
         return BackupInfo(graph_id, name, made.size_bytes, made.checksum)
 
     def delete(self, graph_id: str) -> bool:
-        removed = self.engine.delete_database(self._path(graph_id))
-        self._schema_record(graph_id).unlink(missing_ok=True)
-        return removed
+        return self.engine.delete_database(self._path(graph_id))
 
     def list(self) -> Holding:
         graphs, unknown = [], []
         names = set(os.listdir(self.data_root))
         for name in sorted(names):
             stem = name[: -len(SUFFIX)] if name.endswith(SUFFIX) else None
-            if name == HOST_FOLDER:
+            if name in (HOST_FOLDER, QUARANTINE):
                 continue
             if stem is not None and ANY_GRAPH_ID.fullmatch(stem) and \
                     (self.data_root / name).is_file():
@@ -192,6 +182,23 @@ class LocalHost(GraphHost):
             if _QUERY_FAILED in str(exc):  # opened, then the text failed: the query's fault
                 raise InvalidRequest(f"cypher: {exc.message}", field="cypher") from exc
             raise
+
+    def tables(self, graph_id: str) -> list[tuple[str, str]]:
+        return [(table.name, table.kind) for table in
+                self.engine.list_tables(self._held(graph_id))]
+
+    def quarantine(self, graph_id: str) -> bool:
+        path = self._path(graph_id)
+        folder = self.data_root / QUARANTINE
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        moved = False
+        with files.WRITE_LOCKS.hold(files.lock_key(path)):
+            for part in (path, *files.sidecars(path)):
+                if part.exists():
+                    folder.mkdir(exist_ok=True)
+                    os.replace(part, folder / f"{part.name}.{stamp}")
+                    moved = True
+        return moved
 
     def size(self, graph_id: str) -> int:
         return self._size(self._held(graph_id))

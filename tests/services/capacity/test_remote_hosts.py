@@ -50,8 +50,8 @@ def test_a_killed_host_is_unhealthy_after_the_misses_and_healthy_when_it_answers
                                graph_data_dir=graph_dir)
     add_host(database, "other", capacity=10, used=5)
     first_seen = row(database, host.host_id).last_seen_at
-    # Registered and watched, but no graph is placed on it while the flows write locally.
-    assert placed(database) == "other"
+    # Healthy, it takes the next graph: 10 slots free against the other's 5.
+    assert placed(database) == host.host_id
 
     host.kill()
     for miss in range(1, MISSES):
@@ -62,8 +62,8 @@ def test_a_killed_host_is_unhealthy_after_the_misses_and_healthy_when_it_answers
     assert (down.health, down.failed_probes, down.last_seen_at) == ("unhealthy", MISSES,
                                                                     first_seen)
     # Its row and slots stay; the tier fills on the other host and then says so.
-    assert [placed(database) for _ in range(4)] == ["other"] * 4
-    assert down.slots_used == 0
+    assert [placed(database) for _ in range(5)] == ["other"] * 5
+    assert down.slots_used == 1
     with pytest.raises(CapacityExhausted):
         placed(database)
     with database.session() as session:
