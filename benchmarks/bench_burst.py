@@ -1,6 +1,7 @@
 """A burst of paid webhooks at once, against ``serve`` with one worker and with several.
 
     python -m benchmarks.bench_burst [--graphs 500] [--workers 1 3] [--duplicates 0.1]
+                                     [--hosts 0 3] [--rounds 1]
 
 For each worker count, in one run: a fresh PostgreSQL app database, Redis prefix and Dagster
 instance (dagster-postgres, as deployed), ``--graphs`` unpaid graph subscriptions, then every
@@ -10,6 +11,12 @@ provider delivers). Printed: the webhook answer's median and p99, graphs per sec
 first delivery sent until the last subscription active, whether every subscription has exactly
 one graph and every operation's materialization was reported to Dagster, and the floor: as many
 deliveries, unsigned, refused before any database work, sent the same way just before.
+
+``--hosts``: with 0 the graphs go to the in-process local hosts (the embedded default); with N,
+to N ``host serve`` processes registered by url (``LOCAL_GRAPH_HOSTS=false``), and each host is
+asked what it really holds, which must be the graphs its rows place there. With both, the rate
+on host servers is printed as a ratio of the in-process one (goal: at least 0.8), from the
+medians of ``--rounds`` alternating runs.
 """
 
 from __future__ import annotations
@@ -34,12 +41,15 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
+from benchmarks.bench_host import TOKEN, _start
 from benchmarks.scratch import ScratchDatabases, delete_redis_prefix
 from provisioning_pipelines.services import requests as subscriptions
 from provisioning_pipelines.services.access import accounts
 from provisioning_pipelines.services.billing.events import billing_event, signed_delivery
+from provisioning_pipelines.services.capacity import remote
 from provisioning_pipelines.storage.db import get_database
 from provisioning_pipelines.storage.events import RedisOperationStore
+from provisioning_pipelines.storage.hosts.client import HostClient
 from provisioning_pipelines.storage.migrate import upgrade
 from provisioning_pipelines.storage.models import Graph, Subscription
 
@@ -111,8 +121,31 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
             "p99_ms": ordered[int(len(ordered) * 0.99) - 1] * 1000}
 
 
+def start_hosts(count: int, home: Path) -> tuple[list[subprocess.Popen[bytes]], dict[str, str]]:
+    """``count`` host servers, each on its own data root; their processes and urls by id."""
+    processes, urls = [], {}
+    for index in range(count):
+        host_id, port = f"burst-host-{index}", free_port()
+        processes.append(_start(home / "hosts" / host_id, port, host_id))
+        urls[host_id] = f"http://127.0.0.1:{port}"
+    return processes, urls
+
+
+def held_as_placed(database: Any, urls: dict[str, str]) -> bool:
+    """Every host holds exactly the graphs its rows place there, asked of the host."""
+    with database.session() as session:
+        placed: dict[str, set[str]] = {host_id: set() for host_id in urls}
+        for graph_id, host_id in session.execute(select(Graph.id, Graph.host_id)):
+            placed.setdefault(host_id, set()).add(graph_id)
+    held = {}
+    for host_id, url in urls.items():
+        with HostClient(host_id, url, TOKEN) as client:
+            held[host_id] = set(client.list().graphs)
+    return held == placed
+
+
 def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: str, redis_url: str,
-        folder: Path, answer_only: bool = False) -> dict[str, Any]:
+        folder: Path, answer_only: bool = False, hosts: int = 0) -> dict[str, Any]:
     name = f"pp_bench_burst_{uuid.uuid4().hex[:8]}"
     scratch = ScratchDatabases(postgres)
     database_url = scratch.create(name)
@@ -124,10 +157,14 @@ def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: st
         "telemetry:\n  enabled: false\n")
     prefix = f"{name}:"
     process = None
+    servers, urls = start_hosts(hosts, home)
     try:
         upgrade(database_url)
         database = get_database(database_url)
         with database.session() as session:
+            for host_id, host_url in urls.items():
+                remote.add_remote_host(session, host_id=host_id, url=host_url, token=TOKEN,
+                                       graph_data_dir=home / "graphs")
             user = accounts.create_user(session, email=f"{name}@example.com")
             ids = [subscriptions.request_graph(session, user_id=user.user_id,
                                                plan_name="ladybug-standard",
@@ -140,6 +177,7 @@ def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: st
                "SESSION_SECRET": "session secret of the benchmark",
                "DAGSTER_HOME": str(home / "dagster"), "DAGSTER_PG_URL": dagster_url,
                "LOCAL_HOST_CAPACITY": str(graphs * 2),
+               **({"LOCAL_GRAPH_HOSTS": "false", "GRAPH_HOST_TOKEN": TOKEN} if hosts else {}),
                # answer only: what recording a webhook costs with no provisioning beside it
                "DIRECT_GRAPH_PROVISIONING_ENABLED": str(not answer_only).lower()}
         port = free_port()
@@ -195,14 +233,15 @@ def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: st
         store.close()
         return {**answered, "active": active, "graphs": made, "owners": owners,
                 "seconds": took, "rate": graphs / took, "operations": len(operations),
-                "reported": reported}
+                "reported": reported, "hosts": hosts,
+                "held_as_placed": held_as_placed(database, urls) if hosts else True}
     finally:
-        if process is not None:
-            process.send_signal(signal.SIGTERM)
+        for running in ([process] if process is not None else []) + servers:
+            running.send_signal(signal.SIGTERM)
             try:
-                process.wait(120)
+                running.wait(120)
             except subprocess.TimeoutExpired:
-                process.kill()
+                running.kill()
         scratch.drop_all()
         delete_redis_prefix(redis_url, prefix)
 
@@ -216,6 +255,10 @@ def main() -> None:
                         help="direct provisioning off: only what answering the webhooks costs")
     parser.add_argument("--senders", type=int, nargs="+", default=[0, 20],
                         help="deliveries in flight at most (0: all at once)")
+    parser.add_argument("--hosts", type=int, nargs="+", default=[0],
+                        help="host servers the graphs go to (0: in-process local hosts)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="runs of every --hosts value, alternating")
     parser.add_argument("--postgres", default="postgresql+psycopg2://postgres@127.0.0.1:5432/"
                         "postgres")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
@@ -225,25 +268,36 @@ def main() -> None:
           f"PostgreSQL + Redis + dagster-postgres, {os.cpu_count()} cores")
     try:
         for workers, senders in [(w, s) for s in args.senders for w in args.workers]:
-            result = run(workers, senders, args.graphs, args.duplicates, args.postgres,
-                         args.redis, folder, args.answer_only)
-            if args.answer_only:
-                print(f"  --workers {workers}, {senders or 'all'} in flight, no provisioning: "
-                      f"{result['sent']} answered in {result['answered_s']:.1f} s; answer p50 "
-                      f"{result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; {floor(result)}")
-            else:
-                show(result, workers, senders, args.graphs)
+            rates: dict[int, list[float]] = {}
+            for hosts in [h for _ in range(args.rounds) for h in args.hosts]:
+                result = run(workers, senders, args.graphs, args.duplicates, args.postgres,
+                             args.redis, folder, args.answer_only, hosts)
+                if args.answer_only:
+                    print(f"  --workers {workers}, {senders or 'all'} in flight, no "
+                          f"provisioning: {result['sent']} answered in "
+                          f"{result['answered_s']:.1f} s; answer p50 {result['p50_ms']:.0f} ms,"
+                          f" p99 {result['p99_ms']:.0f} ms; {floor(result)}")
+                else:
+                    show(result, workers, senders, args.graphs)
+                    rates.setdefault(hosts, []).append(result["rate"])
+            for hosts, rate in rates.items():
+                if hosts and 0 in rates:
+                    ratio = statistics.median(rate) / statistics.median(rates[0])
+                    print(f"  {hosts} host servers ÷ in-process hosts, median graphs/s of "
+                          f"{len(rate)} rounds: {ratio:.2f} (goal: at least 0.8)")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def show(result: dict[str, Any], workers: int, senders: int, graphs: int) -> None:
-    exact = result["graphs"] == result["owners"] == result["active"] == graphs
-    print(f"  --workers {workers}, {senders or 'all'} in flight: {result['sent']} "
+    exact = result["graphs"] == result["owners"] == result["active"] == graphs \
+        and result["held_as_placed"]
+    where = f"{result['hosts']} host servers" if result["hosts"] else "in-process hosts"
+    print(f"  {where}, --workers {workers}, {senders or 'all'} in flight: {result['sent']} "
           f"deliveries; webhook answer p50 "
           f"{result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; all {result['active']}"
           f" active in {result['seconds']:.1f} s = {result['rate']:.0f} graphs/s; "
-          f"exactly one graph each: {exact}; materializations reported: "
+          f"exactly one graph each (and held where placed): {exact}; materializations reported: "
           f"{result['reported'].get('ok', 0)}/{result['operations']} {result['reported']}; "
           f"{floor(result)}")
 

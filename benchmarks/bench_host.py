@@ -38,10 +38,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start(root: Path, port: int) -> subprocess.Popen[bytes]:
+def _start(root: Path, port: int, host_id: str = "bench-host") -> subprocess.Popen[bytes]:
+    """A ``host serve`` of the standard tier on ``port``, once it answers ``/healthz``."""
     cli = str(Path(sys.executable).parent / "provisioning-pipelines")
     env = {**os.environ, "GRAPH_HOST_TOKEN": TOKEN}
-    process = subprocess.Popen([cli, "host", "serve", "--id", "bench-host", "--tier",
+    process = subprocess.Popen([cli, "host", "serve", "--id", host_id, "--tier",
                                 "ladybug-standard", "--capacity", "100000", "--data-root",
                                 str(root), "--port", str(port)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
