@@ -24,6 +24,7 @@ from provisioning_pipelines.flows import (
     RestoreConfig,
 )
 from provisioning_pipelines.services.access.accounts import Identity
+from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs import backups, lifecycle
 from provisioning_pipelines.services.graphs import records as graphs
 
@@ -35,6 +36,7 @@ def routes(api: ApiContext) -> list[Route]:
         def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
             graph = lifecycle.managed_graph(session, graph_id, user.user_id)
             lifecycle.check_status(graph, "back_up")
+            hosts.check_serving(session, graph_id)
             backup_id = backups.backup_id_for("on_demand", graph_id)
             config = BackupConfig(graph_id=graph_id, kind="on_demand", backup_id=backup_id,
                                   actor=user.user_id)
@@ -66,6 +68,8 @@ def routes(api: ApiContext) -> list[Route]:
         def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
             plan = backups.plan_restore(session, user_id=user.user_id, graph_id=graph_id,
                                         backup_id=backup_id, into_graph_id=into)
+            backups.check_restorable_here(session, plan)
+            hosts.check_serving(session, plan.graph_id)
             config = RestoreConfig(user_id=user.user_id, graph_id=graph_id,
                                    backup_id=backup_id, into_graph_id=into)
             return RESTORE_FLOW, config, {"graph_id": plan.graph_id}

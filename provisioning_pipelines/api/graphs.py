@@ -26,6 +26,7 @@ from provisioning_pipelines.flows import (
 )
 from provisioning_pipelines.services import validation
 from provisioning_pipelines.services.access.accounts import Identity
+from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs import graph_requests, lifecycle, subgraphs
 from provisioning_pipelines.services.graphs import records as graphs
 
@@ -39,6 +40,7 @@ def routes(api: ApiContext) -> list[Route]:
             with api.database.session() as session:
                 parent = graphs.visible_graph(session, graph_id, user.user_id)
                 subgraphs.check_can_add_subgraph(session, parent, user.user_id)
+                hosts.check_serving(session, graph_id)
             return user
 
         user = await run_in_threadpool(visible)
@@ -86,6 +88,7 @@ def routes(api: ApiContext) -> list[Route]:
         def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
             subgraphs.deletable_subgraph(session, user_id=user.user_id,
                                          parent_graph_id=parent_id, name=name)
+            hosts.check_serving(session, parent_id)  # a subgraph lives on its parent's host
             return SUBGRAPH_DELETION_FLOW, SubgraphDeletionConfig(
                 user_id=user.user_id, parent_graph_id=parent_id, name=name), {}
 

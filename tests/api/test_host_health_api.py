@@ -1,5 +1,6 @@
 """A graph whose host does not answer its probes says so over HTTP (``available: false``),
-never a 5xx; the others, and the same graph once its host answers again, say ``true``."""
+and work on it is refused with a 503 and ``Retry-After`` before any operation is opened; the
+others, and the same graph once its host answers again, say ``true``."""
 
 from __future__ import annotations
 
@@ -87,6 +88,30 @@ def test_a_graph_on_an_unhealthy_host_is_not_available_over_http(
     for _ in range(MISSES):
         recovery.probe_hosts()
     assert shown() == {local_graph: True, remote_graph: False}
+    with api.client(user.api_key) as client:
+        work = {"backup": client.post(f"/v1/graphs/{remote_graph}/backups"),
+                "subgraph": client.post(f"/v1/graphs/{remote_graph}/subgraphs",
+                                        json={"name": "analysis"})}
+        for answer in work.values():  # refused before any operation is opened
+            assert answer.status_code == 503
+            assert answer.headers["Retry-After"]
+            assert answer.json()["error"] == "host_unavailable"
+            assert "operation_id" not in answer.json()
+            assert answer.json()["message"] == (
+                f"graph_id: graph {remote_graph} is on graph host {host.host_id}, which is not "
+                "answering; try again shortly")
+        assert client.post(f"/v1/graphs/{local_graph}/backups").status_code == 202
     host.start()
     recovery.probe_hosts()
     assert shown() == {local_graph: True, remote_graph: True}
+    with api.client(user.api_key) as client:
+        taken = client.post(f"/v1/graphs/{remote_graph}/backups")
+        assert taken.status_code == 202
+        assert api.events(user.api_key, taken.json()["operation_id"])[-1][1] == "operation_completed"
+        restore = client.post(f"/v1/graphs/{remote_graph}/backups/"
+                              f"{taken.json()['backup_id']}/restore")
+    # The backup stays on the host server that took it, so a restore is refused before any
+    # operation is opened (restoring there comes with backups in object storage).
+    assert restore.status_code == 409
+    assert restore.json()["error"] == "conflict" and "operation_id" not in restore.json()
+    assert f"lives on graph host server {host.host_id}" in restore.json()["message"]

@@ -25,11 +25,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.errors import CapacityExhausted, Conflict, InvalidRequest, NotFound
+from provisioning_pipelines.errors import (
+    CapacityExhausted,
+    Conflict,
+    HostUnavailable,
+    InvalidRequest,
+    NotFound,
+)
 from provisioning_pipelines.services.catalog import TIERS
 from provisioning_pipelines.storage.hosts.contract import GraphHost as HostInterface
 from provisioning_pipelines.storage.hosts.directory import HostAddress, HostDirectory
-from provisioning_pipelines.storage.models import GraphHost, Subscription, utcnow
+from provisioning_pipelines.storage.models import Graph, GraphHost, Subscription, utcnow
 
 _HOSTS = GraphHost.__table__
 #: A host a new graph may go to: not draining, answering its probes, with a free slot. The most
@@ -188,6 +194,15 @@ def set_status(session: Session, host_id: str, status: str) -> GraphHost:
 
 def list_hosts(session: Session) -> list[GraphHost]:
     return list(session.scalars(select(GraphHost).order_by(GraphHost.tier, GraphHost.id)))
+
+
+def check_serving(session: Session, graph_id: str) -> None:
+    """Refuse work on a graph whose host misses its probes (503 with ``Retry-After``) before an
+    operation is opened: it would only wait out the host's timeouts and fail."""
+    host_id = session.scalar(select(Graph.host_id).where(Graph.id == graph_id))
+    if host_id is not None and unhealthy_among(session, {host_id}):
+        raise HostUnavailable(f"graph_id: graph {graph_id} is on graph host {host_id}, which "
+                              "is not answering; try again shortly", field="graph_id")
 
 
 def unhealthy_among(session: Session, host_ids: set[str]) -> set[str]:
