@@ -166,6 +166,9 @@ def create_app(host: LocalHost, tokens: Sequence[str], *, body_timeout: float = 
     def back_up(request: Request, _: dict[str, Any]) -> Any:
         return asdict(host.back_up(graph_id(request), request.path_params["name"]))
 
+    def delete_backup(request: Request, _: dict[str, Any]) -> Any:
+        return {"deleted": host.delete_backup(graph_id(request), request.path_params["name"])}
+
     def listing(_request: Request, _: dict[str, Any]) -> Any:
         held = host.list()
         return {"graphs": list(held.graphs), "unknown": list(held.unknown)}
@@ -207,6 +210,7 @@ def create_app(host: LocalHost, tokens: Sequence[str], *, body_timeout: float = 
         Route(f"{graph}/fork", endpoint(fork, body=True), methods=["POST"]),
         Route(f"{graph}/checkpoint", endpoint(checkpoint), methods=["POST"]),
         Route(f"{graph}/backups/{{name}}", endpoint(back_up), methods=["PUT"]),
+        Route(f"{graph}/backups/{{name}}", endpoint(delete_backup), methods=["DELETE"]),
         Route(f"{graph}/query", endpoint(query, body=True), methods=["POST"]),
         Route(f"{graph}/size", endpoint(size), methods=["GET"]),
         Route(f"{graph}/tables", endpoint(tables), methods=["GET"]),

@@ -34,6 +34,7 @@ from dagster import (
     sensor,
 )
 
+from provisioning_pipelines.errors import HostUnavailable
 from provisioning_pipelines.flows import (
     DELETION_FLOW,
     REACTIVATION_FLOW,
@@ -95,7 +96,11 @@ def reap(context: SensorEvaluationContext, database: DatabaseResource,
             graphs.discard_graph(session, graph_engine.hosts(), graph_id)
             done.append(f"removed the unfinished restore {graph_id}")
         for backup in backups.expired(session, now=now):
-            backups.prune(session, backup)
+            try:
+                backups.prune(session, graph_engine.hosts(), backup)
+            except HostUnavailable as exc:  # kept, and pruned on a later round
+                done.append(f"could not prune backup {backup.id}: {exc.message}")
+                continue
             done.append(f"pruned backup {backup.id} (expired {backup.expires_at:%Y-%m-%d})")
         waiting = billing.unprovisioned(
             session, paid_before=now - timedelta(minutes=alert_minutes))

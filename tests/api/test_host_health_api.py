@@ -107,7 +107,8 @@ def test_a_graph_on_an_unhealthy_host_is_not_available_over_http(
     with api.client(user.api_key) as client:
         taken = client.post(f"/v1/graphs/{remote_graph}/backups")
         assert taken.status_code == 202
-        assert api.events(user.api_key, taken.json()["operation_id"])[-1][1] == "operation_completed"
+        ended = api.events(user.api_key, taken.json()["operation_id"])[-1]
+        assert ended[1] == "operation_completed"
         restore = client.post(f"/v1/graphs/{remote_graph}/backups/"
                               f"{taken.json()['backup_id']}/restore")
     # The backup stays on the host server that took it, so a restore is refused before any

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +22,25 @@ from provisioning_pipelines.flows import (
     SubgraphConfig,
     SubscriptionConfig,
 )
+from provisioning_pipelines.flows.backup import BACKUP_FLOW, BackupConfig
 from provisioning_pipelines.flows.deletion import DeletionConfig, SubgraphDeletionConfig
 from provisioning_pipelines.services.capacity import remote
 from provisioning_pipelines.services.provisioning import claims
 from provisioning_pipelines.services.upkeep import housekeeping, integrity
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.hosts.client import HostClient
-from provisioning_pipelines.storage.models import Graph, GraphHost, Subscription
+from provisioning_pipelines.storage.models import (
+    Graph,
+    GraphBackup,
+    GraphHost,
+    Subscription,
+    utcnow,
+)
 from tests.conftest import make_resources
 from tests.factories import new_customer, paid_graph_subscription
 from tests.flows.helpers import run_direct
 from tests.host_serving import TOKEN, HostProcess
+from tests.orchestration.test_reaper import reap
 
 TIER = "ladybug-large"  # a tier with subgraphs
 
@@ -200,3 +209,27 @@ def _owner(database: Database, graph_id: str) -> str:
         graph = session.get(Graph, graph_id)
         assert graph is not None
         return graph.owner_user_id
+
+
+def test_a_backup_past_its_retention_is_removed_from_the_host_that_keeps_it(
+        postgres_database: Database, servers: list[HostProcess],
+        remote_resources: dict[str, Any]) -> None:
+    graph = provision(postgres_database, remote_resources)
+    server = next(s for s in servers if s.host_id == graph["host_id"])
+    run_direct(BACKUP_FLOW, BackupConfig(graph_id=graph["graph_id"], backup_id="bk_old"),
+               remote_resources)
+    kept = server.data_root / ".host" / "backups" / graph["graph_id"] / "bk_old.lbug"
+    assert kept.is_file()
+    with postgres_database.session() as session:
+        session.get(GraphBackup, "bk_old").expires_at = utcnow() - timedelta(seconds=1)
+
+    server.kill()  # the host is down when the reaper comes: the backup waits for it
+    reap(remote_resources)
+    with postgres_database.session() as session:
+        assert session.get(GraphBackup, "bk_old") is not None
+    server.start()
+    remote_resources["graph_engine"].hosts().close()  # a fresh client: its breaker closed
+    reap(remote_resources)
+    with postgres_database.session() as session:
+        assert session.get(GraphBackup, "bk_old") is None
+    assert not kept.exists()

@@ -130,6 +130,23 @@ def test_back_up_is_idempotent_and_says_its_sha256(host) -> None:
         host.back_up(graph_id, "../escape")
 
 
+def test_a_backup_past_its_retention_is_removed_once_and_the_others_kept(host) -> None:
+    host, root = host
+    graph_id = new_id()
+    host.create(graph_id, DDL)
+    for name in ("daily-1", "daily-2"):
+        host.back_up(graph_id, name)
+    folder = root / ".host" / "backups" / graph_id
+    assert host.delete_backup(graph_id, "daily-1") is True
+    assert host.delete_backup(graph_id, "daily-1") is False  # a retry removes nothing more
+    assert sorted(p.name for p in folder.iterdir()) == ["daily-2.lbug"]
+    host.delete(graph_id)  # a final backup outlives its graph and is removed all the same
+    assert host.delete_backup(graph_id, "daily-2") is True
+    assert not folder.exists()
+    with pytest.raises(NotFound):
+        host.delete_backup(graph_id, "../escape")
+
+
 def test_delete_is_idempotent(host) -> None:
     host, root = host
     graph_id = new_id()

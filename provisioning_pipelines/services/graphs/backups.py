@@ -22,12 +22,14 @@ from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, InvalidRequest, NotFound, PaymentRequired
 from provisioning_pipelines.services import audit
+from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.catalog import TIERS
 from provisioning_pipelines.services.graphs import lifecycle
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
 from provisioning_pipelines.services.graphs.states import GRAPH, LIVE
 from provisioning_pipelines.storage.hosts.contract import GraphHost as GraphHostInterface
+from provisioning_pipelines.storage.hosts.directory import HostDirectory
 from provisioning_pipelines.storage.ladybug import ddl_fingerprint
 from provisioning_pipelines.storage.ladybug.backups import BackupFile, checksum_of
 from provisioning_pipelines.storage.models import (
@@ -148,8 +150,14 @@ def expired(session: Session, *, now: datetime, limit: int = 500) -> list[GraphB
                                 .order_by(GraphBackup.expires_at).limit(limit)))
 
 
-def prune(session: Session, backup: GraphBackup) -> None:
-    """A backup past its retention: its file and manifest first, then its row."""
+def prune(session: Session, directory: HostDirectory, backup: GraphBackup) -> None:
+    """A backup past its retention: its file (on the host that took it, the graph's host) and
+    manifest first, then its row. A host that does not answer raises ``HostUnavailable`` and
+    the backup is kept for the next round."""
+    graph = session.get(Graph, backup.graph_id)
+    if graph is not None:
+        host = hosts.graph_host(session, directory, graph.host_id)
+        host.delete_backup(backup.graph_id, backup.id)
     path = Path(backup.path)
     for leftover in (path, path.with_suffix(".json")):
         leftover.unlink(missing_ok=True)

@@ -195,6 +195,11 @@ class HostClient(GraphHost):
                            repeatable=True)
         return BackupInfo(**found)
 
+    def delete_backup(self, graph_id: str, name: str) -> bool:
+        found = self._call("DELETE", f"{self._graph(graph_id)}/backups/{check_backup_name(name)}",
+                           repeatable=True)
+        return bool(found["deleted"])
+
     def delete(self, graph_id: str) -> bool:
         return bool(self._call("DELETE", self._graph(graph_id), repeatable=True)["deleted"])
 

@@ -102,6 +102,11 @@ class GraphHost(abc.ABC):
         """A consistent copy into the host's backup folder; an existing one is returned."""
 
     @abc.abstractmethod
+    def delete_backup(self, graph_id: str, name: str) -> bool:
+        """Remove a backup the host keeps, past its retention (the graph may be gone); True if
+        it was there."""
+
+    @abc.abstractmethod
     def delete(self, graph_id: str) -> bool:
         """Remove the graph and its sidecars; True if anything was there."""
 

@@ -138,6 +138,15 @@ class LocalHost(GraphHost):
         made = ladybug_backups.back_up(self.engine, path, destination)
         return BackupInfo(graph_id, name, made.size_bytes, made.checksum)
 
+    def delete_backup(self, graph_id: str, name: str) -> bool:
+        folder = self.backup_dir / check_graph_id(graph_id)
+        path = folder / f"{check_backup_name(name)}{SUFFIX}"
+        there = path.is_file()
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # the graph's last backup: its folder goes too
+            folder.rmdir()
+        return there
+
     def delete(self, graph_id: str) -> bool:
         return self.engine.delete_database(self._path(graph_id))
 
