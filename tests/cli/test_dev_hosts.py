@@ -5,6 +5,7 @@ and ports, with the same token, and serves the graphs made before."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -76,6 +77,7 @@ def test_dev_with_two_hosts_places_a_paid_graph_on_a_host_and_a_sigterm_stops_al
          api.rsplit(":", 1)[1], "--dagster-port", str(free_port()), "--hosts", "2",
          "--host-tier", "ladybug-standard"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
         text=True)
+    started: list[int] = []
     try:
         assert dev.stdout is not None
         banner = []
@@ -140,10 +142,17 @@ def test_dev_with_two_hosts_places_a_paid_graph_on_a_host_and_a_sigterm_stops_al
         first_host = min(r for pid, r in gone.items() if roles[pid] == "host")
         assert last["dagster"] <= gone[next(p for p in started if roles[p] == "api")]
         assert last["api"] <= first_host
-    finally:
+    finally:  # after a failed assertion: dev stops what it started, or it is all killed
         if dev.poll() is None:
-            dev.kill()
-            dev.wait()
+            dev.send_signal(signal.SIGTERM)
+            try:
+                dev.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                dev.kill()
+                dev.wait()
+        for pid in started:  # each leads a process group of its own
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 def test_a_restart_starts_the_same_hosts_on_their_folders_and_ports_and_serves_their_graphs(
