@@ -324,7 +324,7 @@ def _print_hosts(hosts: Started) -> None:
               f"{host.data_root}", flush=True)
     print(f"host logs      {hosts.folder}/<host id>.log\n"
           "other commands LOCAL_GRAPH_HOSTS=false "
-          f"GRAPH_HOST_TOKEN=\"$(cat {hosts.folder}/token)\" provisioning-pipelines ...",
+          f"GRAPH_HOST_TOKEN=\"$(cat '{hosts.folder}/token')\" provisioning-pipelines ...",
           flush=True)
 
 
