@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, TypeVar
 from provisioning_pipelines.errors import ProvisioningError
 
 if TYPE_CHECKING:
+    import subprocess
+
+    from provisioning_pipelines.cli.dev_hosts import Started
     from provisioning_pipelines.settings import Settings
 
 Command = TypeVar("Command", bound=Callable[..., int])
@@ -251,8 +254,11 @@ def bench(args: argparse.Namespace, settings: Settings | None) -> int:
 
 
 def dev(args: argparse.Namespace, settings: Settings) -> int:
-    """The API, the Dagster UI and its daemon; Ctrl-C or a SIGTERM stops all three (a SIGTERM
-    once ended this process alone and left the three running)."""
+    """The API, the Dagster UI and its daemon, with ``--hosts N`` N graph host servers beside
+    them; Ctrl-C or a SIGTERM stops them all, Dagster first, then the API, then the hosts, each
+    letting its work in flight finish (a SIGTERM once ended this process alone and left the
+    rest running). A second signal while they stop is ignored: stopping half would leave
+    processes behind."""
     import os
     import signal
     import subprocess
@@ -260,10 +266,18 @@ def dev(args: argparse.Namespace, settings: Settings) -> int:
 
     from provisioning_pipelines.cli.dev import dagster_servers, stop
 
+    if args.host_tier and not args.hosts:
+        from provisioning_pipelines.errors import InvalidRequest
+
+        raise InvalidRequest("--host-tier: only with --hosts N", field="host_tier")
+
     def interrupt(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     home = settings.prepare_dagster_home()
     if settings.dagster_home is None:  # made before the webserver and the daemon share it
         from provisioning_pipelines.cli.instance import make_embedded_storage
@@ -275,23 +289,65 @@ def dev(args: argparse.Namespace, settings: Settings) -> int:
     folders = {"DATA_DIR": settings.data_dir, "GRAPH_DATA_DIR": settings.graph_data_dir,
                "BACKUP_DIR": settings.backup_dir}
     env = {name: str(Path(value).resolve()) for name, value in folders.items() if value}
-    api = subprocess.Popen([sys.executable, "-m", "provisioning_pipelines.cli", "serve",
-                            "--port", str(args.port)], start_new_session=True,
-                           env={**os.environ, **env})
-    try:
-        with dagster_servers(home, port=args.dagster_port, log_dir=logs, env=env) as url:
-            print(f"Dagster UI     {url}\n"
-                  f"API            http://127.0.0.1:{args.port}\n"
-                  f"operations     http://127.0.0.1:{args.port}/ui/\n"
-                  f"Dagster logs   {logs}/webserver.log, {logs}/daemon.log\n"
-                  "Ctrl-C stops all three.", flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                api.wait()
-    except KeyboardInterrupt:
-        pass  # stopped while the servers were starting
-    finally:
-        stop(api)
+    with contextlib.ExitStack() as started:
+        try:
+            hosts: Started | None = None
+            if args.hosts:
+                from provisioning_pipelines.cli.dev_hosts import dev_hosts
+
+                hosts = started.enter_context(dev_hosts(settings, args.hosts,
+                                                        args.host_tier or ()))
+                env.update(hosts.env)
+            api = subprocess.Popen([sys.executable, "-m", "provisioning_pipelines.cli",
+                                    "serve", "--port", str(args.port)],
+                                   start_new_session=True, env={**os.environ, **env})
+            started.callback(stop, api)
+            with dagster_servers(home, port=args.dagster_port, log_dir=logs, env=env) as url:
+                print(f"Dagster UI     {url}\n"
+                      f"API            http://127.0.0.1:{args.port}\n"
+                      f"operations     http://127.0.0.1:{args.port}/ui/\n"
+                      f"Dagster logs   {logs}/webserver.log, {logs}/daemon.log", flush=True)
+                if hosts is not None:
+                    _print_hosts(hosts)
+                print("Ctrl-C stops all three." if hosts is None else
+                      "Ctrl-C stops them all: Dagster, then the API, then the hosts.", flush=True)
+                with contextlib.suppress(KeyboardInterrupt):
+                    _wait_for(api, hosts)
+        except KeyboardInterrupt:
+            pass  # stopped while the servers were starting
     return 0
+
+
+def _print_hosts(hosts: Started) -> None:
+    for index, host in enumerate(hosts.hosts):
+        print(f"{'graph hosts' if index == 0 else '':<15}{host.host_id:<25} {host.url:<23} "
+              f"{host.data_root}", flush=True)
+    print(f"host logs      {hosts.folder}/<host id>.log\n"
+          "other commands LOCAL_GRAPH_HOSTS=false "
+          f"GRAPH_HOST_TOKEN=\"$(cat '{hosts.folder}/token')\" provisioning-pipelines ...",
+          flush=True)
+
+
+def _wait_for(api: subprocess.Popen[bytes], hosts: Started | None) -> None:
+    """Until the API ends; a host that ends meanwhile is said once (its graphs are unavailable
+    until dev starts it again; the API's probes mark it unhealthy)."""
+    import subprocess
+
+    if hosts is None:
+        api.wait()
+        return
+    said: set[str] = set()
+    while True:
+        try:
+            api.wait(timeout=1)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        for host_id, code in hosts.exited().items():
+            if host_id not in said:
+                said.add(host_id)
+                print(f"warning: graph host {host_id} exited with {code}; see "
+                      f"{hosts.folder}/{host_id}.log", file=sys.stderr, flush=True)
 
 
 def demo(args: argparse.Namespace, settings: Settings) -> int:

@@ -34,7 +34,8 @@ def add_commands(commands_: Any) -> None:
     add.add_argument("--capacity", type=int, help="how many graphs it holds (required "
                      "without --url; with it, the host's own by default)")
     add.add_argument("--data-root", help="folder of its graph files (default: "
-                     "GRAPH_DATA_DIR/<host id>)")
+                     "GRAPH_DATA_DIR/<host id>); with --url, where the host server keeps them, "
+                     "as shown (never opened here)")
     add.add_argument("--id", help="the host's id (default: <tier>-<n>; required with --url)")
     add.set_defaults(run=hosts_add)
     drain = hosts.add_parser("drain", help="place no new graph on a host (its graphs stay)")
@@ -50,8 +51,7 @@ def hosts_list(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.services.capacity import hosts
 
     with database_of(settings).session() as session:
-        hosts.ensure_local_hosts(session, settings.resolved_graph_data_dir,
-                                 settings.local_host_capacity)
+        _ensure_local_hosts(session, settings)
         found = [_shown(host) for host in hosts.list_hosts(session)]
         waiting = hosts.queue_lengths(session)
     if args.json:
@@ -65,6 +65,16 @@ def hosts_list(args: argparse.Namespace, settings: Settings) -> int:
     for tier, count in sorted(waiting.items()):
         print(f"queue {tier}: {count} waiting")
     return 0
+
+
+def _ensure_local_hosts(session: Any, settings: Settings) -> None:
+    """A fresh install's local hosts, unless ``LOCAL_GRAPH_HOSTS=false``: else a control plane
+    on host servers would get local hosts from a mere ``hosts list``, and place graphs there."""
+    from provisioning_pipelines.services.capacity import hosts
+
+    if settings.local_graph_hosts:
+        hosts.ensure_local_hosts(session, settings.resolved_graph_data_dir,
+                                 settings.local_host_capacity)
 
 
 def _shown(host: Any) -> dict[str, Any]:
@@ -85,8 +95,7 @@ def hosts_add(args: argparse.Namespace, settings: Settings) -> int:
     if args.url is not None and not args.id:
         raise InvalidRequest("--id is required with --url: the host's own id")
     with database_of(settings).session() as session:
-        hosts.ensure_local_hosts(session, settings.resolved_graph_data_dir,
-                                 settings.local_host_capacity)
+        _ensure_local_hosts(session, settings)
         if args.url is not None:
             # The refusal is one line naming the host; the client's own log of it is not
             # repeated on the terminal.
@@ -94,7 +103,8 @@ def hosts_add(args: argparse.Namespace, settings: Settings) -> int:
             host = remote.add_remote_host(
                 session, host_id=args.id, url=args.url, token=settings.graph_host_token,
                 graph_data_dir=settings.resolved_graph_data_dir, tier=args.tier,
-                capacity=args.capacity)
+                capacity=args.capacity,
+                data_root=Path(args.data_root) if args.data_root else None)  # the host's path
         else:
             host = hosts.add_host(session, tier=args.tier, capacity=args.capacity,
                                   data_root=Path(args.data_root).resolve() if args.data_root

@@ -165,6 +165,12 @@ def build_parser() -> Parser:
                                "together, for trying things locally")
     dev.add_argument("--port", type=int, default=8000, help="the API's port")
     dev.add_argument("--dagster-port", type=int, default=3000, help="the Dagster UI's port")
+    dev.add_argument("--hosts", type=int, default=0, metavar="N",
+                     help="also N graph host servers on this machine (files and ports under "
+                     "DATA_DIR/hosts), registered; the control plane then uses only them")
+    dev.add_argument("--host-tier", action="append", metavar="TIER",
+                     help="with --hosts: the hosts' tiers, round robin; repeat for several "
+                     "(default: ladybug-standard, ladybug-large, ladybug-xlarge)")
     dev.set_defaults(run=commands.dev)
 
     lifecycle.add_commands(commands_, subgraphs, subs)

@@ -137,6 +137,9 @@ def _listeners(host: str, port: int, count: int) -> list[socket.socket]:
 def _configure_logging(workers: int) -> None:
     where = " [%(process)d]" if workers > 1 else ""
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)-9s{where} %(name)s: %(message)s")
+    # httpx logs every request at INFO: each call to a graph host and each probe, every few
+    # seconds per host. The host client logs a call that got no answer itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def run_worker(settings: Settings, *, host: str = "127.0.0.1", port: int = 0,

@@ -66,10 +66,12 @@ def check_url(url: str) -> str:
 
 def add_remote_host(session: Session, *, host_id: str, url: str, token: str | None,
                     graph_data_dir: Path, tier: str | None = None,
-                    capacity: int | None = None,
+                    capacity: int | None = None, data_root: Path | None = None,
                     client: ClientFactory = _client) -> GraphHost:
     """Register the host server at ``url`` with the graphs it holds; ``tier`` and ``capacity``
-    from its ``/healthz`` when not given (a given tier must be the host's own)."""
+    from its ``/healthz`` when not given (a given tier must be the host's own). ``data_root``
+    is where the host keeps its files, when the operator knows it (shown, never opened here);
+    else a folder named after the host under ``graph_data_dir``."""
     if not token:
         raise InvalidRequest("url: GRAPH_HOST_TOKEN is unset, so no remote host can be "
                              "added; set it to the token the host serves with", field="url")
@@ -96,7 +98,7 @@ def add_remote_host(session: Session, *, host_id: str, url: str, token: str | No
                              field="tier")
     return hosts.add_host(session, tier=health.tier,
                           capacity=health.capacity if capacity is None else capacity,
-                          data_root=None, graph_data_dir=graph_data_dir, host_id=host_id,
+                          data_root=data_root, graph_data_dir=graph_data_dir, host_id=host_id,
                           url=url, slots_used=len(holding.graphs))
 
 
