@@ -40,6 +40,8 @@ class TcpProxy:
         self.held = dict.fromkeys(DIRECTIONS, 0)
         self.discarded = dict.fromkeys(DIRECTIONS, 0)
         self.accepted = 0
+        #: (marker, direction, mode): once a request holding the marker has passed.
+        self._triggers: list[tuple[bytes, str, str]] = []
 
     @property
     def url(self) -> str:
@@ -84,8 +86,16 @@ class TcpProxy:
         """Read and throw away what ``direction`` carries; the connections stay open."""
         self._set(direction, "discard")
 
+    def after_request(self, marker: bytes, mode: str, direction: str = "answers") -> None:
+        """Once a request chunk holding ``marker`` (say ``b"/fork"``) has been forwarded,
+        ``direction`` goes to ``mode`` ("hold" or "discard"): the fault hits one call only."""
+        with self._lock:
+            self._triggers.append((marker, _checked(direction), mode))
+
     def release(self, direction: str | None = None) -> None:
-        """Back to passing everything (held chunks go on first), no delay."""
+        """Back to passing everything (held chunks go on first), no delay, no trigger."""
+        with self._lock:
+            self._triggers = [t for t in self._triggers if direction not in (None, t[1])]
         for each in (direction,) if direction else DIRECTIONS:
             self._set(each, "pass")
             self.delay(0.0, each)
@@ -158,6 +168,11 @@ class TcpProxy:
                 self.discarded[direction] += len(chunk)
                 self._changed.notify_all()
                 return True
+        with self._lock:  # before the chunk goes on: its answer must find the new mode
+            if direction == "requests":
+                for trigger in [t for t in self._triggers if t[0] in chunk]:
+                    self._triggers.remove(trigger)
+                    self._mode[trigger[1]] = trigger[2]
         sink.sendall(chunk)
         with self._lock:
             self.forwarded[direction] += len(chunk)

@@ -16,7 +16,7 @@ from typing import Any
 from dagster import Config
 from pydantic import Field
 
-from provisioning_pipelines.errors import StorageFull
+from provisioning_pipelines.errors import HostUnavailable, StorageFull
 from provisioning_pipelines.flows.asset_keys import SUBGRAPH_ASSET
 from provisioning_pipelines.flows.public import describe, detail
 from provisioning_pipelines.flows.steps import (
@@ -66,11 +66,12 @@ class SubgraphWork:
 
 
 def discard_subgraph(ctx: StepContext, work: Any, exc: BaseException) -> None:
-    """Remove the subgraph this run reserved (rows, file, and its place in the parent's count)."""
+    """Remove the subgraph this run reserved (rows, file, and its place in the parent's count);
+    a file its host, not answering, may hold is left to housekeeping (``discard_graph``)."""
     if not isinstance(work, SubgraphWork):
         return
     with ctx.database.session() as session:
-        graphs.discard_graph(session, ctx.hosts, work.subgraph_id)
+        graphs.discard_graph(session, ctx.hosts, work.subgraph_id, undo=True)
     ctx.log.error(f"subgraph {work.subgraph_id}: creation failed ({detail(exc)}); removed")
 
 
@@ -141,6 +142,14 @@ def fork_error(config: SubgraphConfig, exc: BaseException) -> str:
         return (f"the parent graph {config.parent_graph_id} could not be read ({why}), so "
                 "nothing was copied: the subgraph is empty. Delete it and fork again later; "
                 "if this persists, contact support.")
+    if isinstance(exc, HostUnavailable) and exc.reached:
+        # The host may have received the fork and gone on with it (a lost answer, a cut
+        # link): the copy is one transaction there, so all of it or none, but which is not
+        # known here.
+        return (f"no answer came while the data of {config.parent_graph_id} was copied "
+                f"({describe(exc)}): the copy is all or nothing, and whether it was made is "
+                "not known, so the subgraph holds all of the parent's data or none of it. "
+                "Delete it and fork again later.")
     return (f"copying the data of {config.parent_graph_id} failed ({describe(exc)}); nothing "
             "was copied: the subgraph is empty. Delete it and fork again later.")
 

@@ -23,12 +23,19 @@ import pytest
 from sqlalchemy import select
 
 from provisioning_pipelines.errors import HostUnavailable
-from provisioning_pipelines.flows import GRAPH_FLOW, SubscriptionConfig
+from provisioning_pipelines.flows import (
+    GRAPH_FLOW,
+    SUBGRAPH_DELETION_FLOW,
+    SUBGRAPH_FLOW,
+    SubgraphConfig,
+    SubscriptionConfig,
+)
+from provisioning_pipelines.flows.deletion import SubgraphDeletionConfig
 from provisioning_pipelines.flows.public import customer_error
 from provisioning_pipelines.services.capacity import remote
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.provisioning import claims, due
-from provisioning_pipelines.services.upkeep import integrity
+from provisioning_pipelines.services.upkeep import housekeeping, integrity
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.hosts.client import HostClient
 from provisioning_pipelines.storage.hosts.contract import HOST_FOLDER, QUARANTINE
@@ -164,7 +171,9 @@ class ControlPlane:
         subscription that is due, run here."""
         with self.database.session() as session:
             found = due.due_now(session, ["graph"], now=datetime.now(UTC), grace_seconds=0,
-                                direct_enabled=False, max_attempts=3, actor="sensor")
+                                direct_enabled=False,
+                                max_attempts=self.resources["policy"].max_attempts,
+                                actor="sensor")
         return [self.provision(item.subscription_id) for item in found.subscriptions]
 
     def subscription(self, sub_id: str) -> Subscription:
@@ -256,3 +265,155 @@ def test_a_create_whose_answer_is_lost_in_a_cut_is_finished_on_its_host_once(
     assert (result["host_id"], result["resumed"]) == ("host-1", True)
     assert plane.subscription(sub_id).attempts == 3
     plane.assert_consistent({graph_id: "host-1"})
+
+
+@pytest.fixture
+def direct_plane(postgres_database: Database, machines: Machines, servers: list[HostProcess],
+                 tmp_path: Path) -> ControlPlane:
+    """Every host reached at its own address: a cut link refuses new connections at once."""
+    return ControlPlane(postgres_database, machines, servers, tmp_path)
+
+
+def test_a_create_sent_on_an_open_connection_into_a_cut_keeps_its_place_until_the_link_is_back(
+        direct_plane: ControlPlane) -> None:
+    """The control plane's connection to host-1 is open (an integrity check used it) when the
+    link goes: the create is written into it and never answered, so it may have reached the
+    host. A later attempt, refused a connection at once while the link is down, still must not
+    give the graph up or move it: the first attempt's create may be there."""
+    plane = direct_plane
+    with plane.database.session() as session:  # an operator's check: opens the connections
+        assert integrity.files_match_rows(session, plane.directory) == []
+    sub_id = plane.paid()
+    graph_id = graphs.graph_id_for_subscription(sub_id)
+    plane.machines.cut(1)
+    with pytest.raises(claims.RetryScheduled, match="host-1 is unavailable") as first:
+        plane.provision(sub_id)
+    assert isinstance(first.value.__cause__, HostUnavailable)
+    assert first.value.__cause__.reached
+    assert plane.placed() == {graph_id: "host-1"}
+
+    # The next attempt, link still down: no connection at all this time (reached false).
+    with pytest.raises(claims.RetryScheduled, match="host-1 is unavailable") as second:
+        plane.resume_due()
+    assert isinstance(second.value.__cause__, HostUnavailable)
+    subscription = plane.subscription(sub_id)
+    assert (subscription.status, subscription.attempts) == ("provisioning", 2)
+    assert subscription.claim_token is None  # given back: the next trigger may try at once
+    assert plane.placed() == {graph_id: "host-1"}
+    assert plane.slots() == {"host-0": 0, "host-1": 1, "host-2": 0}
+
+    plane.machines.restore(1)
+    plane.fresh_clients()
+    [result] = plane.resume_due()
+    assert (result["status"], result["host_id"]) == ("active", "host-1")
+    plane.assert_consistent({graph_id: "host-1"})
+
+
+def test_the_last_attempt_of_a_create_cut_off_its_host_ends_failed_and_leaves_nothing_placed(
+        postgres_database: Database, machines: Machines, servers: list[HostProcess],
+        proxy: TcpProxy, tmp_path: Path) -> None:
+    """One attempt allowed: host-1 made the file, the answer was lost, the link went. The
+    attempt's undo cannot reach the host to delete the file; it must still end: the
+    subscription failed with the host named, no row, no slot. Once the link is back the file
+    no row places is found and quarantined by housekeeping, not served and not lost."""
+    plane = ControlPlane(postgres_database, machines, servers, tmp_path, proxy,
+                         PROVISIONING_MAX_ATTEMPTS=1)
+    sub_id = plane.paid()
+    graph_id = graphs.graph_id_for_subscription(sub_id)
+    proxy.discard("answers")
+    run = Background(lambda: plane.provision(sub_id))
+    wait_until(lambda: on_disk(servers[1], graph_id), what="host-1 made the graph")
+    proxy.wait_for(lambda p: p.discarded["answers"] > 0)
+    machines.cut(1)
+    run.join()
+    assert isinstance(run.error, HostUnavailable), run.error  # the operation fails with it
+    assert customer_error(run.error).code == "host_unavailable"
+    subscription = plane.subscription(sub_id)
+    assert subscription.status == "failed"
+    assert subscription.claim_token is None
+    assert "graph host host-1 is unavailable" in (subscription.last_error or "")
+    assert plane.placed() == {}
+    assert plane.slots() == {"host-0": 0, "host-1": 0, "host-2": 0}
+
+    machines.restore(1)
+    proxy.release()
+    plane.fresh_clients()
+    assert plane.held()["host-1"] == {graph_id}
+    with postgres_database.session() as session:
+        assert [str(f) for f in integrity.files_match_rows(session, plane.directory)] == \
+            [f"{graph_id}: a graph file on host host-1 no row places there"]
+        report = housekeeping.SweepReport()
+        housekeeping.sweep_host_servers(session, plane.directory, report)
+    assert report.orphans_quarantined == [f"host-1:{graph_id}"]
+    assert plane.held() == {"host-0": set(), "host-1": set(), "host-2": set()}
+    kept = [entry.name for entry in (servers[1].data_root / QUARANTINE).iterdir()]
+    assert any(name.startswith(f"{graph_id}.lbug.") for name in kept)
+    with postgres_database.session() as session:
+        assert integrity.files_match_rows(session, plane.directory) == []
+        assert integrity.hosts_within_capacity(session) == []
+
+
+# --------------------------------------------------------------------------- fork
+
+
+def _entities(host: HostClient, graph_id: str, count: int) -> None:
+    host.query(graph_id, "UNWIND range(1, $n) AS i CREATE (:Entity {identifier: 'e' + "
+               "CAST(i AS STRING), name: 'entity ' + CAST(i AS STRING)})", {"n": count},
+               read_only=False)
+
+
+def _count(host: HostClient, graph_id: str) -> int:
+    return int(host.query(graph_id, "MATCH (e:Entity) RETURN count(e) AS n")[0]["n"])
+
+
+def test_a_fork_whose_answer_is_lost_in_a_cut_says_its_outcome_is_unknown_and_is_made_again(
+        plane: ControlPlane) -> None:
+    """The host copied the parent's rows into the subgraph, its answer was lost, the link
+    went. The subgraph stays (as any failed fork leaves it), and the customer is told what is
+    known: not "nothing was copied" (it was), but that the copy is all or nothing and not
+    known. Deleting the subgraph while the link is down fails naming the host and changes
+    nothing; after the link is back it is deleted, and a fork again copies every row once."""
+    proxy = plane.proxy
+    assert proxy is not None
+    parent = plane.provision(plane.paid())["resource_id"]
+    host_1 = HostClient("host-1", plane.servers[1].url, TOKEN)
+    _entities(host_1, parent, 500)
+    user_id = _owner(plane.database, parent)
+    config = SubgraphConfig(user_id=user_id, parent_graph_id=parent, name="analysis",
+                            fork_parent=True)
+    child = f"{parent}_analysis"
+    proxy.after_request(b"/fork", "discard")
+    run = Background(lambda: run_direct(SUBGRAPH_FLOW, config, plane.resources))
+    proxy.wait_for(lambda p: p.discarded["answers"] > 0)  # the host answered: the copy is made
+    plane.machines.cut(1)
+    run.join()
+    assert run.error is None, run.error  # the operation ends: the subgraph is made
+    result = run.result.result
+    assert result["fork_status"] == "failed"
+    assert "nothing was copied" not in result["fork_error"]
+    assert "host-1" in result["fork_error"] and "not known" in result["fork_error"]
+    assert plane.placed() == {parent: "host-1", child: "host-1"}
+
+    deletion = SubgraphDeletionConfig(user_id=user_id, parent_graph_id=parent, name="analysis")
+    with pytest.raises(HostUnavailable, match="graph host host-1 is unavailable"):
+        run_direct(SUBGRAPH_DELETION_FLOW, deletion, plane.resources)
+    assert plane.placed() == {parent: "host-1", child: "host-1"}  # nothing changed
+
+    plane.machines.restore(1)
+    proxy.release()
+    plane.fresh_clients()
+    assert _count(host_1, child) == 500  # it was copied, all of it, once
+    plane.assert_consistent({parent: "host-1", child: "host-1"})
+    run_direct(SUBGRAPH_DELETION_FLOW, deletion, plane.resources)
+    again = run_direct(SUBGRAPH_FLOW, config, plane.resources).result
+    assert (again["fork_status"], again["rows_copied"]["Entity"]) == ("completed", 500)
+    assert _count(host_1, child) == 500
+    plane.assert_consistent({parent: "host-1", child: "host-1"})
+    host_1.close()
+
+
+def _owner(database: Database, graph_id: str) -> str:
+    with database.session() as session:
+        graph = session.get(Graph, graph_id)
+        assert graph is not None
+        return graph.owner_user_id

@@ -9,6 +9,7 @@ idempotent for that reason.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from provisioning_pipelines.storage.models import (
     GraphUser,
     Subscription,
 )
+
+logger = logging.getLogger(__name__)
 
 #: A graph being restored from a backup: nobody sees it until it is ``active``.
 RESTORING = "restoring"
@@ -106,7 +109,10 @@ def create_graph(
     Across machines, a create the host surely never received (no connection was made) moves
     the graph to another host of the tier, but only when this attempt placed it: an earlier
     attempt's create may have reached its host, so a resumed graph is only ever retried where
-    its row says, and a partition never makes a second file (``_placed_elsewhere``).
+    its row says, and a partition never makes a second file (``_placed_elsewhere``). So a
+    resumed graph's host that does not answer, and a host that made the file and then stopped
+    answering, raise ``HostUnavailable`` with ``reached`` true whatever this call's try saw:
+    the graph may be (or is) there, and the attempt's undo keeps its place.
     """
     request = plan.request
     place = _Placement(graph_data_dir, local_host_capacity, local_hosts)
@@ -126,7 +132,9 @@ def create_graph(
             break
         except HostUnavailable as exc:
             tried.add(host_id)
-            if exc.reached or not fresh:
+            if not fresh:
+                raise _may_be_there(exc) from exc
+            if exc.reached:
                 raise
             with database.session() as session:
                 moved = _placed_elsewhere(session, claim, plan, host_id, tried)
@@ -134,11 +142,19 @@ def create_graph(
                 raise
             path, host_id = moved
     if request.entity:
-        _write_entity(host, plan.graph_id, request.entity, plan.ddl)
+        try:
+            _write_entity(host, plan.graph_id, request.entity, plan.ddl)
+        except HostUnavailable as exc:
+            raise _may_be_there(exc) from exc
     tables = [t.name for t in expected_tables(plan.ddl)]  # the host's create verified them
     return {"graph_id": plan.graph_id, "tier": plan.tier.name, "host_id": host_id,
             "database_path": str(path), "graph_type": request.graph_type, "tables": tables,
             "resumed": not info.created}
+
+
+def _may_be_there(exc: HostUnavailable) -> HostUnavailable:
+    """The host's failure, said as one that may have reached it: the graph may be there."""
+    return exc if exc.reached else HostUnavailable(exc.message, field=exc.field, reached=True)
 
 
 @dataclass(frozen=True)
@@ -349,16 +365,29 @@ def schema_statements(session: Session, graph_id: str) -> list[str]:
     return list((row.schema_json or {}).get("statements") or [])
 
 
-def discard_graph(session: Session, directory: HostDirectory, graph_id: str) -> bool:
+def discard_graph(session: Session, directory: HostDirectory, graph_id: str, *,
+                  undo: bool = False) -> bool:
     """Remove a graph that never became active: file first, then rows and its host slot.
 
     The file goes first: a crash between the two leaves rows without a file, which the next
     attempt's ``ensure_database`` rebuilds, rather than an orphan file nobody knows about.
+
+    An ``undo`` (of a failed attempt) must end the attempt even when the graph's host does not
+    answer (a partition, a host down): the rows and the slot go anyway, and a file the host may
+    hold is left to housekeeping, which quarantines what no row places on a host once it
+    answers. A deletion (not an undo) raises instead, and is run again.
     """
     graph = session.get(Graph, graph_id)
     if graph is None:
         return False
-    hosts.graph_host(session, directory, graph.host_id).delete(graph_id)
+    try:
+        hosts.graph_host(session, directory, graph.host_id).delete(graph_id)
+    except HostUnavailable as exc:
+        if not undo:
+            raise
+        logger.warning("graph %s: its host did not answer the undo's delete (%s); its rows go, "
+                       "and housekeeping quarantines a file the host may hold", graph_id,
+                       exc.message)
     pool_ids = select(CreditPool.id).where(CreditPool.graph_id == graph_id)
     session.execute(delete(CreditTransaction).where(CreditTransaction.pool_id.in_(pool_ids)))
     session.execute(delete(CreditPool).where(CreditPool.graph_id == graph_id))

@@ -148,8 +148,9 @@ def sweep(session: Session, graph_data_dir: Path, *, min_age_seconds: float,
 def sweep_host_servers(session: Session, directory: HostDirectory, report: SweepReport) -> None:
     """Quarantine, on each healthy host server, the graphs it holds that no row places there.
     No age is needed: a graph's row is committed before any host is asked to make its file,
-    and a discarded graph's file goes before its row, so a file without a row there is never
-    work in flight. A host that does not answer is skipped until the next sweep."""
+    and a discarded graph's file goes before its row (or, when the undo of a failed attempt
+    could not reach the host, is left for this sweep), so a file without a row there is never
+    work anyone waits for. A host that does not answer is skipped until the next sweep."""
     placed: dict[str, set[str]] = {}
     for graph_id, host_id in session.execute(select(Graph.id, Graph.host_id)
                                              .where(Graph.status != _GONE)):
