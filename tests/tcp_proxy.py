@@ -39,6 +39,8 @@ class TcpProxy:
         self.forwarded = dict.fromkeys(DIRECTIONS, 0)
         self.held = dict.fromkeys(DIRECTIONS, 0)
         self.discarded = dict.fromkeys(DIRECTIONS, 0)
+        #: Chunks read and not yet forwarded nor thrown away (delayed or held), per direction.
+        self.pending = dict.fromkeys(DIRECTIONS, 0)
         self.accepted = 0
         #: (marker, direction, mode): once a request holding the marker has passed.
         self._triggers: list[tuple[bytes, str, str]] = []
@@ -150,7 +152,17 @@ class TcpProxy:
                 self._changed.notify_all()
 
     def _forward(self, chunk: bytes, sink: socket.socket, direction: str) -> bool:
-        """Send the chunk as the direction's mode says; False once the proxy was stopped."""
+        """Send the chunk as the direction's mode says; False once its connection is gone."""
+        with self._lock:
+            self.pending[direction] += 1
+        try:
+            return self._send(chunk, sink, direction)
+        finally:
+            with self._lock:
+                self.pending[direction] -= 1
+                self._changed.notify_all()
+
+    def _send(self, chunk: bytes, sink: socket.socket, direction: str) -> bool:
         with self._lock:
             delay = self._delay[direction]
         if delay:
@@ -168,8 +180,7 @@ class TcpProxy:
                 self.discarded[direction] += len(chunk)
                 self._changed.notify_all()
                 return True
-        with self._lock:  # before the chunk goes on: its answer must find the new mode
-            if direction == "requests":
+            if direction == "requests":  # before the chunk goes on: its answer finds the mode
                 for trigger in [t for t in self._triggers if t[0] in chunk]:
                     self._triggers.remove(trigger)
                     self._mode[trigger[1]] = trigger[2]

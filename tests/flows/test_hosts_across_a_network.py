@@ -24,15 +24,20 @@ from sqlalchemy import select
 
 from provisioning_pipelines.errors import HostUnavailable
 from provisioning_pipelines.flows import (
+    BACKUP_FLOW,
+    DELETION_FLOW,
     GRAPH_FLOW,
     SUBGRAPH_DELETION_FLOW,
     SUBGRAPH_FLOW,
     SubgraphConfig,
     SubscriptionConfig,
 )
-from provisioning_pipelines.flows.deletion import SubgraphDeletionConfig
+from provisioning_pipelines.flows.backup import BackupConfig
+from provisioning_pipelines.flows.deletion import DeletionConfig, SubgraphDeletionConfig
 from provisioning_pipelines.flows.public import customer_error
 from provisioning_pipelines.services.capacity import remote
+from provisioning_pipelines.orchestration import reaper
+from provisioning_pipelines.services.graphs import backups
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.provisioning import claims, due
 from provisioning_pipelines.services.upkeep import housekeeping, integrity
@@ -267,6 +272,33 @@ def test_a_create_whose_answer_is_lost_in_a_cut_is_finished_on_its_host_once(
     plane.assert_consistent({graph_id: "host-1"})
 
 
+def test_a_create_delayed_past_the_timeout_arrives_late_and_is_still_one_graph(
+        plane: ControlPlane) -> None:
+    """Every request to host-1 takes longer than the client waits: each try of the create
+    times out (it may have reached the host, so the graph keeps its place) and arrives at the
+    host after the client gave up, the last one after the attempt ended. The next attempt,
+    with the network quick again, finds the graph the late creates made: one file, one row."""
+    proxy, sub_id = plane.proxy, plane.paid()
+    assert proxy is not None
+    graph_id = graphs.graph_id_for_subscription(sub_id)
+    proxy.delay(TIMEOUT + 0.5, "requests")
+    started = time.monotonic()
+    with pytest.raises(claims.RetryScheduled, match="host-1 is unavailable") as retry:
+        plane.provision(sub_id)
+    assert time.monotonic() - started >= 3 * TIMEOUT  # three tries, each waited out
+    cause = retry.value.__cause__
+    assert isinstance(cause, HostUnavailable) and cause.reached
+    assert plane.placed() == {graph_id: "host-1"}
+    wait_until(lambda: on_disk(plane.servers[1], graph_id), what="a late create arrived")
+
+    proxy.release()
+    [result] = plane.resume_due()
+    assert (result["status"], result["host_id"], result["resumed"]) == ("active", "host-1",
+                                                                        True)
+    proxy.wait_for(lambda p: p.pending["requests"] == 0)  # every late request arrived
+    plane.assert_consistent({graph_id: "host-1"})
+
+
 @pytest.fixture
 def direct_plane(postgres_database: Database, machines: Machines, servers: list[HostProcess],
                  tmp_path: Path) -> ControlPlane:
@@ -417,3 +449,98 @@ def _owner(database: Database, graph_id: str) -> str:
         graph = session.get(Graph, graph_id)
         assert graph is not None
         return graph.owner_user_id
+
+
+# --------------------------------------------------------------------------- backup
+
+
+def _host_backups(process: HostProcess, graph_id: str) -> list[str]:
+    folder = process.data_root / HOST_FOLDER / "backups" / graph_id
+    return sorted(entry.name for entry in folder.iterdir()) if folder.is_dir() else []
+
+
+def test_a_backup_whose_answer_is_lost_in_a_cut_fails_naming_the_host_and_its_rerun_is_one_copy(
+        plane: ControlPlane) -> None:
+    """host-1 made the copy, its answer was lost, the link went: the backup's operation fails
+    naming the host, the graph's claim is given back (the graph is neither busy nor changed),
+    no backup is recorded. Run again under the same backup id (the schedule's daily id, a
+    launch retried), it finds the copy the host already made: one copy, one row."""
+    proxy = plane.proxy
+    assert proxy is not None
+    graph_id = plane.provision(plane.paid())["resource_id"]
+    config = BackupConfig(graph_id=graph_id, kind="daily",
+                          backup_id=backups.backup_id_for("daily", graph_id))
+    proxy.after_request(b"/backups/", "discard")
+    run = Background(lambda: run_direct(BACKUP_FLOW, config, plane.resources))
+    proxy.wait_for(lambda p: p.discarded["answers"] > 0)  # the host answered: the copy is made
+    plane.machines.cut(1)
+    run.join()
+    assert isinstance(run.error, HostUnavailable), run.error
+    assert customer_error(run.error).message.startswith("graph host host-1 is unavailable")
+    with plane.database.session() as session:
+        graph = session.get(Graph, graph_id)
+        assert graph is not None
+        assert (graph.status, graph.lifecycle_token) == ("active", None)
+        assert backups.backups_of(session, graph_id) == []
+    assert _host_backups(plane.servers[1], graph_id) == [f"{config.backup_id}.lbug"]
+
+    plane.machines.restore(1)
+    proxy.release()
+    plane.fresh_clients()
+    made = run_direct(BACKUP_FLOW, config, plane.resources).result
+    assert made["backup_id"] == config.backup_id
+    with plane.database.session() as session:
+        assert [b.id for b in backups.backups_of(session, graph_id)] == [config.backup_id]
+    assert _host_backups(plane.servers[1], graph_id) == [f"{config.backup_id}.lbug"]
+    plane.assert_consistent({graph_id: "host-1"})
+
+
+# --------------------------------------------------------------------------- delete
+
+
+def test_a_deletion_held_and_cut_mid_way_stays_deleting_and_the_reaper_finishes_it_once(
+        plane: ControlPlane) -> None:
+    """The final backup and the subgraph are gone, then the delete of the graph's file is
+    held in the network (the host deleted the file; its answer stalls) and the link goes.
+    The deletion fails naming the host, the graph stays ``deleting`` with its slot, and its
+    claim is given back. Once the link is back the reaper lists it and its run finishes it:
+    the tombstone, the slot freed once, one final backup."""
+    proxy = plane.proxy
+    assert proxy is not None
+    graph_id = plane.provision(plane.paid())["resource_id"]
+    other = plane.provision(plane.paid())["resource_id"]  # on host-2, untouched throughout
+    user_id = _owner(plane.database, graph_id)
+    run_direct(SUBGRAPH_FLOW, SubgraphConfig(user_id=user_id, parent_graph_id=graph_id,
+                                             name="analysis"), plane.resources)
+    proxy.after_request(f"DELETE /v1/graphs/{graph_id} ".encode(), "hold")
+    config = DeletionConfig(graph_id=graph_id, at_once=True, actor="operator",
+                            reason="network test")
+    run = Background(lambda: run_direct(DELETION_FLOW, config, plane.resources))
+    proxy.wait_for(lambda p: p.held["answers"] > 0)  # the host answered; the answer is held
+    plane.machines.cut(1)
+    run.join()
+    assert isinstance(run.error, HostUnavailable), run.error
+    assert "graph host host-1 is unavailable" in run.error.message
+    with plane.database.session() as session:
+        graph = session.get(Graph, graph_id)
+        assert graph is not None
+        assert (graph.status, graph.lifecycle_token) == ("deleting", None)
+        assert [b.kind for b in backups.backups_of(session, graph_id)] == ["final"]
+    assert plane.placed() == {graph_id: "host-1", other: "host-2"}
+    assert plane.slots() == {"host-0": 0, "host-1": 1, "host-2": 1}
+
+    plane.machines.restore(1)
+    proxy.release()
+    plane.fresh_clients()
+    requests = reaper.lifecycle_requests(plane.resources["database"], datetime.now(UTC))
+    assert [r.tags.get("provisioning/graph_id") for r in requests] == [graph_id]
+    [request] = requests
+    again = DeletionConfig(**request.run_config["ops"]["claim_graph_deletion"]["config"])
+    done = run_direct(DELETION_FLOW, again, plane.resources).result
+    assert (done["graph_id"], done["status"]) == (graph_id, "deleted")
+    with plane.database.session() as session:
+        assert [b.kind for b in backups.backups_of(session, graph_id)] == ["final"]
+    assert _host_backups(plane.servers[1], graph_id) == [f"bk_final_{graph_id}.lbug"]
+    assert plane.slots() == {"host-0": 0, "host-1": 0, "host-2": 1}
+    plane.assert_consistent({other: "host-2"})
+    assert reaper.lifecycle_requests(plane.resources["database"], datetime.now(UTC)) == []
