@@ -35,8 +35,8 @@ from provisioning_pipelines.flows import (
 from provisioning_pipelines.flows.backup import BackupConfig
 from provisioning_pipelines.flows.deletion import DeletionConfig, SubgraphDeletionConfig
 from provisioning_pipelines.flows.public import customer_error
-from provisioning_pipelines.services.capacity import remote
 from provisioning_pipelines.orchestration import reaper
+from provisioning_pipelines.services.capacity import remote
 from provisioning_pipelines.services.graphs import backups
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.provisioning import claims, due
