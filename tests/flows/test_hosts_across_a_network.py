@@ -444,6 +444,44 @@ def test_a_fork_whose_answer_is_lost_in_a_cut_says_its_outcome_is_unknown_and_is
     host_1.close()
 
 
+def test_a_subgraph_whose_create_is_cut_off_is_removed_and_its_name_is_free_again(
+        plane: ControlPlane) -> None:
+    """host-1 made the subgraph's file, the answer was lost, the link went: the creation
+    fails naming the host and is undone although the host cannot be asked to delete the file
+    (its rows and its place under the parent go). Once the link is back the file no row
+    places is quarantined, and the same name can be created again."""
+    proxy = plane.proxy
+    assert proxy is not None
+    parent = plane.provision(plane.paid())["resource_id"]
+    child = f"{parent}_analysis"
+    config = SubgraphConfig(user_id=_owner(plane.database, parent), parent_graph_id=parent,
+                            name="analysis")
+    proxy.after_request(f"PUT /v1/graphs/{child} ".encode(), "discard")
+    run = Background(lambda: run_direct(SUBGRAPH_FLOW, config, plane.resources))
+    proxy.wait_for(lambda p: p.discarded["answers"] > 0)
+    plane.machines.cut(1)
+    run.join()
+    assert isinstance(run.error, HostUnavailable), run.error
+    assert "graph host host-1 is unavailable" in run.error.message
+    assert plane.placed() == {parent: "host-1"}
+    with plane.database.session() as session:
+        graph = session.get(Graph, parent)
+        assert graph is not None and graph.subgraph_count == 0
+
+    plane.machines.restore(1)
+    proxy.release()
+    plane.fresh_clients()
+    assert plane.held()["host-1"] == {parent, child}
+    with plane.database.session() as session:
+        report = housekeeping.SweepReport()
+        housekeeping.sweep_host_servers(session, plane.directory, report)
+    assert report.orphans_quarantined == [f"host-1:{child}"]
+    made = run_direct(SUBGRAPH_FLOW, config, plane.resources).result
+    assert made["graph_id"] == child
+    assert plane.placed() == {parent: "host-1", child: "host-1"}
+    assert plane.held()["host-1"] == {parent, child}
+
+
 def _owner(database: Database, graph_id: str) -> str:
     with database.session() as session:
         graph = session.get(Graph, graph_id)

@@ -3,8 +3,6 @@ plane holding no graph file of its own (``LOCAL_GRAPH_HOSTS=false``)."""
 
 from __future__ import annotations
 
-import os
-import signal
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -57,9 +55,7 @@ def servers(tmp_path: Path) -> Iterator[list[HostProcess]]:
         yield made
     finally:
         for process in made:
-            if process.process is not None and process.process.poll() is None:
-                os.killpg(process.process.pid, signal.SIGCONT)
-            process.stop()
+            process.stop()  # a paused one is resumed first
 
 
 @pytest.fixture
@@ -182,8 +178,7 @@ def test_a_create_that_may_have_reached_a_hung_host_is_retried_only_there(
         postgres_database: Database, servers: list[HostProcess],
         remote_resources: dict[str, Any]) -> None:
     hung = servers[1]
-    assert hung.process is not None
-    os.killpg(hung.process.pid, signal.SIGSTOP)  # accepts connections, answers nothing
+    hung.pause()  # accepts connections, answers nothing
     user = new_customer(postgres_database)
     sub_id = paid_graph_subscription(postgres_database, user, plan_name=TIER)
     config = SubscriptionConfig(subscription_id=sub_id)
@@ -194,7 +189,7 @@ def test_a_create_that_may_have_reached_a_hung_host_is_retried_only_there(
     graph_id = next(iter(placed(postgres_database)))
     assert placed(postgres_database) == {graph_id: "host-1"}  # not moved: it may be there
 
-    os.killpg(hung.process.pid, signal.SIGCONT)
+    hung.resume()
     remote_resources["graph_engine"].hosts().close()  # a fresh client: its breaker closed
     result = run_direct(GRAPH_FLOW, config, remote_resources).result
     assert (result["graph_id"], result["host_id"]) == (graph_id, "host-1")
