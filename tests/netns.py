@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import json
 import os
@@ -35,14 +36,23 @@ ALLOCATIONS = Path("/tmp/pph-netns/allocations.json")
 #: The metric of the route that keeps a cut machine's traffic on this machine.
 FALLBACK_METRIC = 4000
 _NAME = re.compile(r"pph(?P<pid>\d+)-(?P<index>\d+)")
+#: The index of the namespace ``problem`` makes and removes at once.
+PROBE_INDEX = 99
 
 
+@functools.cache
 def problem() -> str | None:
-    """Why network namespaces cannot be made here, or None."""
+    """Why network namespaces cannot be made here, or None (tried once per process: root in
+    a container without the network capability cannot make one)."""
     if os.geteuid() != 0:
         return "not root (network namespaces need root)"
     if shutil.which("ip") is None:
         return "no `ip` command (iproute2)"
+    name = f"pph{os.getpid()}-{PROBE_INDEX}"
+    made = ip("netns", "add", name, check=False)
+    if made.returncode != 0:
+        return f"`ip netns add` failed: {made.stderr.strip()}"
+    ip("netns", "del", name, check=False)
     return None
 
 
@@ -114,7 +124,7 @@ def _reclaim(taken: dict[str, dict[str, object]]) -> None:
     """Remove what test processes that are gone left behind (their allocations, and any of
     their namespaces the allocations lost)."""
     for subnet, owner in list(taken.items()):
-        if not _alive(int(owner["pid"])):  # type: ignore[call-overload]
+        if not _alive(int(str(owner["pid"]))):
             _remove(str(owner["name"]), subnet)
             del taken[subnet]
     for name in _namespaces():
@@ -154,10 +164,9 @@ class Machines:
     def start(self) -> None:
         with _locked() as taken:
             _reclaim(taken)
-            ours = [name for name in _namespaces() if _NAME.fullmatch(name)
-                    and int(_NAME.fullmatch(name)["pid"]) == self.pid]  # type: ignore[index]
-            first = 1 + max((int(_NAME.fullmatch(n)["index"]) for n in ours),  # type: ignore[index]
-                            default=-1)
+            named = [_NAME.fullmatch(name) for name in _namespaces()]
+            first = 1 + max((int(found["index"]) for found in named
+                             if found and int(found["pid"]) == self.pid), default=-1)
             subnets = (s for s in NETWORK.subnets(new_prefix=30) if str(s) not in taken)
             for index in range(first, first + self.count):
                 subnet = next(subnets)
