@@ -22,7 +22,7 @@ from provisioning_pipelines.flows import (
 )
 from provisioning_pipelines.flows.backup import BACKUP_FLOW, BackupConfig
 from provisioning_pipelines.flows.deletion import DeletionConfig, SubgraphDeletionConfig
-from provisioning_pipelines.services.capacity import remote
+from provisioning_pipelines.services.capacity import hosts, remote
 from provisioning_pipelines.services.provisioning import claims
 from provisioning_pipelines.services.upkeep import housekeeping, integrity
 from provisioning_pipelines.storage.db import Database
@@ -158,6 +158,33 @@ def test_a_graph_no_row_places_on_a_host_is_reported_and_quarantined_there(
     assert graph["graph_id"] in held(servers)[graph["host_id"]]
     with postgres_database.session() as session:
         assert integrity.files_match_rows(session, directory) == []
+
+
+def test_a_graph_placed_on_a_host_while_the_sweep_lists_it_is_not_quarantined(
+        postgres_database: Database, servers: list[HostProcess],
+        remote_resources: dict[str, Any]) -> None:
+    """The sweep reads the rows, then asks each host what it holds: a graph placed and made on
+    a host in between has a row the first read did not see, and is live work, not an orphan."""
+    graph = provision(postgres_database, remote_resources)
+    target = next(p for p in servers if p.host_id != graph["host_id"])
+    with client(target) as host:  # its file made there, as a placement elsewhere makes it
+        host.create(graph["graph_id"], ["CREATE NODE TABLE Thing(id INT64, PRIMARY KEY(id))"])
+    directory = remote_resources["graph_engine"].hosts()
+    with postgres_database.session() as session:
+        listed = hosts.graph_host(session, directory, target.host_id)
+    listing = listed.list
+
+    def placed_meanwhile() -> Any:
+        with postgres_database.session() as other:  # another worker's committed placement
+            other.get(Graph, graph["graph_id"]).host_id = target.host_id
+        return listing()
+
+    listed.list = placed_meanwhile  # type: ignore[method-assign]
+    with postgres_database.session() as session:
+        report = housekeeping.SweepReport()
+        housekeeping.sweep_host_servers(session, directory, report)
+    assert f"{target.host_id}:{graph['graph_id']}" not in report.orphans_quarantined
+    assert graph["graph_id"] in held(servers)[target.host_id]
 
 
 def test_a_create_that_never_reached_a_dead_host_is_placed_on_another(

@@ -161,11 +161,21 @@ def sweep_host_servers(session: Session, directory: HostDirectory, report: Sweep
     for host_id, url, data_root in remote:
         host = directory.get(HostAddress(host_id, url, data_root))
         try:
-            for graph_id in set(host.list().graphs) - placed.get(host_id, set()):
+            unplaced = set(host.list().graphs) - placed.get(host_id, set())
+            for graph_id in unplaced - _placed_on(session, host_id, unplaced):
                 if host.quarantine(graph_id):
                     report.orphans_quarantined.append(f"{host_id}:{graph_id}")
         except ProvisioningError as exc:
             logger.warning("housekeeping: host %s: %s", host_id, exc.message)
+
+
+def _placed_on(session: Session, host_id: str, graph_ids: set[str]) -> set[str]:
+    """Which of these graphs a row places on the host now: asked again after the listing, as a
+    graph placed after the rows were first read may have been made on the host since."""
+    if not graph_ids:
+        return set()
+    return set(session.scalars(select(Graph.id).where(
+        Graph.id.in_(graph_ids), Graph.host_id == host_id, Graph.status != _GONE)))
 
 
 def _old(entry: Path, now: float, min_age_seconds: float) -> bool:
