@@ -66,11 +66,12 @@ class SubgraphWork:
 
 
 def discard_subgraph(ctx: StepContext, work: Any, exc: BaseException) -> None:
-    """Remove the subgraph this run reserved (rows, file, and its place in the parent's count)."""
+    """Remove the subgraph this run reserved (rows, file, and its place in the parent's count);
+    a file its host, not answering, may hold is left to housekeeping (``discard_graph``)."""
     if not isinstance(work, SubgraphWork):
         return
     with ctx.database.session() as session:
-        graphs.discard_graph(session, ctx.hosts, work.subgraph_id)
+        graphs.discard_graph(session, ctx.hosts, work.subgraph_id, undo=True)
     ctx.log.error(f"subgraph {work.subgraph_id}: creation failed ({detail(exc)}); removed")
 
 

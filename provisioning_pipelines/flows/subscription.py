@@ -82,7 +82,8 @@ def abandon_attempt(ctx: StepContext, work: Any, exc: BaseException) -> None:
             if claim.resource_type == "graph":
                 if not keep_place:
                     graphs.discard_graph(session, ctx.hosts,
-                                         graphs.graph_id_for_subscription(claim.subscription_id))
+                                         graphs.graph_id_for_subscription(claim.subscription_id),
+                                         undo=True)
             else:
                 repositories.revoke_subscription_access(session, claim.subscription_id)
                 credits.remove_subscription_allocations(session, claim.subscription_id)

@@ -9,6 +9,7 @@ idempotent for that reason.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from provisioning_pipelines.storage.models import (
     GraphUser,
     Subscription,
 )
+
+logger = logging.getLogger(__name__)
 
 #: A graph being restored from a backup: nobody sees it until it is ``active``.
 RESTORING = "restoring"
@@ -349,16 +352,30 @@ def schema_statements(session: Session, graph_id: str) -> list[str]:
     return list((row.schema_json or {}).get("statements") or [])
 
 
-def discard_graph(session: Session, directory: HostDirectory, graph_id: str) -> bool:
+def discard_graph(session: Session, directory: HostDirectory, graph_id: str, *,
+                  undo: bool = False) -> bool:
     """Remove a graph that never became active: file first, then rows and its host slot.
 
     The file goes first: a crash between the two leaves rows without a file, which the next
     attempt's ``ensure_database`` rebuilds, rather than an orphan file nobody knows about.
+
+    An ``undo`` (of a failed attempt) must end the attempt even when the graph's host does not
+    answer (killed, hung): the rows and the slot go anyway, and a file the host may hold (or
+    make yet, from a request it took in before it hung) is left to housekeeping, which
+    quarantines what no row places on a host once it answers. A deletion (not an undo) raises
+    instead, and is run again.
     """
     graph = session.get(Graph, graph_id)
     if graph is None:
         return False
-    hosts.graph_host(session, directory, graph.host_id).delete(graph_id)
+    try:
+        hosts.graph_host(session, directory, graph.host_id).delete(graph_id)
+    except HostUnavailable as exc:
+        if not undo:
+            raise
+        logger.warning("graph %s: its host did not answer the undo's delete (%s); its rows go, "
+                       "and housekeeping quarantines a file the host may hold", graph_id,
+                       exc.message)
     pool_ids = select(CreditPool.id).where(CreditPool.graph_id == graph_id)
     session.execute(delete(CreditTransaction).where(CreditTransaction.pool_id.in_(pool_ids)))
     session.execute(delete(CreditPool).where(CreditPool.graph_id == graph_id))
