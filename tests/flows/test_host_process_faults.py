@@ -17,7 +17,6 @@ hosts hold, the operator's checks clean, no half-made file left, every operation
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,36 +26,26 @@ from sqlalchemy import select
 
 from provisioning_pipelines.errors import HostUnavailable
 from provisioning_pipelines.flows import (
-    DELETION_FLOW,
     GRAPH_FLOW,
-    SUBGRAPH_DELETION_FLOW,
-    SUBGRAPH_FLOW,
-    Outcome,
-    SubgraphConfig,
     SubscriptionConfig,
 )
-from provisioning_pipelines.flows.backup import BACKUP_FLOW, BackupConfig
-from provisioning_pipelines.flows.deletion import DeletionConfig, SubgraphDeletionConfig
 from provisioning_pipelines.services.provisioning import claims
 from provisioning_pipelines.storage.db import Database
-from provisioning_pipelines.storage.models import Graph, GraphBackup, GraphHost, Subscription
+from provisioning_pipelines.storage.models import Graph, GraphHost, Subscription
 from tests.factories import new_customer, paid_graph_subscription
 from tests.flows.helpers import run_direct
 from tests.flows.host_servers import (
     TIER,
-    client,
     control_plane,
     fresh_clients,
     held,
-    leftovers,
     placed,
-    provision,
     register,
     rows_match_hosts,
     start_hosts,
     stop_hosts,
 )
-from tests.host_serving import TOKEN, HostProcess
+from tests.host_serving import HostProcess
 
 
 @dataclass
@@ -139,4 +128,37 @@ def test_a_create_whose_only_host_is_dead_fails_cleanly_and_a_retry_makes_it_onc
                                                        retry_failed=True), hosts.resources)
     assert (result.result["status"], result.result["host_id"]) == ("active", "host-0")
     assert held(hosts.servers) == {"host-0": {result.result["graph_id"]}}
+    hosts.check()
+
+
+@pytest.mark.parametrize(("token", "why"), [
+    ("a-token-the-hosts-never-had",
+     "it refused this process's token (GRAPH_HOST_TOKEN is not the one it serves with)"),
+    (None, "GRAPH_HOST_TOKEN is not set in this process"),
+], ids=["wrong token", "no token"])
+def test_a_control_plane_without_the_hosts_token_makes_nothing_and_holds_nothing(
+        make_hosts: Callable[..., Hosts], token: str | None, why: str) -> None:
+    hosts = make_hosts(2, 2)
+    wrong = control_plane(hosts.database, hosts.tmp_path, GRAPH_HOST_TOKEN=token)
+    user = new_customer(hosts.database)
+    sub_id = paid_graph_subscription(hosts.database, user, plan_name=TIER)
+    config = SubscriptionConfig(subscription_id=sub_id)
+    for attempt in (1, 2):  # each attempt ends, its claim given back for the next
+        with pytest.raises(claims.RetryScheduled, match=f"attempt {attempt} of 3 failed"):
+            run_direct(GRAPH_FLOW, config, wrong)
+        assert subscription(hosts.database, sub_id).claim_token is None
+    with pytest.raises(HostUnavailable) as last:
+        run_direct(GRAPH_FLOW, config, wrong)
+    assert last.value.message.endswith(why)
+    failed = subscription(hosts.database, sub_id)
+    assert (failed.status, failed.claim_token) == ("failed", None)
+    assert failed.last_error is not None and failed.last_error.endswith(why)
+    assert placed(hosts.database) == {}
+    assert slots(hosts.database) == {"host-0": 0, "host-1": 0}
+    assert held(hosts.servers) == {"host-0": set(), "host-1": set()}
+
+    # The operator sets the hosts' token and puts the subscription back: made once.
+    result = run_direct(GRAPH_FLOW, SubscriptionConfig(subscription_id=sub_id,
+                                                       retry_failed=True), hosts.resources)
+    assert result.result["status"] == "active"
     hosts.check()

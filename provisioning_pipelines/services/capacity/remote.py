@@ -24,6 +24,7 @@ from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import (
+    HostTokenRefused,
     HostUnavailable,
     InvalidRequest,
     ProvisioningError,
@@ -82,7 +83,7 @@ def add_remote_host(session: Session, *, host_id: str, url: str, token: str | No
         try:
             health = remote.health()
             holding = remote.list()
-        except Unauthorized:
+        except HostTokenRefused:
             raise Unauthorized(f"url: {where} refused the token (GRAPH_HOST_TOKEN is not the "
                                "one it serves with); not added", field="url") from None
         except HostUnavailable as exc:

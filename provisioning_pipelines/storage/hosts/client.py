@@ -8,7 +8,9 @@ circuit breaker per client counts calls in a row that found the host unreachable
 failing at once with ``HostUnavailable``; then one call is let through (half-open), and its
 outcome closes the breaker or opens it again. Errors name the host by id; its address stays in
 the log. The host's own errors (``{"error", "message", "field"}``) come back as the same
-``ProvisioningError`` subclass the host raised.
+``ProvisioningError`` subclass the host raised, except its token gate's 401, which is
+``HostTokenRefused`` (a ``HostUnavailable`` that surely did nothing there): to a caller, a host
+that refuses this process's token is one it cannot use until an operator fixes the token.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from provisioning_pipelines.errors import HostUnavailable, ProvisioningError
+from provisioning_pipelines.errors import HostTokenRefused, HostUnavailable, ProvisioningError
 from provisioning_pipelines.storage.hosts.contract import (
     BackupInfo,
     GraphHost,
@@ -161,6 +163,10 @@ class HostClient(GraphHost):
             payload = None
         if response.is_success:
             return payload
+        if response.status_code == 401:  # the token gate: nothing was done on the host
+            raise HostTokenRefused(
+                f"graph host {self.host_id} is unavailable: it refused this process's token "
+                "(GRAPH_HOST_TOKEN is not the one it serves with)", reached=False)
         if not isinstance(payload, dict) or "error" not in payload:
             raise self._unavailable(f"answered {response.status_code} without an error body")
         cls = self._errors.get(str(payload["error"]), ProvisioningError)
