@@ -60,6 +60,7 @@ class Holding:
 class HostHealth:
     tier: str
     capacity: int
+    #: Slots taken: the top-level graphs held (a subgraph lives beside its parent, in its slot).
     used: int
 
 
@@ -134,4 +135,5 @@ class GraphHost(abc.ABC):
 
     @abc.abstractmethod
     def health(self) -> HostHealth:
-        """The host's tier, how many graphs it may hold and how many it holds."""
+        """The host's tier, how many graphs it may hold and how many it holds (top-level ones:
+        subgraphs take no slot)."""
