@@ -16,7 +16,7 @@ from typing import Any
 from dagster import Config
 from pydantic import Field
 
-from provisioning_pipelines.errors import StorageFull
+from provisioning_pipelines.errors import HostUnavailable, StorageFull
 from provisioning_pipelines.flows.asset_keys import SUBGRAPH_ASSET
 from provisioning_pipelines.flows.public import describe, detail
 from provisioning_pipelines.flows.steps import (
@@ -135,13 +135,19 @@ def fork_parent_data(ctx: StepContext, work: SubgraphWork) -> Outcome:
 
 def fork_error(config: SubgraphConfig, exc: BaseException) -> str:
     """What the customer is told of a failed fork: what happened to their data and what to do,
-    not the engine's words (those go to the log)."""
+    not the engine's words (those go to the log). A host that took the fork in and did not
+    answer (killed, hung past the timeout) may have committed the copy, or may commit it
+    still: its loads are one transaction, so the subgraph holds all of it or none."""
     if isinstance(exc, ParentUnreadable):
         why = ("its host has run out of disk space" if isinstance(exc.__cause__, StorageFull)
                else "its database file could not be opened")
         return (f"the parent graph {config.parent_graph_id} could not be read ({why}), so "
                 "nothing was copied: the subgraph is empty. Delete it and fork again later; "
                 "if this persists, contact support.")
+    if isinstance(exc, HostUnavailable) and exc.reached:  # killed or hung mid-copy
+        return (f"the host of {config.parent_graph_id} did not answer while it copied the "
+                "data, and may still have finished: the subgraph holds either all of the "
+                "chosen data or none of it. Delete it and fork again to be sure.")
     return (f"copying the data of {config.parent_graph_id} failed ({describe(exc)}); nothing "
             "was copied: the subgraph is empty. Delete it and fork again later.")
 

@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from provisioning_pipelines.flows import GRAPH_FLOW, SubscriptionConfig
 from provisioning_pipelines.services.capacity import remote
+from provisioning_pipelines.services.graphs.states import LIVE
 from provisioning_pipelines.services.upkeep import integrity
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.hosts.client import HostClient
@@ -171,25 +172,48 @@ def freeze_during(process: HostProcess, folder: Path, wanted: Callable[[str], bo
     return seen
 
 
+def _connections(process: HostProcess) -> list[tuple[str, int]]:
+    """The host's side of each connection to it: its TCP state and unread bytes."""
+    port = f":{process.port:04X}"
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if fields[1].endswith(port) and fields[3] != "0A":  # not the listener
+                    found.append((fields[3], int(fields[4].split(":")[1], 16)))
+    return found
+
+
 def request_waiting(process: HostProcess, *, until: Callable[[], bool],
                     deadline: float = 60.0) -> bool:
     """Whether a request sits unread in a connection to the (stopped) host: the kernel took
-    its bytes in, the process has not read them (``/proc/net/tcp``'s receive queue)."""
-    port = f"{process.port:04X}"
+    its bytes in, the process has not read them (the socket's receive queue)."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
-        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-            with open(table) as lines:
-                for line in list(lines)[1:]:
-                    fields = line.split()
-                    local, state, queues = fields[1], fields[3], fields[4]
-                    if local.endswith(f":{port}") and state == "01" and \
-                            int(queues.split(":")[1], 16) > 0:
-                        return True
+        if any(unread for _, unread in _connections(process)):
+            return True
         if until():
             return False
         time.sleep(0.001)
     return False
+
+
+def finish_and_stop(process: HostProcess, *, deadline: float = 60.0) -> None:
+    """Let the host, let go after a hang, finish every request it took in, then end it: once
+    none of them is unread, SIGTERM, on which it accepts nothing new and lets every request in
+    flight finish (their callers long gone) before it exits. Its disk is then what that work
+    left; ``start`` it again to ask it."""
+    assert process.process is not None
+    end = time.monotonic() + deadline
+    while any(unread for _, unread in _connections(process)):
+        assert time.monotonic() < end, f"host {process.host_id} left requests unread"
+        time.sleep(0.01)
+    os.killpg(process.process.pid, signal.SIGTERM)
+    # uvicorn ends on the signal once its shutdown is done: the requests in flight finished.
+    assert process.process.wait(timeout=deadline) in (0, -signal.SIGTERM)
+    assert process.log.read_text().rstrip().endswith(
+        f"Finished server process [{process.process.pid}]")
 
 
 # --- what a user (or an operator) would find ------------------------------------------------
@@ -216,19 +240,24 @@ def backups_on(process: HostProcess, graph_id: str) -> set[str]:
 
 def rows_match_hosts(database: Database, resources: dict[str, Any],
                      servers: Sequence[HostProcess]) -> None:
-    """Every graph on exactly the host its row names, each host's slots its graphs, and the
-    operator's checks clean."""
+    """Every live graph on exactly the host its row names (one being deleted there or gone),
+    no graph on a host without a row placing it there, each host's slots its top-level graphs,
+    and the operator's checks clean."""
     on_hosts = held(servers)
-    rows = placed(database)
-    for graph_id, host_id in rows.items():
-        assert [h for h, ids in on_hosts.items() if graph_id in ids] == [host_id], graph_id
-    assert set().union(*on_hosts.values()) == set(rows)
+    with database.session() as session:
+        rows = {graph_id: (host_id, status, parent) for graph_id, host_id, status, parent in
+                session.execute(select(Graph.id, Graph.host_id, Graph.status,
+                                       Graph.parent_graph_id)
+                                .where(Graph.status != "deleted"))}
+        used = dict(session.execute(select(GraphHost.id, GraphHost.slots_used)).all())
+    for graph_id, (host_id, status, _) in rows.items():
+        where = [h for h, ids in on_hosts.items() if graph_id in ids]
+        assert where == [host_id] or (status not in LIVE and where == []), (graph_id, where)
+    for host_id, ids in on_hosts.items():
+        assert all(rows.get(g, (None,))[0] == host_id for g in ids), (host_id, ids)
+        top_level = [g for g in ids if rows[g][2] is None]
+        assert used[host_id] == len(top_level), host_id
     directory = resources["graph_engine"].hosts()
     with database.session() as session:
         assert integrity.files_match_rows(session, directory) == []
         assert integrity.hosts_within_capacity(session) == []
-        used = dict(session.execute(select(GraphHost.id, GraphHost.slots_used)).all())
-        tops = dict(session.execute(select(Graph.id, Graph.parent_graph_id)).all())
-    for process in servers:
-        top_level = {g for g in on_hosts[process.host_id] if tops.get(g) is None}
-        assert used[process.host_id] == len(top_level), process.host_id
