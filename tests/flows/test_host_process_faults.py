@@ -17,6 +17,7 @@ hosts hold, the operator's checks clean, no half-made file left, every operation
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -666,4 +667,58 @@ def test_a_subgraph_deletion_hung_past_the_timeout_never_shows_a_subgraph_withou
     run_direct(SUBGRAPH_DELETION_FLOW, config, hosts.resources)
     assert graph_row(hosts.database, child) is None
     assert held(hosts.servers) == {"host-0": {parent}}
+    hosts.check()
+
+
+# --- two API workers racing on one paid subscription -----------------------------------------
+
+
+def test_two_workers_racing_on_each_paid_subscription_make_one_graph_on_one_host(
+        make_hosts: Callable[..., Hosts]) -> None:
+    hosts = make_hosts(3, 3, 3)
+    db = hosts.database
+    # Two API workers, each with the resources it builds for itself (its own host clients).
+    workers = [control_plane(db, hosts.tmp_path / f"worker-{i}") for i in range(2)]
+    assert workers[0]["graph_engine"].hosts() is not workers[1]["graph_engine"].hosts()
+
+    def race(sub_id: str) -> list[dict[str, Any] | Exception]:
+        gate = threading.Barrier(2)
+
+        def work(resources: dict[str, Any]) -> dict[str, Any] | Exception:
+            gate.wait()
+            try:
+                return run_direct(GRAPH_FLOW, SubscriptionConfig(subscription_id=sub_id),
+                                  resources).result
+            except claims.ClaimHeld as held_by_the_other:
+                return held_by_the_other
+
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(work, workers))
+
+    made: dict[str, str] = {}
+    for round_ in range(6):
+        if round_ == 3:  # the host with the most free slots dies; its probes have not noticed
+            hosts[0].kill()
+        user = new_customer(db)
+        sub_id = paid_graph_subscription(db, user, plan_name=TIER)
+        outcomes = race(sub_id)
+        makers = [o for o in outcomes if isinstance(o, dict) and not o["already_active"]]
+        others = [o for o in outcomes if o not in makers]
+        assert len(makers) == 1 and len(others) == 1, outcomes
+        other = others[0]
+        assert isinstance(other, claims.ClaimHeld) or other["resource_id"] == \
+            makers[0]["graph_id"], other
+        with db.session() as session:
+            rows = session.scalars(select(Graph).where(Graph.subscription_id == sub_id)).all()
+            assert [(g.id, g.host_id) for g in rows] == \
+                [(makers[0]["graph_id"], makers[0]["host_id"])]
+        assert subscription(db, sub_id).status == "active"
+        made[makers[0]["graph_id"]] = makers[0]["host_id"]
+    assert list(made.values()) == ["host-0", "host-1", "host-2",  # most free slots, ties by id
+                                   "host-1", "host-2", "host-1"]  # host-0 dead: never placed
+
+    restart(hosts)
+    assert held(hosts.servers) == {host_id: {g for g, h in made.items() if h == host_id}
+                                   for host_id in ("host-0", "host-1", "host-2")}
+    assert slots(db) == {"host-0": 1, "host-1": 3, "host-2": 2}
     hosts.check()
