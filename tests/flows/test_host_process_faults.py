@@ -504,6 +504,11 @@ def test_work_finished_before_its_host_was_killed_is_served_and_counted_once_res
     run_direct(SUBGRAPH_DELETION_FLOW, subgraph_deletion(db, kept, "dropped"), resources)
     run_direct(BACKUP_FLOW, BackupConfig(graph_id=kept, backup_id="bk_kept"), resources)
     run_direct(DELETION_FLOW, deletion(dropped), resources)
+    directory = resources["graph_engine"].hosts()
+    with db.session() as session, client(hosts[0]) as host:  # sizes asked of the host
+        view = graphs.describe(session, session.get(Graph, kept), directory)
+        assert view["size_bytes"] == host.size(kept) > 0
+        assert view["subgraphs"][0]["size_bytes"] == host.size(f"{kept}_kept") > 0
     hosts[0].kill()
 
     # Down: its probes miss, its graphs show unavailable, work on them is refused before an
@@ -511,10 +516,10 @@ def test_work_finished_before_its_host_was_killed_is_served_and_counted_once_res
     for _ in range(3):
         remote.probe_hosts(db, TOKEN, misses=3)
     with db.session() as session:
-        view = graphs.describe(session, session.get(Graph, kept))
-        assert view["available"] is False
-        assert [(s["graph_id"], s["available"]) for s in view["subgraphs"]] == \
-            [(f"{kept}_kept", False)]
+        view = graphs.describe(session, session.get(Graph, kept), directory)
+        assert (view["available"], view["size_bytes"]) == (False, None)  # not asked
+        assert [(s["graph_id"], s["available"], s["size_bytes"]) for s in view["subgraphs"]] \
+            == [(f"{kept}_kept", False, None)]
         with pytest.raises(HostUnavailable, match="which is not answering"):
             capacity.check_serving(session, kept)
     elsewhere = provision(db, resources)

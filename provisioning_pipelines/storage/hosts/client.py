@@ -125,8 +125,12 @@ class HostClient(GraphHost):
         return HostUnavailable(f"graph host {self.host_id} is unavailable: {why}",
                                reached=reached)
 
-    def _call(self, method: str, path: str, *, body: Any = None, repeatable: bool) -> Any:
-        tries = self.attempts if repeatable else 1
+    def _call(self, method: str, path: str, *, body: Any = None, repeatable: bool,
+              wait: float | None = None) -> Any:
+        """One call, retried if ``repeatable``; with ``wait``, one try that waits at most that
+        many seconds for the answer."""
+        tries = self.attempts if repeatable and wait is None else 1
+        timeout: Any = httpx.USE_CLIENT_DEFAULT if wait is None else httpx.Timeout(wait)
         reached = False  # whether any try may have reached the host
         for attempt in range(1, tries + 1):
             if not self.breaker.allow():
@@ -134,7 +138,7 @@ class HostClient(GraphHost):
                     f"{self.breaker.failures} calls in a row failed; not called again for "
                     f"{self.breaker.cool_down:g} s", reached=reached)
             try:
-                response = self._http.request(method, path, json=body)
+                response = self._http.request(method, path, json=body, timeout=timeout)
             except httpx.TransportError as exc:
                 self.breaker.failed()
                 # No connection made: the request surely never left this process.
@@ -228,9 +232,9 @@ class HostClient(GraphHost):
         return bool(self._call("POST", f"{self._graph(graph_id)}/quarantine",
                                repeatable=True)["quarantined"])
 
-    def size(self, graph_id: str) -> int:
-        return int(self._call("GET", f"{self._graph(graph_id)}/size",
-                              repeatable=True)["size_bytes"])
+    def size(self, graph_id: str, *, wait: float | None = None) -> int:
+        return int(self._call("GET", f"{self._graph(graph_id)}/size", repeatable=True,
+                              wait=wait)["size_bytes"])
 
     def health(self) -> HostHealth:
         found = self._call("GET", "/healthz", repeatable=True)

@@ -130,8 +130,10 @@ class GraphHost(abc.ABC):
         at; True if it was there."""
 
     @abc.abstractmethod
-    def size(self, graph_id: str) -> int:
-        """Bytes the graph takes on disk (its file and sidecars)."""
+    def size(self, graph_id: str, *, wait: float | None = None) -> int:
+        """Bytes the graph takes on disk (its file and sidecars). ``wait``: for a caller that
+        must not wait long (a page that shows sizes), one try answered within that many
+        seconds, or ``HostUnavailable``."""
 
     @abc.abstractmethod
     def health(self) -> HostHealth:

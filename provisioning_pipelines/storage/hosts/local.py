@@ -211,8 +211,8 @@ class LocalHost(GraphHost):
                     moved = True
         return moved
 
-    def size(self, graph_id: str) -> int:
-        return self._size(self._held(graph_id))
+    def size(self, graph_id: str, *, wait: float | None = None) -> int:
+        return self._size(self._held(graph_id))  # a stat or two: never waits
 
     @staticmethod
     def _size(path: Path) -> int:
