@@ -179,3 +179,9 @@ class HostUnavailable(ServiceUnavailable):
         #: no connection was made, or the breaker kept it back), which decides whether a
         #: create may be placed on another host.
         self.reached = reached
+
+
+class HostTokenRefused(HostUnavailable):
+    """A graph host answered 401 to this process's ``GRAPH_HOST_TOKEN``: its gate refused the
+    request before any path was looked at, so nothing was done there (``reached`` is False),
+    and the same request succeeds once an operator sets the token the hosts serve with."""

@@ -16,7 +16,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dagster import DagsterInstance
 from sqlalchemy.orm import Session
@@ -44,6 +44,9 @@ from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.errors import is_outage, what_is_down
 from provisioning_pipelines.storage.events import Fanout, OperationStore
+
+if TYPE_CHECKING:
+    from provisioning_pipelines.storage.hosts.directory import HostDirectory
 
 logger = logging.getLogger("provisioning_pipelines.api")
 
@@ -91,6 +94,11 @@ class ApiContext:
     @property
     def store(self) -> OperationStore:
         return self.executor.store
+
+    @property
+    def hosts(self) -> HostDirectory:
+        """The graph hosts this process reaches (a graph's size is asked of its host server)."""
+        return self.executor.resources["graph_engine"].hosts()
 
     def start(self, call: Callable[..., ProvisioningResult], *args: Any, **kwargs: Any) -> None:
         """Provision in the background; the outcome lands on the operation."""

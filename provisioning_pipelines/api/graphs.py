@@ -98,13 +98,14 @@ def routes(api: ApiContext) -> list[Route]:
     def list_graphs(request: Request) -> Response:
         user = api.user_of(request)
         with api.database.session() as session:
-            return JSONResponse({"graphs": graphs.graphs_of(session, user.user_id)})
+            return JSONResponse({"graphs": graphs.graphs_of(session, user.user_id,
+                                                            api.hosts)})
 
     def show_graph(request: Request) -> Response:
         user = api.user_of(request)
         with api.database.session() as session:
             graph = graphs.visible_graph(session, request.path_params["graph_id"], user.user_id)
-            return JSONResponse(graphs.describe(session, graph))
+            return JSONResponse(graphs.describe(session, graph, api.hosts))
 
     return [
         Route("/v1/graphs", guard(list_graphs)),

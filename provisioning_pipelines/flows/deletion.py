@@ -168,9 +168,16 @@ class SubgraphDeletionConfig(Config):
 
 @step(config=SubgraphDeletionConfig)
 def remove_subgraph(ctx: StepContext, config: SubgraphDeletionConfig) -> Outcome:
-    """Delete the subgraph's file and rows, and give its place under the parent back."""
+    """Delete the subgraph's file and rows, and give its place under the parent back. It is
+    ``deleting`` before its host is asked: a host that does not answer leaves it so (the file
+    there or not), and the deletion run again finishes it."""
     started_at = time.time()
     with ctx.database.session() as session:
+        subgraph_id = subgraphs.deletable_subgraph(session, user_id=config.user_id,
+                                                   parent_graph_id=config.parent_graph_id,
+                                                   name=config.name)
+        subgraphs.mark_deleting(session, subgraph_id)
+    with ctx.database.session() as session:  # the parent's row locked again, for the removal
         subgraph_id = subgraphs.deletable_subgraph(session, user_id=config.user_id,
                                                    parent_graph_id=config.parent_graph_id,
                                                    name=config.name)
@@ -212,8 +219,8 @@ def subgraph_deletion_result(database: Database, config: SubgraphDeletionConfig
                              ) -> dict[str, Any]:
     subgraph_id = f"{config.parent_graph_id}_{config.name}"
     with database.session() as session:
-        gone = subgraphs.subgraph_summary(session, subgraph_id) is None
-    return {"graph_id": subgraph_id, "status": "deleted" if gone else "active"}
+        found = subgraphs.subgraph_summary(session, subgraph_id)
+    return {"graph_id": subgraph_id, "status": "deleted" if found is None else found["status"]}
 
 
 DELETION_FLOW = Flow(

@@ -135,7 +135,9 @@ def fork_parent_data(ctx: StepContext, work: SubgraphWork) -> Outcome:
 
 def fork_error(config: SubgraphConfig, exc: BaseException) -> str:
     """What the customer is told of a failed fork: what happened to their data and what to do,
-    not the engine's words (those go to the log)."""
+    not the engine's words (those go to the log). A host that took the fork in and did not
+    answer (killed, hung past the timeout) may have committed the copy, or may commit it
+    still: its loads are one transaction, so the subgraph holds all of it or none."""
     if isinstance(exc, ParentUnreadable):
         why = ("its host has run out of disk space" if isinstance(exc.__cause__, StorageFull)
                else "its database file could not be opened")
@@ -146,10 +148,10 @@ def fork_error(config: SubgraphConfig, exc: BaseException) -> str:
         # The host may have received the fork and gone on with it (a lost answer, a cut
         # link): the copy is one transaction there, so all of it or none, but which is not
         # known here.
-        return (f"no answer came while the data of {config.parent_graph_id} was copied "
-                f"({describe(exc)}): the copy is all or nothing, and whether it was made is "
-                "not known, so the subgraph holds all of the parent's data or none of it. "
-                "Delete it and fork again later.")
+        return (f"the host of {config.parent_graph_id} did not answer while it copied the "
+                f"data ({describe(exc)}), and may still have finished: the copy is all or "
+                "nothing there, so the subgraph holds either all of the chosen data or none of "
+                "it, which is not known here. Delete it and fork again to be sure.")
     return (f"copying the data of {config.parent_graph_id} failed ({describe(exc)}); nothing "
             "was copied: the subgraph is empty. Delete it and fork again later.")
 

@@ -4,7 +4,9 @@ Its token comes from the environment (``GRAPH_HOST_TOKEN``, and ``GRAPH_HOST_TOK
 while a rotation is under way), never from the command line, where ``ps`` would show it. On
 SIGTERM uvicorn stops accepting connections and lets requests in flight finish (up to
 ``GRAPH_HOST_SHUTDOWN_GRACE_SECONDS``, 30 by default) before the process ends. A request body
-not received whole within ``GRAPH_HOST_BODY_TIMEOUT_SECONDS`` (10) is answered 408.
+not received whole within ``GRAPH_HOST_BODY_TIMEOUT_SECONDS`` (10) is answered 408. Before
+serving, it removes what calls cut short by its last death (SIGKILL, power loss) left half-made
+on its disk (``LocalHost.remove_leftovers``): no call of this process runs yet.
 """
 
 from __future__ import annotations
@@ -62,6 +64,11 @@ def serve(*, host_id: str, tier: str, capacity: int, data_root: Path, address: s
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
     local = LocalHost(host_id, data_root.resolve(), tier=tier, capacity=capacity)
+    removed = local.remove_leftovers()  # nothing runs yet: what is half-made was cut short
+    if removed:
+        logging.getLogger("provisioning_pipelines.hosts_server").warning(
+            "graph host %s: removed %d half-made files left by calls cut short: %s", host_id,
+            len(removed), ", ".join(removed))
     app = create_app(local, tokens, body_timeout=body_timeout)
     config = uvicorn.Config(app, host=address, port=port, log_level="info", access_log=False,
                             lifespan="off", timeout_graceful_shutdown=max(1, int(grace)))

@@ -81,6 +81,11 @@ def test_a_graph_on_an_unhealthy_host_is_not_available_over_http(
         assert in_list == {graph_id: answer.json()["available"]
                            for graph_id, answer in one.items()}
         assert one[remote_graph].json()["host_id"] == host.host_id
+        # Sizes: the local graph's file read here, the other's asked of its host server while
+        # it answers its probes (never waited for once it does not).
+        assert one[local_graph].json()["size_bytes"] > 0
+        remote_size = one[remote_graph].json()["size_bytes"]
+        assert remote_size > 0 if in_list[remote_graph] else remote_size is None
         return in_list
 
     assert shown() == {local_graph: True, remote_graph: True}

@@ -20,13 +20,15 @@ DDL = ["CREATE NODE TABLE Person(id INT64, PRIMARY KEY(id))"]
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostProcess]:
-    """A host server that already holds two graphs (a replacement machine with its disk)."""
+    """A host server that already holds two graphs and a subgraph of one (a replacement machine
+    with its disk): two slots taken."""
     folder = tmp_path_factory.mktemp("remote-host")
     process = HostProcess(folder / "data", folder / "host.log", host_id="host-b",
                           tier="ladybug-large", capacity=7).start()
     with HostClient(process.host_id, process.url, TOKEN) as client:
-        for _ in range(2):
-            client.create("kg" + secrets.token_hex(8), DDL)
+        made = ["kg" + secrets.token_hex(8) for _ in range(2)]
+        for graph_id in (*made, f"{made[0]}_analysis"):
+            client.create(graph_id, DDL)
     yield process
     process.stop()
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from dagster import DagsterInstance
 
+from tests.flows.host_servers import remote_resources, servers  # noqa: F401  (fixtures)
 from tests.flows.lifecycle_helpers import PATHS, Runner
 
 

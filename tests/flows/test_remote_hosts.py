@@ -1,9 +1,9 @@
 """The flows on graph host servers: real ``host serve`` processes, PostgreSQL, and the control
-plane holding no graph file of its own (``LOCAL_GRAPH_HOSTS=false``)."""
+plane holding no graph file of its own (``LOCAL_GRAPH_HOSTS=false``); the ``servers`` and
+``remote_resources`` fixtures are ``tests/flows/host_servers.py``'s."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,10 @@ from provisioning_pipelines.flows import (
 )
 from provisioning_pipelines.flows.backup import BACKUP_FLOW, BackupConfig
 from provisioning_pipelines.flows.deletion import DeletionConfig, SubgraphDeletionConfig
-from provisioning_pipelines.services.capacity import hosts, remote
+from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.provisioning import claims
 from provisioning_pipelines.services.upkeep import housekeeping, integrity
 from provisioning_pipelines.storage.db import Database
-from provisioning_pipelines.storage.hosts.client import HostClient
 from provisioning_pipelines.storage.models import (
     Graph,
     GraphBackup,
@@ -34,65 +33,11 @@ from provisioning_pipelines.storage.models import (
     Subscription,
     utcnow,
 )
-from tests.conftest import make_resources
 from tests.factories import new_customer, paid_graph_subscription
 from tests.flows.helpers import run_direct
-from tests.host_serving import TOKEN, HostProcess
+from tests.flows.host_servers import TIER, client, held, owner, placed, provision
+from tests.host_serving import HostProcess
 from tests.orchestration.test_reaper import reap
-
-TIER = "ladybug-large"  # a tier with subgraphs
-
-
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[list[HostProcess]]:
-    """Three host servers of one tier with 2, 3 and 3 slots, each on its own disk."""
-    made = [HostProcess(tmp_path / f"host-{i}" / "data", tmp_path / f"host-{i}.log",
-                        host_id=f"host-{i}", tier=TIER, capacity=capacity)
-            for i, capacity in enumerate((2, 3, 3))]
-    try:
-        for process in made:
-            process.start()
-        yield made
-    finally:
-        for process in made:
-            process.stop()  # a paused one is resumed first
-
-
-@pytest.fixture
-def remote_resources(postgres_database: Database, servers: list[HostProcess],
-                     tmp_path: Path) -> dict[str, Any]:
-    graph_dir = tmp_path / "control-plane" / "graphs"
-    with postgres_database.session() as session:
-        for process in servers:
-            remote.add_remote_host(session, host_id=process.host_id, url=process.url,
-                                   token=TOKEN, graph_data_dir=graph_dir)
-    return make_resources(postgres_database.url, graph_dir, GRAPH_HOST_TOKEN=TOKEN,
-                          LOCAL_GRAPH_HOSTS="false", GRAPH_HOST_TIMEOUT_SECONDS=2)
-
-
-def client(process: HostProcess) -> HostClient:
-    return HostClient(process.host_id, process.url, TOKEN)
-
-
-def held(servers: list[HostProcess]) -> dict[str, set[str]]:
-    """What each host really holds, asked of the host."""
-    found = {}
-    for process in servers:
-        with client(process) as host:
-            found[process.host_id] = set(host.list().graphs)
-    return found
-
-
-def placed(database: Database) -> dict[str, str]:
-    with database.session() as session:
-        return dict(session.execute(select(Graph.id, Graph.host_id)
-                                    .where(Graph.status != "deleted")).all())
-
-
-def provision(database: Database, resources: dict[str, Any]) -> dict[str, Any]:
-    user = new_customer(database)
-    sub_id = paid_graph_subscription(database, user, plan_name=TIER)
-    return run_direct(GRAPH_FLOW, SubscriptionConfig(subscription_id=sub_id), resources).result
 
 
 def test_graphs_go_to_the_host_with_most_free_slots_and_subgraphs_beside_their_parent(
@@ -111,7 +56,7 @@ def test_graphs_go_to_the_host_with_most_free_slots_and_subgraphs_beside_their_p
     with client(servers[1]) as host:
         host.query(parent["graph_id"], "CREATE (:Entity {identifier: 'a', name: 'A'})",
                    read_only=False)
-    user_id = _owner(postgres_database, parent["graph_id"])
+    user_id = owner(postgres_database, parent["graph_id"])
     child = run_direct(SUBGRAPH_FLOW, SubgraphConfig(
         user_id=user_id, parent_graph_id=parent["graph_id"], name="analysis",
         fork_parent=True), remote_resources).result
@@ -224,13 +169,6 @@ def test_a_create_that_may_have_reached_a_hung_host_is_retried_only_there(
     with postgres_database.session() as session:
         assert session.get(Subscription, sub_id).status == "active"
         assert integrity.hosts_within_capacity(session) == []
-
-
-def _owner(database: Database, graph_id: str) -> str:
-    with database.session() as session:
-        graph = session.get(Graph, graph_id)
-        assert graph is not None
-        return graph.owner_user_id
 
 
 def test_a_backup_past_its_retention_is_removed_from_the_host_that_keeps_it(

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from provisioning_pipelines.errors import Conflict, HostUnavailable, InvalidRequest, NotFound
-from provisioning_pipelines.storage.graph_ids import ANY_GRAPH_ID
+from provisioning_pipelines.storage.graph_ids import ANY_GRAPH_ID, GRAPH_ID
 from provisioning_pipelines.storage.hosts import GraphHost, LocalHost
 from provisioning_pipelines.storage.hosts.client import CircuitBreaker, HostClient
 from provisioning_pipelines.storage.ladybug import sidecars
@@ -231,10 +231,14 @@ def test_size_is_the_files_bytes(host) -> None:
 
 def test_health_says_tier_capacity_and_what_is_held(host) -> None:
     host, _ = host
-    host.create(new_id(), DDL)
+    parent = new_id()
+    host.create(parent, DDL)
+    host.create(f"{parent}_child", DDL)  # a subgraph lives in its parent's slot
     health = host.health()
     assert (health.tier, health.capacity) == (TIER, CAPACITY)
-    assert health.used == len(host.list().graphs) >= 1
+    held = host.list().graphs
+    assert f"{parent}_child" in held
+    assert health.used == len([g for g in held if GRAPH_ID.fullmatch(g)]) >= 1
 
 
 @pytest.mark.parametrize("bad", ["../kg0123456789abcdef", "/etc/passwd", "kg0123\x00",

@@ -205,6 +205,14 @@ def check_serving(session: Session, graph_id: str) -> None:
                               "is not answering; try again shortly", field="graph_id")
 
 
+def servers_among(session: Session, host_ids: set[str]) -> set[str]:
+    """Which of these hosts are host servers (registered with a url)."""
+    if not host_ids:
+        return set()
+    return set(session.scalars(select(GraphHost.id).where(GraphHost.id.in_(host_ids),
+                                                          GraphHost.url.is_not(None))))
+
+
 def unhealthy_among(session: Session, host_ids: set[str]) -> set[str]:
     """Which of these hosts do not answer their probes now."""
     if not host_ids:

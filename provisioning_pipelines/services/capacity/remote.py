@@ -2,8 +2,9 @@
 
 A host is added only if it answers: its ``/healthz`` gives the tier and capacity when the
 operator left them out, and its graph listing (authenticated, so a wrong token is found here,
-not at the first placement) gives the slots it already uses. A replacement registered as empty
-would have its slots double-booked, so the count is never assumed.
+not at the first placement) gives the slots it already uses: its top-level graphs (a subgraph
+lives in its parent's slot). A replacement registered as empty would have its slots
+double-booked, so the count is never assumed.
 
 Probes ask each remote host's ``/healthz`` with a short timeout, one attempt, no breaker (the
 probe is what decides health). ``misses`` unanswered probes in a row make a host ``unhealthy``:
@@ -24,6 +25,7 @@ from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import (
+    HostTokenRefused,
     HostUnavailable,
     InvalidRequest,
     ProvisioningError,
@@ -31,6 +33,7 @@ from provisioning_pipelines.errors import (
 )
 from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.storage.db import Database
+from provisioning_pipelines.storage.graph_ids import GRAPH_ID
 from provisioning_pipelines.storage.hosts.client import HostClient
 from provisioning_pipelines.storage.models import GraphHost, utcnow
 
@@ -84,7 +87,7 @@ def add_remote_host(session: Session, *, host_id: str, url: str, token: str | No
         try:
             health = remote.health()
             holding = remote.list()
-        except Unauthorized:
+        except HostTokenRefused:
             raise Unauthorized(f"url: {where} refused the token (GRAPH_HOST_TOKEN is not the "
                                "one it serves with); not added", field="url") from None
         except HostUnavailable as exc:
@@ -99,7 +102,8 @@ def add_remote_host(session: Session, *, host_id: str, url: str, token: str | No
     return hosts.add_host(session, tier=health.tier,
                           capacity=health.capacity if capacity is None else capacity,
                           data_root=data_root, graph_data_dir=graph_data_dir, host_id=host_id,
-                          url=url, slots_used=len(holding.graphs))
+                          url=url, slots_used=sum(1 for graph_id in holding.graphs
+                                                  if GRAPH_ID.fullmatch(graph_id)))
 
 
 # --- probes --------------------------------------------------------------------------------

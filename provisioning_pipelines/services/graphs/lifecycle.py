@@ -21,7 +21,8 @@ API, ``graphs show`` and ``list``, the state table's refusals, the integrity che
 sweeps) then tells the truth without having to know that subgraphs have parents; a computed
 status would have to be repeated in each of those queries, and the one that forgot it would
 show a suspended subgraph as active (as the integrity checks once counted deleted graphs as
-live). Nothing else moves a subgraph's status, so the two cannot drift apart.
+live). Nothing else moves a subgraph's status, so the two cannot drift apart, but the subgraph's
+own deletion (``deleting`` before its host is asked, then gone: ``subgraphs.mark_deleting``).
 """
 
 from __future__ import annotations

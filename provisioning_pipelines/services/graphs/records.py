@@ -19,7 +19,12 @@ from typing import Any
 from sqlalchemy import Row, delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.errors import CapacityExhausted, HostUnavailable, NotFound
+from provisioning_pipelines.errors import (
+    CapacityExhausted,
+    HostUnavailable,
+    NotFound,
+    ProvisioningError,
+)
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.billing import credits
 from provisioning_pipelines.services.capacity import hosts
@@ -317,20 +322,45 @@ def graph_of_subscription(session: Session, subscription_id: str) -> Graph | Non
                                               Graph.parent_graph_id.is_(None)))
 
 
-def describe(session: Session, graph: Graph) -> dict[str, Any]:
-    """A graph as its owner sees it (``GET /v1/graphs``): with its subgraphs and file size,
+def describe(session: Session, graph: Graph, directory: HostDirectory | None = None
+             ) -> dict[str, Any]:
+    """A graph as its owner sees it (``GET /v1/graphs``): with its subgraphs and their sizes,
     and ``available`` false while its host does not answer its probes."""
     children = session.scalars(select(Graph).where(Graph.parent_graph_id == graph.id)
                                .order_by(Graph.subgraph_index)).all()
     down = hosts.unhealthy_among(session, {graph.host_id, *(c.host_id for c in children)})
-    return {**_view(graph, down), "subgraphs": [_view(child, down) for child in children]}
+    sizes = _sizes(session, directory, [graph, *children], down)
+    return {**_view(graph, down, sizes),
+            "subgraphs": [_view(child, down, sizes) for child in children]}
 
 
-def _view(graph: Graph, unhealthy_hosts: set[str]) -> dict[str, Any]:
-    try:
-        size = Path(graph.database_path).stat().st_size
-    except OSError:
-        size = None
+#: Seconds a host server is given to say a graph's size, once, for a page that shows it.
+SIZE_WAIT = 1.0
+
+
+def _sizes(session: Session, directory: HostDirectory | None, family: Sequence[Graph],
+           down: set[str]) -> dict[str, int | None]:
+    """Bytes each graph takes: its file's, read here for a local host; asked of its host
+    server (given the ``directory``; one short try, so a page never waits out a hung host)
+    while that host answers its probes; else unknown (None)."""
+    servers = hosts.servers_among(session, {graph.host_id for graph in family})
+    sizes: dict[str, int | None] = {}
+    for graph in family:
+        sizes[graph.id] = None
+        try:
+            if graph.host_id not in servers:
+                sizes[graph.id] = Path(graph.database_path).stat().st_size
+            elif directory is not None and graph.host_id not in down:
+                host = hosts.graph_host(session, directory, graph.host_id)
+                sizes[graph.id] = host.size(graph.id, wait=SIZE_WAIT)
+        except (OSError, ProvisioningError):
+            pass
+    return sizes
+
+
+def _view(graph: Graph, unhealthy_hosts: set[str], sizes: Mapping[str, int | None]
+          ) -> dict[str, Any]:
+    size = sizes.get(graph.id)
     return {"graph_id": graph.id, "name": graph.name, "status": graph.status,
             "tier": graph.tier,
             "size_bytes": size, "host_id": graph.host_id,
@@ -341,14 +371,15 @@ def _view(graph: Graph, unhealthy_hosts: set[str]) -> dict[str, Any]:
             "deleted_at": graph.deleted_at.isoformat() if graph.deleted_at else None}
 
 
-def graphs_of(session: Session, user_id: str) -> list[dict[str, Any]]:
+def graphs_of(session: Session, user_id: str, directory: HostDirectory | None = None
+              ) -> list[dict[str, Any]]:
     """The top-level graphs the user owns or has a role on, newest first, with subgraphs."""
     roles = select(GraphUser.graph_id).where(GraphUser.user_id == user_id)
     graphs = session.scalars(
         select(Graph).where(Graph.parent_graph_id.is_(None), Graph.status != RESTORING,
                             or_(Graph.owner_user_id == user_id, Graph.id.in_(roles)))
         .order_by(Graph.created_at.desc())).all()
-    return [describe(session, graph) for graph in graphs]
+    return [describe(session, graph, directory) for graph in graphs]
 
 
 def all_graphs(session: Session, *, limit: int = 1000) -> list[dict[str, Any]]:
@@ -373,9 +404,10 @@ def discard_graph(session: Session, directory: HostDirectory, graph_id: str, *,
     attempt's ``ensure_database`` rebuilds, rather than an orphan file nobody knows about.
 
     An ``undo`` (of a failed attempt) must end the attempt even when the graph's host does not
-    answer (a partition, a host down): the rows and the slot go anyway, and a file the host may
-    hold is left to housekeeping, which quarantines what no row places on a host once it
-    answers. A deletion (not an undo) raises instead, and is run again.
+    answer (killed, hung): the rows and the slot go anyway, and a file the host may hold (or
+    make yet, from a request it took in before it hung) is left to housekeeping, which
+    quarantines what no row places on a host once it answers. A deletion (not an undo) raises
+    instead, and is run again.
     """
     graph = session.get(Graph, graph_id)
     if graph is None:

@@ -3,7 +3,8 @@
 A subgraph has no subscription of its own (the parent's tier pays for it). Its id is
 ``{parent}_{name}``, unique; the tier's limit is counted under the parent's row lock. Its status
 is its parent's, written to its own row whenever the parent's changes (``lifecycle.py`` says
-why), so a suspended parent's subgraphs are shown and refused as suspended.
+why), so a suspended parent's subgraphs are shown and refused as suspended; only its own
+deletion moves it alone, to ``deleting`` before its host is asked (``mark_deleting``).
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def subgraph_summary(session: Session, subgraph_id: str) -> dict[str, Any] | Non
     if graph is None:
         return None
     return {"graph_id": graph.id, "parent_graph_id": graph.parent_graph_id,
-            "database_path": graph.database_path,
+            "status": graph.status, "database_path": graph.database_path,
             "fork_status": (graph.details or {}).get("fork_status", "not_requested")}
 
 
@@ -199,6 +200,16 @@ def deletable_subgraph(session: Session, *, user_id: str, parent_graph_id: str,
         raise NotFound(f"name: graph {parent_graph_id!r} has no subgraph {name!r}",
                        field="name")
     return subgraph_id
+
+
+def mark_deleting(session: Session, subgraph_id: str) -> None:
+    """``deleting``, committed before the subgraph's host is asked to delete its file: a host
+    that took the request in and did not answer (hung; it may delete the file yet) leaves a
+    subgraph shown as being deleted, never one shown active without its file. The deletion run
+    again finishes it."""
+    session.execute(update(Graph).where(Graph.id == subgraph_id,
+                                        Graph.status.in_(GRAPH.sources("begin_deletion")))
+                    .values(status=GRAPH.target("begin_deletion")))
 
 
 def record_deletion(session: Session, subgraph_id: str, *, actor: str) -> None:

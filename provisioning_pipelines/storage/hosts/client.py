@@ -8,7 +8,9 @@ circuit breaker per client counts calls in a row that found the host unreachable
 failing at once with ``HostUnavailable``; then one call is let through (half-open), and its
 outcome closes the breaker or opens it again. Errors name the host by id; its address stays in
 the log. The host's own errors (``{"error", "message", "field"}``) come back as the same
-``ProvisioningError`` subclass the host raised.
+``ProvisioningError`` subclass the host raised, except its token gate's 401, which is
+``HostTokenRefused`` (a ``HostUnavailable`` that surely did nothing there): to a caller, a host
+that refuses this process's token is one it cannot use until an operator fixes the token.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from provisioning_pipelines.errors import HostUnavailable, ProvisioningError
+from provisioning_pipelines.errors import HostTokenRefused, HostUnavailable, ProvisioningError
 from provisioning_pipelines.storage.hosts.contract import (
     BackupInfo,
     GraphHost,
@@ -123,8 +125,12 @@ class HostClient(GraphHost):
         return HostUnavailable(f"graph host {self.host_id} is unavailable: {why}",
                                reached=reached)
 
-    def _call(self, method: str, path: str, *, body: Any = None, repeatable: bool) -> Any:
-        tries = self.attempts if repeatable else 1
+    def _call(self, method: str, path: str, *, body: Any = None, repeatable: bool,
+              wait: float | None = None) -> Any:
+        """One call, retried if ``repeatable``; with ``wait``, one try that waits at most that
+        many seconds for the answer."""
+        tries = self.attempts if repeatable and wait is None else 1
+        timeout: Any = httpx.USE_CLIENT_DEFAULT if wait is None else httpx.Timeout(wait)
         reached = False  # whether any try may have reached the host
         for attempt in range(1, tries + 1):
             if not self.breaker.allow():
@@ -132,7 +138,7 @@ class HostClient(GraphHost):
                     f"{self.breaker.failures} calls in a row failed; not called again for "
                     f"{self.breaker.cool_down:g} s", reached=reached)
             try:
-                response = self._http.request(method, path, json=body)
+                response = self._http.request(method, path, json=body, timeout=timeout)
             except httpx.TransportError as exc:
                 self.breaker.failed()
                 # No connection made: the request surely never left this process.
@@ -161,6 +167,10 @@ class HostClient(GraphHost):
             payload = None
         if response.is_success:
             return payload
+        if response.status_code == 401:  # the token gate: nothing was done on the host
+            raise HostTokenRefused(
+                f"graph host {self.host_id} is unavailable: it refused this process's token "
+                "(GRAPH_HOST_TOKEN is not the one it serves with)", reached=False)
         if not isinstance(payload, dict) or "error" not in payload:
             raise self._unavailable(f"answered {response.status_code} without an error body")
         cls = self._errors.get(str(payload["error"]), ProvisioningError)
@@ -222,9 +232,9 @@ class HostClient(GraphHost):
         return bool(self._call("POST", f"{self._graph(graph_id)}/quarantine",
                                repeatable=True)["quarantined"])
 
-    def size(self, graph_id: str) -> int:
-        return int(self._call("GET", f"{self._graph(graph_id)}/size",
-                              repeatable=True)["size_bytes"])
+    def size(self, graph_id: str, *, wait: float | None = None) -> int:
+        return int(self._call("GET", f"{self._graph(graph_id)}/size", repeatable=True,
+                              wait=wait)["size_bytes"])
 
     def health(self) -> HostHealth:
         found = self._call("GET", "/healthz", repeatable=True)

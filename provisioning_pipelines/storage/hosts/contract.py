@@ -60,6 +60,7 @@ class Holding:
 class HostHealth:
     tier: str
     capacity: int
+    #: Slots taken: the top-level graphs held (a subgraph lives beside its parent, in its slot).
     used: int
 
 
@@ -129,9 +130,12 @@ class GraphHost(abc.ABC):
         at; True if it was there."""
 
     @abc.abstractmethod
-    def size(self, graph_id: str) -> int:
-        """Bytes the graph takes on disk (its file and sidecars)."""
+    def size(self, graph_id: str, *, wait: float | None = None) -> int:
+        """Bytes the graph takes on disk (its file and sidecars). ``wait``: for a caller that
+        must not wait long (a page that shows sizes), one try answered within that many
+        seconds, or ``HostUnavailable``."""
 
     @abc.abstractmethod
     def health(self) -> HostHealth:
-        """The host's tier, how many graphs it may hold and how many it holds."""
+        """The host's tier, how many graphs it may hold and how many it holds (top-level ones:
+        subgraphs take no slot)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ from provisioning_pipelines.errors import (
     NotFound,
     StorageFull,
 )
-from provisioning_pipelines.storage.graph_ids import ANY_GRAPH_ID
+from provisioning_pipelines.storage.graph_ids import ANY_GRAPH_ID, GRAPH_ID
 from provisioning_pipelines.storage.hosts.contract import (
     HOST_FOLDER,
     QUARANTINE,
@@ -46,6 +47,7 @@ from provisioning_pipelines.storage.ladybug import (
 )
 from provisioning_pipelines.storage.ladybug import backups as ladybug_backups
 from provisioning_pipelines.storage.ladybug.cypher import rows
+from provisioning_pipelines.storage.ladybug.fork import FORK_WORKSPACE
 from provisioning_pipelines.storage.ladybug.schema import table_keys
 
 #: What LadybugDB says when a read-only open is asked to write.
@@ -209,8 +211,8 @@ class LocalHost(GraphHost):
                     moved = True
         return moved
 
-    def size(self, graph_id: str) -> int:
-        return self._size(self._held(graph_id))
+    def size(self, graph_id: str, *, wait: float | None = None) -> int:
+        return self._size(self._held(graph_id))  # a stat or two: never waits
 
     @staticmethod
     def _size(path: Path) -> int:
@@ -220,5 +222,27 @@ class LocalHost(GraphHost):
                 total += part.stat().st_size
         return total
 
+    def remove_leftovers(self) -> list[str]:
+        """Remove what calls cut short by this process's death left on its disk: half-made temp
+        files (a graph's, a template's, a backup's, with their sidecars) and fork workspaces;
+        their names, relative to the data root. Only while no call runs (a host server at its
+        start, before it serves): a live call's temp file looks the same."""
+        removed = []
+        backups = sorted(self.backup_dir.iterdir()) if self.backup_dir.is_dir() else []
+        for folder in (self.data_root, self.own / "templates", *backups):
+            if not folder.is_dir():
+                continue
+            for entry in sorted(folder.iterdir()):
+                if entry.is_file() and files.TEMP_NAME.fullmatch(entry.name):
+                    files.remove_with_sidecars(entry)
+                elif folder == self.data_root and entry.is_dir() and \
+                        entry.name.startswith(FORK_WORKSPACE):
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    continue
+                removed.append(str(entry.relative_to(self.data_root)))
+        return removed
+
     def health(self) -> HostHealth:
-        return HostHealth(self.tier, self.capacity, len(self.list().graphs))
+        return HostHealth(self.tier, self.capacity,
+                          sum(1 for graph_id in self.list().graphs if GRAPH_ID.fullmatch(graph_id)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -194,6 +195,10 @@ def remove_with_sidecars(path: Path, *, thorough: bool = False) -> bool:
 def temp_path(path: Path) -> Path:
     """A hidden, unique name beside ``path`` that never matches a database's sidecar pattern."""
     return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+#: The name of a ``temp_path``.
+TEMP_NAME = re.compile(r"\..+\.lbug\.[0-9a-f]{12}\.tmp")
 
 
 def publish(temp: Path, path: Path) -> None:

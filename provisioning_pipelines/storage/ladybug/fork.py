@@ -37,6 +37,9 @@ from provisioning_pipelines.storage.ladybug.cypher import (
 )
 from provisioning_pipelines.storage.ladybug.schema import POOL_PER_COLUMN
 
+#: How the folder of a fork's parquet files begins (beside the child, removed when it ends).
+FORK_WORKSPACE = ".fork-"
+
 
 class ParentUnreadable(EngineError):
     """The parent's file could not be opened or read: nothing was copied."""
@@ -138,7 +141,7 @@ def copy_tables(
         raise NotFound(f"graph database not found: {child.name}")
     if os.path.samefile(parent, child):
         raise EngineError("cannot fork a graph database into itself")
-    workdir = Path(tempfile.mkdtemp(prefix=f".fork-{child.name}-", dir=child.parent))
+    workdir = Path(tempfile.mkdtemp(prefix=f"{FORK_WORKSPACE}{child.name}-", dir=child.parent))
     try:
         return _copy(engine, parent, child, tables, exclude, workdir)
     finally:
