@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
 from provisioning_pipelines import metrics
@@ -28,6 +29,8 @@ from provisioning_pipelines.errors import (
     RequestTimeout,
 )
 from provisioning_pipelines.services.validation import json_problem, type_name
+
+Model = TypeVar("Model", bound=BaseModel)
 
 #: The largest request body the API reads (a custom schema at its limits is ~0.5 MiB).
 MAX_BODY_BYTES = 1024 * 1024
@@ -90,6 +93,23 @@ class BodyReader:
             field, why = problem
             raise InvalidRequest(f"{field}: {why}", field=field)
         return body
+
+
+    async def read_model(self, request: Request, model: type[Model], *,
+                         optional: bool = False) -> Model:
+        """The body checked against ``model`` (the schema the OpenAPI document shows), or 422
+        naming the first field that is wrong and why."""
+        return validated(model, await self.read_json(request, optional=optional))
+
+
+def validated(model: type[Model], data: Any) -> Model:
+    """``data`` as ``model``, or ``InvalidRequest`` naming the first wrong field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(part) for part in first["loc"]) or "body"
+        raise InvalidRequest(f"{field}: {first['msg']}"[:300], field=field) from None
 
 
 def closes_connection(error: ProvisioningError) -> bool:
