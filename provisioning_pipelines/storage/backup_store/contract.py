@@ -1,0 +1,105 @@
+"""Where backups are kept, whoever keeps them: one interface with a folder (the embedded default)
+and an S3-compatible store, held to one contract test suite.
+
+A backup is one object, its sha256 and a manifest beside it (``<key>.manifest.json``: the sha256,
+the size, when it expires, and whatever the caller adds, such as the graph's schema). The object
+is whole or absent: a folder publishes it with a rename; S3 makes an object visible only once
+its (multipart) upload completes, and the manifest is written after the object, so a manifest
+always names a whole object. A download is hashed on the way and published only when the hash is
+the manifest's; a damaged object leaves nothing at the destination. ``sweep`` enforces retention
+on the store itself, from each manifest's ``expires_at``, so an object outlives no row's rules
+even when its row is gone.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from provisioning_pipelines.errors import InvalidRequest, NotFound, ServiceUnavailable
+
+#: A key: ``/``-separated parts of letters, digits, ``_``, ``-`` and ``.`` (never ``..``).
+KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}){0,7}")
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+class BackupStoreUnavailable(ServiceUnavailable):
+    """The backup store did not answer, or failed, within its timeouts (answered 503)."""
+
+    code = "backup_store_unavailable"
+
+
+class BackupDamaged(InvalidRequest):
+    """An object whose bytes are not the ones its manifest names (never restored)."""
+
+    status_code = 409
+    code = "backup_damaged"
+
+
+@dataclass(frozen=True)
+class StoredBackup:
+    key: str
+    size_bytes: int
+    sha256: str
+    expires_at: datetime | None
+    #: What the caller kept beside the object (the graph's id, its schema, ...).
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def check_key(key: str) -> str:
+    if not isinstance(key, str) or not KEY.fullmatch(key) or ".." in key or \
+            key.endswith(MANIFEST_SUFFIX):
+        raise InvalidRequest(f"backup key: {str(key)[:80]!r} is not a key of the backup store",
+                             field="key")
+    return key
+
+
+class BackupStore(abc.ABC):
+    """Objects with their checksums and manifests, under one root (a folder, a bucket prefix)."""
+
+    #: What the store is, for messages and ``hosts list`` (never a secret).
+    location: str
+
+    @abc.abstractmethod
+    def put(self, key: str, source: Path, *, sha256: str, expires_at: datetime | None,
+            details: dict[str, Any] | None = None) -> StoredBackup:
+        """Keep ``source`` under ``key`` with its manifest; a key kept already with the same
+        sha256 is returned as it is (a retry), another sha256 under it is refused."""
+
+    @abc.abstractmethod
+    def get(self, key: str, destination: Path) -> StoredBackup:
+        """Copy the object to ``destination`` (published whole with a rename), verified against
+        its manifest's sha256 first: ``BackupDamaged`` and nothing at ``destination`` if not;
+        ``NotFound`` for a key not kept."""
+
+    @abc.abstractmethod
+    def head(self, key: str) -> StoredBackup | None:
+        """The manifest of a kept object, or None."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove the object and its manifest; True if they were there."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> list[StoredBackup]:
+        """Every kept object under ``prefix`` (whole ones: those with a manifest), by key."""
+
+    def sweep(self, now: datetime) -> list[str]:
+        """Remove every object whose manifest expired by ``now``; the keys removed."""
+        removed = []
+        for found in self.list():
+            if found.expires_at is not None and found.expires_at <= now:
+                self.delete(found.key)
+                removed.append(found.key)
+        return removed
+
+    def close(self) -> None:  # noqa: B027 - most stores hold nothing to close
+        """Let go of connections."""
+
+
+def not_kept(key: str) -> NotFound:
+    return NotFound(f"backup store: no backup {key!r}", field="backup_id")

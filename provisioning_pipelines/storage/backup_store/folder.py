@@ -1,0 +1,133 @@
+"""Backups kept in a folder (the embedded default, and a host's own disk when no store is set)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from provisioning_pipelines.errors import Conflict, StorageFull
+from provisioning_pipelines.storage.backup_store import manifests
+from provisioning_pipelines.storage.backup_store.contract import (
+    MANIFEST_SUFFIX,
+    BackupDamaged,
+    BackupStore,
+    StoredBackup,
+    check_key,
+    not_kept,
+)
+
+
+class FolderStore(BackupStore):
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.location = str(self.root)
+
+    def put(self, key: str, source: Path, *, sha256: str, expires_at: datetime | None,
+            details: dict[str, Any] | None = None) -> StoredBackup:
+        kept = self.head(key)
+        if kept is not None:
+            return _same(kept, sha256)
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = _temp(target)
+        try:
+            copied = _copy_hashed(Path(source), temp)
+            if copied != sha256:
+                raise BackupDamaged(f"backup {key!r}: the file changed while it was kept "
+                                    f"(sha256 {copied[:12]}..., expected {sha256[:12]}...)",
+                                    field="backup_id")
+            found = StoredBackup(key, temp.stat().st_size, sha256, expires_at, details or {})
+            os.replace(temp, target)
+            _write(self._manifest(key), manifests.dump(found))
+            return found
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def get(self, key: str, destination: Path) -> StoredBackup:
+        found = self.head(key)
+        if found is None or not self._path(key).is_file():
+            raise not_kept(key)
+        destination = Path(destination)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        temp = _temp(destination)
+        try:
+            actual = _copy_hashed(self._path(key), temp)
+            if actual != found.sha256:
+                raise BackupDamaged(
+                    f"backup {key!r} is damaged: its sha256 is {actual[:12]}..., its manifest "
+                    f"says {found.sha256[:12]}...; nothing was restored", field="backup_id")
+            os.replace(temp, destination)
+            return found
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def head(self, key: str) -> StoredBackup | None:
+        path = self._manifest(key)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return manifests.load(raw)
+
+    def delete(self, key: str) -> bool:
+        existed = False
+        for path in (self._manifest(key), self._path(key)):  # the manifest first: never a
+            with contextlib.suppress(FileNotFoundError):     # manifest without its object
+                path.unlink()
+                existed = True
+        return existed
+
+    def list(self, prefix: str = "") -> list[StoredBackup]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for path in sorted(self.root.rglob(f"*{MANIFEST_SUFFIX}")):
+            key = path.relative_to(self.root).as_posix().removesuffix(MANIFEST_SUFFIX)
+            if key.startswith(prefix) and (kept := manifests.load(path.read_bytes())):
+                found.append(kept)
+        return found
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _manifest(self, key: str) -> Path:
+        return self.root / f"{check_key(key)}{MANIFEST_SUFFIX}"
+
+
+def _same(kept: StoredBackup, sha256: str) -> StoredBackup:
+    if kept.sha256 != sha256:
+        raise Conflict(f"backup {kept.key!r} is kept already with other contents",
+                       field="backup_id")
+    return kept
+
+
+def _temp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+
+
+def _write(path: Path, data: bytes) -> None:
+    temp = _temp(path)
+    try:
+        temp.write_bytes(data)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _copy_hashed(source: Path, destination: Path) -> str:
+    """Copy by the kernel, then hash what was written."""
+    try:
+        shutil.copyfile(source, destination)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        raise StorageFull(f"the disk ran out of space while copying {source.name}") from exc
+    with destination.open("rb") as copied:
+        return hashlib.file_digest(copied, "sha256").hexdigest()
