@@ -181,6 +181,18 @@ class HostUnavailable(ServiceUnavailable):
         self.reached = reached
 
 
+class BackupStoreUnavailable(ServiceUnavailable):
+    """The backup store did not answer, or failed, within its timeouts (answered 503)."""
+
+    code = "backup_store_unavailable"
+
+
+class BackupDamaged(Conflict):
+    """A backup whose bytes are not the ones its record names: never restored, nothing made."""
+
+    code = "backup_damaged"
+
+
 class HostTokenRefused(HostUnavailable):
     """A graph host answered 401 to this process's ``GRAPH_HOST_TOKEN``: its gate refused the
     request before any path was looked at, so nothing was done there (``reached`` is False),

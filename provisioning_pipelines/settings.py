@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -82,6 +83,11 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(30.0, ge=0, validation_alias="SHUTDOWN_GRACE_SECONDS")
     deletion_grace_days: float = Field(7.0, ge=0, validation_alias="GRAPH_DELETION_GRACE_DAYS")
     backup_dir: Path | None = Field(None, validation_alias="BACKUP_DIR")
+    backup_store_url: str | None = Field(None, validation_alias="BACKUP_STORE_URL")
+    backup_store_endpoint_url: str | None = Field(None,
+                                                  validation_alias="BACKUP_STORE_ENDPOINT_URL")
+    backup_store_storage_class: str | None = Field(
+        None, validation_alias="BACKUP_STORE_STORAGE_CLASS")
     final_backup_retention_days: PositiveInt = Field(
         90, validation_alias="FINAL_BACKUP_RETENTION_DAYS"
     )
@@ -110,6 +116,8 @@ class Settings(BaseSettings):
     local_graph_hosts: bool = Field(True, validation_alias="LOCAL_GRAPH_HOSTS")
     graph_host_timeout_seconds: float = Field(10.0, gt=0,
                                               validation_alias="GRAPH_HOST_TIMEOUT_SECONDS")
+    graph_host_work_timeout_seconds: float = Field(
+        900.0, gt=0, validation_alias="GRAPH_HOST_WORK_TIMEOUT_SECONDS")
     graph_host_probe_seconds: float = Field(5.0, ge=0, validation_alias="GRAPH_HOST_PROBE_SECONDS")
     graph_host_probe_misses: PositiveInt = Field(3, validation_alias="GRAPH_HOST_PROBE_MISSES")
     max_restores_in_flight: PositiveInt = Field(
@@ -134,7 +142,8 @@ class Settings(BaseSettings):
 
     @field_validator("database_url", "redis_url", "graph_data_dir", "dagster_home",
                      "session_secret", "session_secret_previous", "backup_dir", "stripe_api_key",
-                     "metrics_dir", "graph_host_token", mode="before")
+                     "metrics_dir", "graph_host_token", "backup_store_url",
+                     "backup_store_endpoint_url", "backup_store_storage_class", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -152,6 +161,15 @@ class Settings(BaseSettings):
         if not value.startswith(("https://", "http://")):
             raise ValueError("expected an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("backup_store_url")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?",
+                                                  value):
+            raise ValueError("expected s3://BUCKET/PREFIX (a bucket name of 3 to 63 lowercase "
+                             "letters, digits, dots and dashes)")
+        return value
 
     @field_validator("redis_url")
     @classmethod

@@ -7,9 +7,11 @@ one backup.
 
 A restore replaces the data of a graph a subscription pays for (the backed-up graph itself, or,
 for a deleted graph's backups, a graph of a new subscription): it never makes a graph, so no
-graph lives without a payment (``services/graphs/backups.py`` says why). The backup's checksum
-is checked before anything is touched, the copy is made whole beside the graph's file before it
-replaces it, and a restore whose worker died is finished or undone by the reaper.
+graph lives without a payment (``services/graphs/backups.py`` says why). The graph's host
+fetches the backup from its backup store (any host, from a shared S3 store), checks its checksum
+before anything is touched and makes the copy whole beside the graph's file before it replaces
+it; a restore whose worker died, or whose host did not answer, is finished or undone by the
+reaper by the file's checksum.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from dagster import Config
 from pydantic import Field
 
-from provisioning_pipelines.errors import InvalidRequest
+from provisioning_pipelines.errors import HostUnavailable, InvalidRequest
 from provisioning_pipelines.flows.asset_keys import BACKUP_ASSET, GRAPH_ASSET
 from provisioning_pipelines.flows.deletion import give_back, hold_graph
 from provisioning_pipelines.flows.public import detail
@@ -40,8 +42,6 @@ from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.graphs.backups import RestorePlan
 from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
 from provisioning_pipelines.storage.db import Database
-from provisioning_pipelines.storage.hosts.local import LocalHost
-from provisioning_pipelines.storage.ladybug import backups as backup_files
 
 
 class BackupConfig(Config):
@@ -59,10 +59,11 @@ class BackupWork:
     claim: GraphClaim
     path: Path
     host_id: str
+    tier: str
     backup_id: str
     kind: str
     started_at: float
-    copy: backup_files.BackupFile | None = None
+    copy: backups.TakenBackup | None = None
 
 
 def _backup_id(config: BackupConfig) -> str:
@@ -82,9 +83,9 @@ def claim_graph_for_backup(ctx: StepContext, config: BackupConfig) -> BackupWork
         claim = lifecycle.claim_graph(session, config.graph_id, statuses=lifecycle.LIVE,
                                       lease_seconds=ctx.policy.claim_lease_seconds)
         graph = graphs.top_level_graph(session, config.graph_id)
-        path, host_id = Path(graph.database_path), graph.host_id
+        path, host_id, tier = Path(graph.database_path), graph.host_id, graph.tier
     ctx.progress(f"Backing up graph {config.graph_id}", 10)
-    return BackupWork(claim, path, host_id, _backup_id(config), config.kind, started_at)
+    return BackupWork(claim, path, host_id, tier, _backup_id(config), config.kind, started_at)
 
 
 backup_step = step(on_failure=give_back, around=hold_graph)
@@ -98,7 +99,9 @@ def copy_graph_database(ctx: StepContext, work: BackupWork) -> BackupWork:
         if backups.exists(session, work.backup_id):
             return work
         host = hosts.graph_host(session, ctx.hosts, work.host_id)
-    copy = backups.take(host, ctx.backups, work.claim.graph_id, work.backup_id)
+    copy = backups.take(host, ctx.backups, work.claim.graph_id, work.tier, work.backup_id,
+                        work.kind)
+    assert copy is not None
     ctx.progress(f"Copied {work.path.name} ({copy.size_bytes:,} bytes)", 70)
     return replace(work, copy=copy)
 
@@ -171,23 +174,22 @@ class RestoreConfig(Config):
 class RestoreWork:
     plan: RestorePlan
     claim: GraphClaim
-    path: Path
+    host_id: str
     started_at: float
-    staged: Path | None = None
 
 
 def undo_restore(ctx: StepContext, work: Any, exc: BaseException) -> None:
-    """Before the swap, a failed restore leaves the graph as it was: the staged copy goes, the
-    mark and the claim are cleared. After it (the file is the backup's, its rows unfinished),
-    the claim is left to lapse and the reaper finishes the rows."""
+    """A host that answered with an error (a damaged backup, a store that did not answer, no
+    room) refused before touching the graph's file: the graph is as it was, its mark and claim
+    are cleared. One that did not answer may have swapped the backup in: the mark stays, the
+    claim lapses, and the reaper finishes or undoes the restore by the file's checksum."""
     if not isinstance(work, RestoreWork):
         return
-    if work.staged is not None and not work.staged.exists():
-        ctx.log.error(f"restore into {work.plan.graph_id}: {detail(exc)} after its file was "
-                      "replaced; the reaper finishes its records")
+    if isinstance(exc, HostUnavailable):
+        ctx.log.error(f"restore into {work.plan.graph_id}: {detail(exc)}; whether its host "
+                      "swapped the backup in is not known here: the reaper finishes or undoes "
+                      "it by the file's checksum")
         return
-    if work.staged is not None:
-        work.staged.unlink(missing_ok=True)
     with ctx.database.session() as session:
         backups.unmark_restore(session, work.claim)
         lifecycle.release_graph(session, work.claim)
@@ -199,50 +201,39 @@ restore_step = step(on_failure=undo_restore, around=hold_graph)
 
 @step(config=RestoreConfig)
 def plan_restore(ctx: StepContext, config: RestoreConfig) -> RestoreWork:
-    """Check the backup (owner, file, checksum) and the graph it goes into (the user's, active,
-    paid for) before anything is touched, then claim that graph."""
+    """Check the backup (owner, where it is kept, that the graph's host can fetch it) and the
+    graph it goes into (the user's, active, paid for) before anything is touched, then claim
+    that graph."""
     started_at = time.time()
     with ctx.database.session() as session:
         plan = backups.plan_restore(session, user_id=config.user_id, graph_id=config.graph_id,
                                     backup_id=config.backup_id,
                                     into_graph_id=config.into_graph_id)
         backups.check_restorable_here(session, plan)
-    ctx.progress(f"Checking backup {plan.backup_id}", 10)
-    backup_files.verify(plan.backup_path, plan.checksum)
-    with ctx.database.session() as session:
         claim = lifecycle.claim_graph(session, plan.graph_id, statuses=("active",),
                                       lease_seconds=ctx.policy.claim_lease_seconds)
-        path = Path(graphs.top_level_graph(session, plan.graph_id).database_path)
+        host_id = graphs.top_level_graph(session, plan.graph_id).host_id
     ctx.progress(f"Restoring {plan.backup_id} into graph {plan.graph_id}", 30)
-    return RestoreWork(plan, claim, path, started_at)
-
-
-@restore_step
-def stage_backup_copy(ctx: StepContext, work: RestoreWork) -> RestoreWork:
-    """Copy the backup beside the graph's file, checking the copy's checksum; the graph's own
-    file is not touched yet."""
-    with ctx.database.session() as session:
-        lifecycle.assert_graph_held(session, work.claim)
-    staged = backup_files.stage(work.plan.backup_path, work.plan.checksum, work.path)
-    ctx.progress(f"Copied {work.plan.backup_id} beside {work.plan.graph_id}", 60)
-    return replace(work, staged=staged)
+    return RestoreWork(plan, claim, host_id, started_at)
 
 
 @restore_step
 def swap_in_backup(ctx: StepContext, work: RestoreWork) -> Outcome:
-    """Still paid for? Mark the graph, put the copy in place of its file, then the backup's
-    schema replaces the graph's and the claim is released."""
-    assert work.staged is not None
+    """Still paid for? Mark the graph; its host fetches the backup from its store, checks the
+    checksum before touching anything and swaps the copy in whole; then the backup's schema
+    replaces the graph's and the claim is released."""
+    assert ctx.backups is not None, "the backups resource is required"
     with ctx.database.session() as session:
         graph = lifecycle.assert_graph_held(session, work.claim)
         backups.check_paid_for(session, graph)
         backups.begin_restore(session, work.plan, graph, ctx.operation_id)
-        host = hosts.graph_host(session, ctx.hosts, graph.host_id)
-    assert isinstance(host, LocalHost), "check_restorable_here lets only local hosts through"
-    backup_files.swap_in(host.engine, work.staged, work.path)
+        host = hosts.graph_host(session, ctx.hosts, work.host_id)
+    host.restore(work.plan.graph_id, work.plan.source_graph_id, work.plan.backup_id,
+                 work.plan.checksum)
+    ctx.progress(f"Swapped {work.plan.backup_id} into graph {work.plan.graph_id}", 80)
     with ctx.database.session() as session:
         graph = lifecycle.assert_graph_held(session, work.claim)
-        backups.finish_restore(session, work.plan, graph)
+        backups.finish_restore(session, work.plan, graph, ctx.backups.backup_dir)
         lifecycle.release_graph(session, work.claim)
         view = graphs.describe(session, graph)
     ctx.progress(f"Graph {work.plan.graph_id} restored from {work.plan.backup_id}", 100)
@@ -273,5 +264,5 @@ def restore_result(database: Database, config: RestoreConfig) -> dict[str, Any]:
 RESTORE_FLOW = Flow(
     name="restore", job_name="restore_graph_job", operation_kind="graph_restore",
     description="Restore a backup into a graph a subscription pays for, replacing its data.",
-    asset_key=GRAPH_ASSET, steps=(plan_restore, stage_backup_copy, swap_in_backup),
+    asset_key=GRAPH_ASSET, steps=(plan_restore, swap_in_backup),
     tags=restore_tags, owner=lambda database, config: config.user_id, result=restore_result)

@@ -111,8 +111,9 @@ def back_up_before_deletion(ctx: StepContext, work: Teardown) -> Teardown:
         kept = backups.exists(session, backup_id)
     with ctx.database.session() as session:
         host = hosts.graph_host(session, ctx.hosts, work.host_id)
-    copy = None if kept else backups.take(host, ctx.backups, work.claim.graph_id, backup_id,
-                                          missing_ok=True)
+        tier = graphs.top_level_graph(session, work.claim.graph_id).tier
+    copy = None if kept else backups.take(host, ctx.backups, work.claim.graph_id, tier,
+                                          backup_id, "final", missing_ok=True)
     if copy is not None:
         with ctx.database.session() as session:
             graph = lifecycle.assert_graph_held(session, work.claim)

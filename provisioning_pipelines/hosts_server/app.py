@@ -18,6 +18,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from starlette.applications import Starlette
@@ -35,7 +36,7 @@ from provisioning_pipelines.errors import (
     RequestTimeout,
     Unauthorized,
 )
-from provisioning_pipelines.storage.hosts.contract import check_graph_id
+from provisioning_pipelines.storage.hosts.contract import check_backup_name, check_graph_id
 from provisioning_pipelines.storage.hosts.local import LocalHost
 
 logger = logging.getLogger("provisioning_pipelines.hosts_server")
@@ -163,8 +164,26 @@ def create_app(host: LocalHost, tokens: Sequence[str], *, body_timeout: float = 
         host.checkpoint(graph_id(request))
         return {"checkpointed": True}
 
-    def back_up(request: Request, _: dict[str, Any]) -> Any:
-        return asdict(host.back_up(graph_id(request), request.path_params["name"]))
+    def back_up(request: Request, body: dict[str, Any]) -> Any:
+        expires = body.get("expires_at")
+        try:
+            expires_at = datetime.fromisoformat(expires) if expires is not None else None
+        except (TypeError, ValueError):
+            raise InvalidRequest("expires_at: an ISO 8601 time, or null",
+                                 field="expires_at") from None
+        return asdict(host.back_up(graph_id(request), request.path_params["name"],
+                                   expires_at=expires_at))
+
+    def restore(request: Request, body: dict[str, Any]) -> Any:
+        source, name, sha256 = (body.get(key) for key in ("source_graph_id", "name", "sha256"))
+        if not isinstance(sha256, str) or len(sha256) != 64:
+            raise InvalidRequest("sha256: the backup's sha256, 64 hex digits", field="sha256")
+        host.restore(graph_id(request), check_graph_id(source, field_name="source_graph_id"),
+                     check_backup_name(name), sha256)
+        return {"restored": True}
+
+    def checksum(request: Request, _: dict[str, Any]) -> Any:
+        return {"sha256": host.checksum(graph_id(request))}
 
     def delete_backup(request: Request, _: dict[str, Any]) -> Any:
         return {"deleted": host.delete_backup(graph_id(request), request.path_params["name"])}
@@ -209,7 +228,9 @@ def create_app(host: LocalHost, tokens: Sequence[str], *, body_timeout: float = 
         Route(graph, endpoint(delete), methods=["DELETE"]),
         Route(f"{graph}/fork", endpoint(fork, body=True), methods=["POST"]),
         Route(f"{graph}/checkpoint", endpoint(checkpoint), methods=["POST"]),
-        Route(f"{graph}/backups/{{name}}", endpoint(back_up), methods=["PUT"]),
+        Route(f"{graph}/backups/{{name}}", endpoint(back_up, body=True), methods=["PUT"]),
+        Route(f"{graph}/restore", endpoint(restore, body=True), methods=["POST"]),
+        Route(f"{graph}/checksum", endpoint(checksum), methods=["GET"]),
         Route(f"{graph}/backups/{{name}}", endpoint(delete_backup), methods=["DELETE"]),
         Route(f"{graph}/query", endpoint(query, body=True), methods=["POST"]),
         Route(f"{graph}/size", endpoint(size), methods=["GET"]),

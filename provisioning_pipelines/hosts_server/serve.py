@@ -6,7 +6,9 @@ SIGTERM uvicorn stops accepting connections and lets requests in flight finish (
 ``GRAPH_HOST_SHUTDOWN_GRACE_SECONDS``, 30 by default) before the process ends. A request body
 not received whole within ``GRAPH_HOST_BODY_TIMEOUT_SECONDS`` (10) is answered 408. Before
 serving, it removes what calls cut short by its last death (SIGKILL, power loss) left half-made
-on its disk (``LocalHost.remove_leftovers``): no call of this process runs yet.
+on its disk (``LocalHost.remove_leftovers``): no call of this process runs yet. Its backups go
+to ``BACKUP_STORE_URL`` (an S3 store every host shares, so a backup taken here can be restored on
+any host) or, unset, to a folder on its own disk.
 """
 
 from __future__ import annotations
@@ -17,11 +19,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from provisioning_pipelines.errors import SettingsError
+from provisioning_pipelines.storage.backup_store import build_backup_store
+from provisioning_pipelines.storage.hosts.contract import HOST_FOLDER
 
 TOKEN = "GRAPH_HOST_TOKEN"
 PREVIOUS_TOKEN = "GRAPH_HOST_TOKEN_PREVIOUS"
 GRACE = "GRAPH_HOST_SHUTDOWN_GRACE_SECONDS"
 BODY_TIMEOUT = "GRAPH_HOST_BODY_TIMEOUT_SECONDS"
+#: Where its backups are kept (the same settings as the control plane's; credentials from
+#: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``); unset: a folder under its data root.
+STORE_URL, STORE_ENDPOINT = "BACKUP_STORE_URL", "BACKUP_STORE_ENDPOINT_URL"
+STORE_CLASS = "BACKUP_STORE_STORAGE_CLASS"
 #: A token shorter than this is refused at start: it could be guessed.
 MIN_TOKEN_LENGTH = 16
 
@@ -63,7 +71,11 @@ def serve(*, host_id: str, tier: str, capacity: int, data_root: Path, address: s
         raise SettingsError("--capacity: must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
-    local = LocalHost(host_id, data_root.resolve(), tier=tier, capacity=capacity)
+    store = build_backup_store(environ.get(STORE_URL) or None,
+                               data_root.resolve() / HOST_FOLDER / "backups",
+                               endpoint_url=environ.get(STORE_ENDPOINT) or None,
+                               storage_class=environ.get(STORE_CLASS) or None)
+    local = LocalHost(host_id, data_root.resolve(), tier=tier, capacity=capacity, store=store)
     removed = local.remove_leftovers()  # nothing runs yet: what is half-made was cut short
     if removed:
         logging.getLogger("provisioning_pipelines.hosts_server").warning(

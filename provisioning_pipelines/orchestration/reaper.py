@@ -23,6 +23,7 @@ flow is idempotent, so a run that finds the change made already says so and chan
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from dagster import (
     DefaultSensorStatus,
@@ -91,13 +92,15 @@ def reap(context: SensorEvaluationContext, database: DatabaseResource,
     Returns what was done, one line each."""
     done = []
     with database.get().session() as session:
-        done.extend(backups.finish_interrupted_restores(session, now=now))
+        backup_dir = Path(graph_engine.backup_dir or graph_engine.data_dir)
+        done.extend(backups.finish_interrupted_restores(session, graph_engine.hosts(),
+                                                        backup_dir, now=now))
         for graph_id in backups.stale_restores(session, now=now):
             graphs.discard_graph(session, graph_engine.hosts(), graph_id)
             done.append(f"removed the unfinished restore {graph_id}")
         for backup in backups.expired(session, now=now):
             try:
-                backups.prune(session, graph_engine.hosts(), backup)
+                backups.prune(session, graph_engine.hosts(), backup, backup_dir)
             except HostUnavailable as exc:  # kept, and pruned on a later round
                 done.append(f"could not prune backup {backup.id}: {exc.message}")
                 continue

@@ -28,6 +28,7 @@ from provisioning_pipelines.runtime.progress import ProgressReporter, SafeEvents
 from provisioning_pipelines.services.billing.outbound import StripeSender
 from provisioning_pipelines.services.graphs.backups import BackupPolicy
 from provisioning_pipelines.settings import Settings
+from provisioning_pipelines.storage.backup_store import BackupStore, build_backup_store
 from provisioning_pipelines.storage.db import Database, get_database
 from provisioning_pipelines.storage.events import OperationStore, build_operation_store
 from provisioning_pipelines.storage.hosts.directory import HostDirectory
@@ -61,15 +62,27 @@ class GraphEngineResource(ConfigurableResource):
     host_token: str | None = Field(default=None, description="Bearer token of the graph "
                                    "host servers (GRAPH_HOST_TOKEN).")
     backup_dir: str | None = Field(default=None, description="Where local hosts keep backups.")
+    backup_store_url: str | None = Field(default=None, description="s3://BUCKET/PREFIX where "
+                                         "local hosts keep backups (none: backup_dir).")
+    backup_store_endpoint_url: str | None = Field(default=None, description="The S3 server, "
+                                                  "when it is not AWS.")
+    backup_store_storage_class: str | None = Field(default=None, description="S3 storage "
+                                                   "class of backup objects.")
     host_timeout: float = Field(default=10.0, description="Seconds a graph host server may "
                                 "take to answer one call (GRAPH_HOST_TIMEOUT_SECONDS).")
+    host_work_timeout: float = Field(default=900.0, description="Seconds it may take for work "
+                                     "that grows with the graph: a fork, a backup, a restore "
+                                     "(GRAPH_HOST_WORK_TIMEOUT_SECONDS).")
 
     def get(self) -> LadybugEngine:
         return _engine(self.data_dir, self.buffer_pool_mb, self.use_templates)
 
     def hosts(self) -> HostDirectory:
         """The graph hosts: local ones over this resource's engine, servers over HTTP."""
-        return _directory(self.get(), self.host_token, self.backup_dir, self.host_timeout)
+        store = backup_store(self.backup_store_url, self.backup_dir,
+                             self.backup_store_endpoint_url, self.backup_store_storage_class)
+        return _directory(self.get(), self.host_token, self.backup_dir, self.host_timeout,
+                          self.host_work_timeout, store)
 
     @property
     def graph_data_dir(self) -> Path:
@@ -85,9 +98,19 @@ def _engine(data_dir: str, buffer_pool_mb: int, use_templates: bool) -> LadybugE
 
 @lru_cache(maxsize=8)
 def _directory(engine: LadybugEngine, token: str | None, backup_dir: str | None,
-               timeout: float) -> HostDirectory:
+               timeout: float, work_timeout: float, store: BackupStore | None) -> HostDirectory:
     return HostDirectory(engine, token=token, backup_dir=Path(backup_dir) if backup_dir else None,
-                         timeout=timeout)
+                         timeout=timeout, work_timeout=work_timeout, store=store)
+
+
+@lru_cache(maxsize=8)
+def backup_store(url: str | None, backup_dir: str | None, endpoint_url: str | None,
+                 storage_class: str | None) -> BackupStore | None:
+    """One store per configuration in a process (its client's connections are reused)."""
+    if not url and not backup_dir:
+        return None
+    return build_backup_store(url, Path(backup_dir or "."), endpoint_url=endpoint_url,
+                              storage_class=storage_class)
 
 
 class OperationEventsResource(ConfigurableResource):
@@ -138,9 +161,17 @@ class BackupsResource(ConfigurableResource):
 
     backup_dir: str = Field(description="Folder of backups (one folder per graph).")
     final_retention_days: int = Field(description="Days the final backup is kept.")
+    store_url: str | None = Field(default=None, description="s3://BUCKET/PREFIX (none: the "
+                                  "folder).")
+    store_endpoint_url: str | None = Field(default=None, description="The S3 server, when it "
+                                           "is not AWS.")
+    store_storage_class: str | None = Field(default=None, description="S3 storage class.")
 
     def get(self) -> BackupPolicy:
-        return BackupPolicy(Path(self.backup_dir), self.final_retention_days)
+        store = backup_store(self.store_url, self.backup_dir, self.store_endpoint_url,
+                             self.store_storage_class)
+        assert store is not None
+        return BackupPolicy(Path(self.backup_dir), self.final_retention_days, store)
 
 
 class BillingResource(ConfigurableResource):
@@ -171,6 +202,9 @@ def build_resources(settings: Settings, *, env_vars: bool = False
         return EnvVar(name) if env_vars and os.environ.get(name) == value else value
 
     redis_url = settings.redis_url and from_env("REDIS_URL", settings.redis_url)
+    store = {"backup_store_url": settings.backup_store_url,
+             "backup_store_endpoint_url": settings.backup_store_endpoint_url,
+             "backup_store_storage_class": settings.backup_store_storage_class}
     events = OperationEventsResource(redis_url=redis_url, key_prefix=settings.redis_key_prefix,
                                      ttl_seconds=settings.operation_ttl_seconds)
     return {
@@ -184,7 +218,10 @@ def build_resources(settings: Settings, *, env_vars: bool = False
                                             host_token=settings.graph_host_token and from_env(
                                                 "GRAPH_HOST_TOKEN", settings.graph_host_token),
                                             backup_dir=str(settings.resolved_backup_dir),
-                                            host_timeout=settings.graph_host_timeout_seconds),
+                                            host_timeout=settings.graph_host_timeout_seconds,
+                                            host_work_timeout=(
+                                                settings.graph_host_work_timeout_seconds),
+                                            **store),
         "operation_events": events,
         "progress": ProgressResource(events=events),
         "policy": PolicyResource(max_attempts=settings.max_attempts,
@@ -192,7 +229,10 @@ def build_resources(settings: Settings, *, env_vars: bool = False
                                  retry_backoff_seconds=settings.retry_backoff_seconds,
                                  deletion_grace_days=settings.deletion_grace_days),
         "backups": BackupsResource(backup_dir=str(settings.resolved_backup_dir),
-                                   final_retention_days=settings.final_backup_retention_days),
+                                   final_retention_days=settings.final_backup_retention_days,
+                                   store_url=store["backup_store_url"],
+                                   store_endpoint_url=store["backup_store_endpoint_url"],
+                                   store_storage_class=store["backup_store_storage_class"]),
         "billing": BillingResource(
             api_key=settings.stripe_api_key and from_env("STRIPE_API_KEY",
                                                          settings.stripe_api_key),

@@ -80,7 +80,8 @@ def control_plane(database: Database, tmp_path: Path, **settings: Any) -> dict[s
     """The resources an API worker builds, with only the registered hosts and the hosts'
     token (each override by its environment name)."""
     values: dict[str, Any] = {"GRAPH_HOST_TOKEN": TOKEN, "LOCAL_GRAPH_HOSTS": "false",
-                              "GRAPH_HOST_TIMEOUT_SECONDS": 2, **settings}
+                              "GRAPH_HOST_TIMEOUT_SECONDS": 2,
+                              "GRAPH_HOST_WORK_TIMEOUT_SECONDS": 2, **settings}
     return make_resources(database.url, control_plane_dir(tmp_path), **values)
 
 

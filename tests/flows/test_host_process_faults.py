@@ -211,7 +211,8 @@ def deletion(graph_id: str) -> DeletionConfig:
 def hung(hosts: Hosts, **settings: Any) -> dict[str, Any]:
     """A control plane that waits ``HANG_TIMEOUT`` seconds for a host's answer."""
     return control_plane(hosts.database, hosts.tmp_path,
-                         GRAPH_HOST_TIMEOUT_SECONDS=HANG_TIMEOUT, **settings)
+                         GRAPH_HOST_TIMEOUT_SECONDS=HANG_TIMEOUT,
+                         GRAPH_HOST_WORK_TIMEOUT_SECONDS=HANG_TIMEOUT, **settings)
 
 
 def restart(hosts: Hosts, index: int = 0) -> None:

@@ -114,7 +114,8 @@ class ControlPlane:
                                        token=TOKEN, graph_data_dir=graph_dir)
         self.resources = make_resources(database.url, graph_dir, GRAPH_HOST_TOKEN=TOKEN,
                                         LOCAL_GRAPH_HOSTS="false",
-                                        GRAPH_HOST_TIMEOUT_SECONDS=TIMEOUT, **settings)
+                                        GRAPH_HOST_TIMEOUT_SECONDS=TIMEOUT,
+                                        GRAPH_HOST_WORK_TIMEOUT_SECONDS=TIMEOUT, **settings)
 
     @property
     def directory(self) -> Any:
@@ -494,7 +495,8 @@ def _owner(database: Database, graph_id: str) -> str:
 
 def _host_backups(process: HostProcess, graph_id: str) -> list[str]:
     folder = process.data_root / HOST_FOLDER / "backups" / graph_id
-    return sorted(entry.name for entry in folder.iterdir()) if folder.is_dir() else []
+    return sorted(entry.name for entry in folder.iterdir()  # the backups, not their manifests
+                  if not entry.name.endswith(".manifest.json")) if folder.is_dir() else []
 
 
 def test_a_backup_whose_answer_is_lost_in_a_cut_fails_naming_the_host_and_its_rerun_is_one_copy(

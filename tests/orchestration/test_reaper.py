@@ -33,9 +33,9 @@ from provisioning_pipelines.orchestration.reaper import (
     lifecycle_reaper_sensor,
 )
 from provisioning_pipelines.orchestration.schedules import daily_graph_backups
+from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs import backups, lifecycle
 from provisioning_pipelines.storage.db import Database
-from provisioning_pipelines.storage.ladybug import backups as backup_files
 from provisioning_pipelines.storage.models import (
     AuditLogEntry,
     Graph,
@@ -192,9 +192,10 @@ def test_a_dead_restore_is_finished_or_undone_and_expired_backups_are_removed(
     with database.session() as session:
         graph = session.get(Graph, graph_id)
         backups.begin_restore(session, work.plan, graph, None)
-    if swapped:
-        staged = backup_files.stage(work.plan.backup_path, work.plan.checksum, path)
-        backup_files.swap_in(engine, staged, path)
+    if swapped:  # the host swapped it in, and the worker died before its rows
+        with database.session() as session:
+            host = hosts.graph_host(session, resources["graph_engine"].hosts(), work.host_id)
+        host.restore(graph_id, graph_id, "bk_old", work.plan.checksum)
     with database.session() as session:
         session.execute(update(Graph).where(Graph.id == graph_id).values(
             lifecycle_lease_expires_at=utcnow() - timedelta(seconds=1)))

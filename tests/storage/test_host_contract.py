@@ -19,7 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from provisioning_pipelines.errors import Conflict, HostUnavailable, InvalidRequest, NotFound
+from provisioning_pipelines.errors import (
+    BackupDamaged,
+    Conflict,
+    HostUnavailable,
+    InvalidRequest,
+    NotFound,
+)
 from provisioning_pipelines.storage.graph_ids import ANY_GRAPH_ID, GRAPH_ID
 from provisioning_pipelines.storage.hosts import GraphHost, LocalHost
 from provisioning_pipelines.storage.hosts.client import CircuitBreaker, HostClient
@@ -139,12 +145,46 @@ def test_a_backup_past_its_retention_is_removed_once_and_the_others_kept(host) -
     folder = root / ".host" / "backups" / graph_id
     assert host.delete_backup(graph_id, "daily-1") is True
     assert host.delete_backup(graph_id, "daily-1") is False  # a retry removes nothing more
-    assert sorted(p.name for p in folder.iterdir()) == ["daily-2.lbug"]
+    assert sorted(p.name for p in folder.iterdir()) == ["daily-2.lbug",
+                                                        "daily-2.lbug.manifest.json"]
     host.delete(graph_id)  # a final backup outlives its graph and is removed all the same
     assert host.delete_backup(graph_id, "daily-2") is True
     assert not folder.exists()
     with pytest.raises(NotFound):
         host.delete_backup(graph_id, "../escape")
+
+
+def test_a_restore_swaps_the_backup_in_whole_and_a_damaged_one_touches_nothing(host) -> None:
+    host, root = host
+    graph_id, other_id = new_id(), new_id()
+    for made in (graph_id, other_id):
+        host.create(made, DDL)
+    host.query(graph_id, "CREATE (:Person {id: 1, name: 'one'})", read_only=False)
+    kept = host.back_up(graph_id, "on-demand-1")
+    assert kept.location.endswith(f"{graph_id}/on-demand-1.lbug")
+    host.query(graph_id, "CREATE (:Person {id: 2, name: 'two'})", read_only=False)
+    host.restore(graph_id, graph_id, "on-demand-1", kept.sha256)
+    assert person_rows(host, graph_id) == [{"id": 1, "name": "one"}]
+    assert host.checksum(graph_id) == kept.sha256
+    host.restore(other_id, graph_id, "on-demand-1", kept.sha256)  # into another graph
+    assert person_rows(host, other_id) == [{"id": 1, "name": "one"}]
+    host.restore(other_id, graph_id, "on-demand-1", kept.sha256)  # again: the same data
+    assert person_rows(host, other_id) == [{"id": 1, "name": "one"}]
+
+    host.query(graph_id, "CREATE (:Person {id: 3, name: 'three'})", read_only=False)
+    backup = root / ".host" / "backups" / graph_id / "on-demand-1.lbug"
+    data = bytearray(backup.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    backup.write_bytes(bytes(data))
+    before = sorted(path.name for path in root.iterdir())
+    with pytest.raises(BackupDamaged, match="damaged"):
+        host.restore(graph_id, graph_id, "on-demand-1", kept.sha256)
+    assert [row["id"] for row in person_rows(host, graph_id)] == [1, 3]  # untouched
+    assert sorted(path.name for path in root.iterdir()) == before  # nothing staged is left
+    with pytest.raises(NotFound):
+        host.restore(graph_id, graph_id, "never-taken", kept.sha256)
+    with pytest.raises(NotFound):
+        host.restore(new_id(), graph_id, "on-demand-1", kept.sha256)
 
 
 def test_delete_is_idempotent(host) -> None:

@@ -1,10 +1,15 @@
 """Backups of graphs: where they live, their manifests and rows, how long they are kept.
 
-A backup lives at ``<BACKUP_DIR>/<graph id>/<backup id>.lbug`` beside a manifest
-``<backup id>.json`` (graph, time, size, checksum, schema), so a backup folder copied elsewhere
-still says what it holds. Daily and on-demand backups are kept for the tier's retention (7, 14 or
-30 days); the final backup taken before a deletion for ``FINAL_BACKUP_RETENTION_DAYS``. Ids say
-what a backup is for, so making one twice is one backup.
+A backup is taken by the host that holds the graph and kept in that host's backup store, under
+``<graph id>/<backup id>.lbug`` with its sha256 and a manifest beside it: the ``BACKUP_DIR``
+folder on the embedded default (and on a host server's own disk when no store is set), or an S3
+store (``BACKUP_STORE_URL``) that every host shares, so that any host can restore it. The row
+says where (``path``: the folder's file, or ``s3://...``). The control plane also keeps a
+manifest of its own at ``<BACKUP_DIR>/<graph id>/<backup id>.json`` (graph, time, size,
+checksum, schema). Daily and on-demand backups are kept for the tier's retention (7, 14 or 30
+days), the final backup taken before a deletion for ``FINAL_BACKUP_RETENTION_DAYS``; the store's
+manifest carries the same expiry, so the store itself can be swept. Ids say what a backup is for,
+so making one twice is one backup.
 """
 
 from __future__ import annotations
@@ -20,7 +25,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.errors import Conflict, InvalidRequest, NotFound, PaymentRequired
+from provisioning_pipelines.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    PaymentRequired,
+    ServiceUnavailable,
+)
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.catalog import TIERS
@@ -28,10 +39,10 @@ from provisioning_pipelines.services.graphs import lifecycle
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
 from provisioning_pipelines.services.graphs.states import GRAPH, LIVE
+from provisioning_pipelines.storage.backup_store import BackupStore
 from provisioning_pipelines.storage.hosts.contract import GraphHost as GraphHostInterface
 from provisioning_pipelines.storage.hosts.directory import HostDirectory
 from provisioning_pipelines.storage.ladybug import ddl_fingerprint
-from provisioning_pipelines.storage.ladybug.backups import BackupFile, checksum_of
 from provisioning_pipelines.storage.models import (
     Graph,
     GraphBackup,
@@ -52,6 +63,25 @@ BACKUP_ID = re.compile(r"bk_[A-Za-z0-9_]{1,124}")
 class BackupPolicy:
     backup_dir: Path
     final_retention_days: int
+    #: Where the control plane's hosts keep backups (the folder, or a shared S3 store).
+    store: BackupStore | None = None
+
+
+@dataclass(frozen=True)
+class TakenBackup:
+    """A backup the host kept: where, how big, its sha256, and until when."""
+
+    location: str
+    size_bytes: int
+    checksum: str
+    #: When the copy was begun (its data is of then), and when its retention ends.
+    taken_at: datetime
+    expires_at: datetime
+
+
+def is_shared(location: str) -> bool:
+    """Whether every host can fetch the backup (an S3 store), not only the one that took it."""
+    return location.startswith("s3://")
 
 
 def exists(session: Session, backup_id: str) -> bool:
@@ -70,36 +100,49 @@ def file_of(policy: BackupPolicy, graph_id: str, backup_id: str) -> Path:
     return policy.backup_dir / graph_id / f"{backup_id}.lbug"
 
 
-def take(host: GraphHostInterface, policy: BackupPolicy, graph_id: str, backup_id: str, *,
-         missing_ok: bool = False) -> BackupFile | None:
+def manifest_of(policy: BackupPolicy | Path, graph_id: str, backup_id: str) -> Path:
+    """The control plane's manifest of a backup (wherever the backup itself is kept)."""
+    folder = policy.backup_dir if isinstance(policy, BackupPolicy) else policy
+    return folder / graph_id / f"{backup_id}.json"
+
+
+def expires_at(policy: BackupPolicy, tier: str, kind: str, *,
+               now: datetime | None = None) -> datetime:
+    days = policy.final_retention_days if kind == "final" else TIERS[tier].backup_retention_days
+    return (now or utcnow()) + timedelta(days=days)
+
+
+def take(host: GraphHostInterface, policy: BackupPolicy, graph_id: str, tier: str,
+         backup_id: str, kind: str, *, missing_ok: bool = False) -> TakenBackup | None:
     """The host's consistent copy of the graph (checkpointed first; an existing one is
-    returned). A local host writes it at ``file_of``; a host server keeps it on its own disk,
-    and the path names where the manifest goes here. None when ``missing_ok`` and the host does
-    not hold the graph (a deletion whose file went before its final backup was recorded)."""
+    returned), kept in its backup store until the kind's retention ends. None when
+    ``missing_ok`` and the host does not hold the graph (a deletion whose file went before its
+    final backup was recorded)."""
+    taken_at = utcnow()
+    until = expires_at(policy, tier, kind, now=taken_at)
     try:
-        made = host.back_up(graph_id, backup_id)
+        made = host.back_up(graph_id, backup_id, expires_at=until)
     except NotFound:
         if missing_ok:
             return None
         raise
-    return BackupFile(file_of(policy, graph_id, backup_id), made.size_bytes, made.sha256)
+    location = made.location or str(file_of(policy, graph_id, backup_id))
+    return TakenBackup(location, made.size_bytes, made.sha256, taken_at, until)
 
 
 def record(session: Session, policy: BackupPolicy, graph: Graph, backup_id: str, kind: str,
-           copy: BackupFile | None) -> GraphBackup:
+           copy: TakenBackup | None) -> GraphBackup:
     """The backup's row and manifest (once: a retry finds them, and needs no ``copy``)."""
     found = session.get(GraphBackup, backup_id)
     if found is not None:
         return found
     assert copy is not None, f"backup {backup_id}: no row and no copy"
     statements = _statements(session, graph.id)
-    now = utcnow()
-    days = policy.final_retention_days if kind == "final" else TIERS[
-        graph.tier].backup_retention_days
-    backup = GraphBackup(id=backup_id, graph_id=graph.id, kind=kind, path=str(copy.path),
+    now = copy.taken_at
+    backup = GraphBackup(id=backup_id, graph_id=graph.id, kind=kind, path=copy.location,
                          size_bytes=copy.size_bytes, checksum=copy.checksum,
                          schema_fingerprint=ddl_fingerprint(statements), created_at=now,
-                         expires_at=now + timedelta(days=days))
+                         expires_at=copy.expires_at)
     session.add(backup)
     manifest = {"backup_id": backup_id, "graph_id": graph.id, "name": graph.name,
                 "tier": graph.tier, "kind": kind, "created_at": now.isoformat(),
@@ -107,8 +150,9 @@ def record(session: Session, policy: BackupPolicy, graph: Graph, backup_id: str,
                 "size_bytes": copy.size_bytes, "checksum_sha256": copy.checksum,
                 "schema": {"fingerprint": backup.schema_fingerprint,
                            "statements": statements}}
-    copy.path.parent.mkdir(parents=True, exist_ok=True)
-    copy.path.with_suffix(".json").write_text(json.dumps(manifest, indent=2))
+    kept_here = manifest_of(policy, graph.id, backup_id)
+    kept_here.parent.mkdir(parents=True, exist_ok=True)
+    kept_here.write_text(json.dumps(manifest, indent=2))
     audit.record(session, actor="backups", action="graph.backed_up", subject_type="graph",
                  subject_id=graph.id, details={"backup_id": backup_id, "kind": kind,
                                                "size_bytes": copy.size_bytes})
@@ -136,12 +180,14 @@ def backup_of(session: Session, graph_id: str, backup_id: str) -> GraphBackup:
     return backup
 
 
-def schema_of_backup(session: Session, backup: GraphBackup) -> list[str]:
+def schema_of_backup(session: Session, backup: GraphBackup, backup_dir: Path) -> list[str]:
     """The DDL a backup holds: from its graph's stored schema, else from its manifest."""
     statements = _statements(session, backup.graph_id)
     if statements:
         return statements
     manifest = Path(backup.path).with_suffix(".json")
+    if is_shared(backup.path) or not manifest.is_file():
+        manifest = manifest_of(backup_dir, backup.graph_id, backup.id)
     return list(json.loads(manifest.read_text())["schema"]["statements"])
 
 
@@ -150,16 +196,20 @@ def expired(session: Session, *, now: datetime, limit: int = 500) -> list[GraphB
                                 .order_by(GraphBackup.expires_at).limit(limit)))
 
 
-def prune(session: Session, directory: HostDirectory, backup: GraphBackup) -> None:
-    """A backup past its retention: its file (on the host that took it, the graph's host) and
-    manifest first, then its row. A host that does not answer raises ``HostUnavailable`` and
-    the backup is kept for the next round."""
+def prune(session: Session, directory: HostDirectory, backup: GraphBackup,
+          backup_dir: Path | None = None) -> None:
+    """A backup past its retention: its object (in the store of the host that took it, the
+    graph's host) and manifests first, then its row. A host that does not answer raises
+    ``HostUnavailable`` and the backup is kept for the next round."""
     graph = session.get(Graph, backup.graph_id)
     if graph is not None:
         host = hosts.graph_host(session, directory, graph.host_id)
         host.delete_backup(backup.graph_id, backup.id)
-    path = Path(backup.path)
-    for leftover in (path, path.with_suffix(".json")):
+    leftovers = [] if is_shared(backup.path) else [Path(backup.path),
+                                                    Path(backup.path).with_suffix(".json")]
+    if backup_dir is not None:
+        leftovers.append(manifest_of(backup_dir, backup.graph_id, backup.id))
+    for leftover in leftovers:
         leftover.unlink(missing_ok=True)
     audit.record(session, actor="backups", action="graph.backup_pruned", subject_type="graph",
                  subject_id=backup.graph_id, details={"backup_id": backup.id})
@@ -187,22 +237,28 @@ class RestorePlan:
     graph_id: str  # the graph whose data the backup replaces
     source_graph_id: str  # the graph the backup was taken of (the same, or a deleted one)
     backup_id: str
-    backup_path: Path
+    #: Where the backup is kept (its row's ``path``: a folder's file or ``s3://...``).
+    location: str
     checksum: str
     user_id: str
 
 
 def check_restorable_here(session: Session, plan: RestorePlan) -> None:
-    """A restore copies the backup's file into the graph's place on this machine, so both
-    graphs must live on local hosts; one on a host server is refused (409, nothing touched)
-    until backups live in object storage, from where any host can fetch them."""
-    for graph_id in {plan.source_graph_id, plan.graph_id}:
-        graph = session.get(Graph, graph_id)
-        host = session.get(GraphHost, graph.host_id) if graph is not None else None
+    """The host of the graph restored into must be able to fetch the backup: any host from a
+    shared (S3) store; from a folder, the host that took it, or any local host (they share
+    ``BACKUP_DIR``). Anything else is refused (409, nothing touched)."""
+    if is_shared(plan.location):
+        return
+    source, target = session.get(Graph, plan.source_graph_id), session.get(Graph, plan.graph_id)
+    if source is None or target is None or source.host_id == target.host_id:
+        return
+    for graph in (source, target):
+        host = session.get(GraphHost, graph.host_id)
         if host is not None and host.url is not None:
-            raise Conflict(f"backup_id: graph {graph_id} lives on graph host server "
-                           f"{host.id}; restoring a backup there is not supported yet (its "
-                           "backups stay on that host)", field="backup_id")
+            raise Conflict(f"backup_id: backup {plan.backup_id} is kept on the disk of graph "
+                           f"host {source.host_id}, and graph {target.id} lives on host "
+                           f"{target.host_id}; with BACKUP_STORE_URL set, backups are kept "
+                           "where every host can restore them", field="backup_id")
 
 
 def plan_restore(session: Session, *, user_id: str, graph_id: str, backup_id: str,
@@ -230,7 +286,7 @@ def plan_restore(session: Session, *, user_id: str, graph_id: str, backup_id: st
         raise InvalidRequest(f"{field}: graph {target.id!r} is a {target.graph_type} graph; the "
                              f"backup is of a {source.graph_type} graph", field=field)
     return RestorePlan(graph_id=target.id, source_graph_id=source.id, backup_id=backup.id,
-                       backup_path=Path(backup.path), checksum=backup.checksum, user_id=user_id)
+                       location=backup.path, checksum=backup.checksum, user_id=user_id)
 
 
 def _owned_top_level(session: Session, graph_id: str, user_id: str, *, field: str) -> Graph:
@@ -272,12 +328,12 @@ def _without_mark(details: dict[str, Any] | None) -> dict[str, Any]:
     return {key: value for key, value in (details or {}).items() if key != "restoring"}
 
 
-def finish_restore(session: Session, plan: RestorePlan, graph: Graph) -> None:
+def finish_restore(session: Session, plan: RestorePlan, graph: Graph, backup_dir: Path) -> None:
     """With the backup's file in place: the backup's schema replaces the graph's, and the
     graph says where its data came from."""
     backup = session.get(GraphBackup, plan.backup_id)
     assert backup is not None
-    statements = schema_of_backup(session, backup)
+    statements = schema_of_backup(session, backup, backup_dir)
     schema = session.scalar(select(GraphSchema).where(GraphSchema.graph_id == backup.graph_id))
     schema_type = schema.schema_type if schema else "restored"
     for old in session.scalars(select(GraphSchema).where(GraphSchema.graph_id == graph.id)):
@@ -293,11 +349,12 @@ def finish_restore(session: Session, plan: RestorePlan, graph: Graph) -> None:
                                                "backup_id": plan.backup_id})
 
 
-def finish_interrupted_restores(session: Session, *, now: datetime,
-                                limit: int = 100) -> list[str]:
-    """Restores whose worker died after marking the graph: if the file is the backup's (its
-    sha256 says so) the restore happened and its rows are finished; otherwise the graph was
-    never touched and the mark goes. Either way the graph is released, one line each."""
+def finish_interrupted_restores(session: Session, directory: HostDirectory, backup_dir: Path,
+                                *, now: datetime, limit: int = 100) -> list[str]:
+    """Restores whose worker died after marking the graph: if the graph's file is the backup's
+    (its sha256, asked of its host, says so) the restore happened and its rows are finished;
+    otherwise the graph was never touched and the mark goes. Either way the graph is released,
+    one line each. A graph whose host does not answer is left for the next round."""
     done = []
     marked = session.scalars(select(Graph).where(
         Graph.status.in_(LIVE), Graph.lifecycle_lease_expires_at < now)
@@ -306,13 +363,18 @@ def finish_interrupted_restores(session: Session, *, now: datetime,
         mark = (graph.details or {}).get("restoring")
         if not mark or len(done) >= limit:
             continue
-        path = Path(graph.database_path)
-        swapped = path.is_file() and checksum_of(path) == mark["checksum"]
+        try:
+            held = hosts.graph_host(session, directory, graph.host_id).checksum(graph.id)
+        except NotFound:
+            held = None
+        except ServiceUnavailable as exc:
+            done.append(f"left the interrupted restore into {graph.id} for later: {exc.message}")
+            continue
         plan = RestorePlan(graph_id=graph.id, source_graph_id=mark["source_graph_id"],
-                           backup_id=mark["backup_id"], backup_path=path,
+                           backup_id=mark["backup_id"], location=graph.database_path,
                            checksum=mark["checksum"], user_id=mark["user_id"])
-        if swapped and session.get(GraphBackup, plan.backup_id) is not None:
-            finish_restore(session, plan, graph)
+        if held == mark["checksum"] and session.get(GraphBackup, plan.backup_id) is not None:
+            finish_restore(session, plan, graph, backup_dir)
             done.append(f"finished the interrupted restore of {plan.backup_id} into {graph.id}")
         else:
             graph.details = _without_mark(graph.details)

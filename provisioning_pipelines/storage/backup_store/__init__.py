@@ -6,11 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from provisioning_pipelines.errors import SettingsError
+from provisioning_pipelines.errors import BackupDamaged, BackupStoreUnavailable, SettingsError
 from provisioning_pipelines.storage.backup_store.contract import (
-    BackupDamaged,
     BackupStore,
-    BackupStoreUnavailable,
     StoredBackup,
     check_key,
 )

@@ -20,24 +20,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from provisioning_pipelines.errors import InvalidRequest, NotFound, ServiceUnavailable
+from provisioning_pipelines.errors import (
+    BackupDamaged,
+    InvalidRequest,
+    NotFound,
+)
 
 #: A key: ``/``-separated parts of letters, digits, ``_``, ``-`` and ``.`` (never ``..``).
 KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,127}){0,7}")
 MANIFEST_SUFFIX = ".manifest.json"
-
-
-class BackupStoreUnavailable(ServiceUnavailable):
-    """The backup store did not answer, or failed, within its timeouts (answered 503)."""
-
-    code = "backup_store_unavailable"
-
-
-class BackupDamaged(InvalidRequest):
-    """An object whose bytes are not the ones its manifest names (never restored)."""
-
-    status_code = 409
-    code = "backup_damaged"
 
 
 @dataclass(frozen=True)
@@ -66,15 +57,16 @@ class BackupStore(abc.ABC):
 
     @abc.abstractmethod
     def put(self, key: str, source: Path, *, sha256: str, expires_at: datetime | None,
-            details: dict[str, Any] | None = None) -> StoredBackup:
+            details: dict[str, Any] | None = None, move: bool = False) -> StoredBackup:
         """Keep ``source`` under ``key`` with its manifest; a key kept already with the same
-        sha256 is returned as it is (a retry), another sha256 under it is refused."""
+        sha256 is returned as it is (a retry), another sha256 under it is refused. ``move``:
+        the source is the caller's to give up (renamed into a folder, removed once uploaded)."""
 
     @abc.abstractmethod
-    def get(self, key: str, destination: Path) -> StoredBackup:
-        """Copy the object to ``destination`` (published whole with a rename), verified against
-        its manifest's sha256 first: ``BackupDamaged`` and nothing at ``destination`` if not;
-        ``NotFound`` for a key not kept."""
+    def get(self, key: str, destination: Path, *, sha256: str | None = None) -> StoredBackup:
+        """Copy the object to ``destination`` (published whole with a rename), verified first
+        against ``sha256`` (the caller's record) or else its manifest's: ``BackupDamaged`` and
+        nothing at ``destination`` if not; ``NotFound`` for a key not kept."""
 
     @abc.abstractmethod
     def head(self, key: str) -> StoredBackup | None:
@@ -99,6 +91,12 @@ class BackupStore(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - most stores hold nothing to close
         """Let go of connections."""
+
+
+def damaged(key: str, actual: str, expected: str) -> BackupDamaged:
+    return BackupDamaged(f"backup_id: backup {key!r} is damaged: its sha256 is {actual[:12]}..., "
+                         f"its record says {expected[:12]}...; nothing was restored",
+                         field="backup_id")
 
 
 def not_kept(key: str) -> NotFound:

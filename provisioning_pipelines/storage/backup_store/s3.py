@@ -24,15 +24,14 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from provisioning_pipelines.errors import Conflict, InvalidRequest
+from provisioning_pipelines.errors import BackupStoreUnavailable, Conflict, InvalidRequest
 from provisioning_pipelines.storage.backup_store import manifests
 from provisioning_pipelines.storage.backup_store.contract import (
     MANIFEST_SUFFIX,
-    BackupDamaged,
     BackupStore,
-    BackupStoreUnavailable,
     StoredBackup,
     check_key,
+    damaged,
     not_kept,
 )
 
@@ -60,7 +59,7 @@ class S3Store(BackupStore):
                                        multipart_chunksize=multipart_bytes, max_concurrency=4)
 
     def put(self, key: str, source: Path, *, sha256: str, expires_at: datetime | None,
-            details: dict[str, Any] | None = None) -> StoredBackup:
+            details: dict[str, Any] | None = None, move: bool = False) -> StoredBackup:
         kept = self.head(key)
         if kept is not None:
             if kept.sha256 != sha256:
@@ -77,15 +76,18 @@ class S3Store(BackupStore):
             self.client.put_object(Bucket=self.bucket, Key=self._manifest(key),
                                    Body=manifests.dump(found),
                                    ContentType="application/json")
+        if move:
+            Path(source).unlink(missing_ok=True)
         return found
 
-    def get(self, key: str, destination: Path) -> StoredBackup:
+    def get(self, key: str, destination: Path, *, sha256: str | None = None) -> StoredBackup:
         found = self.head(key)
         if found is None:
             raise not_kept(key)
+        expected = sha256 or found.sha256
         destination = Path(destination)
         destination.parent.mkdir(parents=True, exist_ok=True)
-        temp = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:8]}.part")
+        temp = destination.with_name(f".{destination.name}.{uuid.uuid4().hex[:12]}.tmp")
         try:
             with self._answering(f"fetching backup {key!r}"):
                 try:
@@ -97,10 +99,8 @@ class S3Store(BackupStore):
                     raise
             with temp.open("rb") as fetched:
                 actual = hashlib.file_digest(fetched, "sha256").hexdigest()
-            if actual != found.sha256:
-                raise BackupDamaged(
-                    f"backup {key!r} is damaged: its sha256 is {actual[:12]}..., its manifest "
-                    f"says {found.sha256[:12]}...; nothing was restored", field="backup_id")
+            if actual != expected:
+                raise damaged(key, actual, expected)
             os.replace(temp, destination)
             return found
         finally:

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -97,10 +98,14 @@ class HostClient(GraphHost):
     """A graph host server, reached over HTTP with its bearer token."""
 
     def __init__(self, host_id: str, base_url: str, token: str, *, timeout: float = 10.0,
-                 connect_timeout: float = 2.0, attempts: int = 3, backoff: float = 0.05,
+                 connect_timeout: float = 2.0, work_timeout: float = 900.0,
+                 attempts: int = 3, backoff: float = 0.05,
                  breaker: CircuitBreaker | None = None,
                  transport: httpx.BaseTransport | None = None) -> None:
         self.host_id = host_id
+        #: Calls whose work grows with the graph (a fork, a backup, a restore: a copy of the
+        #: file, and an upload or a download for a backup store) wait this long for the answer.
+        self.work_timeout = httpx.Timeout(work_timeout, connect=connect_timeout)
         self.attempts = max(1, attempts)
         self.backoff = backoff
         self.breaker = breaker or CircuitBreaker()
@@ -126,11 +131,13 @@ class HostClient(GraphHost):
                                reached=reached)
 
     def _call(self, method: str, path: str, *, body: Any = None, repeatable: bool,
-              wait: float | None = None) -> Any:
+              wait: float | None = None, long: bool = False) -> Any:
         """One call, retried if ``repeatable``; with ``wait``, one try that waits at most that
-        many seconds for the answer."""
+        many seconds for the answer; ``long``: work that grows with the graph."""
         tries = self.attempts if repeatable and wait is None else 1
         timeout: Any = httpx.USE_CLIENT_DEFAULT if wait is None else httpx.Timeout(wait)
+        if long:
+            timeout = self.work_timeout
         reached = False  # whether any try may have reached the host
         for attempt in range(1, tries + 1):
             if not self.breaker.allow():
@@ -194,16 +201,30 @@ class HostClient(GraphHost):
         check_graph_id(parent_id, field_name="parent_id")
         body = {"parent_id": parent_id, "tables": None if tables is None else list(tables),
                 "exclude": list(exclude)}
-        found = self._call("POST", path, body=body, repeatable=False)
+        found = self._call("POST", path, body=body, repeatable=False, long=True)
         return {str(name): int(count) for name, count in found["copied"].items()}
 
     def checkpoint(self, graph_id: str) -> None:
         self._call("POST", f"{self._graph(graph_id)}/checkpoint", repeatable=True)
 
-    def back_up(self, graph_id: str, name: str) -> BackupInfo:
+    def back_up(self, graph_id: str, name: str, *,
+                expires_at: datetime | None = None) -> BackupInfo:
         found = self._call("PUT", f"{self._graph(graph_id)}/backups/{check_backup_name(name)}",
-                           repeatable=True)
+                           body={"expires_at": expires_at.isoformat() if expires_at else None},
+                           repeatable=True, long=True)
         return BackupInfo(**found)
+
+    def restore(self, graph_id: str, source_graph_id: str, name: str, sha256: str) -> None:
+        # Repeatable: the same backup swapped in again is the same data.
+        self._call("POST", f"{self._graph(graph_id)}/restore",
+                   body={"source_graph_id": check_graph_id(source_graph_id,
+                                                           field_name="source_graph_id"),
+                         "name": check_backup_name(name), "sha256": sha256},
+                   repeatable=True, long=True)
+
+    def checksum(self, graph_id: str) -> str:
+        return str(self._call("GET", f"{self._graph(graph_id)}/checksum",
+                              repeatable=True, long=True)["sha256"])
 
     def delete_backup(self, graph_id: str, name: str) -> bool:
         found = self._call("DELETE", f"{self._graph(graph_id)}/backups/{check_backup_name(name)}",

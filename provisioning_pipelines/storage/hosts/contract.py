@@ -15,6 +15,7 @@ import abc
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from provisioning_pipelines.errors import NotFound
@@ -45,6 +46,9 @@ class BackupInfo:
     name: str
     size_bytes: int
     sha256: str
+    #: Where the backup is kept: its backup store's location and key (a folder's path, or
+    #: ``s3://bucket/prefix/<graph id>/<name>.lbug``).
+    location: str = ""
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,11 @@ def check_graph_id(graph_id: object, *, field_name: str = "graph_id") -> str:
     return graph_id
 
 
+def backup_key(graph_id: str, name: str) -> str:
+    """A backup's key in its store: ``<graph id>/<name>.lbug``."""
+    return f"{check_graph_id(graph_id)}/{check_backup_name(name)}{SUFFIX}"
+
+
 def check_backup_name(name: object) -> str:
     if not isinstance(name, str) or not BACKUP_NAME.fullmatch(name):
         raise NotFound(f"name: {repr(name)[:80]} is not a backup name (1 to 64 letters, digits, "
@@ -99,8 +108,20 @@ class GraphHost(abc.ABC):
         """Fold the graph's WAL into its file (before any copy of it)."""
 
     @abc.abstractmethod
-    def back_up(self, graph_id: str, name: str) -> BackupInfo:
-        """A consistent copy into the host's backup folder; an existing one is returned."""
+    def back_up(self, graph_id: str, name: str, *,
+                expires_at: datetime | None = None) -> BackupInfo:
+        """A consistent copy (checkpointed first) kept in the host's backup store, with its
+        sha256 and a manifest saying when it expires; an existing one is returned."""
+
+    @abc.abstractmethod
+    def restore(self, graph_id: str, source_graph_id: str, name: str, sha256: str) -> None:
+        """Replace the graph's data with backup ``name`` of ``source_graph_id`` from the backup
+        store: fetched beside the graph's file and checked against ``sha256`` before anything
+        is touched (``BackupDamaged``: the graph is as it was), then swapped in whole."""
+
+    @abc.abstractmethod
+    def checksum(self, graph_id: str) -> str:
+        """The sha256 of the graph's (checkpointed) file: whether a restore swapped it in."""
 
     @abc.abstractmethod
     def delete_backup(self, graph_id: str, name: str) -> bool:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provisioning_pipelines.errors import HostUnavailable
+from provisioning_pipelines.storage.backup_store import BackupStore
 from provisioning_pipelines.storage.hosts.client import HostClient
 from provisioning_pipelines.storage.hosts.contract import GraphHost
 from provisioning_pipelines.storage.hosts.local import LocalHost
@@ -34,11 +35,15 @@ class HostDirectory:
     """The graph hosts of one process, by id."""
 
     def __init__(self, engine: LadybugEngine, *, token: str | None, backup_dir: Path | None,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, work_timeout: float = 900.0,
+                 store: BackupStore | None = None) -> None:
         self.engine = engine
         self.token = token
         self.backup_dir = backup_dir
+        #: Where local hosts keep backups (``BACKUP_DIR``'s folder when None).
+        self.store = store
         self.timeout = timeout
+        self.work_timeout = work_timeout
         self._hosts: dict[str, GraphHost] = {}
         self._lock = threading.Lock()
 
@@ -59,12 +64,13 @@ class HostDirectory:
     def _make(self, address: HostAddress) -> GraphHost:
         if address.url is None:
             return LocalHost(address.host_id, Path(address.data_root), tier="", capacity=0,
-                             engine=self.engine, backup_dir=self.backup_dir)
+                             engine=self.engine, backup_dir=self.backup_dir, store=self.store)
         if not self.token:
             raise HostUnavailable(f"graph host {address.host_id} is unavailable: "
                                   "GRAPH_HOST_TOKEN is not set in this process",
                                   reached=False)
-        return HostClient(address.host_id, address.url, self.token, timeout=self.timeout)
+        return HostClient(address.host_id, address.url, self.token, timeout=self.timeout,
+                          work_timeout=self.work_timeout)
 
     def is_remote(self, host_id: str) -> bool:
         return isinstance(self._hosts.get(host_id), HostClient)

@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from provisioning_pipelines.errors import (
     NotFound,
     StorageFull,
 )
+from provisioning_pipelines.storage.backup_store import BackupStore, FolderStore
 from provisioning_pipelines.storage.graph_ids import ANY_GRAPH_ID, GRAPH_ID
 from provisioning_pipelines.storage.hosts.contract import (
     HOST_FOLDER,
@@ -36,7 +38,7 @@ from provisioning_pipelines.storage.hosts.contract import (
     GraphInfo,
     Holding,
     HostHealth,
-    check_backup_name,
+    backup_key,
     check_graph_id,
 )
 from provisioning_pipelines.storage.ladybug import (
@@ -62,7 +64,8 @@ class LocalHost(GraphHost):
     """A host whose files this process opens itself (it must be their only writer)."""
 
     def __init__(self, host_id: str, data_root: Path, *, tier: str, capacity: int,
-                 engine: LadybugEngine | None = None, backup_dir: Path | None = None) -> None:
+                 engine: LadybugEngine | None = None, backup_dir: Path | None = None,
+                 store: BackupStore | None = None) -> None:
         self.host_id = host_id
         self.data_root = Path(data_root)
         self.tier = tier
@@ -72,6 +75,10 @@ class LocalHost(GraphHost):
         #: ``<backup_dir>/<graph id>/<name>.lbug``; the embedded default shares the control
         #: plane's ``BACKUP_DIR`` here, a host server keeps them under its own folder.
         self.backup_dir = backup_dir or self.own / "backups"
+        #: Where backups are kept: that folder by default, or an S3 store every host shares.
+        self.store = store or FolderStore(self.backup_dir)
+        #: Consistent copies on their way into the store (a death's leftovers go at start).
+        self.outgoing = self.own / "outgoing"
         self.data_root.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ paths
@@ -134,20 +141,49 @@ class LocalHost(GraphHost):
         with self.engine.writing(self._held(graph_id)) as conn:
             conn.execute("CHECKPOINT")
 
-    def back_up(self, graph_id: str, name: str) -> BackupInfo:
+    def back_up(self, graph_id: str, name: str, *,
+                expires_at: datetime | None = None) -> BackupInfo:
         path = self._held(graph_id)
-        destination = self.backup_dir / graph_id / f"{check_backup_name(name)}{SUFFIX}"
-        made = ladybug_backups.back_up(self.engine, path, destination)
-        return BackupInfo(graph_id, name, made.size_bytes, made.checksum)
+        key = backup_key(graph_id, name)
+        kept = self.store.head(key)
+        if kept is None:
+            outgoing = self.outgoing / graph_id / f"{name}{SUFFIX}"
+            made = ladybug_backups.back_up(self.engine, path, outgoing)
+            try:
+                kept = self.store.put(key, outgoing, sha256=made.checksum,
+                                      expires_at=expires_at, move=True,
+                                      details={"graph_id": graph_id, "name": name,
+                                               "host_id": self.host_id})
+            finally:
+                outgoing.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    outgoing.parent.rmdir()
+        return BackupInfo(graph_id, name, kept.size_bytes, kept.sha256,
+                          location=f"{self.store.location.rstrip('/')}/{key}")
+
+    def restore(self, graph_id: str, source_graph_id: str, name: str, sha256: str) -> None:
+        path = self._held(graph_id)
+        key = backup_key(source_graph_id, name)
+        kept = self.store.head(key)
+        if kept is not None:
+            ladybug_backups.ensure_room_bytes(kept.size_bytes, path.parent, key)
+        staged = files.temp_path(path)
+        try:
+            self.store.get(key, staged, sha256=sha256)
+            files.fsync_file(staged)
+            ladybug_backups.swap_in(self.engine, staged, path)
+        finally:
+            files.remove_with_sidecars(staged)
+
+    def checksum(self, graph_id: str) -> str:
+        return ladybug_backups.checksum_of(self._held(graph_id))
 
     def delete_backup(self, graph_id: str, name: str) -> bool:
-        folder = self.backup_dir / check_graph_id(graph_id)
-        path = folder / f"{check_backup_name(name)}{SUFFIX}"
-        there = path.is_file()
-        path.unlink(missing_ok=True)
+        removed = self.store.delete(backup_key(graph_id, name))
+        folder = self.backup_dir / graph_id
         with contextlib.suppress(OSError):  # the graph's last backup: its folder goes too
             folder.rmdir()
-        return there
+        return removed
 
     def delete(self, graph_id: str) -> bool:
         return self.engine.delete_database(self._path(graph_id))
@@ -228,6 +264,9 @@ class LocalHost(GraphHost):
         their names, relative to the data root. Only while no call runs (a host server at its
         start, before it serves): a live call's temp file looks the same."""
         removed = []
+        if self.outgoing.is_dir():  # copies no backup call lived to keep: it is retried whole
+            shutil.rmtree(self.outgoing, ignore_errors=True)
+            removed.append(str(self.outgoing.relative_to(self.data_root)))
         backups = sorted(self.backup_dir.iterdir()) if self.backup_dir.is_dir() else []
         for folder in (self.data_root, self.own / "templates", *backups):
             if not folder.is_dir():

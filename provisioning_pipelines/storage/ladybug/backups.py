@@ -73,10 +73,16 @@ ROOM_MARGIN = 4 * 1024 * 1024
 def ensure_room(source: Path, folder: Path) -> None:
     """Refuse (``StorageFull``, nothing opened or written) a copy of ``source`` and its WAL
     into ``folder`` that its disk has no room for."""
-    needed = sum(_size(Path(f"{source}{suffix}")) for suffix in ("", ".wal")) + ROOM_MARGIN
+    ensure_room_bytes(sum(_size(Path(f"{source}{suffix}")) for suffix in ("", ".wal")),
+                      folder, source.name)
+
+
+def ensure_room_bytes(size: int, folder: Path, name: str) -> None:
+    """Refuse (``StorageFull``) ``size`` bytes of ``name`` that ``folder``'s disk cannot hold."""
+    needed = size + ROOM_MARGIN
     free = shutil.disk_usage(folder).free
     if free < needed:
-        raise StorageFull(f"not enough disk space for a copy of {source.name} in {folder}: "
+        raise StorageFull(f"not enough disk space for a copy of {name} in {folder}: "
                           f"{free:,} bytes free, {needed:,} needed")
 
 
