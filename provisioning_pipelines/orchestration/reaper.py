@@ -35,7 +35,7 @@ from dagster import (
     sensor,
 )
 
-from provisioning_pipelines.errors import HostUnavailable
+from provisioning_pipelines.errors import ServiceUnavailable
 from provisioning_pipelines.flows import (
     DELETION_FLOW,
     REACTIVATION_FLOW,
@@ -101,10 +101,11 @@ def reap(context: SensorEvaluationContext, database: DatabaseResource,
         for backup in backups.expired(session, now=now):
             try:
                 backups.prune(session, graph_engine.hosts(), backup, backup_dir)
-            except HostUnavailable as exc:  # kept, and pruned on a later round
+            except ServiceUnavailable as exc:  # kept, and pruned on a later round
                 done.append(f"could not prune backup {backup.id}: {exc.message}")
                 continue
             done.append(f"pruned backup {backup.id} (expired {backup.expires_at:%Y-%m-%d})")
+        done.extend(backups.sweep_store(graph_engine.hosts().store, now=now))
         waiting = billing.unprovisioned(
             session, paid_before=now - timedelta(minutes=alert_minutes))
         for subscription in waiting:

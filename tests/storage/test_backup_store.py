@@ -134,10 +134,13 @@ def test_a_source_that_is_not_its_checksum_is_not_kept_in_a_folder(tmp_path: Pat
 def test_retention_removes_what_expired_and_keeps_the_rest(store: BackupStore,
                                                            tmp_path: Path) -> None:
     source, sha = _file(tmp_path / "graph.lbug", 1000)
-    store.put("kga/daily-old", source, sha256=sha, expires_at=NOW - timedelta(days=1))
-    store.put("kga/daily-new", source, sha256=sha, expires_at=NOW + timedelta(days=6))
+    now = datetime.now(UTC)
+    store.put("kga/daily-old", source, sha256=sha, expires_at=now - timedelta(days=1))
+    store.put("kga/daily-new", source, sha256=sha, expires_at=now + timedelta(days=6))
     store.put("kga/final", source, sha256=sha, expires_at=None)
-    assert store.sweep(NOW) == ["kga/daily-old"]
+    # Nothing written within the shortest retention is read, expired or not.
+    assert store.sweep(now, shortest_retention=timedelta(days=7)) == []
+    assert store.sweep(now + timedelta(seconds=5)) == ["kga/daily-old"]
     assert [found.key for found in store.list()] == ["kga/daily-new", "kga/final"]
     with pytest.raises(NotFound):
         store.get("kga/daily-old", tmp_path / "gone.lbug")

@@ -216,6 +216,20 @@ def prune(session: Session, directory: HostDirectory, backup: GraphBackup,
     session.delete(backup)
 
 
+def sweep_store(store: BackupStore | None, *, now: datetime) -> list[str]:
+    """Objects past the expiry their own manifest names, removed from the store (those whose
+    rows went, or never came: a backup whose answer was lost). Only manifests older than the
+    shortest retention are read. A store that does not answer is swept on a later round."""
+    if store is None:
+        return []
+    shortest = timedelta(days=min(tier.backup_retention_days for tier in TIERS.values()))
+    try:
+        removed = store.sweep(now, shortest_retention=shortest)
+    except ServiceUnavailable as exc:
+        return [f"could not sweep the backup store: {exc.message}"]
+    return [f"removed expired backup {key} from the backup store" for key in removed]
+
+
 def _statements(session: Session, graph_id: str) -> list[str]:
     schema = session.scalar(select(GraphSchema).where(GraphSchema.graph_id == graph_id))
     return list((schema.schema_json or {}).get("statements") or []) if schema else []

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +77,18 @@ class BackupStore(abc.ABC):
         """Remove the object and its manifest; True if they were there."""
 
     @abc.abstractmethod
-    def list(self, prefix: str = "") -> list[StoredBackup]:
-        """Every kept object under ``prefix`` (whole ones: those with a manifest), by key."""
+    def list(self, prefix: str = "", *, kept_before: datetime | None = None
+             ) -> list[StoredBackup]:
+        """Every kept object under ``prefix`` (whole ones: those with a manifest), by key;
+        with ``kept_before``, only those whose manifest was written before then (read from the
+        listing, so a sweep reads only the manifests that can have expired)."""
 
-    def sweep(self, now: datetime) -> list[str]:
-        """Remove every object whose manifest expired by ``now``; the keys removed."""
+    def sweep(self, now: datetime, *, shortest_retention: timedelta = timedelta(0)
+              ) -> list[str]:
+        """Remove every object whose manifest expired by ``now``; the keys removed. Nothing
+        kept for less than ``shortest_retention`` can have expired, so it is not read."""
         removed = []
-        for found in self.list():
+        for found in self.list(kept_before=now - shortest_retention):
             if found.expires_at is not None and found.expires_at <= now:
                 self.delete(found.key)
                 removed.append(found.key)

@@ -88,13 +88,17 @@ class FolderStore(BackupStore):
                 existed = True
         return existed
 
-    def list(self, prefix: str = "") -> list[StoredBackup]:
+    def list(self, prefix: str = "", *, kept_before: datetime | None = None
+             ) -> list[StoredBackup]:
         if not self.root.is_dir():
             return []
         found = []
         for path in sorted(self.root.rglob(f"*{MANIFEST_SUFFIX}")):
             key = path.relative_to(self.root).as_posix().removesuffix(MANIFEST_SUFFIX)
-            if key.startswith(prefix) and (kept := manifests.load(path.read_bytes())):
+            if not key.startswith(prefix) or (
+                    kept_before is not None and path.stat().st_mtime > kept_before.timestamp()):
+                continue
+            if kept := manifests.load(path.read_bytes()):
                 found.append(kept)
         return found
 

@@ -125,10 +125,11 @@ class S3Store(BackupStore):
             self.client.delete_object(Bucket=self.bucket, Key=self._object(key))
         return existed
 
-    def list(self, prefix: str = "") -> list[StoredBackup]:
+    def list(self, prefix: str = "", *, kept_before: datetime | None = None
+             ) -> list[StoredBackup]:
         found = []
-        for name in self._names(prefix):
-            if name.endswith(MANIFEST_SUFFIX):
+        for name, written in self._listing(prefix):
+            if name.endswith(MANIFEST_SUFFIX) and (kept_before is None or written < kept_before):
                 kept = self.head(self._key(name).removesuffix(MANIFEST_SUFFIX))
                 if kept is not None:
                     found.append(kept)
@@ -136,20 +137,22 @@ class S3Store(BackupStore):
 
     def orphans(self, prefix: str = "") -> list[str]:
         """Objects without a manifest (a put or a delete cut between its two writes)."""
-        names = set(self._names(prefix))
+        names = {name for name, _ in self._listing(prefix)}
         return sorted(self._key(name) for name in names if not name.endswith(MANIFEST_SUFFIX)
                       and f"{name}{MANIFEST_SUFFIX}" not in names)
 
     def close(self) -> None:
         self.client.close()
 
-    def _names(self, prefix: str) -> list[str]:
-        names: list[str] = []
+    def _listing(self, prefix: str) -> list[tuple[str, datetime]]:
+        """Object names under the prefix, with when each was written."""
+        names: list[tuple[str, datetime]] = []
         with self._answering("listing backups"):
             pages = self.client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=self._under(prefix))
             for page in pages:
-                names.extend(item["Key"] for item in page.get("Contents", []))
+                names.extend((item["Key"], item["LastModified"])
+                             for item in page.get("Contents", []))
         return names
 
     def _object(self, key: str) -> str:
