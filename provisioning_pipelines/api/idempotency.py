@@ -52,7 +52,7 @@ def idempotent(api: ApiContext, endpoint: Endpoint) -> Callable[[Request], Await
         user = await run_in_threadpool(api.user_of, request)
         raw = await api.bodies.read(request)
         request._body = raw  # the endpoint reads the body again, from here
-        fingerprint = fingerprint_of(request, raw)
+        fingerprint = fingerprint_of(request.method, request.url.path, raw)
         try:
             got = await run_in_threadpool(
                 idempotency.begin, api.database, user_id=user.user_id, key=key,
@@ -87,13 +87,13 @@ def check_key(key: str) -> None:
                              "characters", field=HEADER)
 
 
-def fingerprint_of(request: Request, raw: bytes) -> str:
+def fingerprint_of(method: str, path: str, raw: bytes) -> str:
     """The request a key was first used with: method, path and body (as JSON when it is, so
     that spacing and the order of keys do not make a retry another request)."""
     try:
         body = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
     except (ValueError, RecursionError):
         body = raw
-    digest = hashlib.sha256(f"{request.method} {request.url.path}\n".encode())
+    digest = hashlib.sha256(f"{method} {path}\n".encode())
     digest.update(body)
     return digest.hexdigest()

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict
 from provisioning_pipelines.storage.db import Database
@@ -118,9 +119,8 @@ def release(database: Database, *, user_id: str, key: str, token: str) -> None:
             IdempotencyKey.token == token).execution_options(synchronize_session=False))
 
 
-def remove_expired(database: Database, *, now: datetime | None = None) -> int:
-    """Housekeeping: keys past their hours go."""
-    with database.session() as session:
-        return session.execute(delete(IdempotencyKey).where(
-            IdempotencyKey.expires_at <= (now or utcnow()))
-            .execution_options(synchronize_session=False)).rowcount or 0
+def remove_expired(session: Session, *, now: datetime | None = None) -> int:
+    """Keys past their hours go (housekeeping); the number removed."""
+    return int(session.execute(delete(IdempotencyKey).where(
+        IdempotencyKey.expires_at <= (now or utcnow()))
+        .execution_options(synchronize_session=False)).rowcount or 0)
