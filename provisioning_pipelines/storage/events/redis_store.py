@@ -248,12 +248,13 @@ class RedisOperationStore(OperationStore):
     def operations_of(self, user_id: str, limit: int = 50, *,
                       before: PageKey | None = None) -> list[Operation]:
         index = self._owner_key(user_id)
-        while True:  # read again after forgetting expired ones, so that a page stays whole
+        for _ in range(50):  # read again after forgetting expired ones: a page stays whole
             found, gone = self._page(index, user_id, max(1, limit), before)
             if not gone:
-                return found
+                break
             with _redis_errors():  # expired: forget them (each pass forgets at least one)
                 self._redis.zrem(index, *gone)
+        return found
 
     def _page(self, index: str, user_id: str, limit: int, before: PageKey | None
               ) -> tuple[list[Operation], list[str]]:
