@@ -137,6 +137,7 @@ class Settings(BaseSettings):
         64, validation_alias="BODY_READ_MAX_CONCURRENCY"
     )
     webhook_retention_days: int = Field(30, ge=3, validation_alias="WEBHOOK_RETENTION_DAYS")
+    idempotency_key_hours: PositiveFloat = Field(24.0, validation_alias="IDEMPOTENCY_KEY_HOURS")
 
     metrics_dir: Path | None = Field(None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
 
