@@ -15,6 +15,8 @@ dead when it exits; a counter keeps what a dead worker counted.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -24,7 +26,9 @@ from prometheus_client import (
     generate_latest,
     values,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 #: Whether this process counts into PROMETHEUS_MULTIPROC_DIR, as prometheus_client decided.
@@ -71,10 +75,54 @@ BODIES_REFUSED = Counter(
     "reason (timeout: 408, busy: 503).", ["reason"], registry=REGISTRY)
 
 
-def scrape() -> tuple[bytes, str]:
-    """The exposition (of every worker, in multiprocess mode) and its content type."""
-    if not MULTIPROCESS:
+def scrape(extra: Sequence[Collector] = ()) -> tuple[bytes, str]:
+    """The exposition (of every worker, in multiprocess mode) and its content type, with what
+    ``extra`` collectors read at this scrape (figures of the database, not of a process)."""
+    if not MULTIPROCESS and not extra:
         return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)
+    if MULTIPROCESS:
+        MultiProcessCollector(registry)
+    else:
+        registry.register(_Each(REGISTRY))
+    for collector in extra:
+        registry.register(collector)
     return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def backup_ages(ages: Iterable[tuple[str, str, str, float | None]]) -> Collector:
+    """``provisioning_graph_backup_age_seconds{graph_id, tier, host_id}``: how old each live
+    graph's newest backup is (graphs without one are counted in
+    ``provisioning_graphs_without_backup{tier}``)."""
+    found = list(ages)
+    age = GaugeMetricFamily("provisioning_graph_backup_age_seconds", "Age of each live "
+                            "graph's newest backup.", labels=["graph_id", "tier", "host_id"])
+    none = GaugeMetricFamily("provisioning_graphs_without_backup", "Live graphs with no "
+                             "backup yet, by tier.", labels=["tier"])
+    missing: dict[str, int] = {}
+    for graph_id, tier, host_id, seconds in found:
+        if seconds is None:
+            missing[tier] = missing.get(tier, 0) + 1
+        else:
+            age.add_metric([graph_id, tier, host_id], seconds)
+    for tier, count in sorted(missing.items()):
+        none.add_metric([tier], count)
+    return _Fixed([age, none])
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+class _Each(Collector):
+    """The process registry's metrics, inside a registry made for one scrape."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()

@@ -49,10 +49,13 @@ def add_commands(commands_: Any) -> None:
 
 def hosts_list(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.services.capacity import hosts
+    from provisioning_pipelines.services.graphs import backups
 
     with database_of(settings).session() as session:
         _ensure_local_hosts(session, settings)
-        found = [_shown(host) for host in hosts.list_hosts(session)]
+        ages = backups.backup_ages(session)
+        found = [_shown(host, [age for age in ages if age.host_id == host.id])
+                 for host in hosts.list_hosts(session)]
         waiting = hosts.queue_lengths(session)
     if args.json:
         print_json({"hosts": found, "queues": dict(sorted(waiting.items()))})
@@ -62,6 +65,7 @@ def hosts_list(args: argparse.Namespace, settings: Settings) -> int:
               f"{host['health']:<9} {host['slots_used']:>7} used {host['slots_free']:>7} free "
               f"of {host['capacity']:<7} {host['url'] or host['data_root']} "
               f"last seen {host['last_seen_at'] or '-'}")
+        print(f"{'':<28} backups: {_backups_line(host['backups'])}")
     for tier, count in sorted(waiting.items()):
         print(f"queue {tier}: {count} waiting")
     return 0
@@ -77,12 +81,32 @@ def _ensure_local_hosts(session: Any, settings: Settings) -> None:
                                  settings.local_host_capacity)
 
 
-def _shown(host: Any) -> dict[str, Any]:
+def _shown(host: Any, ages: list[Any] | None = None) -> dict[str, Any]:
     return {"host_id": host.id, "tier": host.tier, "url": host.url, "health": host.health,
             "last_seen_at": host.last_seen_at.isoformat() if host.last_seen_at else None,
             "slots_used": host.slots_used, "slots_free": max(0, host.capacity - host.slots_used),
             "capacity": host.capacity, "status": host.status,
-            "draining": host.status == "draining", "data_root": host.data_root}
+            "draining": host.status == "draining", "data_root": host.data_root,
+            # The age of each of its live graphs' newest backup, stalest first.
+            "backups": [{"graph_id": age.graph_id, "age_seconds": age.age_seconds,
+                         "stale": age.stale} for age in ages or []]}
+
+
+def _backups_line(ages: list[dict[str, Any]]) -> str:
+    """The host's graphs' newest backups in a few words: how many are stale, the oldest."""
+    if not ages:
+        return "no live graph"
+    without = sum(1 for age in ages if age["age_seconds"] is None)
+    timed = [age for age in ages if age["age_seconds"] is not None]
+    stale = sum(1 for age in ages if age["stale"])
+    parts = [f"{len(ages)} graph(s), {stale} stale"]
+    if timed:
+        oldest = max(timed, key=lambda age: age["age_seconds"])
+        parts.append(f"oldest newest-backup {oldest['age_seconds'] / 3600:.1f} h "
+                     f"({oldest['graph_id']})")
+    if without:
+        parts.append(f"{without} without a backup yet")
+    return ", ".join(parts)
 
 
 def hosts_add(args: argparse.Namespace, settings: Settings) -> int:

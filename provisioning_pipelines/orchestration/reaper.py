@@ -49,6 +49,7 @@ from provisioning_pipelines.orchestration.jobs import JOBS
 from provisioning_pipelines.runtime.resources import DatabaseResource, GraphEngineResource
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.billing import subscriptions as billing
+from provisioning_pipelines.services.catalog import TIERS
 from provisioning_pipelines.services.graphs import backups, lifecycle
 from provisioning_pipelines.services.graphs import records as graphs
 
@@ -106,6 +107,13 @@ def reap(context: SensorEvaluationContext, database: DatabaseResource,
                 continue
             done.append(f"pruned backup {backup.id} (expired {backup.expires_at:%Y-%m-%d})")
         done.extend(backups.sweep_store(graph_engine.hosts().store, now=now))
+        for age in backups.backup_ages(session, now=now):
+            if age.stale:
+                shown = ("has no backup" if age.age_seconds is None else
+                         f"'s newest backup is {age.age_seconds / 3600:.1f} h old")
+                context.log.error(
+                    f"ALERT: graph {age.graph_id} ({age.tier}, on host {age.host_id}) {shown}; "
+                    f"its tier allows {TIERS[age.tier].backup_max_age_hours:g} h")
         waiting = billing.unprovisioned(
             session, paid_before=now - timedelta(minutes=alert_minutes))
         for subscription in waiting:

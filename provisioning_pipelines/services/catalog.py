@@ -20,6 +20,9 @@ class Tier:
     host_capacity: int
     #: How long daily and on-demand backups are kept.
     backup_retention_days: int = 7
+    #: The newest backup of a live graph may be this old before the reaper alerts: the daily
+    #: schedule's day, and half a day for a run that was late or failed once.
+    backup_max_age_hours: float = 36.0
 
 
 TIERS: dict[str, Tier] = {

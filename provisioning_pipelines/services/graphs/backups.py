@@ -18,11 +18,11 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import (
@@ -222,6 +222,43 @@ def prune(session: Session, directory: HostDirectory, backup: GraphBackup,
     audit.record(session, actor="backups", action="graph.backup_pruned", subject_type="graph",
                  subject_id=backup.graph_id, details={"backup_id": backup.id})
     session.delete(backup)
+
+
+@dataclass(frozen=True)
+class BackupAge:
+    """How old a live top-level graph's newest backup is (None: it has none)."""
+
+    graph_id: str
+    tier: str
+    host_id: str
+    age_seconds: float | None
+    #: Older than its tier allows (a graph with no backup, once it is that old itself).
+    stale: bool
+
+
+def backup_ages(session: Session, *, now: datetime | None = None) -> list[BackupAge]:
+    """Every live top-level graph with the age of its newest backup, stalest first."""
+    now = now or utcnow()
+    newest = (select(GraphBackup.graph_id, func.max(GraphBackup.created_at).label("at"))
+              .group_by(GraphBackup.graph_id).subquery())
+    rows = session.execute(
+        select(Graph.id, Graph.tier, Graph.host_id, Graph.created_at, newest.c.at)
+        .outerjoin(newest, newest.c.graph_id == Graph.id)
+        .where(Graph.parent_graph_id.is_(None), Graph.status.in_(LIVE)))
+    found = []
+    for graph_id, tier, host_id, created_at, at in rows:
+        allowed = timedelta(hours=TIERS[tier].backup_max_age_hours) if tier in TIERS else None
+        age = (now - _aware(at)).total_seconds() if at is not None else None
+        since = age if age is not None else (now - _aware(created_at)).total_seconds()
+        stale = allowed is not None and since > allowed.total_seconds()
+        found.append(BackupAge(graph_id, tier, host_id, age, stale))
+    return sorted(found, key=lambda age: (age.age_seconds is not None,
+                                          -(age.age_seconds or 0.0)))
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite gives back naive times (they were written in UTC)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def sweep_store(store: BackupStore | None, *, now: datetime) -> list[str]:
