@@ -6,16 +6,17 @@ A backup and a restore answer ``202 {"operation_id", ...}`` once checked
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from provisioning_pipelines.api.context import ApiContext, guard
-from provisioning_pipelines.errors import InvalidRequest
+from provisioning_pipelines.api.context import ApiContext
+from provisioning_pipelines.api.models import OperationStarted
+from provisioning_pipelines.api.spec import Endpoint
 from provisioning_pipelines.flows import (
     BACKUP_FLOW,
     RESTORE_FLOW,
@@ -28,8 +29,36 @@ from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs import backups, lifecycle
 from provisioning_pipelines.services.graphs import records as graphs
 
+DATE_TIME = {"format": "date-time"}
 
-def routes(api: ApiContext) -> list[Route]:
+
+class BackupView(BaseModel):
+    backup_id: str
+    kind: Literal["on_demand", "daily", "final"]
+    created_at: str = Field(json_schema_extra=DATE_TIME)
+    size_bytes: int | None
+    checksum: str | None = Field(description="sha256 of the backup's file")
+    expires_at: str | None = Field(json_schema_extra=DATE_TIME)
+
+
+class BackupList(BaseModel):
+    backups: list[BackupView]
+
+
+class BackupStarted(OperationStarted):
+    backup_id: str
+
+
+class RestoreRequest(BaseModel):
+    into_graph_id: str | None = Field(None, description="a top-level graph of the same owner "
+                                                        "(default: the backed-up graph)")
+
+
+class RestoreStarted(OperationStarted):
+    graph_id: str = Field(description="the graph restored into")
+
+
+def endpoints(api: ApiContext) -> list[Endpoint]:
     async def back_up_graph(request: Request) -> Response:
         graph_id = request.path_params["graph_id"]
 
@@ -59,11 +88,8 @@ def routes(api: ApiContext) -> list[Route]:
         graph_id = request.path_params["graph_id"]
         backup_id = request.path_params["backup_id"]
         await run_in_threadpool(api.user_of, request)  # who asks, before reading their body
-        body = await api.bodies.read_json(request, optional=True)
-        into = body.get("into_graph_id")
-        if into is not None and not isinstance(into, str):
-            raise InvalidRequest("into_graph_id: expected a graph id (kg…)",
-                                 field="into_graph_id")
+        body = await api.bodies.read_model(request, RestoreRequest, optional=True)
+        into = body.into_graph_id
 
         def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
             plan = backups.plan_restore(session, user_id=user.user_id, graph_id=graph_id,
@@ -78,8 +104,14 @@ def routes(api: ApiContext) -> list[Route]:
 
 
     return [
-        Route("/v1/graphs/{graph_id}/backups", guard(list_backups), methods=["GET"]),
-        Route("/v1/graphs/{graph_id}/backups", guard(back_up_graph), methods=["POST"]),
-        Route("/v1/graphs/{graph_id}/backups/{backup_id}/restore", guard(restore_backup),
-              methods=["POST"]),
+        Endpoint("GET", "/v1/graphs/{graph_id}/backups", list_backups,
+                 "A graph's backups, newest first (a deleted graph's too)", {200: BackupList},
+                 tag="backups"),
+        Endpoint("POST", "/v1/graphs/{graph_id}/backups", back_up_graph,
+                 "Back a graph up now", {202: BackupStarted}, errors=(403, 409, 429),
+                 tag="backups"),
+        Endpoint("POST", "/v1/graphs/{graph_id}/backups/{backup_id}/restore", restore_backup,
+                 "Restore a backup: it replaces the data and schema of the graph restored into",
+                 {202: RestoreStarted}, errors=(402, 403, 409, 429), body=RestoreRequest,
+                 body_required=False, tag="backups"),
     ]

@@ -108,8 +108,16 @@ def validated(model: type[Model], data: Any) -> Model:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
-        field = ".".join(str(part) for part in first["loc"]) or "body"
+        field = field_path(first["loc"])
         raise InvalidRequest(f"{field}: {first['msg']}"[:300], field=field) from None
+
+
+def field_path(location: tuple[int | str, ...]) -> str:
+    """A field as the project names it: ``graph.tags[0]``, ``graph.name``."""
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path or "body"
 
 
 def closes_connection(error: ProvisioningError) -> bool:

@@ -1,0 +1,179 @@
+"""The OpenAPI document against the server it describes.
+
+The document is valid OpenAPI 3.1, names every route the app serves (and none it does not),
+and schemathesis sends every operation generated requests (valid and invalid ones, on made-up
+ids and on a real user's real graph, backup, subscription and operation) over HTTP to a uvicorn
+server on PostgreSQL and Redis: every answer must be in the document (status, media type,
+schema, headers) and none a 5xx.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from dagster import DagsterInstance
+from hypothesis import HealthCheck, Phase, given, settings
+from openapi_spec_validator import validate
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from starlette.routing import Mount, Route
+
+from provisioning_pipelines.api import openapi
+from provisioning_pipelines.api.app import create_app
+from provisioning_pipelines.settings import load_settings
+from provisioning_pipelines.storage.db import Database
+from tests.api.helpers import Api, make_api, serve
+from tests.api.test_app import checkout_event, subscribe_graph
+from tests.conftest import REDIS_URL, make_resources
+from tests.factories import new_customer
+
+#: The HTML for people, not in the document: the operations page and the reference itself.
+PAGES = {"/", "/ui", "/ui/", "/ui/static", "/docs", "/docs/swagger-ui"}
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
+          response_schema_conformance, response_headers_conformance]
+#: Examples per operation and mode: about a minute and a half for the whole run on 2 cores.
+EXAMPLES = 12
+
+
+def test_the_document_is_valid_openapi_3_1(tmp_path: Path) -> None:
+    document = _document(_app(tmp_path))
+    validate(document)
+    assert document["openapi"] == "3.1.0"
+    error = document["components"]["schemas"]["ErrorAnswer"]
+    assert set(error["properties"]) == {"error", "message", "field"}
+    webhook = document["paths"]["/v1/webhooks/billing"]["post"]
+    assert [p["name"] for p in webhook["parameters"]] == ["Stripe-Signature"]
+    assert webhook["security"] == []
+    events = document["paths"]["/v1/operations/{operation_id}/events"]["get"]
+    assert "text/event-stream" in events["responses"]["200"]["content"]
+    assert "text/plain" in document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+
+
+def test_every_route_is_in_the_document_and_nothing_else(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    served = set()
+    for route in app.routes:
+        if route.path in PAGES:
+            continue
+        assert isinstance(route, Route) and not isinstance(route, Mount), route.path
+        served.update((route.path, method.lower()) for method in route.methods or ()
+                      if method != "HEAD")
+    documented = {(path, method) for path, operations in _document(app)["paths"].items()
+                  for method in operations}
+    assert served == documented
+
+
+def test_the_reference_is_served_from_this_server(postgres_api: Api) -> None:
+    with postgres_api.client() as client:
+        page = client.get("/docs")
+        script = client.get("/docs/swagger-ui/swagger-ui-bundle.js")
+        style = client.get("/docs/swagger-ui/swagger-ui.css")
+        own = client.get("/ui/static/docs.js")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert "//" not in page.text.replace("<!doctype", "")  # nothing from another host
+    assert script.status_code == 200 and "SwaggerUIBundle" in script.text
+    assert style.status_code == 200 and own.status_code == 200
+    assert "/openapi.json" in own.text
+
+
+class World:
+    """A customer with a real graph, backup, subscription and operation, for the happy paths."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+        user = new_customer(api.database)
+        self.api_key = user.api_key
+        self.subscription_id = subscribe_graph(api, user.api_key)
+        api.deliver(checkout_event(self.subscription_id))
+        self.graph_id = api.wait_status(user.api_key, self.subscription_id,
+                                        "active")["resource_id"]
+        with api.client(user.api_key) as client:
+            started = client.post(f"/v1/graphs/{self.graph_id}/backups").json()
+        self.backup_id = started["backup_id"]
+        self.operation_id = started["operation_id"]
+        api.events(user.api_key, self.operation_id)  # to its end
+
+    def real(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        ids = {"graph_id": self.graph_id, "backup_id": self.backup_id,
+               "subscription_id": self.subscription_id, "operation_id": self.operation_id}
+        return {name: ids.get(name, value) for name, value in parameters.items()}
+
+
+@pytest.fixture
+def redis_api(postgres_database: Database, graph_dir: Path, dagster_instance: DagsterInstance,
+              redis_prefix: str) -> Iterator[Api]:
+    """The app under uvicorn on PostgreSQL, its operation events in Redis."""
+    redis = {"REDIS_URL": REDIS_URL, "REDIS_KEY_PREFIX": redis_prefix}
+    resources = make_resources(postgres_database.url, graph_dir, **redis)
+    app, executor = make_api(postgres_database, resources, dagster_instance, **redis)
+    with serve(app) as url:
+        yield Api(url, postgres_database, executor)
+    executor.close()
+
+
+def test_every_operation_answers_as_documented_and_never_5xx(redis_api: Api) -> None:
+    world = World(redis_api)
+    document = httpx.get(f"{redis_api.url}/openapi.json").json()
+    schema = schemathesis.openapi.from_dict(document)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    # Reads first, then what creates, then what deletes: the real ids live long enough.
+    order = {"GET": 0, "POST": 1, "DELETE": 2}
+    operations.sort(key=lambda operation: (order[operation.method.upper()], operation.path))
+    headers = {"Authorization": f"Bearer {world.api_key}"}
+    failures: list[str] = []
+    started = time.monotonic()
+    for operation in operations:
+        for mode, real_ids in ((GenerationMode.POSITIVE, False), (GenerationMode.POSITIVE, True),
+                               (GenerationMode.NEGATIVE, True)):
+            if real_ids and not operation.path_parameters:
+                if mode is GenerationMode.POSITIVE:
+                    continue  # the first round covered it
+            failure = _run(operation, mode, real_ids, world, redis_api.url, headers)
+            if failure:
+                failures.append(f"{operation.method.upper()} {operation.path} ({mode.value}, "
+                                f"{'real ids' if real_ids else 'generated ids'}): {failure}")
+    elapsed = time.monotonic() - started
+    assert not failures, "\n\n".join(failures)
+    assert elapsed < 300, f"the run took {elapsed:.0f} s"
+
+
+def _run(operation: Any, mode: GenerationMode, real_ids: bool, world: World, url: str,
+         headers: dict[str, str]) -> str | None:
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+              phases=[Phase.explicit, Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    def call(case: Any) -> None:
+        if real_ids:
+            case.path_parameters = world.real(case.path_parameters or {})
+        case.call_and_validate(base_url=url, headers=headers, checks=CHECKS, timeout=30)
+
+    try:
+        call()
+    except Exception as exc:  # noqa: BLE001 - every operation's failure is reported together
+        return f"{type(exc).__name__}: {exc}"[:3000]
+    return None
+
+
+def _app(tmp_path: Path) -> Any:
+    """The app on the embedded default in a folder of its own (its lifespan never runs)."""
+    return create_app(load_settings(DATA_DIR=str(tmp_path), GRAPH_DATA_DIR=str(tmp_path / "g"),
+                                    BILLING_WEBHOOK_SECRET="whsec_x"))
+
+
+def _document(app: Any) -> dict[str, Any]:
+    """The document as the app serves it, built from the app's declarations."""
+    return openapi.document(app.state.endpoints)
