@@ -30,6 +30,7 @@ from provisioning_pipelines.api.spec import Content, Endpoint
 from provisioning_pipelines.direct.rebuild import rebuild_lost_operation
 from provisioning_pipelines.errors import InvalidRequest, NotFound
 from provisioning_pipelines.storage.events import (
+    EVENT_TYPES,
     EventStoreUnavailable,
     Operation,
     OperationEvent,
@@ -77,9 +78,17 @@ class LastEventId(BaseModel):
                                       description="replay after this event id")
 
 
-EVENT_STREAM = Content("text/event-stream", {"type": "string"}, (
+#: Before OpenAPI 3.2 (``itemSchema``), the schema of an event stream describes one event.
+EVENT = {"type": "object", "required": ["data"], "properties": {
+    "id": {"type": "string", "description": "the event's id: send it as Last-Event-ID"},
+    "event": {"type": "string", "enum": [*EVENT_TYPES, "stream_error"]},
+    "data": {"type": "string", "contentMediaType": "application/json",
+             "description": "the operation's status, progress and message (or the stream's "
+                            "error) as JSON"},
+    "retry": {"type": "integer", "description": "milliseconds before reconnecting"}}}
+EVENT_STREAM = Content("text/event-stream", EVENT, (
     "Server-Sent Events: `id:` (the event id), `event:` (operation_started, "
-    "operation_progress, operation_completed, operation_failed, operation_cancelled, or "
+    "operation_progress, operation_completed, operation_error, operation_cancelled, or "
     "stream_error with a `retry:` hint), `data:` the operation as JSON; a keepalive comment "
     "while idle; the stream ends after the terminal event"))
 
