@@ -37,6 +37,7 @@ from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.db import Database
 from tests.api.helpers import SECRET, Api, make_api, serve
 from tests.api.test_app import checkout_event, subscribe_graph
+from tests.api.test_page import browser  # noqa: F401 - the fixture
 from tests.conftest import REDIS_URL, make_resources
 from tests.factories import new_customer
 
@@ -253,3 +254,20 @@ def _app(tmp_path: Path) -> Any:
 def _document(app: Any) -> dict[str, Any]:
     """The document as the app serves it, built from the app's declarations."""
     return openapi.document(app.state.endpoints)
+
+
+def test_the_reference_renders_every_operation_in_a_browser(
+    postgres_api: Api, browser: Any,  # noqa: F811
+) -> None:
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text)
+            if message.type == "error" else None)
+    page.goto(f"{postgres_api.url}/docs")
+    page.wait_for_selector(".opblock", timeout=30_000)
+    shown = page.locator(".opblock-summary-path").all_inner_texts()
+    document = httpx.get(f"{postgres_api.url}/openapi.json").json()
+    assert len(shown) == sum(len(operations) for operations in document["paths"].values())
+    assert "/v1/webhooks/billing" in " ".join(shown)
+    assert errors == []
+    page.close()
