@@ -59,8 +59,13 @@ class GraphList(BaseModel):
     graphs: list[GraphView]
 
 
+SUBGRAPH_NAME = "^[a-zA-Z0-9]{1,20}$"
+
+
 class SubgraphRequest(BaseModel):
-    name: str = Field(description="1 to 20 letters or digits; the subgraph's id is "
+    # The pattern is the document's; the service checks it, with its own message.
+    name: str = Field(json_schema_extra={"pattern": SUBGRAPH_NAME},
+                      description="1 to 20 letters or digits; the subgraph's id is "
                                   "{graph_id}_{name}")
     description: str | None = Field(None, max_length=2000)
     fork_parent: StrictBool = Field(False, description="copy the parent's data into it")
@@ -158,5 +163,5 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
                  tag="graphs"),
         Endpoint("DELETE", "/v1/graphs/{graph_id}/subgraphs/{name}", delete_subgraph,
                  "Delete a subgraph", {202: OperationStarted}, errors=(403, 409, 422, 429),
-                 tag="graphs"),
+                 tag="graphs", path_schemas={"name": {"pattern": SUBGRAPH_NAME}}),
     ]

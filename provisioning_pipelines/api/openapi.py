@@ -109,7 +109,8 @@ def _operation(endpoint: Endpoint, schemas: _Schemas) -> dict[str, Any]:
         operation["tags"] = [endpoint.tag]
     if endpoint.description:
         operation["description"] = endpoint.description
-    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+    parameters = [{"name": name, "in": "path", "required": True,
+                   "schema": {"type": "string", **endpoint.path_schemas.get(name, {})}}
                   for name in endpoint.path_parameters]
     for model, where in ((endpoint.query, "query"), (endpoint.headers, "header")):
         if model is None:
@@ -118,8 +119,8 @@ def _operation(endpoint: Endpoint, schemas: _Schemas) -> dict[str, Any]:
         required = set(component.get("required", ()))
         for name, schema in component.get("properties", {}).items():
             parameter = {"name": name, "in": where, "required": name in required,
-                         "schema": {key: value for key, value in schema.items()
-                                    if key not in ("title", "description")}}
+                         "schema": _not_null({key: value for key, value in schema.items()
+                                              if key not in ("title", "description")})}
             if schema.get("description"):
                 parameter["description"] = schema["description"]
             parameters.append(parameter)
@@ -133,6 +134,17 @@ def _operation(endpoint: Endpoint, schemas: _Schemas) -> dict[str, Any]:
     operation["responses"] = _responses(endpoint, schemas)
     operation["security"] = SECURITY[endpoint.auth]
     return operation
+
+
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A parameter left out is absent, never null: ``str | None`` is a string (one that may
+    be left out), and its default ``null`` is no default."""
+    branches = [branch for branch in schema.get("anyOf", ()) if branch != {"type": "null"}]
+    if len(branches) == 1:
+        schema = {**{k: v for k, v in schema.items() if k != "anyOf"}, **branches[0]}
+    if schema.get("default", 0) is None:
+        schema = {k: v for k, v in schema.items() if k != "default"}
+    return schema
 
 
 def _responses(endpoint: Endpoint, schemas: _Schemas) -> dict[str, Any]:

@@ -68,13 +68,18 @@ class OperationList(BaseModel):
     operations: list[OperationSummary]
 
 
+#: An event's id as the stream gives it: ``<ms>-<seq>`` (as Redis streams number them).
+EVENT_ID = r"^[0-9]{1,15}(-[0-9]{1,15})?$"
+
+
 class EventsAfter(BaseModel):
-    after: str | None = Field(None, description="replay after this event id (as Last-Event-ID; "
-                                                "empty: from the start)")
+    after: str | None = Field(None, pattern=f"^({EVENT_ID[1:-1]})?$",
+                              description="replay after this event id (as Last-Event-ID; "
+                                          "empty: from the start)")
 
 
 class LastEventId(BaseModel):
-    last_event_id: str | None = Field(None, alias="Last-Event-ID",
+    last_event_id: str | None = Field(None, alias="Last-Event-ID", pattern=EVENT_ID,
                                       description="replay after this event id")
 
 

@@ -13,8 +13,8 @@ after the caller is authenticated; errors are mapped once by ``context.guard`` t
 that owns the body would bypass each of these contracts. Starlette stays; this module is the
 small part of such a framework we need, a declaration from which both sides are built.
 
-Handlers still read their body themselves, with ``api.bodies.read_model(request, Model)``, naming
-the same model as the declaration's ``body``.
+Handlers still read their body themselves, with ``api.bodies.read_model(request, Model)``; a
+model other than the declaration's ``body`` is a defect that ``read_model`` refuses.
 """
 
 from __future__ import annotations
@@ -79,6 +79,8 @@ class Endpoint:
     #: Response headers per status: name to (description, JSON schema).
     answer_headers: Mapping[int, Mapping[str, tuple[str, Mapping[str, Any]]]] = field(
         default_factory=dict)
+    #: JSON Schema keywords of path parameters beyond ``type: string`` (a pattern, a length).
+    path_schemas: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     #: Whether the answer is made by ``guard`` (every API route) or by the handler alone.
     guarded: bool = True
 
@@ -109,6 +111,8 @@ class Endpoint:
 
     def route(self) -> Route:
         endpoint = guard(self.handler) if self.guarded else self.handler
+        # ``read_model`` finds the declaration here and refuses any other body model.
+        endpoint.declaration = self  # type: ignore[attr-defined]
         return Route(self.path, endpoint, methods=[self.method], name=self.operation_id)
 
 

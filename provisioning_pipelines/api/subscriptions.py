@@ -11,11 +11,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from provisioning_pipelines.api.bodies import validated
 from provisioning_pipelines.api.context import ApiContext
 from provisioning_pipelines.api.models import OperationStarted
 from provisioning_pipelines.api.spec import Endpoint
 from provisioning_pipelines.flows import SUSPENSION_FLOW, Flow, LifecycleConfig
+from provisioning_pipelines.services import catalog
 from provisioning_pipelines.services import requests as subscriptions
 from provisioning_pipelines.services.access.accounts import Identity
 from provisioning_pipelines.services.billing import subscriptions as billing
@@ -77,14 +77,20 @@ class GraphWanted(BaseModel):
         None, description="instead of the base schema (then no schema_extensions nor entity)")
 
 
+PLANS = [*catalog.CUSTOMER_TIERS, *(f"{repository}-{plan}"
+                                   for repository, state in catalog.REPOSITORIES.items()
+                                   if state == "available"
+                                   for plan in catalog.REPOSITORY_PLANS)]
+
+
 class SubscriptionRequest(BaseModel):
     """A graph (``resource_type`` graph, a tier as ``plan_name``, ``graph``) or access to a
     repository (``resource_type`` repository, ``plan_name`` ``<repository>-<plan>``)."""
 
     resource_type: Literal["graph", "repository"]
-    plan_name: str = Field(max_length=64, description="ladybug-standard, ladybug-large, "
-                                                      "ladybug-xlarge; or sec-starter, "
-                                                      "sec-advanced, sec-unlimited")
+    # The plans are the document's; the service checks them, naming what it knows.
+    plan_name: str = Field(max_length=64, json_schema_extra={"enum": PLANS},
+                           description="a graph's tier, or <repository>-<plan> for access")
     graph: GraphWanted | None = Field(None, description="for a graph: what to make")
     repository: str | None = Field(None, description="for access: must match the plan")
 
@@ -126,11 +132,9 @@ class SubscriptionList(BaseModel):
 def endpoints(api: ApiContext) -> list[Endpoint]:
     async def create_subscription(request: Request) -> Response:
         user = await run_in_threadpool(api.user_of, request)
-        raw = await api.bodies.read_json(request)
         # The shape is the model's (the document's); the rules and their messages stay the
         # service's, which reads the body as sent.
-        validated(SubscriptionRequest, raw)
-        body = raw
+        body = await api.bodies.read_checked(request, SubscriptionRequest)
 
         def create() -> dict[str, str]:
             with api.database.session() as session:

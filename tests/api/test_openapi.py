@@ -20,6 +20,7 @@ import schemathesis
 from dagster import DagsterInstance
 from hypothesis import HealthCheck, Phase, given, settings
 from openapi_spec_validator import validate
+from pydantic import BaseModel
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import (
@@ -28,10 +29,14 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from provisioning_pipelines.api import openapi
+from provisioning_pipelines.api import openapi, spec
 from provisioning_pipelines.api.app import create_app
+from provisioning_pipelines.api.bodies import BodyReader
 from provisioning_pipelines.services.billing.events import signed_delivery
 from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.db import Database
@@ -271,3 +276,31 @@ def test_the_reference_renders_every_operation_in_a_browser(
     assert "/v1/webhooks/billing" in " ".join(shown)
     assert errors == []
     page.close()
+
+
+class _Declared(BaseModel):
+    name: str
+
+
+class _Other(BaseModel):
+    name: str
+
+
+def test_a_handler_that_reads_another_body_than_it_declares_is_refused() -> None:
+    """The document shows the declared body; a handler reading another would make it lie."""
+    reader = BodyReader(timeout_seconds=5, max_concurrent=4)
+
+    async def honest(request: Request) -> Response:
+        return JSONResponse((await reader.read_model(request, _Declared)).model_dump())
+
+    async def drifted(request: Request) -> Response:
+        return JSONResponse((await reader.read_model(request, _Other)).model_dump())
+
+    app = Starlette(routes=spec.routes([
+        spec.Endpoint("POST", "/honest", honest, "", {200: _Declared}, body=_Declared),
+        spec.Endpoint("POST", "/drifted", drifted, "", {200: _Declared}, body=_Declared)]))
+    with serve(app) as url:
+        kept = httpx.post(f"{url}/honest", json={"name": "a"})
+        refused = httpx.post(f"{url}/drifted", json={"name": "a"})
+    assert kept.status_code == 200 and kept.json() == {"name": "a"}
+    assert refused.status_code == 500 and refused.json()["error"] == "internal_error"
