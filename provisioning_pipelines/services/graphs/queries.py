@@ -67,6 +67,24 @@ def query_target(session: Session, graph_id: str, user_id: str) -> QueryTarget:
                        read_only=not roles.may_write(role))
 
 
+def operator_target(session: Session, graph_id: str, *, write: bool) -> QueryTarget:
+    """An operator's query (the CLI): any graph, with the same rules of state and host; it
+    writes only when asked to."""
+    graph = session.get(Graph, graph_id) if isinstance(graph_id, str) and \
+        ANY_GRAPH_ID.fullmatch(graph_id) else None
+    parent = session.get(Graph, graph.parent_graph_id) \
+        if graph is not None and graph.parent_graph_id else None
+    family = [graph] if parent is None else [graph, parent]
+    if graph is None or any(member.status in _HIDDEN for member in family):
+        raise NotFound(f"graph_id: no graph {str(graph_id)[:70]!r}", field="graph_id")
+    if any(member.status == SUSPENDED for member in family):
+        raise Suspended(f"graph_id: graph {graph_id} is suspended; reactivate it to query it",
+                        field="graph_id")
+    hosts.check_serving(session, graph_id)
+    return QueryTarget(graph_id=graph.id, host_id=graph.host_id, tier=graph.tier,
+                       role="operator", read_only=not write)
+
+
 def host_of(session: Session, directory: HostDirectory, target: QueryTarget) -> GraphHost:
     return hosts.graph_host(session, directory, target.host_id)
 
