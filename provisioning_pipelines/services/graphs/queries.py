@@ -62,7 +62,8 @@ def query_target(session: Session, graph_id: str, user_id: str) -> QueryTarget:
     if row is not None and not row.enabled:
         raise NotFound(f"graph_id: no graph {graph_id!r}", field="graph_id")
     role = row.role if row is not None else roles.ADMIN  # the owner, with no row of their own
-    hosts.check_serving(session, graph_id)
+    if hosts.unhealthy_among(session, {graph.host_id}):
+        hosts.check_serving(session, graph_id)  # raises, in the words every route uses
     return QueryTarget(graph_id=graph.id, host_id=graph.host_id, tier=graph.tier, role=role,
                        read_only=not roles.may_write(role))
 
