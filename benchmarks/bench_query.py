@@ -4,9 +4,9 @@ open in this process, on the embedded default and with a host server, side by si
     python -m benchmarks.bench_query [--runs 500]
 
 Two app databases (SQLite files in a temporary folder, events in memory: the embedded default's
-shape), each with one graph of the standard tier holding 1,000 entities: one on the in-process local
-host, one on a ``host serve`` process registered by url (``LOCAL_GRAPH_HOSTS=false``). Each API
-runs under uvicorn in this process, as ``serve`` does, and is asked with one kept-alive httpx
+shape), each with one graph of the standard tier holding 1,000 entities: one on the in-process
+local host, one on a ``host serve`` process registered by url (``LOCAL_GRAPH_HOSTS=false``). Each
+API is a ``provisioning-pipelines serve`` process (uvicorn), asked with one kept-alive httpx
 client; the bare side is ``Connection.execute`` of the same query and parameter on a read-only
 connection opened here once, on the same file. The four calls alternate, so a busy moment of the
 machine falls on all of them. Printed: the median and p90 of each, and what the API adds at the
@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -29,12 +31,9 @@ from typing import Any
 
 import httpx
 import ladybug
-import uvicorn
 from sqlalchemy import select
 
 from benchmarks.bench_host import TOKEN, _free_port, _start
-from provisioning_pipelines.api.app import create_app
-from provisioning_pipelines.direct import DirectExecutor
 from provisioning_pipelines.flows import GRAPH_FLOW, SubscriptionConfig, execute_flow
 from provisioning_pipelines.runtime.resources import build_resources, step_context
 from provisioning_pipelines.services import requests as subscriptions
@@ -49,23 +48,34 @@ QUERY = "MATCH (e:Entity {identifier: $id}) RETURN e.name AS name"
 PARAMETERS = {"id": "e500"}
 
 
-def serve(app: Any) -> tuple[uvicorn.Server, str]:
+def serve(environment: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """``provisioning-pipelines serve`` (uvicorn, one worker) with these settings, once it
+    answers: a process of its own, as in production, so this one's client shares no GIL."""
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
-                                           log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.02)
-    return server, f"http://127.0.0.1:{port}"
+    cli = str(Path(sys.executable).parent / "provisioning-pipelines")
+    process = subprocess.Popen([cli, "serve", "--host", "127.0.0.1", "--port", str(port)],
+                               env={**os.environ, **environment},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/healthz", timeout=5)
+            return process, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit("serve did not start")
 
 
 def side(folder: Path, name: str, host_url: str | None = None, **settings: Any
-         ) -> tuple[Any, DirectExecutor, str, str]:
-    """An app on its own SQLite database with one graph (on the host server at ``host_url``
-    if given); its settings, executor, owner's key and graph id."""
+         ) -> tuple[dict[str, str], str, str]:
+    """An app database (SQLite) with one graph (on the host server at ``host_url`` if given);
+    the app's settings as its environment, the owner's key and the graph's id."""
     url = f"sqlite:///{folder / f'{name}.db'}"
     upgrade(url)
-    values = {"DATABASE_URL": url, "GRAPH_DATA_DIR": str(folder / name / "graphs"),
+    values = {"DATA_DIR": str(folder / name), "DATABASE_URL": url,
+              "GRAPH_DATA_DIR": str(folder / name / "graphs"),
               "BACKUP_DIR": str(folder / name / "backups"),
               "PROVISIONING_RESUME_INTERVAL_SECONDS": 0, "HOUSEKEEPING_INTERVAL_SECONDS": 0,
               "GRAPH_HOST_PROBE_SECONDS": 0, **settings}
@@ -86,8 +96,7 @@ def side(folder: Path, name: str, host_url: str | None = None, **settings: Any
     with database.session() as session:
         graph_id = session.scalar(select(Graph.id).where(Graph.subscription_id ==
                                                          subscription.id))
-    executor = DirectExecutor(resources)
-    return load_settings(**values), executor, user.api_key, str(graph_id)
+    return {key: str(value) for key, value in values.items()}, user.api_key, str(graph_id)
 
 
 def median_p90(values: list[float]) -> tuple[float, float]:
@@ -102,18 +111,15 @@ def main() -> None:
         folder = Path(tmp)
         port = _free_port()
         host_server = _start(folder / "host-server", port)
-        servers: list[uvicorn.Server] = []
-        executors: list[DirectExecutor] = []
+        servers: list[subprocess.Popen[bytes]] = []
         handles: list[Any] = []
         try:
             sides: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {}
             served = {"host_url": f"http://127.0.0.1:{port}", "LOCAL_GRAPH_HOSTS": "false",
                       "GRAPH_HOST_TOKEN": TOKEN}
             for name, extra in (("embedded", {}), ("host server", served)):
-                settings, executor, key, graph_id = side(folder, name.replace(" ", "-"),
-                                                         **extra)
-                executors.append(executor)
-                server, url = serve(create_app(settings, executor))
+                environment, key, graph_id = side(folder, name.replace(" ", "-"), **extra)
+                server, url = serve(environment)
                 servers.append(server)
                 client = httpx.Client(base_url=url, timeout=30,
                                       headers={"Authorization": f"Bearer {key}"})
@@ -169,10 +175,10 @@ def main() -> None:
         finally:
             for handle in handles:
                 handle.close()
+            for server in (*servers, host_server):
+                server.terminate()
             for server in servers:
-                server.should_exit = True
-            for executor in executors:
-                executor.close()
+                server.wait(60)
             host_server.terminate()
             host_server.wait(60)
 
