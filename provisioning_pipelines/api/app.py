@@ -32,6 +32,7 @@ from provisioning_pipelines.api import (
     openapi,
     operations,
     page,
+    queries,
     session,
     spec,
     subscriptions,
@@ -74,7 +75,8 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
         await api.drain(settings.shutdown_grace_seconds)
         await api.fanout.aclose()
 
-    modules = (webhooks, session, subscriptions, graphs, backups, operations, health, metrics)
+    modules = (webhooks, session, subscriptions, graphs, queries, backups, operations, health,
+               metrics)
     endpoints = [endpoint for module in modules for endpoint in module.endpoints(api)]
     endpoints += openapi.docs_endpoints(api, endpoints)
     # Every API route is declared (api/spec.py) and so in /openapi.json; the HTML pages are not.

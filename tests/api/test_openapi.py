@@ -140,6 +140,9 @@ class World:
                 {"path": {"name": "kept"}}],
             ("POST", "/v1/graphs/{graph_id}/backups/{backup_id}/restore"): [
                 {}],
+            ("POST", "/v1/graphs/{graph_id}/query"): [
+                {"json": {"query": "MATCH (n) RETURN n, count(*) AS c LIMIT $n",
+                          "parameters": {"n": 5}}}],
         }
         if (method, path) == ("POST", "/v1/webhooks/billing"):
             with self.api.client(self.api_key) as client:
