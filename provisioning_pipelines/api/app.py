@@ -28,6 +28,7 @@ from provisioning_pipelines.api import (
     backups,
     graphs,
     health,
+    members,
     metrics,
     openapi,
     operations,
@@ -75,8 +76,8 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
         await api.drain(settings.shutdown_grace_seconds)
         await api.fanout.aclose()
 
-    modules = (webhooks, session, subscriptions, graphs, queries, backups, operations, health,
-               metrics)
+    modules = (webhooks, session, subscriptions, graphs, queries, backups, members, operations,
+               health, metrics)
     endpoints = [endpoint for module in modules for endpoint in module.endpoints(api)]
     endpoints += openapi.docs_endpoints(api, endpoints)
     # Every API route is declared (api/spec.py) and so in /openapi.json; the HTML pages are not.
@@ -86,7 +87,8 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
         middleware.append(Middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"], max_age=600))
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID",
+                           "Idempotency-Key"], max_age=600))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.api = api
     app.state.endpoints = endpoints

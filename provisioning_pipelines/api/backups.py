@@ -14,8 +14,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from provisioning_pipelines.api import pages
 from provisioning_pipelines.api.context import ApiContext
-from provisioning_pipelines.api.models import OperationStarted
+from provisioning_pipelines.api.idempotency import idempotent
+from provisioning_pipelines.api.models import IdempotencyKey, OperationStarted, Page
 from provisioning_pipelines.api.spec import Endpoint
 from provisioning_pipelines.flows import (
     BACKUP_FLOW,
@@ -43,6 +45,7 @@ class BackupView(BaseModel):
 
 class BackupList(BaseModel):
     backups: list[BackupView]
+    next_cursor: str | None = Field(description="the next page's cursor; null on the last")
 
 
 class BackupStarted(OperationStarted):
@@ -76,10 +79,13 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
 
     def list_backups(request: Request) -> Response:
         user = api.user_of(request)
+        page = pages.page_request(request, "backups")
         with api.database.session() as session:
             graph = graphs.visible_graph(session, request.path_params["graph_id"], user.user_id)
-            found = backups.backups_of(session, graph.id)
-            return JSONResponse({"backups": [backups.describe(backup) for backup in found]})
+            found = backups.backups_page(session, graph.id, after=page.after, limit=page.limit)
+            return JSONResponse(pages.page_answer(
+                "backups", [backups.describe(backup) for backup in found.items], "backups",
+                found.next_key))
 
 
     async def restore_backup(request: Request) -> Response:
@@ -106,12 +112,13 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
     return [
         Endpoint("GET", "/v1/graphs/{graph_id}/backups", list_backups,
                  "A graph's backups, newest first (a deleted graph's too)", {200: BackupList},
-                 tag="backups"),
-        Endpoint("POST", "/v1/graphs/{graph_id}/backups", back_up_graph,
+                 query=Page, tag="backups"),
+        Endpoint("POST", "/v1/graphs/{graph_id}/backups", idempotent(api, back_up_graph),
                  "Back a graph up now", {202: BackupStarted}, errors=(403, 409, 429),
-                 tag="backups"),
-        Endpoint("POST", "/v1/graphs/{graph_id}/backups/{backup_id}/restore", restore_backup,
+                 headers=IdempotencyKey, tag="backups"),
+        Endpoint("POST", "/v1/graphs/{graph_id}/backups/{backup_id}/restore",
+                 idempotent(api, restore_backup),
                  "Restore a backup: it replaces the data and schema of the graph restored into",
                  {202: RestoreStarted}, errors=(402, 403, 409, 429), body=RestoreRequest,
-                 body_required=False, tag="backups"),
+                 body_required=False, headers=IdempotencyKey, tag="backups"),
     ]

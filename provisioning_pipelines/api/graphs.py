@@ -13,8 +13,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from provisioning_pipelines.api import pages
 from provisioning_pipelines.api.context import ApiContext
-from provisioning_pipelines.api.models import OperationStarted
+from provisioning_pipelines.api.idempotency import idempotent
+from provisioning_pipelines.api.models import IdempotencyKey, OperationStarted, Page
 from provisioning_pipelines.api.spec import Endpoint
 from provisioning_pipelines.flows import (
     REACTIVATION_FLOW,
@@ -57,6 +59,7 @@ class GraphView(SubgraphView):
 
 class GraphList(BaseModel):
     graphs: list[GraphView]
+    next_cursor: str | None = Field(description="the next page's cursor; null on the last")
 
 
 SUBGRAPH_NAME = "^[a-zA-Z0-9]{1,20}$"
@@ -135,9 +138,12 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
 
     def list_graphs(request: Request) -> Response:
         user = api.user_of(request)
+        page = pages.page_request(request, "graphs")
         with api.database.session() as session:
-            return JSONResponse({"graphs": graphs.graphs_of(session, user.user_id,
-                                                            api.hosts)})
+            found = graphs.graphs_page(session, user.user_id, api.hosts, after=page.after,
+                                       limit=page.limit)
+        return JSONResponse(pages.page_answer("graphs", found.items, "graphs",
+                                              found.next_key))
 
     def show_graph(request: Request) -> Response:
         user = api.user_of(request)
@@ -148,19 +154,20 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
     return [
         Endpoint("GET", "/v1/graphs", list_graphs,
                  "The top-level graphs I own or have a role on, newest first",
-                 {200: GraphList}, tag="graphs"),
+                 {200: GraphList}, query=Page, tag="graphs"),
         Endpoint("GET", "/v1/graphs/{graph_id}", show_graph, "One graph, with its subgraphs",
                  {200: GraphView}, tag="graphs"),
         Endpoint("DELETE", "/v1/graphs/{graph_id}", delete_graph,
                  "Delete: suspended now, deleted after the grace", {202: OperationStarted},
                  errors=(403, 409, 429), tag="graphs"),
-        Endpoint("POST", "/v1/graphs/{graph_id}/restore", restore_graph,
+        Endpoint("POST", "/v1/graphs/{graph_id}/restore", idempotent(api, restore_graph),
                  "Make a suspended graph active again, within the grace",
-                 {202: OperationStarted}, errors=(403, 409, 429), tag="graphs"),
-        Endpoint("POST", "/v1/graphs/{graph_id}/subgraphs", create_subgraph,
+                 {202: OperationStarted}, errors=(403, 409, 429), headers=IdempotencyKey,
+                 tag="graphs"),
+        Endpoint("POST", "/v1/graphs/{graph_id}/subgraphs", idempotent(api, create_subgraph),
                  "Make a subgraph (the operation fails when the plan does not allow it)",
                  {202: OperationStarted}, errors=(403, 409, 429), body=SubgraphRequest,
-                 tag="graphs"),
+                 headers=IdempotencyKey, tag="graphs"),
         Endpoint("DELETE", "/v1/graphs/{graph_id}/subgraphs/{name}", delete_subgraph,
                  "Delete a subgraph", {202: OperationStarted}, errors=(403, 409, 422, 429),
                  tag="graphs", path_schemas={"name": {"pattern": SUBGRAPH_NAME}}),

@@ -25,7 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from provisioning_pipelines import metrics
+from provisioning_pipelines.api import pages
 from provisioning_pipelines.api.context import RETRY_AFTER_SECONDS, ApiContext, logger
+from provisioning_pipelines.api.models import Page
 from provisioning_pipelines.api.spec import Content, Endpoint
 from provisioning_pipelines.direct.rebuild import rebuild_lost_operation
 from provisioning_pipelines.errors import InvalidRequest, NotFound
@@ -35,6 +37,7 @@ from provisioning_pipelines.storage.events import (
     Operation,
     OperationEvent,
     event_id_key,
+    page_key,
 )
 
 #: Seconds a stream gets to send its final event once the server shuts down.
@@ -66,6 +69,7 @@ class OperationSummary(OperationView):
 
 class OperationList(BaseModel):
     operations: list[OperationSummary]
+    next_cursor: str | None = Field(description="the next page's cursor; null on the last")
 
 
 #: An event's id as the stream gives it: ``<ms>-<seq>`` (as Redis streams number them).
@@ -115,8 +119,14 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
 
     def list_operations(request: Request) -> Response:
         user = api.user_of(request)
-        return JSONResponse({"operations": [_view(operation, kind=True) for operation in
-                                            api.store.operations_of(user.user_id)]})
+        page = pages.page_request(request, "operations", timed=False)
+        found = api.store.operations_of(user.user_id, limit=page.limit + 1,
+                                        before=page.after)
+        shown = found[:page.limit]
+        next_key = page_key(shown[-1]) if len(found) > page.limit else None
+        return JSONResponse(pages.page_answer(
+            "operations", [_view(operation, kind=True) for operation in shown], "operations",
+            next_key))
 
     async def operation_events(request: Request) -> Response:
         operation = await run_in_threadpool(operation_of, request)
@@ -166,7 +176,7 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
     return [
         Endpoint("GET", "/v1/operations", list_operations,
                  "My operations that have not expired, newest first", {200: OperationList},
-                 tag="operations"),
+                 query=Page, tag="operations"),
         Endpoint("GET", "/v1/operations/{operation_id}", show_operation,
                  "An operation's status", {200: OperationView}, tag="operations"),
         Endpoint("GET", "/v1/operations/{operation_id}/events", operation_events,

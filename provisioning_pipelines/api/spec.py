@@ -86,7 +86,8 @@ class Endpoint:
 
     @property
     def operation_id(self) -> str:
-        return self.handler.__name__
+        """The handler's name (under any wrapper that keeps it, as ``functools.wraps`` does)."""
+        return getattr(self.handler, "__wrapped__", self.handler).__name__
 
     @property
     def path_parameters(self) -> list[str]:

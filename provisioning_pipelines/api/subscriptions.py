@@ -11,8 +11,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from provisioning_pipelines.api import pages
 from provisioning_pipelines.api.context import ApiContext
-from provisioning_pipelines.api.models import OperationStarted
+from provisioning_pipelines.api.idempotency import idempotent
+from provisioning_pipelines.api.models import IdempotencyKey, OperationStarted, Page
 from provisioning_pipelines.api.spec import Endpoint
 from provisioning_pipelines.flows import SUSPENSION_FLOW, Flow, LifecycleConfig
 from provisioning_pipelines.services import catalog
@@ -127,6 +129,7 @@ class SubscriptionSummary(BaseModel):
 
 class SubscriptionList(BaseModel):
     subscriptions: list[SubscriptionSummary]
+    next_cursor: str | None = Field(description="the next page's cursor; null on the last")
 
 
 def endpoints(api: ApiContext) -> list[Endpoint]:
@@ -153,9 +156,12 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
 
     def list_subscriptions(request: Request) -> Response:
         user = api.user_of(request)
+        page = pages.page_request(request, "subscriptions")
         with api.database.session() as session:
-            return JSONResponse({"subscriptions": billing.subscriptions_of(session,
-                                                                           user.user_id)})
+            found = billing.subscriptions_page(session, user.user_id, after=page.after,
+                                               limit=page.limit)
+        return JSONResponse(pages.page_answer("subscriptions", found.items, "subscriptions",
+                                              found.next_key))
 
     async def cancel_subscription(request: Request) -> Response:
         subscription_id = request.path_params["subscription_id"]
@@ -172,10 +178,11 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
 
     return [
         Endpoint("GET", "/v1/subscriptions", list_subscriptions, "My subscriptions, newest first",
-                 {200: SubscriptionList}, tag="subscriptions"),
-        Endpoint("POST", "/v1/subscriptions", create_subscription,
+                 {200: SubscriptionList}, query=Page, tag="subscriptions"),
+        Endpoint("POST", "/v1/subscriptions", idempotent(api, create_subscription),
                  "Ask for a graph or for repository access; nothing is made until it is paid",
-                 {201: SubscriptionCreated}, body=SubscriptionRequest, tag="subscriptions"),
+                 {201: SubscriptionCreated}, errors=(409,), body=SubscriptionRequest,
+                 headers=IdempotencyKey, tag="subscriptions"),
         Endpoint("GET", "/v1/subscriptions/{subscription_id}", show_subscription,
                  "Where a subscription is", {200: SubscriptionView}, tag="subscriptions"),
         Endpoint("DELETE", "/v1/subscriptions/{subscription_id}", cancel_subscription,

@@ -10,6 +10,7 @@ schema, headers) and none a 5xx.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,8 @@ class World:
             access = client.post("/v1/subscriptions", json={
                 "resource_type": "repository", "plan_name": "sec-starter"}).json()
         self.subscription_id = access["subscription_id"]
+        self.colleague = f"colleague-{uuid.uuid4().hex[:8]}@example.com"
+        new_customer(api.database, email=self.colleague)
         api.deliver(checkout_event(self.subscription_id))
         api.wait_status(user.api_key, self.subscription_id, "active")
 
@@ -140,6 +143,10 @@ class World:
                 {"path": {"name": "kept"}}],
             ("POST", "/v1/graphs/{graph_id}/backups/{backup_id}/restore"): [
                 {}],
+            ("POST", "/v1/graphs/{graph_id}/members"): [
+                {"json": {"email": self.colleague, "role": "reader"},
+                 "headers": {"Idempotency-Key": "add-the-colleague"}}],
+            ("DELETE", "/v1/graphs/{graph_id}/members/{user}"): [{}],
             ("POST", "/v1/graphs/{graph_id}/query"): [
                 {"json": {"query": "MATCH (n) RETURN n, count(*) AS c LIMIT $n",
                           "parameters": {"n": 5}}}],
@@ -154,7 +161,8 @@ class World:
 
     def real(self, parameters: dict[str, Any]) -> dict[str, Any]:
         ids = {"graph_id": self.graph_id, "backup_id": self.backup_id,
-               "subscription_id": self.subscription_id, "operation_id": self.operation_id}
+               "subscription_id": self.subscription_id, "operation_id": self.operation_id,
+               "user": self.colleague}
         return {name: ids.get(name, value) for name, value in parameters.items()}
 
 
