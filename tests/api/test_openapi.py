@@ -235,6 +235,14 @@ def _send(operation: Any, request: dict[str, Any], world: World, url: str,
     return None
 
 
+def _described(exc: BaseException) -> str:
+    """An error with what it groups (hypothesis' and schemathesis' groups say little)."""
+    said = f"{type(exc).__name__}: {exc}"
+    for inner in getattr(exc, "exceptions", ()):
+        said += "\n  " + _described(inner).replace("\n", "\n  ")
+    return said
+
+
 def _has_input(operation: Any) -> bool:
     definition = operation.definition.raw
     return bool(definition.get("parameters") or definition.get("requestBody"))
@@ -257,7 +265,7 @@ def _run(operation: Any, mode: GenerationMode, real_ids: bool, world: World, url
     try:
         call()
     except (Exception, BaseExceptionGroup) as exc:  # each operation's failures, together
-        return f"{type(exc).__name__}: {exc}"[:3000]
+        return _described(exc)[:4000]
     return None
 
 
