@@ -57,17 +57,16 @@ def query_target(session: Session, graph_id: str, user_id: str) -> QueryTarget:
     parent = session.get(Graph, graph.parent_graph_id) \
         if graph is not None and graph.parent_graph_id else None
     family = [graph] if parent is None else [graph, parent]
-    owner = graph is not None and any(member.owner_user_id == user_id for member in family)
+    # A member of the graph's family (its creator is its first admin); nobody else.
     row = roles.role_row(session, graph, user_id) if graph is not None else None
-    if graph is None or (row is None and not owner) or any(
-            member.status in _HIDDEN for member in family):
+    if graph is None or row is None or any(member.status in _HIDDEN for member in family):
         raise NotFound(f"graph_id: no graph {graph_id!r}", field="graph_id")
     if any(member.status == SUSPENDED for member in family):
         raise Suspended(f"graph_id: graph {graph_id} is suspended; reactivate it to query it",
                         field="graph_id")
-    if row is not None and not row.enabled:
+    if not row.enabled:
         raise NotFound(f"graph_id: no graph {graph_id!r}", field="graph_id")
-    role = row.role if row is not None else roles.ADMIN  # the owner, with no row of their own
+    role = row.role
     if health == "unhealthy":
         hosts.check_serving(session, graph_id)  # raises, in the words every route uses
     return QueryTarget(graph_id=graph.id, host_id=graph.host_id, tier=graph.tier, role=role,
