@@ -30,9 +30,12 @@ from provisioning_pipelines.api import (
     health,
     members,
     metrics,
+    openapi,
     operations,
     page,
+    queries,
     session,
+    spec,
     subscriptions,
     webhooks,
 )
@@ -73,9 +76,12 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
         await api.drain(settings.shutdown_grace_seconds)
         await api.fanout.aclose()
 
-    modules = (webhooks, session, subscriptions, graphs, backups, members, operations, health,
-               metrics, page)
-    routes = [route for module in modules for route in module.routes(api)]
+    modules = (webhooks, session, subscriptions, graphs, queries, backups, members, operations,
+               health, metrics)
+    endpoints = [endpoint for module in modules for endpoint in module.endpoints(api)]
+    endpoints += openapi.docs_endpoints(api, endpoints)
+    # Every API route is declared (api/spec.py) and so in /openapi.json; the HTML pages are not.
+    routes = [*spec.routes(endpoints), *page.routes(api), *openapi.docs_routes()]
     middleware = []
     if settings.cors_origins:  # only origins named in CORS_ALLOW_ORIGINS, with their cookies
         middleware.append(Middleware(
@@ -85,5 +91,6 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
                            "Idempotency-Key"], max_age=600))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.api = api
+    app.state.endpoints = endpoints
     app.state.recovery = recovery
     return app

@@ -6,18 +6,19 @@ A backup and a restore answer ``202 {"operation_id", ...}`` once checked
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from provisioning_pipelines.api import pages
-from provisioning_pipelines.api.context import ApiContext, guard
+from provisioning_pipelines.api.context import ApiContext
 from provisioning_pipelines.api.idempotency import idempotent
-from provisioning_pipelines.errors import InvalidRequest
+from provisioning_pipelines.api.models import IdempotencyKey, OperationStarted, Page
+from provisioning_pipelines.api.spec import Endpoint
 from provisioning_pipelines.flows import (
     BACKUP_FLOW,
     RESTORE_FLOW,
@@ -30,8 +31,37 @@ from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs import backups, lifecycle
 from provisioning_pipelines.services.graphs import records as graphs
 
+DATE_TIME = {"format": "date-time"}
 
-def routes(api: ApiContext) -> list[Route]:
+
+class BackupView(BaseModel):
+    backup_id: str
+    kind: Literal["on_demand", "daily", "final"]
+    created_at: str = Field(json_schema_extra=DATE_TIME)
+    size_bytes: int | None
+    checksum: str | None = Field(description="sha256 of the backup's file")
+    expires_at: str | None = Field(json_schema_extra=DATE_TIME)
+
+
+class BackupList(BaseModel):
+    backups: list[BackupView]
+    next_cursor: str | None = Field(description="the next page's cursor; null on the last")
+
+
+class BackupStarted(OperationStarted):
+    backup_id: str
+
+
+class RestoreRequest(BaseModel):
+    into_graph_id: str | None = Field(None, description="a top-level graph of the same owner "
+                                                        "(default: the backed-up graph)")
+
+
+class RestoreStarted(OperationStarted):
+    graph_id: str = Field(description="the graph restored into")
+
+
+def endpoints(api: ApiContext) -> list[Endpoint]:
     async def back_up_graph(request: Request) -> Response:
         graph_id = request.path_params["graph_id"]
 
@@ -64,11 +94,8 @@ def routes(api: ApiContext) -> list[Route]:
         graph_id = request.path_params["graph_id"]
         backup_id = request.path_params["backup_id"]
         await run_in_threadpool(api.user_of, request)  # who asks, before reading their body
-        body = await api.bodies.read_json(request, optional=True)
-        into = body.get("into_graph_id")
-        if into is not None and not isinstance(into, str):
-            raise InvalidRequest("into_graph_id: expected a graph id (kg…)",
-                                 field="into_graph_id")
+        body = await api.bodies.read_model(request, RestoreRequest, optional=True)
+        into = body.into_graph_id
 
         def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
             plan = backups.plan_restore(session, user_id=user.user_id, graph_id=graph_id,
@@ -83,9 +110,15 @@ def routes(api: ApiContext) -> list[Route]:
 
 
     return [
-        Route("/v1/graphs/{graph_id}/backups", guard(list_backups), methods=["GET"]),
-        Route("/v1/graphs/{graph_id}/backups", guard(idempotent(api, back_up_graph)),
-              methods=["POST"]),
-        Route("/v1/graphs/{graph_id}/backups/{backup_id}/restore",
-              guard(idempotent(api, restore_backup)), methods=["POST"]),
+        Endpoint("GET", "/v1/graphs/{graph_id}/backups", list_backups,
+                 "A graph's backups, newest first (a deleted graph's too)", {200: BackupList},
+                 query=Page, tag="backups"),
+        Endpoint("POST", "/v1/graphs/{graph_id}/backups", idempotent(api, back_up_graph),
+                 "Back a graph up now", {202: BackupStarted}, errors=(403, 409, 429),
+                 headers=IdempotencyKey, tag="backups"),
+        Endpoint("POST", "/v1/graphs/{graph_id}/backups/{backup_id}/restore",
+                 idempotent(api, restore_backup),
+                 "Restore a backup: it replaces the data and schema of the graph restored into",
+                 {202: RestoreStarted}, errors=(402, 403, 409, 429), body=RestoreRequest,
+                 body_required=False, headers=IdempotencyKey, tag="backups"),
     ]

@@ -99,7 +99,27 @@ class BodyReader:
                          optional: bool = False) -> Model:
         """The body checked against ``model`` (the schema the OpenAPI document shows), or 422
         naming the first field that is wrong and why."""
+        _check_declared(request, model, optional)
         return validated(model, await self.read_json(request, optional=optional))
+
+    async def read_checked(self, request: Request, model: type[BaseModel], *,
+                           optional: bool = False) -> dict[str, Any]:
+        """The body as sent, once its shape is checked against ``model`` (as ``read_model``):
+        for a service that reads the JSON itself and names what is wrong beyond the shape."""
+        _check_declared(request, model, optional)
+        body = await self.read_json(request, optional=optional)
+        validated(model, body)
+        return body
+
+
+def _check_declared(request: Request, model: type[BaseModel], optional: bool) -> None:
+    """A body read as other than its endpoint declares (``api/spec.py``) is a defect: the
+    document would describe a body the server does not read."""
+    declared = getattr(request.scope.get("endpoint"), "declaration", None)
+    if declared is not None and (declared.body is not model
+                                 or declared.body_required == optional):
+        raise TypeError(f"{declared.method} {declared.path} declares {declared.body} "
+                        f"(required: {declared.body_required}), reads {model.__name__}")
 
 
 def validated(model: type[Model], data: Any) -> Model:
@@ -108,8 +128,16 @@ def validated(model: type[Model], data: Any) -> Model:
         return model.model_validate(data)
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
-        field = ".".join(str(part) for part in first["loc"]) or "body"
+        field = field_path(first["loc"])
         raise InvalidRequest(f"{field}: {first['msg']}"[:300], field=field) from None
+
+
+def field_path(location: tuple[int | str, ...]) -> str:
+    """A field as the project names it: ``graph.tags[0]``, ``graph.name``."""
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path or "body"
 
 
 def closes_connection(error: ProvisioningError) -> bool:

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, Field, StrictBool
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from provisioning_pipelines.api import pages
-from provisioning_pipelines.api.context import ApiContext, guard
+from provisioning_pipelines.api.context import ApiContext
 from provisioning_pipelines.api.idempotency import idempotent
-from provisioning_pipelines.errors import InvalidRequest
+from provisioning_pipelines.api.models import IdempotencyKey, OperationStarted, Page
+from provisioning_pipelines.api.spec import Endpoint
 from provisioning_pipelines.flows import (
     REACTIVATION_FLOW,
     SUBGRAPH_DELETION_FLOW,
@@ -32,8 +33,48 @@ from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs import graph_requests, lifecycle, subgraphs
 from provisioning_pipelines.services.graphs import records as graphs
 
+GraphStatus = str  # active, suspended, deleting or deleted
+DATE_TIME = {"format": "date-time"}
 
-def routes(api: ApiContext) -> list[Route]:
+
+class SubgraphView(BaseModel):
+    graph_id: str
+    name: str
+    status: GraphStatus
+    tier: str
+    size_bytes: int | None = Field(description="on disk; null while its host does not answer")
+    host_id: str | None
+    available: bool = Field(description="false while the graph's host does not answer")
+    parent_graph_id: str | None
+    created_at: str = Field(json_schema_extra=DATE_TIME)
+    delete_after: str | None = Field(json_schema_extra=DATE_TIME)
+    deleted_at: str | None = Field(json_schema_extra=DATE_TIME)
+
+
+class GraphView(SubgraphView):
+    """A graph as its owner sees it, with its subgraphs."""
+
+    subgraphs: list[SubgraphView]
+
+
+class GraphList(BaseModel):
+    graphs: list[GraphView]
+    next_cursor: str | None = Field(description="the next page's cursor; null on the last")
+
+
+SUBGRAPH_NAME = "^[a-zA-Z0-9]{1,20}$"
+
+
+class SubgraphRequest(BaseModel):
+    # The pattern is the document's; the service checks it, with its own message.
+    name: str = Field(json_schema_extra={"pattern": SUBGRAPH_NAME},
+                      description="1 to 20 letters or digits; the subgraph's id is "
+                                  "{graph_id}_{name}")
+    description: str | None = Field(None, max_length=2000)
+    fork_parent: StrictBool = Field(False, description="copy the parent's data into it")
+
+
+def endpoints(api: ApiContext) -> list[Endpoint]:
     async def create_subgraph(request: Request) -> Response:
         graph_id = request.path_params["graph_id"]
 
@@ -46,14 +87,12 @@ def routes(api: ApiContext) -> list[Route]:
             return user
 
         user = await run_in_threadpool(visible)
-        body = await api.bodies.read_json(request)
-        name = subgraphs.validate_subgraph_name(body.get("name"))
-        description = validation.text(body.get("description"), "description",
+        body = await api.bodies.read_model(request, SubgraphRequest)
+        name = subgraphs.validate_subgraph_name(body.name)
+        description = validation.text(body.description, "description",
                                       max_length=graph_requests.MAX_DESCRIPTION_LENGTH,
                                       multiline=True, required=False)
-        fork_parent = body.get("fork_parent", False)
-        if not isinstance(fork_parent, bool):
-            raise InvalidRequest("fork_parent: expected true or false", field="fork_parent")
+        fork_parent = body.fork_parent
         operation_id = await api.limits.open(SUBGRAPH_FLOW.operation_kind, user.user_id)
         api.start(api.executor.subgraph, user.user_id, graph_id, name, description=description,
                   fork_parent=fork_parent, operation_id=operation_id)
@@ -113,13 +152,23 @@ def routes(api: ApiContext) -> list[Route]:
             return JSONResponse(graphs.describe(session, graph, api.hosts))
 
     return [
-        Route("/v1/graphs", guard(list_graphs)),
-        Route("/v1/graphs/{graph_id}", guard(show_graph)),
-        Route("/v1/graphs/{graph_id}", guard(delete_graph), methods=["DELETE"]),
-        Route("/v1/graphs/{graph_id}/restore", guard(idempotent(api, restore_graph)),
-              methods=["POST"]),
-        Route("/v1/graphs/{graph_id}/subgraphs", guard(idempotent(api, create_subgraph)),
-              methods=["POST"]),
-        Route("/v1/graphs/{graph_id}/subgraphs/{name}", guard(delete_subgraph),
-              methods=["DELETE"]),
+        Endpoint("GET", "/v1/graphs", list_graphs,
+                 "The top-level graphs I own or have a role on, newest first",
+                 {200: GraphList}, query=Page, tag="graphs"),
+        Endpoint("GET", "/v1/graphs/{graph_id}", show_graph, "One graph, with its subgraphs",
+                 {200: GraphView}, tag="graphs"),
+        Endpoint("DELETE", "/v1/graphs/{graph_id}", delete_graph,
+                 "Delete: suspended now, deleted after the grace", {202: OperationStarted},
+                 errors=(403, 409, 429), tag="graphs"),
+        Endpoint("POST", "/v1/graphs/{graph_id}/restore", idempotent(api, restore_graph),
+                 "Make a suspended graph active again, within the grace",
+                 {202: OperationStarted}, errors=(403, 409, 429), headers=IdempotencyKey,
+                 tag="graphs"),
+        Endpoint("POST", "/v1/graphs/{graph_id}/subgraphs", idempotent(api, create_subgraph),
+                 "Make a subgraph (the operation fails when the plan does not allow it)",
+                 {202: OperationStarted}, errors=(403, 409, 429), body=SubgraphRequest,
+                 headers=IdempotencyKey, tag="graphs"),
+        Endpoint("DELETE", "/v1/graphs/{graph_id}/subgraphs/{name}", delete_subgraph,
+                 "Delete a subgraph", {202: OperationStarted}, errors=(403, 409, 422, 429),
+                 tag="graphs", path_schemas={"name": {"pattern": SUBGRAPH_NAME}}),
     ]

@@ -10,17 +10,32 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from provisioning_pipelines.api.context import ApiContext, guard, logger
+from provisioning_pipelines.api.context import ApiContext, logger
+from provisioning_pipelines.api.spec import Endpoint
 from provisioning_pipelines.errors import DatabaseNotMigrated
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.migrate import schema_problem
 
 
-def routes(api: ApiContext) -> list[Route]:
+class Check(BaseModel):
+    ok: bool
+    detail: str | None = None
+
+
+class Health(BaseModel):
+    """What this process reaches; ``detail`` says what is down, never where."""
+
+    ok: bool
+    database: Check
+    redis: Check
+    dagster: Check
+
+
+def endpoints(api: ApiContext) -> list[Endpoint]:
     def healthz(request: Request) -> Response:
         checks = {"database": _check("database",
                                      lambda: api.database.ping() and _migrated(api.database))}
@@ -31,7 +46,9 @@ def routes(api: ApiContext) -> list[Route]:
         healthy = all(check["ok"] for check in checks.values())
         return JSONResponse({"ok": healthy, **checks}, status_code=200 if healthy else 503)
 
-    return [Route("/healthz", guard(healthz))]
+    return [Endpoint("GET", "/healthz", healthz,
+                     "Can this process reach its database, Redis and the Dagster instance?",
+                     {200: Health, 503: Health}, auth="none", tag="health")]
 
 
 def _check(what: str, probe: Callable[[], Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ runs afresh. Without the header nothing changes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
@@ -44,6 +45,7 @@ def idempotent(api: ApiContext, endpoint: Endpoint) -> Callable[[Request], Await
             return await endpoint(request)
         return await run_in_threadpool(endpoint, request)  # type: ignore[arg-type]
 
+    @functools.wraps(endpoint)
     async def wrapped(request: Request) -> Response:
         key = request.headers.get(HEADER)
         if key is None:

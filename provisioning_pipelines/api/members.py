@@ -10,11 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from provisioning_pipelines.api import pages
-from provisioning_pipelines.api.context import ApiContext, guard
+from provisioning_pipelines.api.context import ApiContext
 from provisioning_pipelines.api.idempotency import idempotent
+from provisioning_pipelines.api.models import IdempotencyKey, Page
+from provisioning_pipelines.api.spec import Endpoint
 from provisioning_pipelines.services.graphs import members
 
 
@@ -27,7 +28,19 @@ class MemberBody(BaseModel):
     role: Literal["admin", "writer", "reader"]
 
 
-def routes(api: ApiContext) -> list[Route]:
+class Member(BaseModel):
+    user_id: str
+    email: str
+    role: Literal["admin", "writer", "reader"]
+    added_at: str = Field(json_schema_extra={"format": "date-time"})
+
+
+class MemberList(BaseModel):
+    members: list[Member]
+    next_cursor: str | None = Field(description="the next page's cursor; null on the last")
+
+
+def endpoints(api: ApiContext) -> list[Endpoint]:
     def list_members(request: Request) -> Response:
         user = api.user_of(request)
         page = pages.page_request(request, "members")
@@ -58,9 +71,14 @@ def routes(api: ApiContext) -> list[Route]:
         return Response(status_code=204)
 
     return [
-        Route("/v1/graphs/{graph_id}/members", guard(list_members), methods=["GET"]),
-        Route("/v1/graphs/{graph_id}/members", guard(idempotent(api, put_member)),
-              methods=["POST"]),
-        Route("/v1/graphs/{graph_id}/members/{user}", guard(remove_member),
-              methods=["DELETE"]),
+        Endpoint("GET", "/v1/graphs/{graph_id}/members", list_members,
+                 "A graph's members and their roles (any member may list)",
+                 {200: MemberList}, errors=(422,), query=Page, tag="members"),
+        Endpoint("POST", "/v1/graphs/{graph_id}/members", idempotent(api, put_member),
+                 "Add a member by email (201), or set a member's role (200); admins only",
+                 {200: Member, 201: Member}, errors=(403, 409, 422), body=MemberBody,
+                 headers=IdempotencyKey, tag="members"),
+        Endpoint("DELETE", "/v1/graphs/{graph_id}/members/{user}", remove_member,
+                 "Remove a member (by user id or email); admins only; the last admin stays",
+                 {204: None}, errors=(403, 409, 422), tag="members"),
     ]

@@ -10,16 +10,16 @@ import logging
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from provisioning_pipelines import metrics
-from provisioning_pipelines.api.context import ApiContext, guard
+from provisioning_pipelines.api.context import ApiContext
+from provisioning_pipelines.api.spec import Content, Endpoint
 from provisioning_pipelines.services.graphs import backups
 
 logger = logging.getLogger("provisioning_pipelines.api")
 
 
-def routes(api: ApiContext) -> list[Route]:
+def endpoints(api: ApiContext) -> list[Endpoint]:
     def ages() -> list[tuple[str, str, str, float | None]]:
         """Each live graph's newest backup's age, from the app database; none while it is
         down (a scrape must answer: the outage is counted in ``provisioning_store_outages``)."""
@@ -36,4 +36,7 @@ def routes(api: ApiContext) -> list[Route]:
         body, content_type = metrics.scrape([metrics.backup_ages(found)])
         return Response(body, media_type=content_type)
 
-    return [Route("/metrics", guard(scrape))]
+    return [Endpoint("GET", "/metrics", scrape, "The server's counters (Prometheus' text format)",
+                     {200: Content("text/plain", {"type": "string"},
+                                   "Prometheus' text exposition format, version 0.0.4")},
+                     auth="none", tag="health", uses_stores=False)]

@@ -18,18 +18,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from provisioning_pipelines import metrics
 from provisioning_pipelines.api import pages
-from provisioning_pipelines.api.context import RETRY_AFTER_SECONDS, ApiContext, guard, logger
+from provisioning_pipelines.api.context import RETRY_AFTER_SECONDS, ApiContext, logger
+from provisioning_pipelines.api.models import Page
+from provisioning_pipelines.api.spec import Content, Endpoint
 from provisioning_pipelines.direct.rebuild import rebuild_lost_operation
 from provisioning_pipelines.errors import InvalidRequest, NotFound
 from provisioning_pipelines.storage.events import (
+    EVENT_TYPES,
     EventStoreUnavailable,
     Operation,
     OperationEvent,
@@ -44,7 +47,62 @@ SHUTDOWN_GRACE_SECONDS = 2.0
 SLOW_CLIENT_TIMEOUT_SECONDS = 30.0
 
 
-def routes(api: ApiContext) -> list[Route]:
+class OperationView(BaseModel):
+    """An operation's status: ``pending``, ``running``, then ``completed``, ``failed`` or
+    ``cancelled``; ``result`` once completed, ``error`` and ``error_code`` once failed."""
+
+    operation_id: str
+    status: str
+    progress: int = Field(ge=0, le=100)
+    message: str
+    result: dict[str, Any] | None
+    error: str | None
+    error_code: str | None
+
+
+class OperationSummary(OperationView):
+    kind: str = Field(description="graph_provisioning, repository_provisioning, "
+                                  "subgraph_creation, suspension, reactivation, graph_deletion, "
+                                  "subgraph_deletion, graph_backup or graph_restore")
+    created_at: str = Field(json_schema_extra={"format": "date-time"})
+
+
+class OperationList(BaseModel):
+    operations: list[OperationSummary]
+    next_cursor: str | None = Field(description="the next page's cursor; null on the last")
+
+
+#: An event's id as the stream gives it: ``<ms>-<seq>`` (as Redis streams number them).
+EVENT_ID = r"^[0-9]{1,15}(-[0-9]{1,15})?$"
+
+
+class EventsAfter(BaseModel):
+    after: str | None = Field(None, pattern=f"^({EVENT_ID[1:-1]})?$",
+                              description="replay after this event id (as Last-Event-ID; "
+                                          "empty: from the start)")
+
+
+class LastEventId(BaseModel):
+    last_event_id: str | None = Field(None, alias="Last-Event-ID", pattern=EVENT_ID,
+                                      description="replay after this event id")
+
+
+#: Before OpenAPI 3.2 (``itemSchema``), the schema of an event stream describes one event.
+EVENT = {"type": "object", "required": ["data"], "properties": {
+    "id": {"type": "string", "description": "the event's id: send it as Last-Event-ID"},
+    "event": {"type": "string", "enum": [*EVENT_TYPES, "stream_error"]},
+    "data": {"type": "string", "contentMediaType": "application/json",
+             "description": "the operation's status, progress and message (or the stream's "
+                            "error) as JSON"},
+    "retry": {"type": "integer", "description": "milliseconds before reconnecting"}}}
+EVENT_STREAM = Content("text/event-stream", EVENT, (
+    "Server-Sent Events: `id:` (the event id), `event:` (operation_started, "
+    "operation_progress, operation_completed, operation_error, operation_cancelled, or "
+    "stream_error with a `retry:` hint), `data:` the operation as JSON; a keepalive comment "
+    "while idle; the stream ends after the terminal event"))
+
+
+def endpoints(api: ApiContext) -> list[Endpoint]:
     def operation_of(request: Request) -> Operation:
         user = api.user_of(request)
         operation_id = request.path_params["operation_id"]
@@ -116,9 +174,17 @@ def routes(api: ApiContext) -> list[Route]:
                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return [
-        Route("/v1/operations", guard(list_operations)),
-        Route("/v1/operations/{operation_id}", guard(show_operation)),
-        Route("/v1/operations/{operation_id}/events", guard(operation_events)),
+        Endpoint("GET", "/v1/operations", list_operations,
+                 "My operations that have not expired, newest first", {200: OperationList},
+                 query=Page, tag="operations"),
+        Endpoint("GET", "/v1/operations/{operation_id}", show_operation,
+                 "An operation's status", {200: OperationView}, tag="operations"),
+        Endpoint("GET", "/v1/operations/{operation_id}/events", operation_events,
+                 "An operation's events as Server-Sent Events: replayed, then live",
+                 {200: EVENT_STREAM, 204: None}, query=EventsAfter, headers=LastEventId,
+                 tag="operations", description="A reconnect after the end gets 204, which "
+                 "stops an EventSource; an `after` or `Last-Event-ID` that is not an event "
+                 "id is a 422."),
     ]
 
 

@@ -10,22 +10,34 @@ a browser in as someone else. Signing out deletes the row: the token then fails 
 
 from __future__ import annotations
 
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
-from provisioning_pipelines.api.context import SESSION_COOKIE, ApiContext, guard
+from provisioning_pipelines.api.context import SESSION_COOKIE, ApiContext
+from provisioning_pipelines.api.spec import Endpoint
 from provisioning_pipelines.errors import Unauthorized
 from provisioning_pipelines.services import validation
 from provisioning_pipelines.services.access import accounts, sessions
 
 
-def routes(api: ApiContext) -> list[Route]:
+class SignIn(BaseModel):
+    api_key: str = Field(max_length=200, description="the key `users create` showed (ppk_…)")
+
+
+class SignedIn(BaseModel):
+    """Who the browser is signed in as; both null when nobody is."""
+
+    user_id: str | None
+    email: str | None
+
+
+def endpoints(api: ApiContext) -> list[Endpoint]:
     async def sign_in(request: Request) -> Response:
         api.check_browser(request)
-        body = await api.bodies.read_json(request)
-        key = validation.text(body.get("api_key"), "api_key", max_length=200)
+        body = await api.bodies.read_model(request, SignIn)
+        key = validation.text(body.api_key, "api_key", max_length=200)
 
         def start() -> tuple[accounts.Identity, str]:
             with api.database.session() as session:
@@ -60,8 +72,16 @@ def routes(api: ApiContext) -> list[Route]:
             return JSONResponse({"user_id": None, "email": None})
         return JSONResponse({"user_id": user.user_id, "email": user.email})
 
+    cookie = {"Set-Cookie": (f"{SESSION_COOKIE}=<token>; HttpOnly; SameSite=Strict; Path=/",
+                             {"type": "string"})}
     return [
-        Route("/v1/session", guard(current), methods=["GET"]),
-        Route("/v1/session", guard(sign_in), methods=["POST"]),
-        Route("/v1/session", guard(sign_out), methods=["DELETE"]),
+        Endpoint("GET", "/v1/session", current, "Who this browser is signed in as",
+                 {200: SignedIn}, auth="optional", tag="session"),
+        Endpoint("POST", "/v1/session", sign_in,
+                 "Sign a browser in with an API key: sets the session cookie",
+                 {200: SignedIn}, errors=(401, 403, 415), body=SignIn, auth="none",
+                 tag="session", answer_headers={200: cookie}),
+        Endpoint("DELETE", "/v1/session", sign_out,
+                 "Sign out: the session ends on every worker", {204: None},
+                 errors=(403, 415), auth="none", tag="session"),
     ]

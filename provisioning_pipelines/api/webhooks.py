@@ -15,14 +15,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
 
 from provisioning_pipelines import metrics
-from provisioning_pipelines.api.context import ApiContext, guard
+from provisioning_pipelines.api.context import ApiContext
+from provisioning_pipelines.api.spec import Endpoint
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows import started_by
 from provisioning_pipelines.services import webhooks
@@ -30,7 +31,35 @@ from provisioning_pipelines.storage.errors import is_outage
 from provisioning_pipelines.storage.events import new_operation_id
 
 
-def routes(api: ApiContext) -> list[Route]:
+class BillingEvent(BaseModel):
+    """A Stripe event, as Stripe sends it; read raw (the signature is over the bytes) and only
+    then parsed. An event that is genuine but not of a kind we handle is answered ``ignored``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(description="the event's id (evt_…): a redelivery is recognised by it")
+    type: str = Field(description="checkout.session.completed, customer.subscription.deleted, "
+                                  "customer.subscription.updated, invoice.payment_failed, …")
+    created: int | None = None
+    data: dict[str, Any] = Field(description="data.object: the Checkout Session, subscription "
+                                             "or invoice; metadata.subscription_id names ours")
+
+
+class StripeSignature(BaseModel):
+    stripe_signature: str = Field(alias="Stripe-Signature", description=(
+        "t=<unix time>,v1=<HMAC-SHA256 of \"{t}.{raw body}\" with BILLING_WEBHOOK_SECRET>"))
+
+
+class WebhookReceived(BaseModel):
+    """The event was recorded (or was a redelivery) and what it changed is committed."""
+
+    received: bool
+    duplicate: bool
+    operation_id: str | None = Field(description="the operation that follows, if any")
+    ignored: str | None = Field(None, description="why a genuine event changed nothing")
+
+
+def endpoints(api: ApiContext) -> list[Endpoint]:
     def record(delivery: webhooks.Delivery, operation_id: str | None
                ) -> webhooks.Applied | None:
         """Apply and commit; None for a redelivery. A refusal by the database of what the
@@ -83,6 +112,9 @@ def routes(api: ApiContext) -> list[Route]:
             body["ignored"] = applied.ignored
         return JSONResponse(body)
 
-    return [Route("/v1/webhooks/billing", guard(billing_webhook), methods=["POST"])]
+    return [Endpoint("POST", "/v1/webhooks/billing", billing_webhook,
+                     "A signed billing event (Stripe's format), recorded once and applied",
+                     {200: WebhookReceived}, errors=(400, 408, 413, 503), body=BillingEvent,
+                     headers=StripeSignature, auth="none", tag="billing")]
 
 
