@@ -1,8 +1,11 @@
 """The operations page in a real browser: Debian's Chromium, headless, driven by Playwright.
 
 Sign in with an API key, pay through a signed webhook, see the subscription and graph, start a
-subgraph and watch its bar reach 100 % over ``EventSource``, reload and find the same state, and
-no error in the console. With ``SCREENSHOTS_DIR`` set, the README's screenshots are taken here.
+subgraph and watch its bar reach 100 % over ``EventSource``, reload and find the same state;
+back a graph up, list and restore its backups; delete a graph and restore it within the grace,
+cancel a subscription; markup in what the API returns is shown as text. No error in the console.
+Each test waits on what the page shows, never on time. With ``SCREENSHOTS_DIR`` set, the docs'
+screenshots are taken here.
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ import pytest
 
 from provisioning_pipelines.services.billing.events import billing_event
 from tests.api.helpers import Api
+from tests.api.test_app import checkout_event, subscribe_graph
 from tests.conftest import require
 from tests.factories import new_customer, paid_graph_subscription
 
+#: A graph name, query value or member's text that would make an element if parsed as HTML.
+MARKUP = '<img src=x onerror="document.title=1">'
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As the machine's notes say: no network of its own, no first-run work, no sandbox as root.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -99,4 +105,120 @@ def test_sign_in_pay_watch_a_subgraph_reach_100_and_reload(
     expect(page.locator("#operations .status")).to_have_text(["completed", "completed"])
     expect(page.locator("#watch-percent")).to_have_text("100%")
     expect(page.locator("#graphs tbody")).to_contain_text("analysis")
+    assert problems == []
+
+
+class Problems(list[str]):
+    """What the page logged as an error, or threw."""
+
+
+def active_graph(api: Api, api_key: str, **graph: Any) -> str:
+    """A ladybug-large graph, paid for through the webhook and provisioned."""
+    sub_id = subscribe_graph(api, api_key, **graph)
+    assert api.deliver(checkout_event(sub_id)).status_code == 200
+    return api.wait_status(api_key, sub_id, "active")["resource_id"]
+
+
+def signed_in(browser: Any, api: Api, api_key: str, query: str = "") -> tuple[Any, Problems]:
+    """A page signed in with ``api_key`` (``query``: the page's URL query, e.g. ``?limit=2``),
+    that accepts every confirmation it asks for."""
+    page = browser.new_page(viewport={"width": 1200, "height": 1400})
+    problems = Problems()
+    page.on("console", lambda message: problems.append(message.text)
+            if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(str(error)))
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(f"{api.url}/ui/{query}")
+    page.fill("#api-key", api_key)
+    page.click("#sign-in form button[type=submit]")
+    page.wait_for_selector("#signed-in:not([hidden])")
+    return page, problems
+
+
+def open_graph(page: Any, graph_id: str) -> None:
+    page.locator("#graphs tbody tr", has_text=graph_id).get_by_role("button", name="open").click()
+    expect(page.locator("#graph-id")).to_have_text(graph_id)
+
+
+def finish(page: Any, click: Any) -> None:
+    """Click, then wait for the operation the click started to complete in the watch panel."""
+    before = page.inner_text("#watch-id") if page.is_visible("#watch") else ""
+    click()
+    expect(page.locator("#watch-id")).not_to_have_text(before)
+    expect(page.locator("#watch-status")).to_have_text("completed", timeout=30_000)
+
+
+def test_a_backup_is_taken_listed_and_restored(postgres_api: Api, browser: Any) -> None:
+    api = postgres_api
+    user = new_customer(api.database)
+    graph_id = active_graph(api, user.api_key)
+    page, problems = signed_in(browser, api, user.api_key)
+    open_graph(page, graph_id)
+    backups = page.locator("#backups tbody tr")
+    expect(backups).to_have_count(0)
+
+    finish(page, lambda: page.click("#back-up"))
+    expect(backups).to_have_count(1)
+    expect(backups.first.locator("td").nth(1)).to_have_text("on_demand")
+    finish(page, lambda: page.click("#back-up"))
+    expect(backups).to_have_count(2)
+    with api.client(user.api_key) as client:
+        listed = client.get(f"/v1/graphs/{graph_id}/backups").json()["backups"]
+    expect(page.locator("#backups td.id")).to_have_text([b["backup_id"] for b in listed])
+    screenshot(page, "backups")
+
+    oldest = listed[-1]["backup_id"]
+    finish(page, lambda: page.locator("#backups tbody tr", has_text=oldest)
+           .get_by_role("button", name="restore").click())
+    expect(page.locator("#operations tbody tr").first).to_contain_text("graph_restore")
+    expect(page.locator("#graph-status")).to_have_text("active")
+    assert page.inner_text("#backups-error") == ""
+    assert problems == []
+
+
+def test_a_graph_is_deleted_restored_within_the_grace_and_its_subscription_cancelled(
+    postgres_api: Api, browser: Any,
+) -> None:
+    api = postgres_api
+    user = new_customer(api.database)
+    graph_id = active_graph(api, user.api_key)
+    page, problems = signed_in(browser, api, user.api_key)
+    open_graph(page, graph_id)
+    expect(page.locator("#graph-status")).to_have_text("active")
+    expect(page.locator("#graph-reactivate")).to_be_hidden()
+
+    finish(page, lambda: page.click("#graph-delete"))
+    expect(page.locator("#graph-status")).to_have_text("suspended")
+    expect(page.locator("#graph-grace")).to_contain_text("deleted after 20")
+    expect(page.locator("#graph-delete")).to_be_hidden()
+    expect(page.locator("#subscriptions .status").first).to_have_text("canceled")
+
+    finish(page, lambda: page.click("#graph-reactivate"))
+    expect(page.locator("#graph-status")).to_have_text("active")
+    expect(page.locator("#graph-grace")).to_have_text("")
+    expect(page.locator("#subscriptions .status").first).to_have_text("active")
+
+    subscription = page.locator("#subscriptions tbody tr").first
+    finish(page, lambda: subscription.get_by_role("button", name="cancel").click())
+    expect(page.locator("#subscriptions .status").first).to_have_text("canceled")
+    expect(subscription.get_by_role("button", name="cancel")).to_have_count(0)
+    expect(page.locator("#graph-status")).to_have_text("suspended")
+    with api.client(user.api_key) as client:
+        assert client.get(f"/v1/graphs/{graph_id}").json()["status"] == "suspended"
+    assert problems == []
+
+
+def test_markup_in_what_the_api_returns_is_shown_as_text(
+    postgres_api: Api, browser: Any,
+) -> None:
+    api = postgres_api
+    user = new_customer(api.database)
+    graph_id = active_graph(api, user.api_key, name=MARKUP)
+    page, problems = signed_in(browser, api, user.api_key)
+    expect(page.locator("#graphs tbody tr td").nth(1)).to_have_text(MARKUP)
+    open_graph(page, graph_id)
+    expect(page.locator("#graph-name")).to_have_text(MARKUP)
+    expect(page.locator("#query-target option").first).to_have_text(f"{MARKUP} ({graph_id})")
+    expect(page.locator("img")).to_have_count(0)
+    assert page.title() == "Provisioning"
     assert problems == []
