@@ -10,6 +10,7 @@ screenshots are taken here.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -222,3 +223,129 @@ def test_markup_in_what_the_api_returns_is_shown_as_text(
     expect(page.locator("img")).to_have_count(0)
     assert page.title() == "Provisioning"
     assert problems == []
+
+
+def test_every_list_shows_more_on_request(postgres_api: Api, browser: Any) -> None:
+    api = postgres_api
+    user = new_customer(api.database)
+    graph_ids = [active_graph(api, user.api_key, name=f"graph {n}") for n in range(3)]
+    page, problems = signed_in(browser, api, user.api_key, "?limit=2")
+    for name in ["subscriptions", "graphs", "operations"]:
+        rows = page.locator(f"#{name} tbody tr")
+        expect(rows).to_have_count(2)
+        page.click(f"#{name}-more")
+        expect(rows).to_have_count(3)
+        expect(page.locator(f"#{name}-more")).to_be_hidden()
+    expect(page.locator("#graphs td.id")).to_have_text(list(reversed(graph_ids)))  # newest first
+    assert problems == []
+
+
+def test_members_are_added_changed_and_removed(postgres_api: Api, browser: Any) -> None:
+    api = postgres_api
+    owner = new_customer(api.database)
+    reader, writer = new_customer(api.database), new_customer(api.database)
+    graph_id = active_graph(api, owner.api_key)
+    page, problems = signed_in(browser, api, owner.api_key, "?limit=2")
+    open_graph(page, graph_id)
+    members = page.locator("#members tbody tr")
+    expect(members).to_have_count(1)
+    expect(members.first).to_contain_text(owner.email)
+    expect(members.first.get_by_label("role")).to_have_value("admin")
+
+    for user, role in [(reader, "reader"), (writer, "writer")]:
+        page.fill("#member-email", user.email)
+        page.select_option("#member-role", role)
+        page.click("#member-form button[type=submit]")
+        expect(page.locator("#member-form button[type=submit]")).to_be_enabled()  # answered
+        expect(page.locator("#member-email")).to_have_value("")
+    expect(members).to_have_count(2)  # two a page
+    page.click("#members-more")
+    expect(members).to_have_count(3)
+    expect(page.locator("#members-more")).to_be_hidden()
+    row = members.filter(has_text=reader.email)
+    expect(row.get_by_label("role")).to_have_value("reader")
+
+    row.get_by_label("role").select_option("writer")
+    expect(row.get_by_label("role")).to_be_enabled()
+    expect(row.get_by_label("role")).to_have_value("writer")
+    with api.client(owner.api_key) as client:
+        listed = {m["email"]: m["role"] for m in
+                  client.get(f"/v1/graphs/{graph_id}/members").json()["members"]}
+    assert listed == {owner.email: "admin", reader.email: "writer", writer.email: "writer"}
+
+    members.filter(has_text=writer.email).get_by_role("button", name="remove").click()
+    expect(members.filter(has_text=writer.email)).to_have_count(0)
+    expect(page.locator("#members-error")).to_have_text("")
+
+    page.fill("#member-email", "nobody-we-know@example.com")
+    page.click("#member-form button[type=submit]")
+    expect(page.locator("#members-error")).not_to_have_text("")
+    mine = members.filter(has_text=owner.email)
+    mine.get_by_label("role").select_option("reader")  # the last admin
+    expect(page.locator("#members-error")).not_to_have_text("")
+    expect(mine.get_by_label("role")).to_have_value("admin")
+    mine.get_by_role("button", name="remove").click()
+    expect(page.locator("#members-error")).not_to_have_text("")
+    expect(mine).to_have_count(1)
+    assert [p for p in problems if "status of 4" not in p] == []  # the three refusals
+
+
+def test_a_query_shows_its_table_and_each_refusal(postgres_api: Api, browser: Any) -> None:
+    api = postgres_api
+    owner, reader = new_customer(api.database), new_customer(api.database)
+    graph_id = active_graph(api, owner.api_key)
+    with api.client(owner.api_key) as client:
+        made = client.post(f"/v1/graphs/{graph_id}/subgraphs", json={"name": "empty"})
+        assert api.events(owner.api_key, made.json()["operation_id"])[-1][1] \
+            == "operation_completed"
+        added = client.post(f"/v1/graphs/{graph_id}/members",
+                            json={"email": reader.email, "role": "reader"})
+        assert added.status_code == 201, added.text
+    page, problems = signed_in(browser, api, owner.api_key)
+    open_graph(page, graph_id)
+    expect(page.locator("#query-target option")).to_have_count(2)  # the graph, its subgraph
+
+    def run(query: str, parameters: str = "", on: Any = page) -> None:
+        on.fill("#query-text", query)
+        on.fill("#query-parameters", parameters)
+        on.click("#query-form button[type=submit]")
+        expect(on.locator("#query-form button[type=submit]")).to_be_enabled()
+
+    run("CREATE (:Entity {identifier: 'acme', name: $name})", json.dumps({"name": MARKUP}))
+    expect(page.locator("#query-error")).to_have_text("")
+    run("MATCH (e:Entity) RETURN e.identifier AS id, e.name AS name, 1.5 AS x, e AS node")
+    expect(page.locator("#query-result th")).to_have_text(["id", "name", "x", "node"])
+    cells = page.locator("#query-result tbody td")
+    expect(cells.nth(0)).to_have_text("acme")
+    expect(cells.nth(1)).to_have_text(MARKUP)
+    expect(cells.nth(2)).to_have_text("1.5")
+    expect(cells.nth(3)).to_contain_text('"_label":"Entity"')
+    expect(page.locator("#query-count")).to_contain_text("1 row")
+    expect(page.locator("#query-truncated")).to_be_hidden()
+    expect(page.locator("img")).to_have_count(0)
+    screenshot(page, "query")
+
+    page.select_option("#query-target", f"{graph_id}_empty")
+    run("MATCH (e:Entity) RETURN count(e) AS entities")
+    expect(page.locator("#query-result tbody td")).to_have_text(["0"])
+    page.select_option("#query-target", graph_id)
+
+    run("MATCH (e:Nowhere) RETURN e")
+    expect(page.locator("#query-error")).to_contain_text("Nowhere")
+    expect(page.locator("#query-result tbody tr")).to_have_count(0)
+    run("RETURN 1", "[1, 2]")
+    expect(page.locator("#query-error")).to_contain_text("parameters: expected a JSON object")
+
+    theirs, _ = signed_in(browser, api, reader.api_key)
+    open_graph(theirs, graph_id)
+    run("MATCH (e:Entity) RETURN e.identifier", on=theirs)
+    expect(theirs.locator("#query-result tbody td")).to_have_text(["acme"])
+    run("CREATE (:Entity {identifier: 'mine'})", on=theirs)
+    expect(theirs.locator("#query-error")).not_to_have_text("")
+    expect(theirs.locator("#query-result tbody tr")).to_have_count(0)
+
+    finish(page, lambda: page.click("#graph-delete"))
+    expect(page.locator("#graph-status")).to_have_text("suspended")
+    run("MATCH (e:Entity) RETURN e.identifier")
+    expect(page.locator("#query-error")).to_contain_text("suspended")
+    assert [p for p in problems if "status of 4" not in p] == []

@@ -15,6 +15,7 @@ let graphs = []; // the graphs of the last refresh
 let open = null; // the graph whose panel is shown
 // How many pages of each list are shown; "more" adds one.
 const pages = {subscriptions: 1, graphs: 1, operations: 1, members: 1, backups: 1};
+const loads = {members: 0, backups: 0}; // the newest load of each; an older one's is dropped
 
 async function api(path, options = {}) {
   const answer = await fetch(path, {
@@ -83,6 +84,12 @@ function button(label, onClick) {
   made.textContent = label;
   made.addEventListener("click", () => onClick(made));
   return made;
+}
+
+function when(iso) {
+  // An ISO time as "2026-01-31 12:00:00 UTC"; as given if it is not one.
+  const time = iso ? new Date(iso) : null;
+  return time && !isNaN(time) ? `${time.toISOString().slice(0, 19).replace("T", " ")} UTC` : iso;
 }
 
 function size(bytes) {
@@ -189,7 +196,7 @@ function showGraph() {
   $("#graph-status").textContent = g.status;
   $("#graph-status").className = `status ${g.status}`;
   $("#graph-grace").textContent = g.status === "suspended"
-    ? `Suspended: deleted after ${g.delete_after}; restore it until then.` : "";
+    ? `Suspended: deleted after ${when(g.delete_after)}; restore it until then.` : "";
   $("#graph-delete").hidden = g.status !== "active";
   $("#graph-reactivate").hidden = g.status !== "suspended";
   const targets = $("#query-target");
@@ -242,8 +249,9 @@ function parameters() {
 
 async function loadMembers() {
   const graphId = open;
+  const mine = ++loads.members;
   const {items, more} = await list(graphPath(graphId, "/members"), "members", pages.members);
-  if (graphId !== open) return;
+  if (mine !== loads.members) return;
   const table = $("#members tbody");
   table.replaceChildren();
   for (const m of items) {
@@ -261,7 +269,7 @@ async function loadMembers() {
       }
     }, role));
     row.insertCell().append(role);
-    cell(row, m.added_at);
+    cell(row, when(m.added_at));
     row.insertCell().append(button("remove", (b) => {
       if (!confirm(`Remove ${m.email} from ${graphId}?`)) return;
       act("#members-error", async () => {
@@ -276,17 +284,18 @@ async function loadMembers() {
 
 async function loadBackups() {
   const graphId = open;
+  const mine = ++loads.backups;
   const {items, more} = await list(graphPath(graphId, "/backups"), "backups", pages.backups);
-  if (graphId !== open) return;
+  if (mine !== loads.backups) return;
   const table = $("#backups tbody");
   table.replaceChildren();
   for (const b of items) {
     const row = table.insertRow();
     cell(row, b.backup_id, "id");
     cell(row, b.kind);
-    cell(row, b.created_at);
+    cell(row, when(b.created_at));
     cell(row, size(b.size_bytes));
-    cell(row, b.expires_at);
+    cell(row, when(b.expires_at));
     row.insertCell().append(button("restore", (control) => {
       if (!confirm(`Replace the data and schema of ${graphId} with backup ${b.backup_id}?`)) {
         return;
