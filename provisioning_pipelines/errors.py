@@ -83,6 +83,13 @@ class LimitReached(Conflict):
     code = "limit_reached"
 
 
+class Suspended(Conflict):
+    """The graph (or its parent) is suspended: its data is kept, nothing may be done with it
+    until it is reactivated."""
+
+    code = "suspended"
+
+
 class PaymentRequired(ProvisioningError):
     status_code = 402
     code = "payment_required"
@@ -132,6 +139,28 @@ class RequestTimeout(InvalidRequest):
 
     status_code = 408
     code = "request_timeout"
+
+
+class QueryTimeout(InvalidRequest):
+    """A customer's query ran past its tier's time limit and was interrupted by the engine."""
+
+    status_code = 408
+    code = "query_timeout"
+
+
+class QueryTooLong(InvalidRequest):
+    """A customer's query text is longer than its tier allows."""
+
+    status_code = 413
+    code = "query_too_long"
+
+
+class AnswerTooLarge(InvalidRequest):
+    """A query's answer would be larger than its tier allows (ask for fewer rows or columns)."""
+
+    status_code = 422
+    code = "answer_too_large"
+
 
 class UnsupportedMediaType(InvalidRequest):
     """A body in a form the endpoint does not read (a browser's write must be JSON)."""

@@ -23,10 +23,49 @@ from provisioning_pipelines.errors import SettingsError
 from provisioning_pipelines.storage.defaults import DEFAULT_DATA_DIR, embedded_database_url
 from provisioning_pipelines.storage.events import DEFAULT_KEY_PREFIX, DEFAULT_TTL_SECONDS
 from provisioning_pipelines.storage.ladybug import DEFAULT_BUFFER_POOL_MB
+from provisioning_pipelines.storage.ladybug.queries import QueryLimits
 
 #: The webhook secret's default: fit for the embedded default on one machine, nothing else.
 DEVELOPMENT_WEBHOOK_SECRET = "whsec_local_development_only"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+#: The tiers a query limit is set for (``QUERY_*``: ``tier=value,...``, or one value for all).
+QUERY_TIERS = ("ladybug-standard", "ladybug-large", "ladybug-xlarge", "ladybug-shared")
+DEFAULT_QUERY_TIMEOUT = ("ladybug-standard=30,ladybug-large=60,ladybug-xlarge=120,"
+                         "ladybug-shared=30")
+DEFAULT_QUERY_MAX_ROWS = ("ladybug-standard=10000,ladybug-large=10000,"
+                          "ladybug-xlarge=10000,ladybug-shared=10000")
+DEFAULT_QUERY_MAX_ANSWER_BYTES = ("ladybug-standard=16777216,ladybug-large=33554432,"
+                                  "ladybug-xlarge=67108864,ladybug-shared=16777216")
+DEFAULT_QUERY_MAX_LENGTH = ("ladybug-standard=100000,ladybug-large=100000,"
+                            "ladybug-xlarge=100000,ladybug-shared=100000")
+
+
+def per_tier(text: str) -> dict[str, float]:
+    """``tier=value,...`` (every tier named once, each value positive) or one value for every
+    tier, as a dict by tier."""
+    text = text.strip()
+    try:
+        if "=" not in text:
+            value = float(text)
+            found = dict.fromkeys(QUERY_TIERS, value)
+        else:
+            found = {}
+            for part in (piece.strip() for piece in text.split(",") if piece.strip()):
+                tier, _, value_text = part.partition("=")
+                tier = tier.strip()
+                if tier not in QUERY_TIERS:
+                    raise ValueError(f"{tier!r} is not a tier ({', '.join(QUERY_TIERS)})")
+                if tier in found:
+                    raise ValueError(f"{tier!r} is named twice")
+                found[tier] = float(value_text)
+    except ValueError as exc:
+        raise ValueError(f"expected tier=value,... or one number ({exc})") from None
+    missing = [tier for tier in QUERY_TIERS if tier not in found]
+    if missing:
+        raise ValueError(f"no value for {', '.join(missing)}")
+    if not all(value > 0 for value in found.values()):
+        raise ValueError("every value must be positive")
+    return found
 
 EMBEDDED_DAGSTER_YAML = """\
 # The embedded Dagster instance: default SQLite storage under this folder.
@@ -129,6 +168,12 @@ class Settings(BaseSettings):
         64, validation_alias="BODY_READ_MAX_CONCURRENCY"
     )
     webhook_retention_days: int = Field(30, ge=3, validation_alias="WEBHOOK_RETENTION_DAYS")
+    query_timeout_seconds: str = Field(DEFAULT_QUERY_TIMEOUT,
+                                       validation_alias="QUERY_TIMEOUT_SECONDS")
+    query_max_rows: str = Field(DEFAULT_QUERY_MAX_ROWS, validation_alias="QUERY_MAX_ROWS")
+    query_max_answer_bytes: str = Field(DEFAULT_QUERY_MAX_ANSWER_BYTES,
+                                        validation_alias="QUERY_MAX_ANSWER_BYTES")
+    query_max_length: str = Field(DEFAULT_QUERY_MAX_LENGTH, validation_alias="QUERY_MAX_LENGTH")
 
     metrics_dir: Path | None = Field(None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
 
@@ -138,6 +183,23 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("query_timeout_seconds", "query_max_rows", "query_max_answer_bytes",
+                     "query_max_length")
+    @classmethod
+    def _per_tier(cls, value: str) -> str:
+        per_tier(value)
+        return value
+
+    def query_limits(self, tier: str) -> QueryLimits:
+        """The bounds on one customer query on a graph of ``tier`` (an unknown tier gets the
+        standard one's)."""
+        tier = tier if tier in QUERY_TIERS else QUERY_TIERS[0]
+        return QueryLimits(
+            timeout_seconds=per_tier(self.query_timeout_seconds)[tier],
+            max_rows=int(per_tier(self.query_max_rows)[tier]),
+            max_answer_bytes=int(per_tier(self.query_max_answer_bytes)[tier]),
+            max_query_length=int(per_tier(self.query_max_length)[tier]))
 
     @field_validator("database_url")
     @classmethod

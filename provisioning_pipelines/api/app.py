@@ -31,6 +31,7 @@ from provisioning_pipelines.api import (
     metrics,
     operations,
     page,
+    queries,
     session,
     subscriptions,
     webhooks,
@@ -72,8 +73,8 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
         await api.drain(settings.shutdown_grace_seconds)
         await api.fanout.aclose()
 
-    modules = (webhooks, session, subscriptions, graphs, backups, operations, health, metrics,
-               page)
+    modules = (webhooks, session, subscriptions, graphs, queries, backups, operations, health,
+               metrics, page)
     routes = [route for module in modules for route in module.routes(api)]
     middleware = []
     if settings.cors_origins:  # only origins named in CORS_ALLOW_ORIGINS, with their cookies

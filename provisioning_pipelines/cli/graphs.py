@@ -1,5 +1,6 @@
-"""The operator's commands for the rest of a resource's life: ``graphs`` (list, show, delete,
-restore, backup, backups, restore-backup), ``subgraphs delete`` and ``subscriptions cancel``.
+"""The operator's commands for the rest of a resource's life: ``graphs`` (list, show, query,
+delete, restore, backup, backups, restore-backup), ``subgraphs delete`` and ``subscriptions
+cancel``.
 
 Each change runs its flow as one operation, in this process (or as a Dagster run with
 ``--via-dagster``), and prints the operation's result; the same checks as the API's come first.
@@ -30,6 +31,16 @@ def add_commands(commands_: Any, subgraphs: Any, subscriptions: Any) -> None:
     show = graphs.add_parser("show", help="one graph, with its subgraphs and backups")
     show.add_argument("graph_id", help="kg...")
     show.set_defaults(run=graphs_show)
+    query = graphs.add_parser("query", help="run a Cypher query on a graph or subgraph "
+                              "(read-only unless --write), within its tier's limits")
+    query.add_argument("graph_id", help="kg... (or a subgraph's kg..._name)")
+    query.add_argument("cypher", help='the query, e.g. "MATCH (e:Entity) RETURN e.name"')
+    query.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                       help="a $parameter; its value is read as JSON when it is JSON (5, "
+                       "true, [1,2], \"text\"), else taken as text; repeat for more")
+    query.add_argument("--write", action="store_true", help="allow the query to write")
+    query.add_argument("--json", action="store_true", help="print the answer as JSON")
+    query.set_defaults(run=graphs_query)
     delete = graphs.add_parser("delete", help="suspend a graph (cancelling its subscription); "
                                "it is deleted after GRAPH_DELETION_GRACE_DAYS")
     delete.add_argument("graph_id", help="kg...")
@@ -121,6 +132,68 @@ def graphs_show(args: argparse.Namespace, settings: Settings) -> int:
         shown["backups"] = [backups.describe(b) for b in backups.backups_of(session, graph.id)]
     print_json(shown)
     return 0
+
+
+def parse_params(given: list[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs: a value is JSON when it parses as JSON, else text."""
+    import json
+
+    from provisioning_pipelines.errors import InvalidRequest
+
+    found: dict[str, Any] = {}
+    for pair in given:
+        name, equals, text = pair.partition("=")
+        if not equals or not name:
+            raise InvalidRequest(f"--param: {pair[:60]!r} is not NAME=VALUE", field="param")
+        try:
+            found[name] = json.loads(text, parse_constant=_no_constant)
+        except ValueError:
+            found[name] = text
+    return found
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def graphs_query(args: argparse.Namespace, settings: Settings) -> int:
+    from provisioning_pipelines.runtime.resources import build_resources
+    from provisioning_pipelines.services.graphs import queries
+
+    parameters = parse_params(args.param)
+    with database_of(settings).session() as session:
+        target = queries.operator_target(session, args.graph_id, write=args.write)
+        host = queries.host_of(session, build_resources(settings)["graph_engine"].hosts(),
+                               target)
+    answer = queries.run(host, target, args.cypher, parameters,
+                         settings.query_limits(target.tier))
+    if args.json:
+        print_json(answer.to_dict())
+        return 0
+    print_table(answer.columns, answer.rows)
+    more = " (truncated: more rows than the tier's QUERY_MAX_ROWS)" if answer.truncated else ""
+    print(f"{answer.row_count} row(s) in {answer.elapsed_ms:g} ms{more}")
+    return 0
+
+
+def print_table(columns: list[str], rows: list[list[Any]]) -> None:
+    """Columns padded to their widest cell; a value that is not text is shown as JSON."""
+    import json
+
+    def cell(value: Any) -> str:
+        shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        return shown if len(shown) <= 60 else shown[:57] + "..."
+
+    cells = [[cell(value) for value in row] for row in rows]
+    widths = [max([len(name), *(len(row[i]) for row in cells)]) for i, name in
+              enumerate(columns)]
+    if not columns:
+        return
+    print("  ".join(name.ljust(width) for name, width in zip(columns, widths, strict=True)))
+    print("  ".join("-" * width for width in widths))
+    for row in cells:
+        print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True))
+              .rstrip())
 
 
 def graphs_delete(args: argparse.Namespace, settings: Settings) -> int:

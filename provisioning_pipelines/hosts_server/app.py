@@ -37,6 +37,7 @@ from provisioning_pipelines.errors import (
 )
 from provisioning_pipelines.storage.hosts.contract import check_graph_id
 from provisioning_pipelines.storage.hosts.local import LocalHost
+from provisioning_pipelines.storage.ladybug.queries import QueryLimits
 
 logger = logging.getLogger("provisioning_pipelines.hosts_server")
 
@@ -186,6 +187,22 @@ def create_app(host: LocalHost, tokens: Sequence[str], *, body_timeout: float = 
         # Values JSON has no type for (dates, decimals, ...) travel as their text.
         return json.loads(json.dumps({"rows": found}, default=str))
 
+    def run_query(request: Request, body: dict[str, Any]) -> Any:
+        query, params = body.get("query"), body.get("parameters") or {}
+        read_only = body.get("read_only", True)
+        if not isinstance(query, str):
+            raise InvalidRequest("query: required, a string", field="query")
+        if not isinstance(params, dict):
+            raise InvalidRequest("parameters: must be a JSON object", field="parameters")
+        if not isinstance(read_only, bool):
+            raise InvalidRequest("read_only: must be true or false", field="read_only")
+        limits = body.get("limits")
+        if not isinstance(limits, dict):
+            raise InvalidRequest("limits: required, an object", field="limits")
+        found = host.run_query(graph_id(request), query, params, read_only=read_only,
+                               limits=QueryLimits.from_dict(limits))
+        return found.to_dict()
+
     def tables(request: Request, _: dict[str, Any]) -> Any:
         return {"tables": host.tables(graph_id(request))}
 
@@ -212,6 +229,7 @@ def create_app(host: LocalHost, tokens: Sequence[str], *, body_timeout: float = 
         Route(f"{graph}/backups/{{name}}", endpoint(back_up), methods=["PUT"]),
         Route(f"{graph}/backups/{{name}}", endpoint(delete_backup), methods=["DELETE"]),
         Route(f"{graph}/query", endpoint(query, body=True), methods=["POST"]),
+        Route(f"{graph}/run", endpoint(run_query, body=True), methods=["POST"]),
         Route(f"{graph}/size", endpoint(size), methods=["GET"]),
         Route(f"{graph}/tables", endpoint(tables), methods=["GET"]),
         Route(f"{graph}/quarantine", endpoint(quarantine), methods=["POST"]),

@@ -6,11 +6,15 @@ killed and started again on its disk."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import quote
 
@@ -19,11 +23,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from provisioning_pipelines.errors import Conflict, HostUnavailable, InvalidRequest, NotFound
+from provisioning_pipelines.errors import (
+    AnswerTooLarge,
+    Conflict,
+    Forbidden,
+    HostUnavailable,
+    InvalidRequest,
+    NotFound,
+    QueryTimeout,
+    QueryTooLong,
+)
 from provisioning_pipelines.storage.graph_ids import ANY_GRAPH_ID, GRAPH_ID
 from provisioning_pipelines.storage.hosts import GraphHost, LocalHost
 from provisioning_pipelines.storage.hosts.client import CircuitBreaker, HostClient
 from provisioning_pipelines.storage.ladybug import sidecars
+from provisioning_pipelines.storage.ladybug.queries import QueryLimits
 from tests.host_serving import PREVIOUS_TOKEN, TOKEN, HostProcess
 
 DDL = [
@@ -252,6 +266,200 @@ def test_an_id_that_is_not_a_graph_id_is_refused_before_any_file(host, bad: str)
             call()
         assert refused.value.field == "graph_id"
     assert set(os.listdir(root.parent)) == before
+
+
+# --- customers' queries (run_query) ---------------------------------------------------------
+
+#: A query that runs for minutes over 1,500 people (3.4e9 rows filtered), unless interrupted.
+SLOW = ("MATCH (a:Person), (b:Person), (c:Person) WHERE a.id + b.id + c.id = -1 "
+        "RETURN count(*) AS n")
+
+
+def limits(**changed: float) -> QueryLimits:
+    return replace(QueryLimits(), **changed)
+
+
+def test_a_writers_rows_are_read_back_as_the_engine_holds_them(host) -> None:
+    host, _ = host
+    graph_id = new_id()
+    host.create(graph_id, DDL)
+    wrote = host.run_query(graph_id, "CREATE (:Person {id: 1, name: 'Ada'})-[:Knows {since: "
+                           "1843}]->(:Person {id: 2, name: $name})", {"name": "Charles"},
+                           read_only=False)
+    assert wrote.rows == [] and not wrote.truncated
+    found = host.run_query(graph_id, "MATCH (a:Person)-[k:Knows]->(b:Person) RETURN a, k, "
+                           "b.name AS name, date('2024-02-29') AS day, timestamp("
+                           "'2024-02-29 10:11:12') AS at")
+    assert found.columns == ["a", "k", "name", "day", "at"]
+    assert found.row_count == 1 and found.elapsed_ms >= 0
+    [[person, knows, name, day, at]] = found.rows
+    assert person == {"_kind": "node", "_label": "Person", "_id": person["_id"], "id": 1,
+                      "name": "Ada"}
+    assert knows == {"_kind": "rel", "_label": "Knows", "_id": knows["_id"],
+                     "_src": person["_id"], "_dst": knows["_dst"], "since": 1843}
+    assert (name, day, at) == ("Charles", "2024-02-29", "2024-02-29T10:11:12")
+    # What the engine holds, read through the control plane's own query.
+    assert person_rows(host, graph_id) == [{"id": 1, "name": "Ada"},
+                                           {"id": 2, "name": "Charles"}]
+    assert json.loads(json.dumps(found.to_dict())) == found.to_dict()
+
+
+def test_a_readers_write_is_refused_by_the_engine_and_changes_nothing(host) -> None:
+    host, _ = host
+    graph_id = new_id()
+    host.create(graph_id, DDL)
+    host.run_query(graph_id, "CREATE (:Person {id: 1, name: 'Ada'})", read_only=False)
+    for write in ("CREATE (:Person {id: 2, name: 'Eve'})",
+                  "MATCH (p:Person) SET p.name = 'Eve'", "MATCH (p:Person) DELETE p",
+                  "RETURN 1 AS x; CREATE (:Person {id: 3, name: 'Eve'})",
+                  "CREATE NODE TABLE Other(id INT64, PRIMARY KEY(id))"):
+        with pytest.raises(Forbidden) as refused:
+            host.run_query(graph_id, write)
+        assert refused.value.field == "query"
+    assert person_rows(host, graph_id) == [{"id": 1, "name": "Ada"}]
+    assert host.tables(graph_id) == [("Person", "NODE"), ("Knows", "REL")]
+
+
+def test_a_read_sees_every_write_made_since_the_last_one(host) -> None:
+    host, _ = host
+    graph_id = new_id()
+    host.create(graph_id, DDL)
+    count = "MATCH (p:Person) RETURN count(*) AS n"
+    assert host.run_query(graph_id, count).rows == [[0]]  # the reader is open now
+    host.query(graph_id, "CREATE (:Person {id: 1, name: 'a'})", read_only=False)
+    assert host.run_query(graph_id, count).rows == [[1]]
+    host.run_query(graph_id, "CREATE (:Person {id: 2, name: 'b'})", read_only=False)
+    assert host.run_query(graph_id, count).rows == [[2]]
+    host.delete(graph_id)
+    with pytest.raises(NotFound):
+        host.run_query(graph_id, count)
+
+
+def test_a_query_past_its_timeout_is_interrupted_and_the_next_one_answers(host) -> None:
+    host, _ = host
+    graph_id = new_id()
+    host.create(graph_id, DDL)
+    host.run_query(graph_id, "UNWIND range(1, 1500) AS i CREATE (:Person {id: i, name: 'p'})",
+                   read_only=False)
+    for query in (SLOW, f"CALL timeout=60000; {SLOW}"):  # a query cannot lift its own limit
+        started = time.monotonic()
+        with pytest.raises(QueryTimeout) as stopped:
+            host.run_query(graph_id, query, limits=limits(timeout_seconds=0.3))
+        took = time.monotonic() - started
+        assert 0.3 <= took < 0.3 + 1.5, took  # ran until the limit, and no longer
+        assert stopped.value.status_code == 408 and "timeout_seconds" in stopped.value.message
+        assert host.run_query(graph_id, "MATCH (p:Person) RETURN count(*)").rows == [[1500]]
+
+
+def test_rows_past_the_cap_are_cut_and_said_to_be(host) -> None:
+    host, _ = host
+    graph_id = new_id()
+    host.create(graph_id, DDL)
+    cut = host.run_query(graph_id, "UNWIND range(1, 25) AS i RETURN i",
+                         limits=limits(max_rows=10))
+    assert cut.rows == [[i] for i in range(1, 11)] and cut.row_count == 10 and cut.truncated
+    whole = host.run_query(graph_id, "UNWIND range(1, 10) AS i RETURN i",
+                           limits=limits(max_rows=10))
+    assert whole.row_count == 10 and not whole.truncated
+    assert QueryLimits().max_rows == 10_000
+
+
+def test_the_answers_size_and_the_querys_length_are_bounded(host) -> None:
+    host, _ = host
+    graph_id = new_id()
+    host.create(graph_id, DDL)
+    with pytest.raises(AnswerTooLarge) as large:
+        host.run_query(graph_id, "UNWIND range(1, 100) AS i RETURN i, $text AS text",
+                       {"text": "x" * 100}, limits=limits(max_answer_bytes=1000))
+    assert large.value.status_code == 422 and "max_answer_bytes" in large.value.message
+    query = "RETURN 1 AS one"
+    assert host.run_query(graph_id, query, limits=limits(max_query_length=len(query))).rows \
+        == [[1]]
+    with pytest.raises(QueryTooLong) as long:
+        host.run_query(graph_id, query + " ", limits=limits(max_query_length=len(query)))
+    assert long.value.status_code == 413 and "max_query_length" in long.value.message
+
+
+def test_a_cypher_error_is_the_engines_message_without_a_path(host) -> None:
+    host, root = host
+    graph_id = new_id()
+    host.create(graph_id, DDL)
+    for query, said in (("MATCH (n:Nowhere) RETURN n", "Nowhere"),
+                        ("MATCH (n:Person RETURN n", "Parser exception")):
+        with pytest.raises(InvalidRequest) as broken:
+            host.run_query(graph_id, query)
+        assert type(broken.value) is InvalidRequest and broken.value.status_code == 422
+        assert said in broken.value.message and str(root) not in broken.value.message
+
+
+@pytest.mark.parametrize("query", [
+    "LOAD FROM '/etc/hostname' (file_format='csv', header=false) RETURN *",
+    "COPY (MATCH (p:Person) RETURN p.id) TO '/tmp/out.csv'",
+    "COPY Person FROM '/tmp/people.csv'", "EXPORT DATABASE '/tmp/everything'",
+    "INSTALL json", "load  extension json", "ATTACH '/tmp/x.lbug' AS x (dbtype lbug)"])
+def test_a_query_cannot_reach_the_servers_files(host, query: str) -> None:
+    host, _ = host
+    graph_id = new_id()
+    host.create(graph_id, DDL)
+    for read_only in (True, False):
+        with pytest.raises(Forbidden):
+            host.run_query(graph_id, query, read_only=read_only)
+    # Words of the same name elsewhere are only words.
+    assert host.run_query(graph_id, "WITH 'LOAD FROM x' AS copy RETURN copy AS load").rows \
+        == [["LOAD FROM x"]]
+
+
+#: JSON values the engine takes as parameters: its refusals (an empty list, a list of nulls,
+#: a struct with a null field) are 422s, shown in docs/api.md.
+SCALARS = (st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+           | st.text(max_size=20) | st.booleans())
+VALUES = (SCALARS | st.none()
+          | st.lists(st.integers(-2**63, 2**63 - 1), min_size=1, max_size=5)
+          | st.lists(st.text(max_size=5), min_size=1, max_size=5)
+          | st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True), SCALARS,
+                            max_size=4))
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.dictionaries(st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True), VALUES,
+                              min_size=1, max_size=4))
+def test_parameters_come_back_as_the_json_they_were(host, values: dict) -> None:
+    host, _ = host
+    graph_id = shared_graph(host)
+    names = sorted(values)
+    found = host.run_query(graph_id, "RETURN " + ", ".join(f"${name} AS {name}"
+                                                           for name in names), values)
+    assert found.columns == names
+    assert found.rows == [[values[name] for name in names]]
+    assert json.loads(json.dumps(found.rows)) == found.rows
+
+
+_SHARED: dict[str, str] = {}
+
+
+def shared_graph(host: GraphHost) -> str:
+    """One graph per host for the hypothesis examples (a create per example is slow)."""
+    if host.host_id not in _SHARED:
+        _SHARED[host.host_id] = new_id()
+        host.create(_SHARED[host.host_id], DDL)
+    return _SHARED[host.host_id]
+
+
+def test_a_local_reader_sees_a_write_made_by_another_process(tmp_path: Path) -> None:
+    host = LocalHost("host-local", tmp_path, tier=TIER, capacity=CAPACITY)
+    graph_id = new_id()
+    host.create(graph_id, DDL)
+    count = "MATCH (p:Person) RETURN count(*) AS n"
+    assert host.run_query(graph_id, count).rows == [[0]]
+    writer = ("import ladybug, sys; db = ladybug.Database(sys.argv[1]); "
+              "ladybug.Connection(db).execute(\"CREATE (:Person {id: 7, name: 'x'})\")")
+    subprocess.run([sys.executable, "-c", writer, str(tmp_path / f"{graph_id}.lbug")],
+                   check=True, timeout=60)
+    assert host.run_query(graph_id, count).rows == [[1]]
+    assert len(host.engine.readers) >= 1
+    host.delete(graph_id)  # its reader is closed first
+    assert host.engine.readers.evict(tmp_path / f"{graph_id}.lbug") is False
 
 
 # --- the server only ----------------------------------------------------------------------

@@ -33,6 +33,7 @@ from provisioning_pipelines.storage.hosts.contract import (
     check_backup_name,
     check_graph_id,
 )
+from provisioning_pipelines.storage.ladybug.queries import QueryLimits, QueryResult
 
 logger = logging.getLogger(__name__)
 
@@ -126,11 +127,16 @@ class HostClient(GraphHost):
                                reached=reached)
 
     def _call(self, method: str, path: str, *, body: Any = None, repeatable: bool,
-              wait: float | None = None) -> Any:
+              wait: float | None = None, longer: float = 0.0) -> Any:
         """One call, retried if ``repeatable``; with ``wait``, one try that waits at most that
-        many seconds for the answer."""
+        many seconds for the answer; ``longer``: seconds the host may take beyond the client's
+        timeout (a query's own time limit)."""
         tries = self.attempts if repeatable and wait is None else 1
         timeout: Any = httpx.USE_CLIENT_DEFAULT if wait is None else httpx.Timeout(wait)
+        if longer and wait is None:
+            base = self._http.timeout
+            timeout = httpx.Timeout(base.read + longer if base.read else None,
+                                    connect=base.connect)
         reached = False  # whether any try may have reached the host
         for attempt in range(1, tries + 1):
             if not self.breaker.allow():
@@ -223,6 +229,15 @@ class HostClient(GraphHost):
         found = self._call("POST", f"{self._graph(graph_id)}/query", body=body,
                            repeatable=read_only)
         return list(found["rows"])
+
+    def run_query(self, graph_id: str, cypher: str, params: Mapping[str, Any] | None = None, *,
+                  read_only: bool = True, limits: QueryLimits | None = None) -> QueryResult:
+        limits = limits or QueryLimits()
+        body = {"query": cypher, "parameters": dict(params or {}), "read_only": read_only,
+                "limits": limits.to_dict()}
+        found = self._call("POST", f"{self._graph(graph_id)}/run", body=body,
+                           repeatable=read_only, longer=limits.timeout_seconds)
+        return QueryResult.from_dict(found)
 
     def tables(self, graph_id: str) -> list[tuple[str, str]]:
         found = self._call("GET", f"{self._graph(graph_id)}/tables", repeatable=True)

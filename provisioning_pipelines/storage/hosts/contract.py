@@ -5,8 +5,12 @@ data root, with an in-process implementation (``local``) and an HTTP client of t
 Which calls may be repeated is part of the contract, since the client retries exactly those:
 ``create`` (on the graph id: a retry returns what exists; another schema under the id is a
 ``Conflict``), ``delete`` (a missing graph is fine), ``back_up`` (on the backup's name),
-``checkpoint`` and every read. ``fork`` and a writing ``query`` are not: a repeated fork would
-copy its rows twice.
+``checkpoint`` and every read. ``fork`` and a writing ``query`` or ``run_query`` are not: a
+repeated fork would copy its rows twice.
+
+``query`` is the control plane's (rows as dicts, for the flows); ``run_query`` is a customer's:
+bounded by the tier's ``QueryLimits``, its values JSON, a write refused by the engine's read-only
+mode (``Forbidden``) when ``read_only``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 from provisioning_pipelines.errors import NotFound
 from provisioning_pipelines.storage.graph_ids import ANY_GRAPH_ID
+from provisioning_pipelines.storage.ladybug.queries import QueryLimits, QueryResult
 
 #: A backup's name under its graph (becomes a file name: letters, digits, ``_``, ``-``).
 BACKUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -119,6 +124,15 @@ class GraphHost(abc.ABC):
     def query(self, graph_id: str, cypher: str, params: Mapping[str, Any] | None = None, *,
               read_only: bool = True) -> list[dict[str, Any]]:
         """Rows as dicts; a read-only query that writes is refused (``InvalidRequest``)."""
+
+    @abc.abstractmethod
+    def run_query(self, graph_id: str, cypher: str, params: Mapping[str, Any] | None = None, *,
+                  read_only: bool = True, limits: QueryLimits | None = None) -> QueryResult:
+        """A customer's query: columns and rows as JSON, at most ``limits.max_rows`` of them
+        (``truncated`` says whether there were more). 403 for a write when ``read_only``
+        (refused by the engine), 408 past the timeout (the query interrupted), 413 past the
+        query's length, 422 past the answer's size or for an error of the query (the
+        engine's message, no path)."""
 
     @abc.abstractmethod
     def tables(self, graph_id: str) -> list[tuple[str, str]]:

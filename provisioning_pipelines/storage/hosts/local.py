@@ -48,6 +48,8 @@ from provisioning_pipelines.storage.ladybug import (
 from provisioning_pipelines.storage.ladybug import backups as ladybug_backups
 from provisioning_pipelines.storage.ladybug.cypher import rows
 from provisioning_pipelines.storage.ladybug.fork import FORK_WORKSPACE
+from provisioning_pipelines.storage.ladybug.queries import QueryLimits, QueryResult, check_query
+from provisioning_pipelines.storage.ladybug.readers import evict_everywhere
 from provisioning_pipelines.storage.ladybug.schema import table_keys
 
 #: What LadybugDB says when a read-only open is asked to write.
@@ -194,6 +196,18 @@ class LocalHost(GraphHost):
                 raise InvalidRequest(f"cypher: {exc.message}", field="cypher") from exc
             raise
 
+    def run_query(self, graph_id: str, cypher: str, params: Mapping[str, Any] | None = None, *,
+                  read_only: bool = True, limits: QueryLimits | None = None) -> QueryResult:
+        """On the file's kept read-only handle (``LadybugEngine.run_query``), so a query costs
+        no open; see ``storage/ladybug/readers.py`` for why read-only and how it stays fresh."""
+        limits = limits or QueryLimits()
+        path = self._held(graph_id)
+        check_query(cypher, limits)
+        if params is not None and not isinstance(params, Mapping):
+            raise InvalidRequest("parameters: must be an object", field="parameters")
+        return self.engine.run_query(path, cypher, dict(params or {}), read_only=read_only,
+                                     limits=limits)
+
     def tables(self, graph_id: str) -> list[tuple[str, str]]:
         return [(table.name, table.kind) for table in
                 self.engine.list_tables(self._held(graph_id))]
@@ -204,6 +218,7 @@ class LocalHost(GraphHost):
         stamp = time.strftime("%Y%m%dT%H%M%S")
         moved = False
         with files.WRITE_LOCKS.hold(files.lock_key(path)):
+            evict_everywhere(path)
             for part in (path, *files.sidecars(path)):
                 if part.exists():
                     folder.mkdir(exist_ok=True)

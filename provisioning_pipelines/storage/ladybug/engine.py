@@ -50,11 +50,12 @@ import ladybug
 from provisioning_pipelines.errors import (
     Conflict,
     EngineError,
+    Forbidden,
     NotFound,
     ProvisioningError,
     StorageFull,
 )
-from provisioning_pipelines.storage.ladybug import files, fork
+from provisioning_pipelines.storage.ladybug import files, fork, queries
 from provisioning_pipelines.storage.ladybug.cypher import (
     Statement,
     count,
@@ -62,6 +63,8 @@ from provisioning_pipelines.storage.ladybug.cypher import (
     rows,
     run_in_transaction,
 )
+from provisioning_pipelines.storage.ladybug.queries import QueryLimits, QueryResult
+from provisioning_pipelines.storage.ladybug.readers import ReaderCache, evict_everywhere
 from provisioning_pipelines.storage.ladybug.schema import (
     TableInfo,
     expected_tables,
@@ -93,7 +96,8 @@ def _unfinished(path: Path, cause: Exception | None) -> StorageFull:
 
 
 class LadybugEngine:
-    """Creates, reads, forks and deletes LadybugDB files; never keeps a handle between calls."""
+    """Creates, reads, forks and deletes LadybugDB files. The one handle kept between calls is
+    a read-only one for customers' queries (``readers``), closed before any write here."""
 
     def __init__(
         self,
@@ -104,6 +108,8 @@ class LadybugEngine:
         data_buffer_pool_bytes: int = 256 * MiB,
         max_db_bytes: int = 1 << 40,
         lock_timeout: float = 10.0,
+        reader_idle_seconds: float = 30.0,
+        max_readers: int = 32,
     ) -> None:
         if max_db_bytes <= 0 or max_db_bytes & (max_db_bytes - 1):
             raise ValueError("max_db_bytes must be a power of two (a LadybugDB requirement)")
@@ -115,6 +121,9 @@ class LadybugEngine:
         self.lock_timeout = lock_timeout
         self._verified: dict[str, tuple[int, int, int]] = {}
         self._verified_lock = threading.Lock()
+        #: Read-only handles kept between customers' queries (``readers``).
+        self.readers = ReaderCache(self._open_reader, idle_seconds=reader_idle_seconds,
+                                   max_open=max_readers)
 
     # ------------------------------------------------------------------ handles
 
@@ -160,6 +169,8 @@ class LadybugEngine:
         """One open-work-close cycle; the handle is closed whatever happens."""
         if read_only and not path.is_file():
             raise NotFound(f"graph database not found: {path.name}")
+        if not read_only:  # no reader of this process stays open beside a writer
+            evict_everywhere(path)
         db = self._open(path, read_only=read_only, pool=pool)
         try:
             conn = ladybug.Connection(db)
@@ -388,6 +399,7 @@ class LadybugEngine:
         """Remove the file and its sidecars; True if anything was removed."""
         path = Path(path)
         with files.WRITE_LOCKS.hold(files.lock_key(path)):
+            evict_everywhere(path)
             try:
                 return files.remove_with_sidecars(path, thorough=True)
             except OSError as exc:
@@ -417,6 +429,25 @@ class LadybugEngine:
                 return rows(conn.execute(cypher, parameters or {}))
             except Exception as exc:
                 raise EngineError(f"query failed on {path.name}: {exc}") from exc
+
+    def _open_reader(self, path: Path) -> ladybug.Database:
+        return self._open(path, read_only=True, pool=self.data_buffer_pool_bytes)
+
+    def run_query(self, path: Path, cypher: str, parameters: dict[str, Any] | None, *,
+                  read_only: bool, limits: QueryLimits) -> QueryResult:
+        """A customer's query within ``limits``. It runs on the file's kept read-only handle
+        (``readers``), where the engine refuses any write; a caller who may write and whose
+        query the engine refused there gets it again on a writable open (the refusal comes
+        before anything runs, so nothing is done twice)."""
+        path = Path(path)
+        try:
+            with self.readers.connection(path) as conn:
+                return queries.run(conn, cypher, parameters, limits)
+        except Forbidden:
+            if read_only:
+                raise
+        with self.writing(path, pool=self.data_buffer_pool_bytes) as conn:
+            return queries.run(conn, cypher, parameters, limits)
 
     def count_rows(self, path: Path) -> dict[str, int]:
         """Rows per table (nodes or relationships)."""
