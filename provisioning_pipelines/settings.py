@@ -174,6 +174,7 @@ class Settings(BaseSettings):
     query_max_answer_bytes: str = Field(DEFAULT_QUERY_MAX_ANSWER_BYTES,
                                         validation_alias="QUERY_MAX_ANSWER_BYTES")
     query_max_length: str = Field(DEFAULT_QUERY_MAX_LENGTH, validation_alias="QUERY_MAX_LENGTH")
+    idempotency_key_hours: PositiveFloat = Field(24.0, validation_alias="IDEMPOTENCY_KEY_HOURS")
 
     metrics_dir: Path | None = Field(None, validation_alias="PROMETHEUS_MULTIPROC_DIR")
 

@@ -28,6 +28,7 @@ from provisioning_pipelines.api import (
     backups,
     graphs,
     health,
+    members,
     metrics,
     operations,
     page,
@@ -73,15 +74,16 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
         await api.drain(settings.shutdown_grace_seconds)
         await api.fanout.aclose()
 
-    modules = (webhooks, session, subscriptions, graphs, queries, backups, operations, health,
-               metrics, page)
+    modules = (webhooks, session, subscriptions, graphs, queries, backups, members, operations,
+               health, metrics, page)
     routes = [route for module in modules for route in module.routes(api)]
     middleware = []
     if settings.cors_origins:  # only origins named in CORS_ALLOW_ORIGINS, with their cookies
         middleware.append(Middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"], max_age=600))
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID",
+                           "Idempotency-Key"], max_age=600))
     app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
     app.state.api = api
     app.state.recovery = recovery

@@ -14,7 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from provisioning_pipelines.api import pages
 from provisioning_pipelines.api.context import ApiContext, guard
+from provisioning_pipelines.api.idempotency import idempotent
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows import (
     BACKUP_FLOW,
@@ -47,10 +49,13 @@ def routes(api: ApiContext) -> list[Route]:
 
     def list_backups(request: Request) -> Response:
         user = api.user_of(request)
+        page = pages.page_request(request, "backups")
         with api.database.session() as session:
             graph = graphs.visible_graph(session, request.path_params["graph_id"], user.user_id)
-            found = backups.backups_of(session, graph.id)
-            return JSONResponse({"backups": [backups.describe(backup) for backup in found]})
+            found = backups.backups_page(session, graph.id, after=page.after, limit=page.limit)
+            return JSONResponse(pages.page_answer(
+                "backups", [backups.describe(backup) for backup in found.items], "backups",
+                found.next_key))
 
 
     async def restore_backup(request: Request) -> Response:
@@ -79,7 +84,8 @@ def routes(api: ApiContext) -> list[Route]:
 
     return [
         Route("/v1/graphs/{graph_id}/backups", guard(list_backups), methods=["GET"]),
-        Route("/v1/graphs/{graph_id}/backups", guard(back_up_graph), methods=["POST"]),
-        Route("/v1/graphs/{graph_id}/backups/{backup_id}/restore", guard(restore_backup),
+        Route("/v1/graphs/{graph_id}/backups", guard(idempotent(api, back_up_graph)),
               methods=["POST"]),
+        Route("/v1/graphs/{graph_id}/backups/{backup_id}/restore",
+              guard(idempotent(api, restore_backup)), methods=["POST"]),
     ]

@@ -13,7 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from provisioning_pipelines.api import pages
 from provisioning_pipelines.api.context import ApiContext, guard
+from provisioning_pipelines.api.idempotency import idempotent
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.flows import (
     REACTIVATION_FLOW,
@@ -97,9 +99,12 @@ def routes(api: ApiContext) -> list[Route]:
 
     def list_graphs(request: Request) -> Response:
         user = api.user_of(request)
+        page = pages.page_request(request, "graphs")
         with api.database.session() as session:
-            return JSONResponse({"graphs": graphs.graphs_of(session, user.user_id,
-                                                            api.hosts)})
+            found = graphs.graphs_page(session, user.user_id, api.hosts, after=page.after,
+                                       limit=page.limit)
+        return JSONResponse(pages.page_answer("graphs", found.items, "graphs",
+                                              found.next_key))
 
     def show_graph(request: Request) -> Response:
         user = api.user_of(request)
@@ -111,8 +116,10 @@ def routes(api: ApiContext) -> list[Route]:
         Route("/v1/graphs", guard(list_graphs)),
         Route("/v1/graphs/{graph_id}", guard(show_graph)),
         Route("/v1/graphs/{graph_id}", guard(delete_graph), methods=["DELETE"]),
-        Route("/v1/graphs/{graph_id}/restore", guard(restore_graph), methods=["POST"]),
-        Route("/v1/graphs/{graph_id}/subgraphs", guard(create_subgraph), methods=["POST"]),
+        Route("/v1/graphs/{graph_id}/restore", guard(idempotent(api, restore_graph)),
+              methods=["POST"]),
+        Route("/v1/graphs/{graph_id}/subgraphs", guard(idempotent(api, create_subgraph)),
+              methods=["POST"]),
         Route("/v1/graphs/{graph_id}/subgraphs/{name}", guard(delete_subgraph),
               methods=["DELETE"]),
     ]

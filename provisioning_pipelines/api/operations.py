@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from provisioning_pipelines import metrics
+from provisioning_pipelines.api import pages
 from provisioning_pipelines.api.context import RETRY_AFTER_SECONDS, ApiContext, guard, logger
 from provisioning_pipelines.direct.rebuild import rebuild_lost_operation
 from provisioning_pipelines.errors import InvalidRequest, NotFound
@@ -33,6 +34,7 @@ from provisioning_pipelines.storage.events import (
     Operation,
     OperationEvent,
     event_id_key,
+    page_key,
 )
 
 #: Seconds a stream gets to send its final event once the server shuts down.
@@ -59,8 +61,14 @@ def routes(api: ApiContext) -> list[Route]:
 
     def list_operations(request: Request) -> Response:
         user = api.user_of(request)
-        return JSONResponse({"operations": [_view(operation, kind=True) for operation in
-                                            api.store.operations_of(user.user_id)]})
+        page = pages.page_request(request, "operations", timed=False)
+        found = api.store.operations_of(user.user_id, limit=page.limit + 1,
+                                        before=page.after)
+        shown = found[:page.limit]
+        next_key = page_key(shown[-1]) if len(found) > page.limit else None
+        return JSONResponse(pages.page_answer(
+            "operations", [_view(operation, kind=True) for operation in shown], "operations",
+            next_key))
 
     async def operation_events(request: Request) -> Response:
         operation = await run_in_threadpool(operation_of, request)

@@ -11,7 +11,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from provisioning_pipelines.api import pages
 from provisioning_pipelines.api.context import ApiContext, guard
+from provisioning_pipelines.api.idempotency import idempotent
 from provisioning_pipelines.flows import SUSPENSION_FLOW, Flow, LifecycleConfig
 from provisioning_pipelines.services import requests as subscriptions
 from provisioning_pipelines.services.access.accounts import Identity
@@ -46,9 +48,12 @@ def routes(api: ApiContext) -> list[Route]:
 
     def list_subscriptions(request: Request) -> Response:
         user = api.user_of(request)
+        page = pages.page_request(request, "subscriptions")
         with api.database.session() as session:
-            return JSONResponse({"subscriptions": billing.subscriptions_of(session,
-                                                                           user.user_id)})
+            found = billing.subscriptions_page(session, user.user_id, after=page.after,
+                                               limit=page.limit)
+        return JSONResponse(pages.page_answer("subscriptions", found.items, "subscriptions",
+                                              found.next_key))
 
     async def cancel_subscription(request: Request) -> Response:
         subscription_id = request.path_params["subscription_id"]
@@ -65,7 +70,7 @@ def routes(api: ApiContext) -> list[Route]:
 
     return [
         Route("/v1/subscriptions", guard(list_subscriptions), methods=["GET"]),
-        Route("/v1/subscriptions", guard(create_subscription), methods=["POST"]),
+        Route("/v1/subscriptions", guard(idempotent(api, create_subscription)), methods=["POST"]),
         Route("/v1/subscriptions/{subscription_id}", guard(show_subscription)),
         Route("/v1/subscriptions/{subscription_id}", guard(cancel_subscription),
               methods=["DELETE"]),

@@ -192,6 +192,7 @@ class Recovery:
         with self._database.session() as session:
             housekeeping.remove_old_webhook_events(
                 session, retention_days=self.webhook_retention_days)
+            housekeeping.remove_expired_idempotency_keys(session)
         with self._database.session() as session:
             return housekeeping.sweep(
                 session, resources["graph_engine"].graph_data_dir,

@@ -363,6 +363,26 @@ class GraphBackup(Base):
     expires_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
+class IdempotencyKey(Base):
+    """A user's ``Idempotency-Key`` on a POST that creates something: the request it came with
+    (a fingerprint) and, once answered, the answer, replayed to a retry of the same request."""
+
+    __tablename__ = "idempotency_keys"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    #: ``running`` until answered (``token`` names the request holding it), then ``done``.
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    token: Mapped[str | None] = mapped_column(String(64))
+    locked_until: Mapped[datetime | None]
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class BillingChange(Base):
     """A change decided here (a cancellation or a reactivation) that the billing system must
     be told of: written in the transaction of the change itself, sent afterwards.

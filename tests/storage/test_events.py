@@ -11,10 +11,13 @@ import json
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from provisioning_pipelines.storage.events import (
     EVENT_CANCELLED,
@@ -33,6 +36,7 @@ from provisioning_pipelines.storage.events import (
     RedisOperationStore,
     build_operation_store,
     event_id_key,
+    page_key,
 )
 from tests.storage.conftest import (
     UNREACHABLE_URL,
@@ -367,3 +371,55 @@ def test_a_users_operations_are_listed_newest_first_and_only_theirs(
     assert len(store.operations_of("usr_b")) == 1
     assert store.operations_of("usr_nobody") == []
 
+
+
+def _walk(store: OperationStore, user_id: str, limit: int,
+          between: Callable[[], None] | None = None) -> list[str]:
+    """Every page of the user's operations, ``limit`` at a time, from the newest."""
+    seen: list[str] = []
+    before = None
+    while True:
+        page = store.operations_of(user_id, limit=limit, before=before)
+        seen.extend(operation.id for operation in page)
+        if len(page) < limit:
+            return seen
+        before = page_key(page[-1])
+        if between is not None:
+            between()
+
+
+def test_pages_of_a_users_operations_lose_and_repeat_none_while_more_are_made(
+    make_store: MakeStore,
+) -> None:
+    """250 operations, many in one millisecond (ties broken by id), walked 7 at a time while
+    new ones are made between pages: each of the first 250 is seen exactly once, newest first,
+    and the new ones (newer than the walk's start) are not met on the way down."""
+    store = make_store()
+    made = [store.create("graph_provisioning", user_id="usr_p").id for _ in range(250)]
+    store.create("graph_provisioning", user_id="usr_q")  # somebody else's
+    time.sleep(0.002)  # the new ones are of a later millisecond than any of the 250
+    newer: list[str] = []
+    seen = _walk(store, "usr_p", 7,
+                 lambda: newer.append(store.create("backup", user_id="usr_p").id))
+    assert sorted(seen) == sorted(made) and len(seen) == 250
+    keys = [page_key(store.get(op)) for op in seen]  # type: ignore[arg-type]
+    assert keys == sorted(keys, reverse=True)
+    assert newer and set(newer).isdisjoint(seen)
+    assert set(_walk(store, "usr_p", 100)[:len(newer)]) == set(newer)
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(limit=st.integers(min_value=1, max_value=12),
+       before=st.tuples(st.integers(min_value=0, max_value=2**53), st.text(max_size=40)))
+def test_any_limit_and_any_key_give_a_slice_of_the_list_in_order(
+    make_store: MakeStore, limit: int, before: tuple[int, str]) -> None:
+    store = make_store()
+    user = f"usr_{uuid.uuid4().hex}"
+    for _ in range(5):
+        store.create("graph_provisioning", user_id=user)
+    everything = store.operations_of(user, limit=100)
+    expected = [o.id for o in everything if page_key(o) < before][:limit]
+    assert [o.id for o in store.operations_of(user, limit=limit, before=before)] == expected
+    assert [o.id for o in store.operations_of(user, limit=limit)] == [
+        o.id for o in everything][:limit]

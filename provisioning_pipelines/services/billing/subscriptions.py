@@ -15,7 +15,7 @@ from sqlalchemy import Executable, Row, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import InvalidRequest, NotFound
-from provisioning_pipelines.services import audit
+from provisioning_pipelines.services import audit, pages
 from provisioning_pipelines.services.billing import outbox
 from provisioning_pipelines.services.billing.event_order import (
     WATERMARK,
@@ -291,6 +291,19 @@ def subscriptions_of(session: Session, user_id: str, limit: int = 200) -> list[d
                            .order_by(Subscription.created_at.desc()).limit(limit))
     return [{**summary(row), "operation_id": row.operation_id,
              "created_at": row.created_at.isoformat()} for row in rows]
+
+
+def subscriptions_page(session: Session, user_id: str, *, after: pages.Key | None = None,
+                       limit: int = pages.DEFAULT_LIMIT) -> pages.Page[dict[str, Any]]:
+    """One page of ``subscriptions_of`` (``GET /v1/subscriptions``)."""
+    found = pages.keyset(session, select(Subscription).where(Subscription.user_id == user_id),
+                         Subscription.created_at, Subscription.id, after=after, limit=limit)
+    return found.map(_listed)
+
+
+def _listed(row: Subscription) -> dict[str, Any]:
+    return {**summary(row), "operation_id": row.operation_id,
+            "created_at": row.created_at.isoformat()}
 
 
 def subscription_of_user(session: Session, subscription_id: str, user_id: str) -> Subscription:

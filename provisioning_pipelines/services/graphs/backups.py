@@ -21,10 +21,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, InvalidRequest, NotFound, PaymentRequired
-from provisioning_pipelines.services import audit
+from provisioning_pipelines.services import audit, pages
 from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.catalog import TIERS
-from provisioning_pipelines.services.graphs import lifecycle
+from provisioning_pipelines.services.graphs import lifecycle, roles
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
 from provisioning_pipelines.services.graphs.states import GRAPH, LIVE
@@ -125,7 +125,15 @@ def describe(backup: GraphBackup) -> dict[str, Any]:
 
 def backups_of(session: Session, graph_id: str) -> list[GraphBackup]:
     return list(session.scalars(select(GraphBackup).where(GraphBackup.graph_id == graph_id)
-                                .order_by(GraphBackup.created_at.desc())))
+                                .order_by(GraphBackup.created_at.desc(),
+                                          GraphBackup.id.desc())))
+
+
+def backups_page(session: Session, graph_id: str, *, after: pages.Key | None = None,
+                 limit: int = pages.DEFAULT_LIMIT) -> pages.Page[GraphBackup]:
+    """One page of the graph's backups, newest first (``GET .../backups``)."""
+    return pages.keyset(session, select(GraphBackup).where(GraphBackup.graph_id == graph_id),
+                        GraphBackup.created_at, GraphBackup.id, after=after, limit=limit)
 
 
 def backup_of(session: Session, graph_id: str, backup_id: str) -> GraphBackup:
@@ -234,9 +242,13 @@ def plan_restore(session: Session, *, user_id: str, graph_id: str, backup_id: st
 
 
 def _owned_top_level(session: Session, graph_id: str, user_id: str, *, field: str) -> Graph:
+    """A top-level graph the user administers: 404 for one they do not see (``roles``), 403
+    for one they are a writer or reader of."""
     graph = session.get(Graph, graph_id) if graphs.GRAPH_ID.fullmatch(graph_id) else None
-    if graph is None or graph.owner_user_id != user_id or graph.parent_graph_id is not None:
+    if graph is None or graph.parent_graph_id is not None or not roles.sees(
+            session, graph, user_id):
         raise NotFound(f"{field}: no graph {graph_id[:70]!r}", field=field)
+    roles.check_admin(session, graph, user_id, field=field, what="restore into it")
     return graph
 
 

@@ -36,12 +36,13 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.errors import Conflict, Forbidden, NotFound
+from provisioning_pipelines.errors import Conflict, NotFound
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.services.billing.states import SUBSCRIPTION
 from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs import records as graphs
+from provisioning_pipelines.services.graphs import roles
 from provisioning_pipelines.services.graphs.states import GRAPH, LIVE
 from provisioning_pipelines.storage.hosts.directory import HostDirectory
 from provisioning_pipelines.storage.models import (
@@ -342,16 +343,14 @@ def live_graphs(session: Session) -> list[str]:
 
 
 def managed_graph(session: Session, graph_id: str, user_id: str) -> Graph:
-    """A top-level graph the user owns or administers; one they cannot see is not found."""
+    """A top-level graph the user administers (``roles``); one they cannot see is not found,
+    one they are a writer or reader of is forbidden."""
     graph = graphs.visible_graph(session, graph_id, user_id)
     if graph.parent_graph_id is not None:
         raise NotFound(f"graph_id: {graph_id!r} is a subgraph; delete it with DELETE "
                        f"/v1/graphs/{graph.parent_graph_id}/subgraphs/{graph.name}",
                        field="graph_id")
-    role = session.get(GraphUser, (graph_id, user_id))
-    if graph.owner_user_id != user_id and (role is None or role.role != "admin"):
-        raise Forbidden(f"graph_id: only the owner or an admin of {graph_id!r} may change it",
-                        field="graph_id")
+    roles.check_admin(session, graph, user_id)
     return graph
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Row, delete, or_, select, update
+from sqlalchemy import Row, Select, delete, select, update
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import (
@@ -25,10 +25,11 @@ from provisioning_pipelines.errors import (
     NotFound,
     ProvisioningError,
 )
-from provisioning_pipelines.services import audit
+from provisioning_pipelines.services import audit, pages
 from provisioning_pipelines.services.billing import credits
 from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.catalog import Tier, customer_tier
+from provisioning_pipelines.services.graphs import roles
 from provisioning_pipelines.services.graphs.graph_requests import GraphRequest
 from provisioning_pipelines.services.provisioning import claims, queue
 from provisioning_pipelines.storage.db import Database, insert_all
@@ -296,14 +297,13 @@ def grant_role(session: Session, graph_id: str, user_id: str, role: str) -> None
 
 
 def visible_graph(session: Session, graph_id: str, user_id: str) -> Graph:
-    """A graph the user owns or has a role on; any other answers exactly like one that does
-    not exist. (A deleted graph's roles are gone; its owner still sees its tombstone.)"""
+    """A graph the user is a member of (``roles.sees``); any other answers exactly like one
+    that does not exist. (A deleted graph's roles are gone; its owner still sees its tombstone.)
+    """
     if not ANY_GRAPH_ID.fullmatch(graph_id):
         raise NotFound(f"no graph {graph_id[:70]!r}", field="graph_id")
     graph = session.get(Graph, graph_id)
-    if graph is None or graph.status == RESTORING or (
-            graph.owner_user_id != user_id
-            and session.get(GraphUser, (graph_id, user_id)) is None):
+    if graph is None or graph.status == RESTORING or not roles.sees(session, graph, user_id):
         raise NotFound(f"no graph {graph_id!r}", field="graph_id")
     return graph
 
@@ -373,13 +373,25 @@ def _view(graph: Graph, unhealthy_hosts: set[str], sizes: Mapping[str, int | Non
 
 def graphs_of(session: Session, user_id: str, directory: HostDirectory | None = None
               ) -> list[dict[str, Any]]:
-    """The top-level graphs the user owns or has a role on, newest first, with subgraphs."""
-    roles = select(GraphUser.graph_id).where(GraphUser.user_id == user_id)
-    graphs = session.scalars(
-        select(Graph).where(Graph.parent_graph_id.is_(None), Graph.status != RESTORING,
-                            or_(Graph.owner_user_id == user_id, Graph.id.in_(roles)))
-        .order_by(Graph.created_at.desc())).all()
-    return [describe(session, graph, directory) for graph in graphs]
+    """The top-level graphs the user is a member of (``roles.seen_by``), newest first, with
+    subgraphs."""
+    found = session.scalars(_graphs_seen_by(user_id)
+                            .order_by(Graph.created_at.desc(), Graph.id.desc())).all()
+    return [describe(session, graph, directory) for graph in found]
+
+
+def graphs_page(session: Session, user_id: str, directory: HostDirectory | None = None, *,
+                after: pages.Key | None = None, limit: int = pages.DEFAULT_LIMIT
+                ) -> pages.Page[dict[str, Any]]:
+    """One page of ``graphs_of`` (``GET /v1/graphs``)."""
+    found = pages.keyset(session, _graphs_seen_by(user_id), Graph.created_at, Graph.id,
+                         after=after, limit=limit)
+    return found.map(lambda graph: describe(session, graph, directory))
+
+
+def _graphs_seen_by(user_id: str) -> Select[tuple[Graph]]:
+    return select(Graph).where(Graph.parent_graph_id.is_(None), Graph.status != RESTORING,
+                               roles.seen_by(user_id))
 
 
 def all_graphs(session: Session, *, limit: int = 1000) -> list[dict[str, Any]]:

@@ -35,5 +35,6 @@ GRAPH = StateTable(
         "back_up": Action(LIVE, "backed up"),
         "add_subgraph": Action(("active",), "given a subgraph"),
         "restore_into": Action(("active",), "restored into (reactivate it first)"),
+        "change_members": Action(("active",), "given or denied members"),
     },
 )

@@ -20,7 +20,6 @@ from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import (
     Conflict,
-    Forbidden,
     InvalidRequest,
     LimitReached,
     NotFound,
@@ -28,8 +27,9 @@ from provisioning_pipelines.errors import (
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.catalog import TIERS
 from provisioning_pipelines.services.graphs import records as graphs
+from provisioning_pipelines.services.graphs import roles
 from provisioning_pipelines.services.graphs.states import GRAPH
-from provisioning_pipelines.storage.models import Graph, GraphHost, GraphUser, User
+from provisioning_pipelines.storage.models import Graph, GraphHost, User
 
 SUBGRAPH_NAME = re.compile(r"[a-zA-Z0-9]{1,20}")
 
@@ -62,10 +62,8 @@ def check_can_add_subgraph(session: Session, parent: Graph, user_id: str) -> Non
             "be made from a top-level graph",
             field="parent_graph_id",
         )
-    role = session.get(GraphUser, (parent.id, user_id))
-    if role is None or role.role != "admin":
-        raise Forbidden(f"parent_graph_id: you need the admin role on {parent.id!r}",
-                        field="parent_graph_id")
+    roles.check_admin(session, parent, user_id, field="parent_graph_id",
+                      what="add a subgraph")
     tier = TIERS[parent.tier]
     if tier.name == "ladybug-shared":
         raise InvalidRequest("parent_graph_id: shared repositories have no subgraphs",
@@ -108,8 +106,7 @@ def reserve_subgraph(
         raise NotFound(f"parent_graph_id: no graph {parent_graph_id[:70]!r}",
                        field="parent_graph_id")
     parent = session.get(Graph, parent_graph_id)
-    role = session.get(GraphUser, (parent_graph_id, user_id)) if parent else None
-    if parent is None or role is None:
+    if parent is None or roles.role_row(session, parent, user_id) is None:
         raise NotFound(f"parent_graph_id: no graph {parent_graph_id!r}",
                        field="parent_graph_id")
     check_can_add_subgraph(session, parent, user_id)
@@ -184,16 +181,14 @@ def deletable_subgraph(session: Session, *, user_id: str, parent_graph_id: str,
         raise NotFound(f"parent_graph_id: no graph {parent_graph_id[:70]!r}",
                        field="parent_graph_id")
     parent = session.scalar(select(Graph).where(Graph.id == parent_graph_id).with_for_update())
-    role = session.get(GraphUser, (parent_graph_id, user_id)) if parent else None
-    if parent is None or (role is None and parent.owner_user_id != user_id):
+    if parent is None or not roles.sees(session, parent, user_id):
         raise NotFound(f"parent_graph_id: no graph {parent_graph_id!r}",
                        field="parent_graph_id")
     if parent.status != "active":
         raise Conflict(f"parent_graph_id: graph {parent_graph_id!r} is {parent.status}; its "
                        "subgraphs go with it", field="parent_graph_id")
-    if role is None or role.role != "admin":
-        raise Forbidden(f"parent_graph_id: you need the admin role on {parent_graph_id!r}",
-                             field="parent_graph_id")
+    roles.check_admin(session, parent, user_id, field="parent_graph_id",
+                      what="delete its subgraphs")
     subgraph_id = f"{parent_graph_id}_{name}"
     subgraph = session.get(Graph, subgraph_id)
     if subgraph is None or subgraph.parent_graph_id != parent_graph_id:

@@ -38,6 +38,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import EngineError, ProvisioningError
+from provisioning_pipelines.services import idempotency
 from provisioning_pipelines.services.access import sessions
 from provisioning_pipelines.services.graphs.states import GRAPH
 from provisioning_pipelines.storage.hosts.directory import HostAddress, HostDirectory
@@ -253,3 +254,12 @@ def remove_old_webhook_events(session: Session, *, retention_days: float,
         logger.info("housekeeping: removed %d billing event records older than %g days",
                     removed, retention_days)
     return int(removed or 0)
+
+
+def remove_expired_idempotency_keys(session: Session, *, now: datetime | None = None) -> int:
+    """Idempotency keys past ``IDEMPOTENCY_KEY_HOURS`` (their row says when): a retry after
+    that is a new request."""
+    removed = idempotency.remove_expired(session, now=now)
+    if removed:
+        logger.info("housekeeping: removed %d expired idempotency keys", removed)
+    return removed

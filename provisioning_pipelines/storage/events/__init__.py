@@ -31,10 +31,12 @@ from provisioning_pipelines.storage.events.contract import (
     Operation,
     OperationEvent,
     OperationStore,
+    PageKey,
     event_id_key,
     format_event_id,
     is_operation_id,
     new_operation_id,
+    page_key,
 )
 from provisioning_pipelines.storage.events.fanout import Fanout
 from provisioning_pipelines.storage.events.memory_store import InMemoryOperationStore
@@ -77,10 +79,12 @@ __all__ = [
     "Operation",
     "OperationEvent",
     "OperationStore",
+    "PageKey",
     "RedisOperationStore",
     "build_operation_store",
     "event_id_key",
     "format_event_id",
     "is_operation_id",
     "new_operation_id",
+    "page_key",
 ]

@@ -87,6 +87,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+#: Where an operation stands in its owner's list: (created, in ms since the epoch; its id).
+PageKey = tuple[int, str]
+
+
+def created_ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+def page_key(operation: Operation) -> PageKey:
+    """The operation's place in its owner's list, newest first (both stores order by it)."""
+    return created_ms(operation.created_at), operation.id
+
+
 def is_operation_id(operation_id: object) -> bool:
     """Ids end up in Redis keys and URLs; a malformed one names no operation."""
     return isinstance(operation_id, str) and _OPERATION_ID_RE.fullmatch(operation_id) is not None
@@ -226,8 +239,11 @@ class OperationStore(ABC):
     def get(self, operation_id: str) -> Operation | None: ...
 
     @abstractmethod
-    def operations_of(self, user_id: str, limit: int = 50) -> list[Operation]:
-        """The user's operations that have not expired, newest first."""
+    def operations_of(self, user_id: str, limit: int = 50, *,
+                      before: PageKey | None = None) -> list[Operation]:
+        """The user's operations that have not expired, newest first (by ``page_key``: an
+        operation's creation in milliseconds, ties by id), and only those after ``before``
+        in that order (the key of the last one a client saw) when it is given."""
 
     @abstractmethod
     def record_report(self, operation_id: str, outcome: str, detail: str | None = None) -> None:

@@ -22,10 +22,12 @@ from provisioning_pipelines.storage.events.contract import (
     Operation,
     OperationEvent,
     OperationStore,
+    PageKey,
     check_ttl,
     event_data,
     event_id_key,
     format_event_id,
+    page_key,
     parse_after,
     utcnow,
 )
@@ -112,13 +114,15 @@ class InMemoryOperationStore(OperationStore):
             )
         return operation
 
-    def operations_of(self, user_id: str, limit: int = 50) -> list[Operation]:
+    def operations_of(self, user_id: str, limit: int = 50, *,
+                      before: PageKey | None = None) -> list[Operation]:
         with self._lock:
             self._sweep()
             mine = [record.operation for key in list(self._records)
                     if (record := self._live(key)) is not None
-                    and record.operation.user_id == user_id]
-        mine.sort(key=lambda operation: operation.created_at, reverse=True)
+                    and record.operation.user_id == user_id
+                    and (before is None or page_key(record.operation) < before)]
+        mine.sort(key=page_key, reverse=True)
         return mine[:limit]
 
     def get(self, operation_id: str) -> Operation | None:

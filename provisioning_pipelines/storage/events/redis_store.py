@@ -36,7 +36,9 @@ from provisioning_pipelines.storage.events.contract import (
     Operation,
     OperationEvent,
     OperationStore,
+    PageKey,
     check_ttl,
+    created_ms,
     event_data,
     event_id_key,
     format_event_id,
@@ -199,7 +201,7 @@ class RedisOperationStore(OperationStore):
         if user_id is not None:
             fields["user_id"] = user_id
             keys.append(self._owner_key(user_id))
-        args = [self._ttl_ms, str(int(now.timestamp() * 1000)),
+        args = [self._ttl_ms, str(created_ms(now)),
                 *(item for pair in fields.items() for item in pair)]
         with _redis_errors():
             created = self._create_script(keys=keys, args=args)
@@ -243,10 +245,11 @@ class RedisOperationStore(OperationStore):
 
     # reads
 
-    def operations_of(self, user_id: str, limit: int = 50) -> list[Operation]:
+    def operations_of(self, user_id: str, limit: int = 50, *,
+                      before: PageKey | None = None) -> list[Operation]:
         index = self._owner_key(user_id)
         with _redis_errors():
-            members = self._redis.zrevrange(index, 0, max(0, limit - 1))
+            members = self._members_before(index, max(1, limit), before)
             pipe = self._redis.pipeline(transaction=False)
             for member in members:
                 pipe.hgetall(member)
@@ -262,6 +265,21 @@ class RedisOperationStore(OperationStore):
             with _redis_errors():
                 self._redis.zrem(index, *gone)
         return found
+
+    def _members_before(self, index: str, limit: int, before: PageKey | None) -> list[str]:
+        """Up to ``limit`` members of the owner's index, newest first, after ``before``: the
+        index's order (score, then member, both descending) is ``page_key``'s, since a member
+        is the prefix and the id. Those of the cursor's own millisecond come first, then the
+        older ones."""
+        if before is None:
+            return list(self._redis.zrevrange(index, 0, limit - 1))
+        score, last_id = before
+        last = f"{self.prefix}op:{last_id}"
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zrevrangebyscore(index, score, score)
+        pipe.zrevrangebyscore(index, f"({score}", "-inf", start=0, num=limit)
+        same, older = pipe.execute()
+        return [*(member for member in same if member < last), *older][:limit]
 
     def get(self, operation_id: str) -> Operation | None:
         if not is_operation_id(operation_id):
