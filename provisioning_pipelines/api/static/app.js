@@ -228,7 +228,9 @@ function showAnswer(answer) {
   }
   for (const values of answer.rows) {
     const row = body.insertRow();
-    for (const value of values) cell(row, text(value), "value");
+    for (const value of values) {
+      cell(row, text(value), value !== null && typeof value === "object" ? "value json" : "value");
+    }
   }
 }
 
