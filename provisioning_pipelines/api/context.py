@@ -12,6 +12,7 @@ a JSON body (``same_origin.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -150,19 +151,21 @@ class ApiContext:
         self.start(self.executor.run, flow, config, operation_id=operation_id)
         return JSONResponse({"operation_id": operation_id, **extra}, status_code=202)
 
-    def user_of(self, request: Request) -> Identity:
+    def user_of(self, request: Request, session: Session | None = None) -> Identity:
         """The caller, from ``Authorization: Bearer <api key>`` or a browser's session cookie;
-        401 otherwise. A write with the cookie is first checked for where it comes from."""
+        401 otherwise. A write with the cookie is first checked for where it comes from. With
+        ``session``, looked up in it (a route on the customer's path saves a session)."""
         header = request.headers.get("authorization", "")
         key = header[7:].strip() if header.lower().startswith("bearer ") else None
         token = request.cookies.get(SESSION_COOKIE)
         if key is None and token:
             self.check_browser(request)
-        with self.database.session() as session:
+        with contextlib.nullcontext(session) if session is not None else \
+                self.database.session() as found:
             if key is not None:
-                user = accounts.authenticate(session, key)
+                user = accounts.authenticate(found, key)
             else:
-                user = sessions.session_user(session, token, self.settings.session_secrets)
+                user = sessions.session_user(found, token, self.settings.session_secrets)
         if user is None:
             raise Unauthorized("Authorization: a valid 'Bearer <api key>' is required")
         return user

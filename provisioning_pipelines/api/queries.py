@@ -48,8 +48,8 @@ def routes(api: ApiContext) -> list[Route]:
         graph_id = request.path_params["graph_id"]
 
         def target() -> tuple[QueryTarget, GraphHost]:
-            user = api.user_of(request)
             with api.database.session() as session:
+                user = api.user_of(request, session)
                 found = queries.query_target(session, graph_id, user.user_id)
                 return found, queries.host_of(session, api.hosts, found)
 

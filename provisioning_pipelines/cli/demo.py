@@ -1,11 +1,11 @@
 """The whole story on the embedded default, over real HTTP: ``make demo``.
 
 A user asks for a graph, a signed ``checkout.session.completed`` reaches the real app, the
-provisioning is followed live on the SSE stream, then a subgraph forks the graph's data, the user
-gets access to the ``sec`` repository, and the graph is backed up, the backup restored into it,
-and the graph deleted (suspended for the grace). The materializations land in the local Dagster
-instance (``.data/dagster``), so ``dagster dev`` shows them. Every run makes a new user, so it
-can be run again and again.
+provisioning is followed live on the SSE stream, then a subgraph forks the graph's data and is
+queried over HTTP (Cypher), the user gets access to the ``sec`` repository, and the graph is
+backed up, the backup restored into it, and the graph deleted (suspended for the grace). The
+materializations land in the local Dagster instance (``.data/dagster``), so ``dagster dev``
+shows them. Every run makes a new user, so it can be run again and again.
 """
 
 from __future__ import annotations
@@ -65,6 +65,13 @@ def run_demo(settings: Settings) -> int:
         copied = {t: n for t, n in (child.get("rows_copied") or {}).items() if n}
         console.print(f"   subgraph [bold green]{child['graph_id']}[/], fork "
                       f"{child['fork_status']}, rows copied: {copied}")
+        cypher = "MATCH (e:Entity) RETURN e.name AS name, e.website AS website"
+        asked = api.post(f"/v1/graphs/{child['graph_id']}/query", json={"query": cypher})
+        asked.raise_for_status()
+        found = asked.json()
+        console.print(f"   queried over HTTP (POST /v1/graphs/{child['graph_id']}/query): "
+                      f"{cypher} -> {found['columns']} {found['rows']} in "
+                      f"{found['elapsed_ms']:g} ms", markup=False)
 
         repo_sub = _subscribe(api, {"resource_type": "repository", "plan_name": "sec-starter",
                                     "repository": "sec"})

@@ -189,7 +189,8 @@ def print_table(columns: list[str], rows: list[list[Any]]) -> None:
               enumerate(columns)]
     if not columns:
         return
-    print("  ".join(name.ljust(width) for name, width in zip(columns, widths, strict=True)))
+    print("  ".join(name.ljust(width) for name, width in zip(columns, widths, strict=True))
+          .rstrip())
     print("  ".join("-" * width for width in widths))
     for row in cells:
         print("  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True))

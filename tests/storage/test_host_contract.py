@@ -318,6 +318,8 @@ def test_a_readers_write_is_refused_by_the_engine_and_changes_nothing(host) -> N
         assert refused.value.field == "query"
     assert person_rows(host, graph_id) == [{"id": 1, "name": "Ada"}]
     assert host.tables(graph_id) == [("Person", "NODE"), ("Knows", "REL")]
+    host.run_query(graph_id, "MATCH (p:Person) DETACH DELETE p", read_only=False)  # a writer's
+    assert person_rows(host, graph_id) == []
 
 
 def test_a_read_sees_every_write_made_since_the_last_one(host) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import NotFound, Suspended
@@ -26,6 +27,7 @@ from provisioning_pipelines.storage.hosts.contract import GraphHost
 from provisioning_pipelines.storage.hosts.directory import HostDirectory
 from provisioning_pipelines.storage.ladybug.queries import QueryLimits, QueryResult
 from provisioning_pipelines.storage.models import Graph
+from provisioning_pipelines.storage.models import GraphHost as GraphHostRow
 
 #: States in which a graph's data is not served to anyone: it is going, gone or not yet whole.
 _HIDDEN = frozenset({"restoring", "deleting", "deleted"})
@@ -47,7 +49,11 @@ def query_target(session: Session, graph_id: str, user_id: str) -> QueryTarget:
     """The graph ``user_id`` may query, or the error to answer (404, 409, 503)."""
     if not isinstance(graph_id, str) or not ANY_GRAPH_ID.fullmatch(graph_id):
         raise NotFound(f"graph_id: no graph {str(graph_id)[:70]!r}", field="graph_id")
-    graph = session.get(Graph, graph_id)
+    # The graph and its host's health in one statement: a query is on the customer's path.
+    found = session.execute(select(Graph, GraphHostRow.health)
+                            .outerjoin(GraphHostRow, GraphHostRow.id == Graph.host_id)
+                            .where(Graph.id == graph_id)).first()
+    graph, health = (found[0], found[1]) if found is not None else (None, None)
     parent = session.get(Graph, graph.parent_graph_id) \
         if graph is not None and graph.parent_graph_id else None
     family = [graph] if parent is None else [graph, parent]
@@ -62,7 +68,8 @@ def query_target(session: Session, graph_id: str, user_id: str) -> QueryTarget:
     if row is not None and not row.enabled:
         raise NotFound(f"graph_id: no graph {graph_id!r}", field="graph_id")
     role = row.role if row is not None else roles.ADMIN  # the owner, with no row of their own
-    hosts.check_serving(session, graph_id)
+    if health == "unhealthy":
+        hosts.check_serving(session, graph_id)  # raises, in the words every route uses
     return QueryTarget(graph_id=graph.id, host_id=graph.host_id, tier=graph.tier, role=role,
                        read_only=not roles.may_write(role))
 

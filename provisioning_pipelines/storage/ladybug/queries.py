@@ -105,12 +105,20 @@ class QueryResult:
 
 # ---------------------------------------------------------------------- the text's checks
 
-_WORDS = re.compile(r"""'(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?|`[^`]*`?|//[^\n]*|/\*.*?(?:\*/|$)"""
-                    r"""|([A-Za-z_][A-Za-z0-9_]*)|(\S)""", re.S)
-#: A clause that reaches the server's files or loads code: its first word, and the words that
-#: may follow it (None: any word or an opening parenthesis).
-_OUTSIDE = {"LOAD": {"FROM", "WITH", "EXTENSION"}, "COPY": None, "EXPORT": {"DATABASE"},
-            "IMPORT": {"DATABASE"}, "INSTALL": None, "ATTACH": None, "DETACH": None}
+_WORDS = re.compile(r"""('(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?)|`[^`]*`?|//[^\n]*"""
+                    r"""|/\*.*?(?:\*/|$)|([A-Za-z_][A-Za-z0-9_]*)|(\S)""", re.S)
+#: How a string literal stands among the words.
+_STRING = "'"
+#: What may follow the first word of a clause that reaches the server's files or loads code
+#: (``WORD``: any word; ``_STRING``: a string literal; ``(``: a subquery).
+WORD = "<word>"
+_OUTSIDE: dict[str, frozenset[str]] = {
+    "LOAD": frozenset({"FROM", "WITH", "EXTENSION"}), "EXPORT": frozenset({"DATABASE"}),
+    "IMPORT": frozenset({"DATABASE"}), "INSTALL": frozenset({WORD}),
+    "ATTACH": frozenset({_STRING}), "DETACH": frozenset({WORD}),
+    "COPY": frozenset({"(", WORD})}
+#: Words after which a name is a variable, a property, a label or a parameter, not a clause.
+_NAMING = frozenset({".", ":", "$", "AS"})
 
 
 def check_query(cypher: object, limits: QueryLimits) -> str:
@@ -124,29 +132,23 @@ def check_query(cypher: object, limits: QueryLimits) -> str:
                            "(max_query_length)", field="query")
     tokens: list[tuple[str, bool]] = []  # (text, is a word)
     for match in _WORDS.finditer(cypher):
-        word, mark = match.group(1), match.group(2)
-        if word is not None:
+        text, word, mark = match.group(1), match.group(2), match.group(3)
+        if text is not None:
+            tokens.append((_STRING, False))
+        elif word is not None:
             tokens.append((word.upper(), True))
         elif mark is not None:
             tokens.append((mark, False))
     for index, (token, is_word) in enumerate(tokens):
-        if not is_word or token not in _OUTSIDE:
+        if not is_word or token not in _OUTSIDE or (index and tokens[index - 1][0] in _NAMING):
             continue
-        before = tokens[index - 1][0] if index else ""
         after, after_is_word = tokens[index + 1] if index + 1 < len(tokens) else ("", False)
-        if before in (".", ":", "$"):  # a property, a label or a parameter of that name
-            continue
-        followers = _OUTSIDE[token]
-        if followers is None:
-            if token == "COPY":
-                reaches = after == "(" or (
-                    after_is_word and index + 2 < len(tokens)
-                    and tokens[index + 2][0] in ("FROM", "TO"))
-            else:
-                reaches = after_is_word
-        else:
-            reaches = after in followers
-        if reaches:
+        then = tokens[index + 2][0] if index + 2 < len(tokens) else ""
+        if token == "DETACH" and after == "DELETE":
+            continue  # Cypher's DETACH DELETE, not LadybugDB's DETACH of a database
+        if token == "COPY" and after_is_word and then not in ("FROM", "TO"):
+            continue  # a name (``WITH copy AS c``), not COPY table FROM | TO
+        if after in _OUTSIDE[token] or (after_is_word and WORD in _OUTSIDE[token]):
             raise Forbidden(f"query: {token} {after} reaches the server's files or loads "
                             "code, which a customer's query may not do", field="query")
     return cypher
