@@ -72,7 +72,7 @@ def test_an_owner_lists_deletes_and_restores_a_graph_within_the_grace(api: Api) 
                              ("DELETE", f"/v1/graphs/{graph_id}/subgraphs/child")]:
             answer = client.request(method, path)
             assert answer.status_code == 404, (method, path, answer.text)
-        assert client.get("/v1/graphs").json() == {"graphs": []}
+        assert client.get("/v1/graphs").json() == {"graphs": [], "next_cursor": None}
 
 
 def graph_ids(api: Api) -> set[str]:
@@ -281,4 +281,4 @@ def test_a_deletion_before_the_checkout_never_provisions(api: Api) -> None:
     assert late["operation_id"] is None and "older" in late["ignored"]
     with api.client(user.api_key) as client:
         assert client.get(f"/v1/subscriptions/{sub_id}").json()["status"] == "canceled"
-        assert client.get("/v1/graphs").json() == {"graphs": []}
+        assert client.get("/v1/graphs").json() == {"graphs": [], "next_cursor": None}

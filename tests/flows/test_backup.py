@@ -25,6 +25,7 @@ from provisioning_pipelines.storage.models import (
     Graph,
     GraphBackup,
     GraphHost,
+    GraphUser,
 )
 from tests.conftest import make_resources
 from tests.flows.helpers import run_direct
@@ -83,8 +84,9 @@ def test_a_deleted_graphs_backup_restores_only_into_a_graph_of_a_new_payment(
 
     # A new payment: a second subscription of the same user, and its graph.
     _other_user, _other_sub, other_graph = a_graph(database, resources)
-    with database.session() as session:
+    with database.session() as session:  # theirs: its owner and an admin (roles.py decides)
         session.get(Graph, other_graph).owner_user_id = user_id
+        session.add(GraphUser(graph_id=other_graph, user_id=user_id, role="admin"))
     restored = run(RESTORE_FLOW, RestoreConfig(user_id=user_id, graph_id=graph_id,
                                                backup_id="bk_gone", into_graph_id=other_graph))
     assert (restored["graph_id"], restored["status"]) == (other_graph, "active")

@@ -248,7 +248,8 @@ def _owned_top_level(session: Session, graph_id: str, user_id: str, *, field: st
     if graph is None or graph.parent_graph_id is not None or not roles.sees(
             session, graph, user_id):
         raise NotFound(f"{field}: no graph {graph_id[:70]!r}", field=field)
-    roles.check_admin(session, graph, user_id, field=field, what="restore into it")
+    roles.check_admin(session, graph, user_id, field=field, what="restore its backups",
+                      tombstone=True)
     return graph
 
 

@@ -62,9 +62,13 @@ def seen_by(user_id: str) -> ColumnElement[bool]:
 
 
 def check_admin(session: Session, graph: Graph, user_id: str, *, field: str = "graph_id",
-                what: str = "change it") -> None:
+                what: str = "change it", tombstone: bool = False) -> None:
     """403 unless the user is an admin of the graph's family (a member who is not may see the
-    graph, so the refusal says why rather than pretending it is not there)."""
+    graph, so the refusal says why rather than pretending it is not there). With
+    ``tombstone``, a deleted graph's owner counts as its admin: its roles went with it, and
+    its backups are still theirs to restore elsewhere."""
+    if tombstone and graph.status == "deleted" and graph.owner_user_id == user_id:
+        return
     if not is_admin(session, graph, user_id):
         family = graph.parent_graph_id or graph.id
         raise Forbidden(f"{field}: only an admin of {family!r} may {what}", field=field)
