@@ -2,8 +2,10 @@
 
 Sign in with an API key, pay through a signed webhook, see the subscription and graph, start a
 subgraph and watch its bar reach 100 % over ``EventSource``, reload and find the same state;
-back a graph up, list and restore its backups; delete a graph and restore it within the grace,
-cancel a subscription; markup in what the API returns is shown as text. No error in the console.
+query a graph and a subgraph (a table, truncated, each refusal's message); add members, change
+their roles, remove them; back a graph up, list and restore its backups; delete a graph and
+restore it within the grace, cancel a subscription; page through every list; markup in what
+the API returns is shown as text. No error in the console but the refusals the test asks for.
 Each test waits on what the page shows, never on time. With ``SCREENSHOTS_DIR`` set, the docs'
 screenshots are taken here.
 """
@@ -111,10 +113,6 @@ def test_sign_in_pay_watch_a_subgraph_reach_100_and_reload(
     assert problems == []
 
 
-class Problems(list[str]):
-    """What the page logged as an error, or threw."""
-
-
 def active_graph(api: Api, api_key: str, **graph: Any) -> str:
     """A ladybug-large graph, paid for through the webhook and provisioned."""
     sub_id = subscribe_graph(api, api_key, **graph)
@@ -132,11 +130,11 @@ def customer(api: Api) -> Customer:
     return Customer(email, new_customer(api.database, email=email).api_key)
 
 
-def signed_in(browser: Any, api: Api, api_key: str, query: str = "") -> tuple[Any, Problems]:
+def signed_in(browser: Any, api: Api, api_key: str, query: str = "") -> tuple[Any, list[str]]:
     """A page signed in with ``api_key`` (``query``: the page's URL query, e.g. ``?limit=2``),
-    that accepts every confirmation it asks for."""
+    that accepts every confirmation it asks for, and what it logs as an error or throws."""
     page = browser.new_page(viewport={"width": 1200, "height": 1400})
-    problems = Problems()
+    problems: list[str] = []
     page.on("console", lambda message: problems.append(message.text)
             if message.type == "error" else None)
     page.on("pageerror", lambda error: problems.append(str(error)))
@@ -154,8 +152,10 @@ def open_graph(page: Any, graph_id: str) -> None:
 
 
 def finish(page: Any, click: Any) -> None:
-    """Click, then wait for the operation the click started to complete in the watch panel."""
-    before = page.inner_text("#watch-id") if page.is_visible("#watch") else ""
+    """Click, then wait for the operation the click started to complete in the watch panel
+    (which shows an earlier operation before: every test's graph was provisioned by one)."""
+    expect(page.locator("#watch")).to_be_visible()
+    before = page.inner_text("#watch-id")
     click()
     expect(page.locator("#watch-id")).not_to_have_text(before)
     expect(page.locator("#watch-status")).to_have_text("completed", timeout=30_000)
@@ -333,7 +333,9 @@ def small_answers_api(postgres_database: Database, graph_dir: Path,
     executor.close()
 
 
-def test_a_query_shows_its_table_and_each_refusal(small_answers_api: Api, browser: Any) -> None:
+def test_a_query_shows_its_table_and_each_refusal_and_a_reader_only_reads(
+    small_answers_api: Api, browser: Any,
+) -> None:
     api = small_answers_api
     owner, reader = customer(api), customer(api)
     graph_id = active_graph(api, owner.api_key)
@@ -385,6 +387,11 @@ def test_a_query_shows_its_table_and_each_refusal(small_answers_api: Api, browse
     expect(theirs.locator("#query-result tbody td")).to_have_text(["acme"])
     run_query(theirs, "CREATE (:Entity {identifier: 'mine'})")
     expect(theirs.locator("#query-error")).to_contain_text("the caller may only read")
+    theirs.click("#back-up")  # nor may a reader back the graph up, or delete it
+    expect(theirs.locator("#backups-error")).to_contain_text(f"only an admin of '{graph_id}'")
+    theirs.click("#graph-delete")
+    expect(theirs.locator("#graph-error")).to_contain_text(f"only an admin of '{graph_id}'")
+    expect(theirs.locator("#graph-status")).to_have_text("active")
     expect(theirs.locator("#query-result tbody tr")).to_have_count(0)
 
     finish(page, lambda: page.click("#graph-delete"))

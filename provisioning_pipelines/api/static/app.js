@@ -215,9 +215,9 @@ function showAnswer(answer) {
   const body = $("#query-result tbody");
   head.replaceChildren();
   body.replaceChildren();
+  const rows = answer?.row_count === 1 ? "row" : "rows";
   $("#query-count").textContent = answer
-    ? `${answer.row_count} ${answer.row_count === 1 ? "row" : "rows"} in ${Number(answer.elapsed_ms).toFixed(1)} ms`
-    : "";
+    ? `${answer.row_count} ${rows} in ${Number(answer.elapsed_ms).toFixed(1)} ms` : "";
   $("#query-truncated").hidden = !answer?.truncated;
   if (!answer) return;
   const names = head.insertRow();
@@ -303,8 +303,8 @@ async function loadBackups() {
         return;
       }
       act("#backups-error", async () => {
-        watch((await post(graphPath(graphId, `/backups/${encodeURIComponent(b.backup_id)}/restore`)))
-          .operation_id);
+        const path = `/backups/${encodeURIComponent(b.backup_id)}/restore`;
+        watch((await post(graphPath(graphId, path))).operation_id);
       }, control);
     }));
   }
@@ -397,8 +397,8 @@ $("#subgraph-form").addEventListener("submit", async (event) => {
   $("#subgraph-error").textContent = "";
   const parent = $("#subgraph-parent").value;
   try {
-    const made = await post(graphPath(parent, "/subgraphs"),
-                            {name: $("#subgraph-name").value, fork_parent: $("#subgraph-fork").checked});
+    const made = await post(graphPath(parent, "/subgraphs"), {
+      name: $("#subgraph-name").value, fork_parent: $("#subgraph-fork").checked});
     watch(made.operation_id);
   } catch (error) {
     $("#subgraph-error").textContent = error.message;
