@@ -11,7 +11,9 @@ writable handle a host server could hold as the files' only opener:
 * A read-only handle does not see what is written after it opened. So every use first compares
   the file's stamp (inode, size and mtime of ``x.lbug`` and of its ``.wal``: one write, a
   checkpoint or a file swapped in by a restore changes one of them) with the one it was opened
-  at, and reopens on a change; a stat or two, ~10 us.
+  at, and reopens on a change; a stat or two, ~10 us. A write by another process *during* a
+  query is what any read-only open beside a writer risks (the engine's per-call reads did so
+  before); the cache adds no window of its own.
 * In this process, anything that opens the file read-write, deletes, replaces or moves it first
   closes its reader here (``evict_everywhere``; the engine's ``session`` and ``delete_database``
   and the host's quarantine call it), so no reader is ever open beside this process's writer.
