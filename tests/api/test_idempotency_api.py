@@ -16,7 +16,13 @@ from sqlalchemy import func, select
 from provisioning_pipelines.api.idempotency import fingerprint_of
 from provisioning_pipelines.services import idempotency
 from provisioning_pipelines.services.upkeep import housekeeping
-from provisioning_pipelines.storage.models import GraphBackup, IdempotencyKey, Subscription, utcnow
+from provisioning_pipelines.storage.models import (
+    Graph,
+    GraphBackup,
+    IdempotencyKey,
+    Subscription,
+    utcnow,
+)
 from tests.api.helpers import Api
 from tests.api.test_lifecycle_api import active_graph, finished
 from tests.api.test_members_api import person
@@ -153,6 +159,22 @@ def test_a_replayed_backup_is_the_same_operation_and_one_backup(postgres_api: Ap
         with api.database.session() as session:
             assert session.scalar(select(func.count()).select_from(GraphBackup).where(
                 GraphBackup.graph_id == graph_id, GraphBackup.kind == "on_demand")) == 1
+
+        # A subgraph asked for twice under a key: one operation, one subgraph.
+        sub_headers = {"Idempotency-Key": "sub-1"}
+        made = client.post(f"/v1/graphs/{graph_id}/subgraphs", json={"name": "team"},
+                           headers=sub_headers)
+        assert made.status_code == 202
+        remade = client.post(f"/v1/graphs/{graph_id}/subgraphs", json={"name": "team"},
+                             headers=sub_headers)
+        assert (remade.status_code, remade.json()) == (202, made.json())
+        assert finished(api, owner.api_key, made.json()["operation_id"])[0] == \
+            "operation_completed"
+        with api.database.session() as session:
+            assert session.scalar(select(func.count()).select_from(Graph).where(
+                Graph.parent_graph_id == graph_id)) == 1
+        assert [op.kind for op in api.executor.store.operations_of(owner.user_id)].count(
+            api.executor.store.get(made.json()["operation_id"]).kind) == 1
 
         # A member added under a key: the replay is the first answer (201), not "changed".
         body = {"email": reader.email, "role": "reader"}

@@ -186,3 +186,18 @@ def test_redis_sets_one_ttl_on_every_key_and_refreshes_them_together(
     store.events(op)
     ttls = [client.pttl(key) for key in keys]
     assert all(0 < ttl <= 5_000 for ttl in ttls), ttls
+
+
+def test_a_page_stays_whole_when_operations_within_it_expired(make_store: MakeStore,
+                                                              elapse: Elapse) -> None:
+    """Expired operations between live ones do not shorten a page (a short page would read as
+    the list's last): both stores fill it from the live ones behind."""
+    store = make_store(ttl_seconds=TTL)
+    kept_alive = [store.create("graph_provisioning", user_id="usr_e").id for _ in range(3)]
+    expiring = [store.create("graph_provisioning", user_id="usr_e").id for _ in range(4)]
+    elapse(store, MOST_OF_TTL)
+    for op in kept_alive:
+        store.progress(op, "still here", None)
+    elapse(store, TTL - MOST_OF_TTL + 1)
+    assert all(store.get(op) is None for op in expiring)
+    assert {o.id for o in store.operations_of("usr_e", limit=3)} == set(kept_alive)

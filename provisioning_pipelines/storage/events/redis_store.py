@@ -248,8 +248,18 @@ class RedisOperationStore(OperationStore):
     def operations_of(self, user_id: str, limit: int = 50, *,
                       before: PageKey | None = None) -> list[Operation]:
         index = self._owner_key(user_id)
+        for _ in range(50):  # read again after forgetting expired ones: a page stays whole
+            found, gone = self._page(index, user_id, max(1, limit), before)
+            if not gone:
+                break
+            with _redis_errors():  # expired: forget them (each pass forgets at least one)
+                self._redis.zrem(index, *gone)
+        return found
+
+    def _page(self, index: str, user_id: str, limit: int, before: PageKey | None
+              ) -> tuple[list[Operation], list[str]]:
         with _redis_errors():
-            members = self._members_before(index, max(1, limit), before)
+            members = self._members_before(index, limit, before)
             pipe = self._redis.pipeline(transaction=False)
             for member in members:
                 pipe.hgetall(member)
@@ -261,10 +271,7 @@ class RedisOperationStore(OperationStore):
                 gone.append(member)
             elif operation.user_id == user_id:
                 found.append(operation)
-        if gone:  # expired: forget them
-            with _redis_errors():
-                self._redis.zrem(index, *gone)
-        return found
+        return found, gone
 
     def _members_before(self, index: str, limit: int, before: PageKey | None) -> list[str]:
         """Up to ``limit`` members of the owner's index, newest first, after ``before``: the
