@@ -1,8 +1,10 @@
 """``/ui/``: the operations page, static files served by the API itself (no build step).
 
 A customer signs in with an API key (``/v1/session`` sets the cookie), sees their subscriptions,
-graphs and operations, starts a subgraph, and follows an operation live through ``EventSource``.
-The page only uses the public ``/v1`` API.
+graphs and operations, starts a subgraph, and follows an operation live through ``EventSource``;
+a graph's panel queries it (or a subgraph), manages its members, takes, lists and restores its
+backups, deletes it and restores it within the grace; a subscription can be cancelled. The page
+only uses the public ``/v1`` API, and writes what it answers as text, never as markup.
 """
 
 from __future__ import annotations
