@@ -102,6 +102,7 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
                                         backup_id=backup_id, into_graph_id=into)
             backups.check_restorable_here(session, plan)
             hosts.check_serving(session, plan.graph_id)
+            backups.check_kept(api.executor.resources["backups"].get().store, plan)
             config = RestoreConfig(user_id=user.user_id, graph_id=graph_id,
                                    backup_id=backup_id, into_graph_id=into)
             return RESTORE_FLOW, config, {"graph_id": plan.graph_id}

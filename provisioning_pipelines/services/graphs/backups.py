@@ -41,6 +41,7 @@ from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
 from provisioning_pipelines.services.graphs.states import GRAPH, LIVE
 from provisioning_pipelines.storage.backup_store import BackupStore
 from provisioning_pipelines.storage.hosts.contract import GraphHost as GraphHostInterface
+from provisioning_pipelines.storage.hosts.contract import backup_key
 from provisioning_pipelines.storage.hosts.directory import HostDirectory
 from provisioning_pipelines.storage.ladybug import ddl_fingerprint
 from provisioning_pipelines.storage.models import (
@@ -318,6 +319,17 @@ def check_restorable_here(session: Session, plan: RestorePlan) -> None:
                            f"host {source.host_id}, and graph {target.id} lives on host "
                            f"{target.host_id}; with BACKUP_STORE_URL set, backups are kept "
                            "where every host can restore them", field="backup_id")
+
+
+def check_kept(store: BackupStore | None, plan: RestorePlan) -> None:
+    """A backup in a shared store is looked up before an operation is opened: a store that does
+    not answer is a 503 now (``backup_store_unavailable``, with Retry-After), an object that is
+    gone a 404, rather than an operation that fails later."""
+    if store is None or not is_shared(plan.location):
+        return
+    if store.head(backup_key(plan.source_graph_id, plan.backup_id)) is None:
+        raise NotFound(f"backup_id: backup {plan.backup_id} is not in the backup store",
+                       field="backup_id")
 
 
 def plan_restore(session: Session, *, user_id: str, graph_id: str, backup_id: str,

@@ -36,6 +36,12 @@ class FolderStore(BackupStore):
         if kept is not None:
             return _same(kept, sha256)
         target = self._path(key)
+        if Path(source) == target and target.is_file():
+            # Made in place by the caller (a host copying into this folder), hashed as it was
+            # written: only its manifest is missing.
+            found = StoredBackup(key, target.stat().st_size, sha256, expires_at, details or {})
+            _write(self._manifest(key), manifests.dump(found))
+            return found
         target.parent.mkdir(parents=True, exist_ok=True)
         temp = _temp(target)
         try:
@@ -101,6 +107,10 @@ class FolderStore(BackupStore):
             if kept := manifests.load(path.read_bytes()):
                 found.append(kept)
         return found
+
+    def path_of(self, key: str) -> Path:
+        """Where the object of ``key`` lives (a caller may make it there, then ``put`` it)."""
+        return self._path(key)
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)

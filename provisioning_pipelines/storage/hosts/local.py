@@ -149,7 +149,11 @@ class LocalHost(GraphHost):
         key = backup_key(graph_id, name)
         kept = self.store.head(key)
         if kept is None:
-            outgoing = self.outgoing / graph_id / f"{name}{SUFFIX}"
+            # Into a folder store the copy is made where it is kept (one copy, as before there
+            # were stores); for S3 in the host's outgoing folder, removed once uploaded.
+            in_place = isinstance(self.store, FolderStore)
+            outgoing = (self.store.path_of(key) if isinstance(self.store, FolderStore)
+                        else self.outgoing / graph_id / f"{name}{SUFFIX}")
             made = ladybug_backups.back_up(self.engine, path, outgoing)
             try:
                 kept = self.store.put(key, outgoing, sha256=made.checksum,
@@ -157,9 +161,11 @@ class LocalHost(GraphHost):
                                       details={"graph_id": graph_id, "name": name,
                                                "host_id": self.host_id})
             finally:
-                outgoing.unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    outgoing.parent.rmdir()
+                if not in_place:
+                    outgoing.unlink(missing_ok=True)
+                    for folder in (outgoing.parent, self.outgoing):
+                        with contextlib.suppress(OSError):
+                            folder.rmdir()
         return BackupInfo(graph_id, name, kept.size_bytes, kept.sha256,
                           location=f"{self.store.location.rstrip('/')}/{key}")
 
