@@ -103,7 +103,12 @@ def test_a_page_on_another_port_cannot_make_a_subgraph_with_the_victims_cookie(
 
     # The same request from the app's own page works.
     app.fill("#subgraph-name", "mine")
-    app.click("#subgraph-form button[type=submit]")
+    with app.expect_response(lambda r: r.url == target and r.request.method == "POST") as made:
+        app.click("#subgraph-form button[type=submit]")
+    assert made.value.status == 202
+    # The watch panel may still show an earlier operation: wait for this one's end.
+    expect(app.locator("#watch-id")).to_have_text(made.value.json()["operation_id"],
+                                                  timeout=30_000)
     expect(app.locator("#watch-status")).to_have_text("completed", timeout=30_000)
     context.close()
     with api.client(victim.api_key) as client:
