@@ -63,7 +63,8 @@ class OperationView(BaseModel):
 class OperationSummary(OperationView):
     kind: str = Field(description="graph_provisioning, repository_provisioning, "
                                   "subgraph_creation, suspension, reactivation, graph_deletion, "
-                                  "subgraph_deletion, graph_backup or graph_restore")
+                                  "subgraph_deletion, graph_backup, graph_restore or "
+                                  "graph_replacement")
     created_at: str = Field(json_schema_extra={"format": "date-time"})
 
 

@@ -45,6 +45,18 @@ def add_commands(commands_: Any) -> None:
                               "provisioned into its free slots")
     resume.add_argument("host_id", help="as hosts list shows it")
     resume.set_defaults(run=hosts_resume)
+    replace = hosts.add_parser("replace", help="a lost host: rebuild each of its graphs on a "
+                               "healthy host from its newest backup (its row is kept, marked)")
+    replace.add_argument("host_id", help="the lost host, as hosts list shows it")
+    replace.add_argument("--to", dest="to_host_id", help="the host its graphs go to (default: "
+                         "the healthy host of their tier with the most free slots, each)")
+    replace.add_argument("--force", action="store_true", help="replace it even though it "
+                         "answers its probes")
+    replace.set_defaults(run=hosts_replace)
+    clear = hosts.add_parser("clear", help="take a replaced host back, empty: what it holds "
+                             "is quarantined on it")
+    clear.add_argument("host_id", help="a host marked replaced")
+    clear.set_defaults(run=hosts_clear)
 
 
 def hosts_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -157,6 +169,48 @@ def hosts_resume(args: argparse.Namespace, settings: Settings) -> int:
         tier = hosts.set_status(session, args.host_id, "available").tier
     print_json({"host_id": args.host_id, "status": "available",
                 "provisioned": _drain_queue(settings, tier)})
+    return 0
+
+
+def hosts_replace(args: argparse.Namespace, settings: Settings) -> int:
+    """Mark the host replaced, then rebuild its graphs one by one, each as an operation its
+    owner sees; run again after a failure, it continues where it stopped."""
+    from provisioning_pipelines.direct import build_executor
+    from provisioning_pipelines.errors import ProvisioningError
+    from provisioning_pipelines.flows import REPLACEMENT_FLOW, ReplacementConfig
+    from provisioning_pipelines.services.upkeep import replacement
+
+    with database_of(settings).session() as session:
+        replacement.mark_replaced(session, args.host_id, force=args.force)
+        graph_ids = replacement.graphs_on(session, args.host_id)
+    executor = build_executor(settings)
+    done, failed = [], []
+    try:
+        for graph_id in graph_ids:
+            try:
+                made = executor.run(REPLACEMENT_FLOW, ReplacementConfig(
+                    graph_id=graph_id, lost_host_id=args.host_id, to_host_id=args.to_host_id))
+            except ProvisioningError as exc:
+                failed.append({"graph_id": graph_id, "error": exc.message})
+                continue
+            done.append({"graph_id": graph_id, "operation_id": made.operation_id,
+                         "host_id": made.result.get("host_id"),
+                         "replaced_from": made.result.get("replaced_from")})
+    finally:
+        executor.close()
+    print_json({"host_id": args.host_id, "status": "replaced", "graphs": done,
+                "failed": failed})
+    return 1 if failed else 0
+
+
+def hosts_clear(args: argparse.Namespace, settings: Settings) -> int:
+    from provisioning_pipelines.runtime.resources import build_resources
+    from provisioning_pipelines.services.upkeep import replacement
+
+    directory = build_resources(settings)["graph_engine"].hosts()
+    with database_of(settings).session() as session:
+        moved = replacement.clear(session, directory, args.host_id)
+    print_json({"host_id": args.host_id, "status": "available", "quarantined": moved})
     return 0
 
 

@@ -13,6 +13,7 @@ from provisioning_pipelines.flows.deletion import (
     SubgraphDeletionConfig,
 )
 from provisioning_pipelines.flows.graph import GRAPH_FLOW, GraphConfig
+from provisioning_pipelines.flows.replacement import REPLACEMENT_FLOW, ReplacementConfig
 from provisioning_pipelines.flows.repository import REPOSITORY_FLOW, RepositoryConfig
 from provisioning_pipelines.flows.runner import RetryLater, execute_flow, materialization, run_step
 from provisioning_pipelines.flows.steps import Flow, Outcome, Policy, Step, StepContext
@@ -34,7 +35,7 @@ from provisioning_pipelines.flows.triggers import (
 #: Provisioning, then the rest of a resource's life.
 FLOWS: tuple[Flow, ...] = (GRAPH_FLOW, REPOSITORY_FLOW, SUBGRAPH_FLOW, SUSPENSION_FLOW,
                            REACTIVATION_FLOW, DELETION_FLOW, SUBGRAPH_DELETION_FLOW, BACKUP_FLOW,
-                           RESTORE_FLOW)
+                           RESTORE_FLOW, REPLACEMENT_FLOW)
 
 __all__ = [
     "BACKUP_FLOW",
@@ -42,6 +43,7 @@ __all__ = [
     "FLOWS",
     "GRAPH_FLOW",
     "REACTIVATION_FLOW",
+    "REPLACEMENT_FLOW",
     "REPOSITORY_FLOW",
     "RESTORE_FLOW",
     "SUBGRAPH_DELETION_FLOW",
@@ -57,6 +59,7 @@ __all__ = [
     "LifecycleConfig",
     "Outcome",
     "Policy",
+    "ReplacementConfig",
     "RepositoryConfig",
     "RestoreConfig",
     "RetryLater",

@@ -38,6 +38,9 @@ from provisioning_pipelines.storage.hosts.directory import HostAddress, HostDire
 from provisioning_pipelines.storage.models import Graph, GraphHost, Subscription, utcnow
 
 _HOSTS = GraphHost.__table__
+#: A lost host whose graphs were rebuilt elsewhere (``services/upkeep/replacement.py``): nothing
+#: is placed on it or sent to it until an operator clears it.
+REPLACED = "replaced"
 #: A host a new graph may go to: not draining, answering its probes, with a free slot. The most
 #: free slots first (``least_used``): hosts of a tier fill evenly.
 _TAKES_GRAPHS = (_HOSTS.c.status == "available", _HOSTS.c.health == "healthy",
@@ -131,14 +134,22 @@ def slot_elsewhere(session: Session, tier: str, avoid: set[str]) -> Row[Any] | N
 
 
 def graph_host(session: Session, directory: HostDirectory, host_id: str) -> HostInterface:
-    """The host a graph lives on, as its interface (its row read once per process)."""
-    found = directory.known(host_id)
-    if found is not None:
-        return found
+    """The host a graph lives on, as its interface (one client per host per process); a host
+    marked replaced is refused, in every process, from the moment its row says so."""
     row = session.get(GraphHost, host_id)
     if row is None:
         raise NotFound(f"host_id: no host {host_id[:70]!r}", field="host_id")
-    return directory.get(HostAddress(row.id, row.url, row.data_root))
+    found = directory.known(host_id)
+    if found is not None and row.status != REPLACED:
+        return found
+    if row.status == REPLACED:
+        raise HostUnavailable(f"graph host {host_id} was replaced; it serves nothing until an "
+                              "operator clears it (hosts clear)", reached=False)
+    return directory.get(address_of(row))
+
+
+def address_of(row: GraphHost) -> HostAddress:
+    return HostAddress(row.id, row.url, row.data_root)
 
 
 def release_slot(session: Session, host_id: str) -> None:
@@ -188,6 +199,9 @@ def set_status(session: Session, host_id: str, status: str) -> GraphHost:
     host = session.get(GraphHost, host_id) if HOST_ID.fullmatch(host_id) else None
     if host is None:
         raise NotFound(f"host_id: no host {host_id[:70]!r}", field="host_id")
+    if host.status == REPLACED:
+        raise Conflict(f"host_id: host {host_id} was replaced; take it back empty with "
+                       "hosts clear", field="host_id")
     host.status = status
     return host
 

@@ -249,15 +249,15 @@ def backup_ages(session: Session, *, now: datetime | None = None) -> list[Backup
     found = []
     for graph_id, tier, host_id, created_at, at in rows:
         allowed = timedelta(hours=TIERS[tier].backup_max_age_hours) if tier in TIERS else None
-        age = (now - _aware(at)).total_seconds() if at is not None else None
-        since = age if age is not None else (now - _aware(created_at)).total_seconds()
+        age = (now - aware(at)).total_seconds() if at is not None else None
+        since = age if age is not None else (now - aware(created_at)).total_seconds()
         stale = allowed is not None and since > allowed.total_seconds()
         found.append(BackupAge(graph_id, tier, host_id, age, stale))
     return sorted(found, key=lambda age: (age.age_seconds is not None,
                                           -(age.age_seconds or 0.0)))
 
 
-def _aware(moment: datetime) -> datetime:
+def aware(moment: datetime) -> datetime:
     """SQLite gives back naive times (they were written in UTC)."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
@@ -274,6 +274,11 @@ def sweep_store(store: BackupStore | None, *, now: datetime) -> list[str]:
     except ServiceUnavailable as exc:
         return [f"could not sweep the backup store: {exc.message}"]
     return [f"removed expired backup {key} from the backup store" for key in removed]
+
+
+def statements_of(session: Session, graph_id: str) -> list[str]:
+    """The graph's schema as the DDL statements it was made with."""
+    return _statements(session, graph_id)
 
 
 def _statements(session: Session, graph_id: str) -> list[str]:

@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from provisioning_pipelines.errors import EngineError, ProvisioningError
 from provisioning_pipelines.services import idempotency
 from provisioning_pipelines.services.access import sessions
+from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs.states import GRAPH
 from provisioning_pipelines.storage.hosts.directory import HostAddress, HostDirectory
 from provisioning_pipelines.storage.ladybug import LadybugEngine, sidecars
@@ -158,7 +159,9 @@ def sweep_host_servers(session: Session, directory: HostDirectory, report: Sweep
         placed.setdefault(host_id, set()).add(graph_id)
     remote = session.execute(select(GraphHost.id, GraphHost.url, GraphHost.data_root)
                              .where(GraphHost.url.is_not(None),
-                                    GraphHost.health == "healthy")).all()
+                                    GraphHost.health == "healthy",
+                                    # a replaced host is left alone until it is cleared
+                                    GraphHost.status != hosts.REPLACED)).all()
     for host_id, url, data_root in remote:
         host = directory.get(HostAddress(host_id, url, data_root))
         try:

@@ -82,8 +82,8 @@ def hosts_within_capacity(session: Session) -> list[Finding]:
 def placed_by_host(session: Session) -> dict[str, dict[str, str]]:
     """Every graph that is not deleted, by host: ``{host id: {graph id: status}}``, with an
     entry for every registered host (an empty host too)."""
-    placed: dict[str, dict[str, str]] = {host_id: {} for host_id in
-                                         session.scalars(select(GraphHost.id))}
+    placed: dict[str, dict[str, str]] = {host_id: {} for host_id in session.scalars(
+        select(GraphHost.id).where(GraphHost.status != hosts.REPLACED))}
     for graph_id, host_id, status in session.execute(
             select(Graph.id, Graph.host_id, Graph.status)
             .where(Graph.status != GRAPH.target("finish_deletion"))):
