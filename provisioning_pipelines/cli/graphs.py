@@ -157,6 +157,7 @@ def _no_constant(name: str) -> Any:
 
 
 def graphs_query(args: argparse.Namespace, settings: Settings) -> int:
+    from provisioning_pipelines.errors import Forbidden
     from provisioning_pipelines.runtime.resources import build_resources
     from provisioning_pipelines.services.graphs import queries
 
@@ -165,8 +166,14 @@ def graphs_query(args: argparse.Namespace, settings: Settings) -> int:
         target = queries.operator_target(session, args.graph_id, write=args.write)
         host = queries.host_of(session, build_resources(settings)["graph_engine"].hosts(),
                                target)
-    answer = queries.run(host, target, args.cypher, parameters,
-                         settings.query_limits(target.tier))
+    try:
+        answer = queries.run(host, target, args.cypher, parameters,
+                             settings.query_limits(target.tier))
+    except Forbidden as exc:
+        if args.write:
+            raise
+        raise Forbidden(f"{exc.message}; run it with --write to let it write",
+                        field=exc.field) from None
     if args.json:
         print_json(answer.to_dict())
         return 0

@@ -31,6 +31,7 @@ def test_an_operator_writes_with_write_and_reads_as_a_table_or_json(tmp_path: Pa
     refused = run("graphs", "query", graph_id, create, *params, status=2)
     assert refused.stderr.startswith("error: query: this query writes") and \
         "Traceback" not in refused.stderr
+    assert "run it with --write to let it write" in refused.stderr
     run("graphs", "query", graph_id, create, *params, "--write")
 
     read = "MATCH (e:Entity) RETURN e.identifier AS id, e.name AS name, e.aliases AS aliases"
