@@ -24,7 +24,8 @@ from starlette.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
 
 from provisioning_pipelines.api.context import SESSION_COOKIE, ApiContext
-from provisioning_pipelines.api.models import ErrorAnswer
+from provisioning_pipelines.api.idempotency import NOT_KEPT
+from provisioning_pipelines.api.models import ErrorAnswer, IdempotencyKey
 from provisioning_pipelines.api.spec import Content, Endpoint
 
 STATIC = Path(__file__).parent / "static"
@@ -167,6 +168,13 @@ def _responses(endpoint: Endpoint, schemas: _Schemas) -> dict[str, Any]:
         responses[str(status)]["headers"] = {
             name: {"description": description, "schema": dict(schema)}
             for name, (description, schema) in headers.items()}
+    if endpoint.headers is IdempotencyKey:  # the answers a repeated key gets again
+        for status, response in responses.items():
+            if int(status) < 500 and int(status) not in NOT_KEPT:
+                response.setdefault("headers", {})["Idempotent-Replayed"] = {
+                    "description": "true when this is the first answer to the same "
+                                   "Idempotency-Key, replayed (nothing was done again)",
+                    "schema": {"type": "string", "enum": ["true"]}}
     for status in ("429", "503"):
         if status in responses and "Retry-After" not in responses[status].get("headers", {}):
             responses[status].setdefault("headers", {})["Retry-After"] = {

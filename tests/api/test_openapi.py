@@ -67,6 +67,9 @@ def test_the_document_is_valid_openapi_3_1(tmp_path: Path) -> None:
     events = document["paths"]["/v1/operations/{operation_id}/events"]["get"]
     assert "text/event-stream" in events["responses"]["200"]["content"]
     assert "text/plain" in document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    created = document["paths"]["/v1/subscriptions"]["post"]["responses"]
+    assert "Idempotent-Replayed" in created["201"]["headers"]  # a replay says so
+    assert "Idempotent-Replayed" not in created["422"].get("headers", {})  # never kept
 
 
 def test_every_route_is_in_the_document_and_nothing_else(tmp_path: Path) -> None:
