@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 
 from provisioning_pipelines.errors import Forbidden, InvalidRequest, QueryTooLong
 from provisioning_pipelines.storage.ladybug import LadybugEngine
-from provisioning_pipelines.storage.ladybug.queries import QueryLimits, check_query, json_value
+from provisioning_pipelines.storage.ladybug.queries import (
+    QueryLimits,
+    check_parameters,
+    check_query,
+    json_value,
+)
+from provisioning_pipelines.storage.ladybug.queries import run as queries_run
 
 DDL = ["CREATE NODE TABLE Person(id INT64, name STRING, PRIMARY KEY(id))"]
 
@@ -26,7 +32,10 @@ DDL = ["CREATE NODE TABLE Person(id INT64, name STRING, PRIMARY KEY(id))"]
     "COPY Person FROM 'x.csv'", "COPY (MATCH (p:Person) RETURN p) TO 'x.csv'",
     "MATCH (p) RETURN p; COPY Person TO 'x.parquet'", "EXPORT DATABASE 'x'",
     "IMPORT DATABASE 'x'", "INSTALL json", "LOAD EXTENSION json", "ATTACH 'x' AS y",
-    "DETACH y", "/* a comment */ COPY Person FROM 'x'"])
+    "DETACH y", "/* a comment */ COPY Person FROM 'x'", "UNINSTALL json", "CHECKPOINT",
+    "checkpoint;", "CALL timeout=300; MATCH (p) RETURN p", "CALL threads = 1",
+    "RETURN current_setting('home_directory')", "CALL current_setting('file_search_path') "
+    "RETURN *"])
 def test_a_clause_that_reaches_the_servers_files_is_refused(query: str) -> None:
     with pytest.raises(Forbidden) as refused:
         check_query(query, QueryLimits())
@@ -96,3 +105,31 @@ def test_readers_close_when_idle_when_too_many_and_before_a_write(tmp_path: Path
                             limits=QueryLimits()).rows == [[1]]
     assert engine.readers.close_idle(now=float("inf")) == 2
     assert len(engine.readers) == 0
+
+
+@pytest.mark.parametrize("parameters, field", [
+    ({"x": 2 ** 63}, "parameters.x"), ({"x": [1, "a"]}, "parameters.x"),
+    ({"x": []}, "parameters.x"), ({"x": {"a": None}}, "parameters.x.a"),
+    ({"x": [{"a": 1}, {"b": 2}]}, "parameters.x"),
+])
+def test_a_parameter_the_engine_would_mangle_is_refused_naming_it(
+        parameters: dict, field: str) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        check_parameters(parameters)
+    assert refused.value.field == field
+
+
+def test_objects_in_a_list_keep_their_values_whatever_their_key_order(tmp_path: Path) -> None:
+    """LadybugDB puts a list of structs' values under the last one's key order; the objects are
+    given one order first, so each value lands under its own key."""
+    engine = LadybugEngine()
+    path = tmp_path / "graph.lbug"
+    engine.ensure_database(path, DDL)
+    rows = [{"id": 1, "name": "one"}, {"name": "two", "id": 2}]
+    with engine.writing(path) as conn:
+        queries_run(conn, "UNWIND $rows AS r CREATE (:Person {id: r.id, name: r.name})",
+                    {"rows": rows}, QueryLimits())
+    with engine.writing(path) as conn:
+        answer = queries_run(conn, "MATCH (p:Person) RETURN p.id, p.name ORDER BY p.id", None,
+                             QueryLimits())
+    assert answer.rows == [[1, "one"], [2, "two"]]

@@ -115,8 +115,13 @@ WORD = "<word>"
 _OUTSIDE: dict[str, frozenset[str]] = {
     "LOAD": frozenset({"FROM", "WITH", "EXTENSION"}), "EXPORT": frozenset({"DATABASE"}),
     "IMPORT": frozenset({"DATABASE"}), "INSTALL": frozenset({WORD}),
+    "UNINSTALL": frozenset({WORD}), "CHECKPOINT": frozenset({"", ";"}),
+    "CURRENT_SETTING": frozenset({"("}),
     "ATTACH": frozenset({_STRING}), "DETACH": frozenset({WORD}),
     "COPY": frozenset({"(", WORD})}
+#: Why a clause is refused, where it is not the server's files.
+_WHY = {"CHECKPOINT": "is the host's own work (it runs one before every copy)",
+        "CURRENT_SETTING": "reads the host's settings (its paths among them)"}
 #: Words after which a name is a variable, a property, a label or a parameter, not a clause.
 _NAMING = frozenset({".", ":", "$", "AS"})
 
@@ -140,17 +145,25 @@ def check_query(cypher: object, limits: QueryLimits) -> str:
         elif mark is not None:
             tokens.append((mark, False))
     for index, (token, is_word) in enumerate(tokens):
-        if not is_word or token not in _OUTSIDE or (index and tokens[index - 1][0] in _NAMING):
+        if not is_word or (index and tokens[index - 1][0] in _NAMING):
             continue
         after, after_is_word = tokens[index + 1] if index + 1 < len(tokens) else ("", False)
         then = tokens[index + 2][0] if index + 2 < len(tokens) else ""
+        if token == "CALL" and after_is_word and then == "=":
+            # ``CALL timeout=...`` and the like: the host's settings, not the customer's
+            raise Forbidden(f"query: CALL {after.lower()}=... changes the host's settings, "
+                            "which a customer's query may not do", field="query")
+        if token not in _OUTSIDE:
+            continue
         if token == "DETACH" and after == "DELETE":
             continue  # Cypher's DETACH DELETE, not LadybugDB's DETACH of a database
         if token == "COPY" and after_is_word and then not in ("FROM", "TO"):
             continue  # a name (``WITH copy AS c``), not COPY table FROM | TO
         if after in _OUTSIDE[token] or (after_is_word and WORD in _OUTSIDE[token]):
-            raise Forbidden(f"query: {token} {after} reaches the server's files or loads "
-                            "code, which a customer's query may not do", field="query")
+            clause = token if token in _WHY else f"{token} {after}"
+            why = _WHY.get(token, "reaches the server's files or loads code")
+            raise Forbidden(f"query: {clause} {why}, which a customer's query may not do",
+                            field="query")
     return cypher
 
 
@@ -306,6 +319,65 @@ class _Watchdog:
 _WATCHDOG = _Watchdog()
 
 
+#: The engine's largest and smallest integer (INT64).
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
+
+
+def check_parameters(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The parameters as the engine takes them, or 422 naming the one it would mangle or choke
+    on: an integer past INT64, an empty list, a null inside a list or an object, a list whose
+    items are not all of one kind, objects in a list with different keys (the engine would put
+    each value under the last object's keys). Objects in a list are given one key order."""
+    if params is None:
+        return {}
+    return {name: _parameter(value, f"parameters.{name}") for name, value in params.items()}
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    return "object" if isinstance(value, dict) else "null"
+
+
+def _parameter(value: Any, field: str, *, inside: bool = False) -> Any:
+    if value is None:
+        if inside:
+            raise InvalidRequest(f"{field}: null inside a list or an object is not supported "
+                                 "by the engine; leave the key out", field=field)
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and not (
+            _INT64[0] <= value <= _INT64[1]):
+        raise InvalidRequest(f"{field}: {value} is past the engine's 64-bit integers",
+                             field=field)
+    if isinstance(value, dict):
+        return {key: _parameter(item, f"{field}.{key}", inside=True)
+                for key, item in value.items()}
+    if not isinstance(value, list):
+        return value
+    if not value:
+        raise InvalidRequest(f"{field}: an empty list has no type the engine can give it; "
+                             "leave it out or send one item", field=field)
+    kinds = {_kind(item) for item in value}
+    if len(kinds) > 1:
+        raise InvalidRequest(f"{field}: a list's items must all be of one kind (got "
+                             f"{', '.join(sorted(kinds))})", field=field)
+    items = [_parameter(item, f"{field}[{index}]", inside=True)
+             for index, item in enumerate(value)]
+    if kinds == {"object"}:
+        keys = sorted(items[0])
+        if any(sorted(item) != keys for item in items):
+            raise InvalidRequest(f"{field}: every object in a list must have the same keys",
+                                 field=field)
+        items = [{key: item[key] for key in keys} for item in items]
+    return items
+
+
 def engine_message(exc: BaseException) -> str:
     """The engine's message for a customer: one line, no server paths."""
     return redacted(" ".join(str(exc).split()))[:1000]
@@ -322,9 +394,10 @@ def run(conn: ladybug.Connection, cypher: str, params: Mapping[str, Any] | None,
     timeout_ms = max(1, int(limits.timeout_seconds * 1000))
     conn.set_query_timeout(timeout_ms)
     watch = _WATCHDOG.watch(conn, limits.timeout_seconds + 0.05)
+    checked = check_parameters(params)
     try:
         try:
-            result = conn.execute(cypher, dict(params or {}))
+            result = conn.execute(cypher, checked)
             if isinstance(result, list):  # several statements: the last one's answer
                 for earlier in result[:-1]:
                     earlier.close()
