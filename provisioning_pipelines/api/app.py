@@ -23,6 +23,8 @@ from dagster import DagsterInstance
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from provisioning_pipelines.api import (
     backups,
@@ -44,6 +46,17 @@ from provisioning_pipelines.direct import DirectExecutor, default_executor
 from provisioning_pipelines.direct.recovery import Recovery
 from provisioning_pipelines.settings import Settings, get_settings
 from provisioning_pipelines.storage.events import DEFAULT_KEEPALIVE_SECONDS
+
+
+async def _no_route(request: Request, exc: Exception) -> Response:
+    """A path or method the API does not have answers in the API's error shape, as every
+    other error does."""
+    status = getattr(exc, "status_code", 404)
+    code, what = ("method_not_allowed", f"{request.method} is not allowed on") \
+        if status == 405 else ("not_found", "no route")
+    headers = getattr(exc, "headers", None)
+    return JSONResponse({"error": code, "message": f"{what} {request.url.path[:200]}",
+                         "field": None}, status_code=status, headers=headers)
 
 
 def create_app(settings: Settings | None = None, executor: DirectExecutor | None = None,
@@ -89,7 +102,8 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID",
                            "Idempotency-Key"], max_age=600))
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
+                    exception_handlers={404: _no_route, 405: _no_route})
     app.state.api = api
     app.state.endpoints = endpoints
     app.state.recovery = recovery

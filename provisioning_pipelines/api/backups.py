@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -53,6 +53,8 @@ class BackupStarted(OperationStarted):
 
 
 class RestoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is named, not ignored
+
     into_graph_id: str | None = Field(None, description="a top-level graph of the same owner "
                                                         "(default: the backed-up graph)")
 
@@ -79,12 +81,14 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
 
     def list_backups(request: Request) -> Response:
         user = api.user_of(request)
-        page = pages.page_request(request, "backups")
+        graph_id = request.path_params["graph_id"]
+        listed = f"backups:{graph_id}"  # a cursor is one graph's: another graph's is a 422
+        page = pages.page_request(request, listed)
         with api.database.session() as session:
-            graph = graphs.visible_graph(session, request.path_params["graph_id"], user.user_id)
+            graph = graphs.visible_graph(session, graph_id, user.user_id)
             found = backups.backups_page(session, graph.id, after=page.after, limit=page.limit)
             return JSONResponse(pages.page_answer(
-                "backups", [backups.describe(backup) for backup in found.items], "backups",
+                "backups", [backups.describe(backup) for backup in found.items], listed,
                 found.next_key))
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -66,6 +66,8 @@ SUBGRAPH_NAME = "^[a-zA-Z0-9]{1,20}$"
 
 
 class SubgraphRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is named, not ignored
+
     # The pattern is the document's; the service checks it, with its own message.
     name: str = Field(json_schema_extra={"pattern": SUBGRAPH_NAME},
                       description="1 to 20 letters or digits; the subgraph's id is "
@@ -116,6 +118,7 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
         def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
             graph = lifecycle.managed_graph(session, graph_id, user.user_id)
             lifecycle.check_status(graph, "reactivate")
+            lifecycle.check_payer(graph, user.user_id)
             return REACTIVATION_FLOW, LifecycleConfig(
                 graph_id=graph_id, actor=user.user_id, reason="restored by the user"), {}
 

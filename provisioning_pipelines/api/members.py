@@ -43,12 +43,13 @@ class MemberList(BaseModel):
 def endpoints(api: ApiContext) -> list[Endpoint]:
     def list_members(request: Request) -> Response:
         user = api.user_of(request)
-        page = pages.page_request(request, "members")
+        graph_id = request.path_params["graph_id"]
+        listed = f"members:{graph_id}"  # a cursor is one graph's: another graph's is a 422
+        page = pages.page_request(request, listed)
         with api.database.session() as session:
-            found = members.members_page(session, request.path_params["graph_id"],
-                                         user.user_id, after=page.after, limit=page.limit)
-        return JSONResponse(pages.page_answer("members", found.items, "members",
-                                              found.next_key))
+            found = members.members_page(session, graph_id, user.user_id, after=page.after,
+                                         limit=page.limit)
+        return JSONResponse(pages.page_answer("members", found.items, listed, found.next_key))
 
     async def put_member(request: Request) -> Response:
         user = await run_in_threadpool(api.user_of, request)

@@ -10,7 +10,7 @@ a browser in as someone else. Signing out deletes the row: the token then fails 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,6 +23,8 @@ from provisioning_pipelines.services.access import accounts, sessions
 
 
 class SignIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is named, not ignored
+
     api_key: str = Field(max_length=200, description="the key `users create` showed (ppk_…)")
 
 

@@ -89,6 +89,8 @@ class SubscriptionRequest(BaseModel):
     """A graph (``resource_type`` graph, a tier as ``plan_name``, ``graph``) or access to a
     repository (``resource_type`` repository, ``plan_name`` ``<repository>-<plan>``)."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is named, not ignored
+
     resource_type: Literal["graph", "repository"]
     # The plans are the document's; the service checks them, naming what it knows.
     plan_name: str = Field(max_length=64, json_schema_extra={"enum": PLANS},

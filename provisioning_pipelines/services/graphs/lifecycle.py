@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.errors import Conflict, NotFound
+from provisioning_pipelines.errors import Conflict, Forbidden, NotFound
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.services.billing.states import SUBSCRIPTION
@@ -352,6 +352,14 @@ def managed_graph(session: Session, graph_id: str, user_id: str) -> Graph:
                        field="graph_id")
     roles.check_admin(session, graph, user_id)
     return graph
+
+
+def check_payer(graph: Graph, user_id: str) -> None:
+    """Reactivating a graph starts its subscription's billing again: the one who pays for it
+    (its owner) decides that, not another admin of the graph (403)."""
+    if graph.subscription_id and graph.owner_user_id != user_id:
+        raise Forbidden(f"graph_id: reactivating {graph.id!r} restarts the subscription that "
+                        "pays for it; only its owner may", field="graph_id")
 
 
 def check_status(graph: Graph, action: str) -> None:
