@@ -28,7 +28,7 @@ from provisioning_pipelines.flows import (
 )
 from provisioning_pipelines.services.access.accounts import Identity
 from provisioning_pipelines.services.capacity import hosts
-from provisioning_pipelines.services.graphs import backups, lifecycle
+from provisioning_pipelines.services.graphs import backups, lifecycle, restores
 from provisioning_pipelines.services.graphs import records as graphs
 
 DATE_TIME = {"format": "date-time"}
@@ -102,11 +102,11 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
         into = body.into_graph_id
 
         def check(session: Session, user: Identity) -> tuple[Flow, Any, dict[str, Any]]:
-            plan = backups.plan_restore(session, user_id=user.user_id, graph_id=graph_id,
+            plan = restores.plan_restore(session, user_id=user.user_id, graph_id=graph_id,
                                         backup_id=backup_id, into_graph_id=into)
-            backups.check_restorable_here(session, plan)
+            restores.check_restorable_here(session, plan)
             hosts.check_serving(session, plan.graph_id)
-            backups.check_kept(api.executor.resources["backups"].get().store, plan)
+            restores.check_kept(api.executor.resources["backups"].get().store, plan)
             config = RestoreConfig(user_id=user.user_id, graph_id=graph_id,
                                    backup_id=backup_id, into_graph_id=into)
             return RESTORE_FLOW, config, {"graph_id": plan.graph_id}

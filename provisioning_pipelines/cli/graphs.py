@@ -255,13 +255,13 @@ def graphs_backups(args: argparse.Namespace, settings: Settings) -> int:
 
 def graphs_restore_backup(args: argparse.Namespace, settings: Settings) -> int:
     from provisioning_pipelines.flows import RESTORE_FLOW, RestoreConfig
-    from provisioning_pipelines.services.graphs import backups
     from provisioning_pipelines.services.graphs import records as graphs
+    from provisioning_pipelines.services.graphs import restores
 
     with database_of(settings).session() as session:
         user_id = args.user or graphs.top_level_graph(session, args.graph_id).owner_user_id
-        backups.plan_restore(session, user_id=user_id, graph_id=args.graph_id,
-                             backup_id=args.backup_id, into_graph_id=args.into_graph_id)
+        restores.plan_restore(session, user_id=user_id, graph_id=args.graph_id,
+                              backup_id=args.backup_id, into_graph_id=args.into_graph_id)
     return _run(args, settings, RESTORE_FLOW, RestoreConfig(
         user_id=user_id, graph_id=args.graph_id, backup_id=args.backup_id,
         into_graph_id=args.into_graph_id))

@@ -37,10 +37,10 @@ from provisioning_pipelines.flows.steps import (
     step,
 )
 from provisioning_pipelines.services.capacity import hosts
-from provisioning_pipelines.services.graphs import backups, lifecycle
+from provisioning_pipelines.services.graphs import backups, lifecycle, restores
 from provisioning_pipelines.services.graphs import records as graphs
-from provisioning_pipelines.services.graphs.backups import RestorePlan
 from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
+from provisioning_pipelines.services.graphs.restores import RestorePlan
 from provisioning_pipelines.storage.db import Database
 
 
@@ -191,7 +191,7 @@ def undo_restore(ctx: StepContext, work: Any, exc: BaseException) -> None:
                       "it by the file's checksum")
         return
     with ctx.database.session() as session:
-        backups.unmark_restore(session, work.claim)
+        restores.unmark_restore(session, work.claim)
         lifecycle.release_graph(session, work.claim)
     ctx.log.error(f"restore into {work.plan.graph_id}: {detail(exc)}; the graph is unchanged")
 
@@ -206,10 +206,10 @@ def plan_restore(ctx: StepContext, config: RestoreConfig) -> RestoreWork:
     that graph."""
     started_at = time.time()
     with ctx.database.session() as session:
-        plan = backups.plan_restore(session, user_id=config.user_id, graph_id=config.graph_id,
+        plan = restores.plan_restore(session, user_id=config.user_id, graph_id=config.graph_id,
                                     backup_id=config.backup_id,
                                     into_graph_id=config.into_graph_id)
-        backups.check_restorable_here(session, plan)
+        restores.check_restorable_here(session, plan)
         claim = lifecycle.claim_graph(session, plan.graph_id, statuses=("active",),
                                       lease_seconds=ctx.policy.claim_lease_seconds)
         host_id = graphs.top_level_graph(session, plan.graph_id).host_id
@@ -225,15 +225,15 @@ def swap_in_backup(ctx: StepContext, work: RestoreWork) -> Outcome:
     assert ctx.backups is not None, "the backups resource is required"
     with ctx.database.session() as session:
         graph = lifecycle.assert_graph_held(session, work.claim)
-        backups.check_paid_for(session, graph)
-        backups.begin_restore(session, work.plan, graph, ctx.operation_id)
+        restores.check_paid_for(session, graph)
+        restores.begin_restore(session, work.plan, graph, ctx.operation_id)
         host = hosts.graph_host(session, ctx.hosts, work.host_id)
     host.restore(work.plan.graph_id, work.plan.source_graph_id, work.plan.backup_id,
                  work.plan.checksum)
     ctx.progress(f"Swapped {work.plan.backup_id} into graph {work.plan.graph_id}", 80)
     with ctx.database.session() as session:
         graph = lifecycle.assert_graph_held(session, work.claim)
-        backups.finish_restore(session, work.plan, graph, ctx.backups.backup_dir)
+        restores.finish_restore(session, work.plan, graph, ctx.backups.backup_dir)
         lifecycle.release_graph(session, work.claim)
         view = graphs.describe(session, graph)
     ctx.progress(f"Graph {work.plan.graph_id} restored from {work.plan.backup_id}", 100)

@@ -50,7 +50,7 @@ from provisioning_pipelines.runtime.resources import DatabaseResource, GraphEngi
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.services.catalog import TIERS
-from provisioning_pipelines.services.graphs import backups, lifecycle
+from provisioning_pipelines.services.graphs import backups, lifecycle, restores
 from provisioning_pipelines.services.graphs import records as graphs
 
 #: A change is launched at most once per window; one that failed is launched again in the next.
@@ -94,9 +94,9 @@ def reap(context: SensorEvaluationContext, database: DatabaseResource,
     done = []
     with database.get().session() as session:
         backup_dir = Path(graph_engine.backup_dir or graph_engine.data_dir)
-        done.extend(backups.finish_interrupted_restores(session, graph_engine.hosts(),
+        done.extend(restores.finish_interrupted_restores(session, graph_engine.hosts(),
                                                         backup_dir, now=now))
-        for graph_id in backups.stale_restores(session, now=now):
+        for graph_id in restores.stale_restores(session, now=now):
             graphs.discard_graph(session, graph_engine.hosts(), graph_id)
             done.append(f"removed the unfinished restore {graph_id}")
         for backup in backups.expired(session, now=now):

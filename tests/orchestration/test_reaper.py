@@ -34,7 +34,7 @@ from provisioning_pipelines.orchestration.reaper import (
 )
 from provisioning_pipelines.orchestration.schedules import daily_graph_backups
 from provisioning_pipelines.services.capacity import hosts
-from provisioning_pipelines.services.graphs import backups, lifecycle
+from provisioning_pipelines.services.graphs import backups, lifecycle, restores
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.models import (
     AuditLogEntry,
@@ -191,7 +191,7 @@ def test_a_dead_restore_is_finished_or_undone_and_expired_backups_are_removed(
                                                backup_id="bk_old"))
     with database.session() as session:
         graph = session.get(Graph, graph_id)
-        backups.begin_restore(session, work.plan, graph, None)
+        restores.begin_restore(session, work.plan, graph, None)
     if swapped:  # the host swapped it in, and the worker died before its rows
         with database.session() as session:
             host = hosts.graph_host(session, resources["graph_engine"].hosts(), work.host_id)

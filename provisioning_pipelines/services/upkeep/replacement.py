@@ -116,8 +116,8 @@ def plan(session: Session, graph_id: str, lost_host_id: str, *, to_host_id: str 
             if newest is not None and reachable else None)
     return Replacement(
         graph_id=graph_id, owner_user_id=graph.owner_user_id, lost_host_id=lost_host_id,
-        host_id=mark["to"], data_root=mark["root"], ddl=backups.statements_of(session, graph_id),
-        subgraphs=[(child.id, backups.statements_of(session, child.id)) for child in children],
+        host_id=mark["to"], data_root=mark["root"], ddl=graphs.schema_statements(session, graph_id),
+        subgraphs=[(child.id, graphs.schema_statements(session, child.id)) for child in children],
         backup=kept, claim=claim, backup_lost=newest is not None and not reachable)
 
 

@@ -152,7 +152,7 @@ class LocalHost(GraphHost):
             # Into a folder store the copy is made where it is kept (one copy, as before there
             # were stores); for S3 in the host's outgoing folder, removed once uploaded.
             in_place = isinstance(self.store, FolderStore)
-            outgoing = (self.store.path_of(key) if isinstance(self.store, FolderStore)
+            outgoing = (self.store.path_of(key) if in_place
                         else self.outgoing / graph_id / f"{name}{SUFFIX}")
             made = ladybug_backups.back_up(self.engine, path, outgoing)
             try:

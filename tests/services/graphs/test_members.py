@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Forbidden, InvalidRequest, NotFound, ProvisioningError
-from provisioning_pipelines.services.graphs import backups, lifecycle, members, roles
+from provisioning_pipelines.services.graphs import lifecycle, members, restores, roles
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.models import Graph, GraphUser, User
@@ -43,7 +43,7 @@ def test_roles_decide_who_sees_and_who_changes_a_graph(database: Database,
         with pytest.raises(Forbidden):
             lifecycle.managed_graph(session, graph_id, writer)
         with pytest.raises(Forbidden):
-            backups.plan_restore(session, user_id=writer, graph_id=graph_id,
+            restores.plan_restore(session, user_id=writer, graph_id=graph_id,
                                  backup_id="bk_nonexistent", into_graph_id=None)
         with pytest.raises(NotFound):
             graphs.visible_graph(session, graph_id, stranger)
