@@ -210,6 +210,13 @@ class HostUnavailable(ServiceUnavailable):
         self.reached = reached
 
 
+class GraphMoving(ServiceUnavailable):
+    """The graph is being moved to another host: reads are served, a write or a lifecycle
+    change is refused for the few seconds of the move's last copy (503 with ``Retry-After``)."""
+
+    code = "graph_moving"
+
+
 class BackupStoreUnavailable(ServiceUnavailable):
     """The backup store did not answer, or failed, within its timeouts (answered 503)."""
 

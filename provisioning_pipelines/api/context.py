@@ -40,6 +40,7 @@ from provisioning_pipelines.flows import Flow
 from provisioning_pipelines.flows.public import describe
 from provisioning_pipelines.services.access import accounts, sessions
 from provisioning_pipelines.services.access.accounts import Identity
+from provisioning_pipelines.services.graphs import lifecycle
 from provisioning_pipelines.services.provisioning import leases
 from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import Database
@@ -144,6 +145,10 @@ class ApiContext:
             user = self.user_of(request)
             with self.database.session() as session:
                 flow, config, extra = check(session, user)
+                graph_id = getattr(config, "graph_id", None) or \
+                    getattr(config, "parent_graph_id", None)
+                if isinstance(graph_id, str):
+                    lifecycle.check_not_moving(session, graph_id)  # 503, Retry-After
             return user, flow, config, extra
 
         user, flow, config, extra = await run_in_threadpool(checked)

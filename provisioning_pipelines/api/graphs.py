@@ -86,6 +86,7 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
                 parent = graphs.visible_graph(session, graph_id, user.user_id)
                 subgraphs.check_can_add_subgraph(session, parent, user.user_id)
                 hosts.check_serving(session, graph_id)
+                lifecycle.check_not_moving(session, graph_id)
             return user
 
         user = await run_in_threadpool(visible)

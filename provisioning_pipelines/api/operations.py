@@ -63,8 +63,8 @@ class OperationView(BaseModel):
 class OperationSummary(OperationView):
     kind: str = Field(description="graph_provisioning, repository_provisioning, "
                                   "subgraph_creation, suspension, reactivation, graph_deletion, "
-                                  "subgraph_deletion, graph_backup, graph_restore or "
-                                  "graph_replacement")
+                                  "subgraph_deletion, graph_backup, graph_restore, "
+                                  "graph_replacement or graph_move")
     created_at: str = Field(json_schema_extra={"format": "date-time"})
 
 

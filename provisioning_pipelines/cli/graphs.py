@@ -1,6 +1,6 @@
 """The operator's commands for the rest of a resource's life: ``graphs`` (list, show, query,
-delete, restore, backup, backups, restore-backup), ``subgraphs delete`` and ``subscriptions
-cancel``.
+delete, restore, backup, backups, restore-backup, move: ``cli/moves.py``), ``subgraphs
+delete`` and ``subscriptions cancel``.
 
 Each change runs its flow as one operation, in this process (or as a Dagster run with
 ``--via-dagster``), and prints the operation's result; the same checks as the API's come first.
@@ -12,6 +12,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 from provisioning_pipelines.cli.commands import database_of, print_json
+from provisioning_pipelines.cli.moves import add_move_command
 
 if TYPE_CHECKING:
     from provisioning_pipelines.settings import Settings
@@ -69,6 +70,7 @@ def add_commands(commands_: Any, subgraphs: Any, subscriptions: Any) -> None:
     from_backup.set_defaults(run=graphs_restore_backup)
     for command in (delete, restore, backup, from_backup):
         _via_dagster(command)
+    add_move_command(graphs)
 
     sg_delete = subgraphs.add_parser("delete", help="delete a subgraph")
     sg_delete.add_argument("--user", required=True, help="a user with the admin role on it")

@@ -38,8 +38,11 @@ def add_commands(commands_: Any) -> None:
                      "as shown (never opened here)")
     add.add_argument("--id", help="the host's id (default: <tier>-<n>; required with --url)")
     add.set_defaults(run=hosts_add)
-    drain = hosts.add_parser("drain", help="place no new graph on a host (its graphs stay)")
+    drain = hosts.add_parser("drain", help="place no new graph on a host (its graphs stay, "
+                             "or go to the tier's other hosts with --move)")
     drain.add_argument("host_id", help="as hosts list shows it")
+    drain.add_argument("--move", action="store_true", help="then move each of its graphs, "
+                       "with their subgraphs, to the other hosts of its tier")
     drain.set_defaults(run=hosts_drain)
     resume = hosts.add_parser("resume", help="take a drained host back; the tier's queue is "
                               "provisioned into its free slots")
@@ -157,9 +160,15 @@ def hosts_drain(args: argparse.Namespace, settings: Settings) -> int:
 
     with database_of(settings).session() as session:
         host = hosts.set_status(session, args.host_id, "draining")
-        print(f"{host.id} drains: its {host.slots_used} graph(s) stay, no new one is placed "
-              "on it")
-    return 0
+        held, tier = host.slots_used, host.tier
+    if not args.move:
+        print(f"{args.host_id} drains: its {held} graph(s) stay, no new one is placed on it")
+        return 0
+    from provisioning_pipelines.cli.moves import drain_and_move
+
+    moved = drain_and_move(settings, args.host_id, tier)
+    print_json({"host_id": args.host_id, "status": "draining", **moved})
+    return 1 if moved["failed"] else 0
 
 
 def hosts_resume(args: argparse.Namespace, settings: Settings) -> int:

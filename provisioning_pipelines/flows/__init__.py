@@ -13,6 +13,7 @@ from provisioning_pipelines.flows.deletion import (
     SubgraphDeletionConfig,
 )
 from provisioning_pipelines.flows.graph import GRAPH_FLOW, GraphConfig
+from provisioning_pipelines.flows.move import MOVE_FLOW, MoveConfig
 from provisioning_pipelines.flows.replacement import REPLACEMENT_FLOW, ReplacementConfig
 from provisioning_pipelines.flows.repository import REPOSITORY_FLOW, RepositoryConfig
 from provisioning_pipelines.flows.runner import RetryLater, execute_flow, materialization, run_step
@@ -35,13 +36,14 @@ from provisioning_pipelines.flows.triggers import (
 #: Provisioning, then the rest of a resource's life.
 FLOWS: tuple[Flow, ...] = (GRAPH_FLOW, REPOSITORY_FLOW, SUBGRAPH_FLOW, SUSPENSION_FLOW,
                            REACTIVATION_FLOW, DELETION_FLOW, SUBGRAPH_DELETION_FLOW, BACKUP_FLOW,
-                           RESTORE_FLOW, REPLACEMENT_FLOW)
+                           RESTORE_FLOW, REPLACEMENT_FLOW, MOVE_FLOW)
 
 __all__ = [
     "BACKUP_FLOW",
     "DELETION_FLOW",
     "FLOWS",
     "GRAPH_FLOW",
+    "MOVE_FLOW",
     "REACTIVATION_FLOW",
     "REPLACEMENT_FLOW",
     "REPOSITORY_FLOW",
@@ -57,6 +59,7 @@ __all__ = [
     "FollowUp",
     "GraphConfig",
     "LifecycleConfig",
+    "MoveConfig",
     "Outcome",
     "Policy",
     "ReplacementConfig",

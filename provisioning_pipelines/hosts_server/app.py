@@ -25,7 +25,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -36,7 +36,11 @@ from provisioning_pipelines.errors import (
     RequestTimeout,
     Unauthorized,
 )
-from provisioning_pipelines.storage.hosts.contract import check_backup_name, check_graph_id
+from provisioning_pipelines.storage.hosts.contract import (
+    HostAddress,
+    check_backup_name,
+    check_graph_id,
+)
 from provisioning_pipelines.storage.hosts.local import LocalHost
 from provisioning_pipelines.storage.ladybug.queries import QueryLimits
 
@@ -186,6 +190,36 @@ def create_app(host: LocalHost, tokens: Sequence[str], *, body_timeout: float = 
     def checksum(request: Request, _: dict[str, Any]) -> Any:
         return {"sha256": host.checksum(graph_id(request))}
 
+    def freeze(request: Request, _: dict[str, Any]) -> Any:
+        return {"sha256": host.freeze(graph_id(request))}
+
+    def thaw(request: Request, _: dict[str, Any]) -> Any:
+        return {"thawed": host.thaw(graph_id(request))}
+
+    def copy_from(request: Request, body: dict[str, Any]) -> Any:
+        source, sha256 = body.get("source"), body.get("sha256")
+        if not isinstance(sha256, str) or len(sha256) != 64:
+            raise InvalidRequest("sha256: the source file's sha256, 64 hex digits",
+                                 field="sha256")
+        if not isinstance(source, dict) or not all(
+                isinstance(source.get(key), str) for key in ("host_id", "url", "data_root")):
+            raise InvalidRequest("source: required, the host_id, url and data_root of a host "
+                                 "server (a host server copies only from another)",
+                                 field="source")
+        if not source["url"].startswith(("http://", "https://")):
+            raise InvalidRequest("source.url: an http:// or https:// address", field="source")
+        host.copy_from(graph_id(request), HostAddress(source["host_id"], source["url"],
+                                                      source["data_root"]), sha256)
+        return {"copied": True}
+
+    async def file(request: Request) -> Response:
+        """The graph's file as it is on disk, for a peer copying it (``copy_from``)."""
+        try:
+            path = await run_in_threadpool(host.file_of, graph_id(request))
+        except ProvisioningError as exc:
+            return _error(exc)
+        return FileResponse(path, media_type="application/octet-stream")
+
     def delete_backup(request: Request, _: dict[str, Any]) -> Any:
         return {"deleted": host.delete_backup(graph_id(request), request.path_params["name"])}
 
@@ -248,6 +282,10 @@ def create_app(host: LocalHost, tokens: Sequence[str], *, body_timeout: float = 
         Route(f"{graph}/backups/{{name}}", endpoint(back_up, body=True), methods=["PUT"]),
         Route(f"{graph}/restore", endpoint(restore, body=True), methods=["POST"]),
         Route(f"{graph}/checksum", endpoint(checksum), methods=["GET"]),
+        Route(f"{graph}/file", file, methods=["GET"]),
+        Route(f"{graph}/freeze", endpoint(freeze), methods=["POST"]),
+        Route(f"{graph}/thaw", endpoint(thaw), methods=["POST"]),
+        Route(f"{graph}/copy", endpoint(copy_from, body=True), methods=["POST"]),
         Route(f"{graph}/backups/{{name}}", endpoint(delete_backup), methods=["DELETE"]),
         Route(f"{graph}/query", endpoint(query, body=True), methods=["POST"]),
         Route(f"{graph}/run", endpoint(run_query, body=True), methods=["POST"]),

@@ -75,7 +75,8 @@ def serve(*, host_id: str, tier: str, capacity: int, data_root: Path, address: s
                                data_root.resolve() / HOST_FOLDER / "backups",
                                endpoint_url=environ.get(STORE_ENDPOINT) or None,
                                storage_class=environ.get(STORE_CLASS) or None)
-    local = LocalHost(host_id, data_root.resolve(), tier=tier, capacity=capacity, store=store)
+    local = LocalHost(host_id, data_root.resolve(), tier=tier, capacity=capacity, store=store,
+                      peer_token=tokens[0])
     removed = local.remove_leftovers()  # nothing runs yet: what is half-made was cut short
     if removed:
         logging.getLogger("provisioning_pipelines.hosts_server").warning(

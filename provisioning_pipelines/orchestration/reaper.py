@@ -8,7 +8,8 @@ webhook or a user starts directly. Each tick it
   suspended (``lifecycle.out_of_step``), and a suspension for a graph no subscription pays
   for (made by an earlier version's restores);
 * launches the deletion of each suspended graph past its grace, and of each deletion that began
-  and did not finish (a teardown killed half-way is run again, and finishes);
+  and did not finish (a teardown killed half-way is run again, and finishes), and each move
+  whose worker died before it switched the graph's host (run again, it continues);
 * finishes (or undoes) a restore whose worker died, removes what an earlier version's restore
   left, and backups past retention;
 * logs an alert for each paid customer still without a resource after
@@ -38,11 +39,13 @@ from dagster import (
 from provisioning_pipelines.errors import ServiceUnavailable
 from provisioning_pipelines.flows import (
     DELETION_FLOW,
+    MOVE_FLOW,
     REACTIVATION_FLOW,
     SUSPENSION_FLOW,
     DeletionConfig,
     Flow,
     LifecycleConfig,
+    MoveConfig,
     follow_up,
 )
 from provisioning_pipelines.orchestration.jobs import JOBS
@@ -52,6 +55,7 @@ from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.services.catalog import TIERS
 from provisioning_pipelines.services.graphs import backups, lifecycle, restores
 from provisioning_pipelines.services.graphs import records as graphs
+from provisioning_pipelines.services.upkeep import moves
 
 #: A change is launched at most once per window; one that failed is launched again in the next.
 WINDOW_SECONDS = 600
@@ -69,6 +73,7 @@ def lifecycle_requests(database: DatabaseResource, now: datetime) -> list[RunReq
         changes = lifecycle.out_of_step(session, now=now)
         unpaid = lifecycle.unpaid_graphs(session)
         deletions = lifecycle.due_deletions(session, now=now)
+        stalled_moves = moves.interrupted(session, now=now)
     requests = []
     for change in changes:
         ending = change["action"] == "suspend"
@@ -84,6 +89,9 @@ def lifecycle_requests(database: DatabaseResource, now: datetime) -> list[RunReq
         config = DeletionConfig(graph_id=graph_id, actor="reaper",
                                 reason="the grace after cancellation is over")
         requests.append(_request(DELETION_FLOW, config, graph_id, now))
+    for graph_id, to_host_id in stalled_moves:
+        requests.append(_request(MOVE_FLOW, MoveConfig(graph_id=graph_id, to_host_id=to_host_id),
+                                 graph_id, now))
     return requests
 
 

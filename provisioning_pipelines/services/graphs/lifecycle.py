@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from provisioning_pipelines.errors import Conflict, Forbidden, NotFound
+from provisioning_pipelines.errors import Conflict, Forbidden, GraphMoving, NotFound
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.services.billing.states import SUBSCRIPTION
@@ -171,6 +171,10 @@ def resource_state(session: Session, subscription: Subscription) -> str:
 # --- the graph's lifecycle claim ------------------------------------------------------------------
 
 
+#: The graph row's mark while it moves between hosts (``services/upkeep/moves.py``).
+MOVING_MARK = "moving"
+
+
 def claim_graph(session: Session, graph_id: str, *, lease_seconds: float,
                 statuses: tuple[str, ...], now: datetime | None = None) -> GraphClaim:
     """Win the graph for one lifecycle operation (backup, deletion, restore), if it is in one of
@@ -190,7 +194,19 @@ def claim_graph(session: Session, graph_id: str, *, lease_seconds: float,
         raise NotFound(f"graph_id: no graph {graph_id!r}", field="graph_id")
     if graph.status not in statuses:
         raise Conflict(f"graph {graph_id!r} is {graph.status}", field="graph_id")
+    check_not_moving(session, graph_id)
     raise graphs_busy(graph_id)
+
+
+def check_not_moving(session: Session, graph_id: str) -> None:
+    """Refuse a lifecycle change of a graph (or of a subgraph of one) that is moving to another
+    host: a 503 with ``Retry-After``, as its writes get; it is over in a few seconds."""
+    graph = session.get(Graph, graph_id)
+    if graph is not None and graph.parent_graph_id:
+        graph = session.get(Graph, graph.parent_graph_id)
+    if graph is not None and (graph.details or {}).get(MOVING_MARK):
+        raise GraphMoving(f"graph_id: graph {graph.id} is moving to another host; try again "
+                          "in a few seconds", field="graph_id")
 
 
 def graphs_busy(graph_id: str) -> Conflict:

@@ -42,6 +42,7 @@ from provisioning_pipelines.services import idempotency
 from provisioning_pipelines.services.access import sessions
 from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs.states import GRAPH
+from provisioning_pipelines.services.upkeep import moves
 from provisioning_pipelines.storage.hosts.directory import HostAddress, HostDirectory
 from provisioning_pipelines.storage.ladybug import LadybugEngine, sidecars
 from provisioning_pipelines.storage.ladybug.files import SIDECAR_PREFIXES, recovery_pending
@@ -90,9 +91,16 @@ def host_folders(session: Session, graph_data_dir: Path) -> list[Path]:
 
 
 def owned_files(session: Session) -> set[str]:
-    """The real paths of the files of every graph that is not deleted."""
-    return {os.path.realpath(path) for path in session.scalars(
+    """The real paths of the files of every graph that is not deleted, and of the copies a
+    move or a replacement is making on another host now."""
+    owned = {os.path.realpath(path) for path in session.scalars(
         select(Graph.database_path).where(Graph.status != _GONE))}
+    for host_id, graph_ids in moves.arriving(session).items():
+        root = session.scalar(select(GraphHost.data_root).where(GraphHost.id == host_id))
+        if root is not None:
+            owned.update(os.path.realpath(Path(root) / f"{graph_id}.lbug")
+                         for graph_id in graph_ids)
+    return owned
 
 
 def sweep(session: Session, graph_data_dir: Path, *, min_age_seconds: float,
@@ -157,6 +165,8 @@ def sweep_host_servers(session: Session, directory: HostDirectory, report: Sweep
     for graph_id, host_id in session.execute(select(Graph.id, Graph.host_id)
                                              .where(Graph.status != _GONE)):
         placed.setdefault(host_id, set()).add(graph_id)
+    for host_id, graph_ids in moves.arriving(session).items():  # copies being made there
+        placed.setdefault(host_id, set()).update(graph_ids)
     remote = session.execute(select(GraphHost.id, GraphHost.url, GraphHost.data_root)
                              .where(GraphHost.url.is_not(None),
                                     GraphHost.health == "healthy",
@@ -166,6 +176,8 @@ def sweep_host_servers(session: Session, directory: HostDirectory, report: Sweep
         host = directory.get(HostAddress(host_id, url, data_root))
         try:
             unplaced = set(host.list().graphs) - placed.get(host_id, set())
+            # Asked again after the listing, as placements are: a move may have begun since.
+            unplaced -= moves.arriving(session).get(host_id, set())
             for graph_id in unplaced - _placed_on(session, host_id, unplaced):
                 if host.quarantine(graph_id):
                     report.orphans_quarantined.append(f"{host_id}:{graph_id}")

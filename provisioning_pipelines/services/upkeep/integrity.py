@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session
 from provisioning_pipelines.errors import ProvisioningError
 from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs.states import GRAPH, HOLDS_SLOT, LIVE
+from provisioning_pipelines.services.upkeep import moves
+from provisioning_pipelines.storage.graph_ids import GRAPH_ID
 from provisioning_pipelines.storage.hosts.directory import HostDirectory
 from provisioning_pipelines.storage.ladybug import expected_tables
 from provisioning_pipelines.storage.models import Graph, GraphHost, GraphSchema
@@ -67,6 +69,10 @@ def hosts_within_capacity(session: Session) -> list[Finding]:
         select(Graph.host_id, func.count()).where(Graph.parent_graph_id.is_(None),
                                                   Graph.status.in_(HOLDS_SLOT))
         .group_by(Graph.host_id)).all())
+    # A move or a replacement under way holds a slot on the host its graph goes to.
+    for host_id, arriving in moves.arriving(session).items():
+        counted[host_id] = counted.get(host_id, 0) + sum(1 for graph_id in arriving
+                                                         if GRAPH_ID.fullmatch(graph_id))
     findings = []
     for host in session.scalars(select(GraphHost).order_by(GraphHost.id)):
         if host.slots_used > host.capacity:
@@ -96,6 +102,7 @@ def files_match_rows(session: Session, directory: HostDirectory) -> list[Finding
     holds has the row of a graph that is not deleted placed on that host. A host that does not
     answer is a finding of its own (what it holds cannot be known now)."""
     findings = []
+    arriving = moves.arriving(session)
     for host_id, placed in sorted(placed_by_host(session).items()):
         try:
             held = set(hosts.graph_host(session, directory, host_id).list().graphs)
@@ -106,5 +113,5 @@ def files_match_rows(session: Session, directory: HostDirectory) -> list[Finding
                      for graph_id, status in sorted(placed.items())
                      if status in LIVE and graph_id not in held]
         findings += [Finding(graph_id, f"a graph file on host {host_id} no row places there")
-                     for graph_id in sorted(held - set(placed))]
+                     for graph_id in sorted(held - set(placed) - arriving.get(host_id, set()))]
     return findings

@@ -30,6 +30,7 @@ from provisioning_pipelines.storage.hosts.contract import (
     GraphHost,
     GraphInfo,
     Holding,
+    HostAddress,
     HostHealth,
     check_backup_name,
     check_graph_id,
@@ -231,6 +232,20 @@ class HostClient(GraphHost):
     def checksum(self, graph_id: str) -> str:
         return str(self._call("GET", f"{self._graph(graph_id)}/checksum",
                               repeatable=True, long=True)["sha256"])
+
+    def freeze(self, graph_id: str) -> str:
+        return str(self._call("POST", f"{self._graph(graph_id)}/freeze", repeatable=True,
+                              long=True)["sha256"])
+
+    def thaw(self, graph_id: str) -> bool:
+        return bool(self._call("POST", f"{self._graph(graph_id)}/thaw",
+                               repeatable=True)["thawed"])
+
+    def copy_from(self, graph_id: str, source: HostAddress, sha256: str) -> None:
+        self._call("POST", f"{self._graph(graph_id)}/copy",
+                   body={"source": {"host_id": source.host_id, "url": source.url,
+                                    "data_root": source.data_root}, "sha256": sha256},
+                   repeatable=True, long=True)
 
     def delete_backup(self, graph_id: str, name: str) -> bool:
         found = self._call("DELETE", f"{self._graph(graph_id)}/backups/{check_backup_name(name)}",

@@ -5,8 +5,8 @@ data root, with an in-process implementation (``local``) and an HTTP client of t
 Which calls may be repeated is part of the contract, since the client retries exactly those:
 ``create`` (on the graph id: a retry returns what exists; another schema under the id is a
 ``Conflict``), ``delete`` (a missing graph is fine), ``back_up`` (on the backup's name),
-``checkpoint`` and every read. ``fork`` and a writing ``query`` or ``run_query`` are not: a
-repeated fork would copy its rows twice.
+``checkpoint``, ``freeze``, ``thaw``, ``copy_from`` and every read. ``fork`` and a writing
+``query`` or ``run_query`` are not: a repeated fork would copy its rows twice.
 
 ``query`` is the control plane's (rows as dicts, for the flows); ``run_query`` is a customer's:
 bounded by the tier's ``QueryLimits``, its values JSON, a write refused by the engine's read-only
@@ -33,6 +33,16 @@ HOST_FOLDER = ".host"
 #: Where graph files nobody placed on the host are moved, under its data root.
 QUARANTINE = ".quarantine"
 SUFFIX = ".lbug"
+
+
+@dataclass(frozen=True)
+class HostAddress:
+    """What a host's row says about reaching it: a host server's ``url``, or (None) a folder
+    this process opens itself."""
+
+    host_id: str
+    url: str | None
+    data_root: str
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,24 @@ class GraphHost(abc.ABC):
         """Replace the graph's data with backup ``name`` of ``source_graph_id`` from the backup
         store: fetched beside the graph's file and checked against ``sha256`` before anything
         is touched (``BackupDamaged``: the graph is as it was), then swapped in whole."""
+
+    @abc.abstractmethod
+    def freeze(self, graph_id: str) -> str:
+        """Refuse writes to the graph from now on (``GraphMoving``), once the writes under way
+        are done; kept on the host's disk, so a restart keeps it. Then checkpoint it and return
+        its file's sha256: the bytes a move's last copy takes. A frozen graph still answers
+        reads; ``thaw`` or ``delete`` ends it."""
+
+    @abc.abstractmethod
+    def thaw(self, graph_id: str) -> bool:
+        """Take writes again (a move given up); True if the graph was frozen."""
+
+    @abc.abstractmethod
+    def copy_from(self, graph_id: str, source: HostAddress, sha256: str) -> None:
+        """Replace the graph's data (made here with its schema) with ``source``'s file of the
+        same graph, fetched from that host directly and checked against ``sha256`` before
+        anything is touched (``BackupDamaged``: the graph is as it was, the source changed
+        while it was copied), then swapped in whole."""
 
     @abc.abstractmethod
     def checksum(self, graph_id: str) -> str:

@@ -11,24 +11,14 @@ query once the host has been seen (a host's url does not change while it is regi
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from provisioning_pipelines.errors import HostUnavailable
 from provisioning_pipelines.storage.backup_store import BackupStore
 from provisioning_pipelines.storage.hosts.client import HostClient
-from provisioning_pipelines.storage.hosts.contract import GraphHost
+from provisioning_pipelines.storage.hosts.contract import GraphHost, HostAddress
 from provisioning_pipelines.storage.hosts.local import LocalHost
 from provisioning_pipelines.storage.ladybug import LadybugEngine
-
-
-@dataclass(frozen=True)
-class HostAddress:
-    """What a host's row says about reaching it."""
-
-    host_id: str
-    url: str | None
-    data_root: str
 
 
 class HostDirectory:
@@ -64,7 +54,8 @@ class HostDirectory:
     def _make(self, address: HostAddress) -> GraphHost:
         if address.url is None:
             return LocalHost(address.host_id, Path(address.data_root), tier="", capacity=0,
-                             engine=self.engine, backup_dir=self.backup_dir, store=self.store)
+                             engine=self.engine, backup_dir=self.backup_dir, store=self.store,
+                             peer_token=self.token)
         if not self.token:
             raise HostUnavailable(f"graph host {address.host_id} is unavailable: "
                                   "GRAPH_HOST_TOKEN is not set in this process",

@@ -12,17 +12,23 @@ file holds, as ``LadybugEngine.ensure_database`` does.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from provisioning_pipelines.errors import (
+    BackupDamaged,
     Conflict,
     EngineError,
+    GraphMoving,
+    HostUnavailable,
     InvalidRequest,
     NotFound,
     StorageFull,
@@ -37,6 +43,7 @@ from provisioning_pipelines.storage.hosts.contract import (
     GraphHost,
     GraphInfo,
     Holding,
+    HostAddress,
     HostHealth,
     backup_key,
     check_graph_id,
@@ -60,6 +67,8 @@ _READ_ONLY_WRITE = "read-only database"
 _QUERY_FAILED = "query failed on"
 #: How the engine names a DDL statement that failed (``cypher.run_in_transaction``'s label).
 _DDL_FAILED = "schema statement"
+#: A move's copy arrives in pieces of this size (and is hashed on its way to the disk).
+_CHUNK_BYTES = 4 * 1024 * 1024
 
 
 class LocalHost(GraphHost):
@@ -67,8 +76,11 @@ class LocalHost(GraphHost):
 
     def __init__(self, host_id: str, data_root: Path, *, tier: str, capacity: int,
                  engine: LadybugEngine | None = None, backup_dir: Path | None = None,
-                 store: BackupStore | None = None) -> None:
+                 store: BackupStore | None = None, peer_token: str | None = None) -> None:
         self.host_id = host_id
+        #: The bearer token this host sends to another host server it copies a graph from
+        #: (hosts share ``GRAPH_HOST_TOKEN``).
+        self.peer_token = peer_token
         self.data_root = Path(data_root)
         self.tier = tier
         self.capacity = capacity
@@ -81,6 +93,8 @@ class LocalHost(GraphHost):
         self.store = store or FolderStore(self.backup_dir)
         #: Consistent copies on their way into the store (a death's leftovers go at start).
         self.outgoing = self.own / "outgoing"
+        #: One empty file per frozen graph: a move's last copy is under way.
+        self.frozen = self.own / "frozen"
         self.data_root.mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ paths
@@ -94,6 +108,20 @@ class LocalHost(GraphHost):
             raise NotFound(f"{field_name}: graph {graph_id} is not on host {self.host_id}",
                            field=field_name)
         return path
+
+    def file_of(self, graph_id: str) -> Path:
+        """The graph's file, which a move copies (a host server streams it to its peer)."""
+        return self._held(graph_id)
+
+    def _writable(self, graph_id: str) -> Callable[[], None]:
+        """The check every write runs under the file's write lock: refused while frozen."""
+        marker = self.frozen / graph_id
+
+        def check() -> None:
+            if marker.exists():
+                raise GraphMoving(f"graph_id: graph {graph_id} is moving to another host; "
+                                  "it takes writes again in a few seconds", field="graph_id")
+        return check
 
     # ------------------------------------------------------------------ the contract
 
@@ -112,6 +140,7 @@ class LocalHost(GraphHost):
                 if _DDL_FAILED not in str(exc) or isinstance(exc, StorageFull):
                     raise
                 raise InvalidRequest(f"ddl: {exc.message}", field="ddl") from exc
+            self.thaw(graph_id)  # a graph made anew is nobody's move
             return GraphInfo(graph_id, fingerprint, self._size(path), created=True)
 
     def _same_schema(self, graph_id: str, path: Path, ddl: list[str]) -> bool:
@@ -183,6 +212,86 @@ class LocalHost(GraphHost):
         finally:
             files.remove_with_sidecars(staged)
 
+    def freeze(self, graph_id: str) -> str:
+        path = self._held(graph_id)
+        # Under the write lock: a write under way finishes first, and every later one finds
+        # the marker (``_writable``) before it opens the file.
+        with files.WRITE_LOCKS.hold(files.lock_key(path)):
+            self.frozen.mkdir(parents=True, exist_ok=True)
+            marker = self.frozen / graph_id
+            marker.touch()
+            files.fsync_dir(self.frozen)
+            with self.engine.writing(path) as conn:
+                conn.execute("CHECKPOINT")
+        return ladybug_backups.checksum_of(path)
+
+    def thaw(self, graph_id: str) -> bool:
+        marker = self.frozen / check_graph_id(graph_id)
+        if not marker.exists():
+            return False
+        marker.unlink(missing_ok=True)
+        return True
+
+    def copy_from(self, graph_id: str, source: HostAddress, sha256: str) -> None:
+        path = self._held(graph_id)
+        if source.host_id == self.host_id:
+            raise InvalidRequest("source: a graph is not copied from its own host",
+                                 field="source")
+        staged = files.temp_path(path)
+        try:
+            if source.url is None:
+                origin = Path(source.data_root) / path.name
+                if not origin.is_file():
+                    raise NotFound(f"graph_id: graph {graph_id} is not on host "
+                                   f"{source.host_id}", field="graph_id")
+                ladybug_backups.ensure_room(origin, path.parent)
+                actual = ladybug_backups.copy_hashed(origin, staged)
+            else:
+                actual = self._fetch(graph_id, source, staged)
+            if actual != sha256:
+                raise BackupDamaged(f"graph_id: the copy of graph {graph_id} from host "
+                                    f"{source.host_id} has sha256 {actual[:12]}…, not "
+                                    f"{sha256[:12]}… (it changed while it was copied)",
+                                    field="graph_id")
+            files.fsync_file(staged)
+            ladybug_backups.swap_in(self.engine, staged, path)
+        finally:
+            files.remove_with_sidecars(staged)
+
+    def _fetch(self, graph_id: str, source: HostAddress, staged: Path) -> str:
+        """Stream the source host server's file of the graph into ``staged``; its sha256."""
+        if not self.peer_token:
+            raise HostUnavailable(f"graph host {source.host_id} is unavailable: this host has "
+                                  "no GRAPH_HOST_TOKEN to reach it with", reached=False)
+        url = f"{str(source.url).rstrip('/')}/v1/graphs/{graph_id}/file"
+        digest = hashlib.sha256()
+        try:
+            with httpx.stream("GET", url, headers={"Authorization": f"Bearer {self.peer_token}"},
+                              timeout=httpx.Timeout(60.0, connect=5.0)) as answer:
+                if answer.status_code == 404:
+                    raise NotFound(f"graph_id: graph {graph_id} is not on host "
+                                   f"{source.host_id}", field="graph_id")
+                if answer.status_code != 200:
+                    raise HostUnavailable(f"graph host {source.host_id} is unavailable: it "
+                                          f"answered {answer.status_code} to the copy")
+                size = answer.headers.get("content-length", "")
+                if size.isdigit():
+                    ladybug_backups.ensure_room_bytes(int(size), staged.parent,
+                                                      f"{graph_id}{SUFFIX}")
+                with staged.open("wb") as out:
+                    for chunk in answer.iter_bytes(_CHUNK_BYTES):
+                        digest.update(chunk)
+                        out.write(chunk)
+        except httpx.HTTPError as exc:
+            raise HostUnavailable(f"graph host {source.host_id} is unavailable: the copy "
+                                  f"broke off ({type(exc).__name__})") from None
+        except OSError as exc:
+            if exc.errno in files.DISK_FULL:
+                raise StorageFull(f"the disk ran out of space while copying graph {graph_id}"
+                                  f" from host {source.host_id}") from exc
+            raise
+        return digest.hexdigest()
+
     def checksum(self, graph_id: str) -> str:
         return ladybug_backups.checksum_of(self._held(graph_id))
 
@@ -194,7 +303,9 @@ class LocalHost(GraphHost):
         return removed
 
     def delete(self, graph_id: str) -> bool:
-        return self.engine.delete_database(self._path(graph_id))
+        removed = self.engine.delete_database(self._path(graph_id))
+        self.thaw(graph_id)  # a moved graph's old copy: its freeze goes with it
+        return removed
 
     def list(self) -> Holding:
         graphs, unknown = [], []
@@ -225,7 +336,8 @@ class LocalHost(GraphHost):
         try:
             if read_only:
                 return self.engine.query(path, cypher, dict(params or {}))
-            with self.engine.writing(path, pool=self.engine.data_buffer_pool_bytes) as conn:
+            with self.engine.writing(path, pool=self.engine.data_buffer_pool_bytes,
+                                     check=self._writable(graph_id)) as conn:
                 try:
                     return rows(conn.execute(cypher, dict(params or {})))
                 except Exception as exc:
@@ -248,7 +360,7 @@ class LocalHost(GraphHost):
         if params is not None and not isinstance(params, Mapping):
             raise InvalidRequest("parameters: must be an object", field="parameters")
         return self.engine.run_query(path, cypher, dict(params or {}), read_only=read_only,
-                                     limits=limits)
+                                     limits=limits, check_write=self._writable(graph_id))
 
     def tables(self, graph_id: str) -> list[tuple[str, str]]:
         return [(table.name, table.kind) for table in
@@ -261,6 +373,7 @@ class LocalHost(GraphHost):
         moved = False
         with files.WRITE_LOCKS.hold(files.lock_key(path)):
             evict_everywhere(path)
+            self.thaw(graph_id)
             for part in (path, *files.sidecars(path)):
                 if part.exists():
                     folder.mkdir(exist_ok=True)

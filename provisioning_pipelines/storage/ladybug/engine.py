@@ -41,7 +41,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -225,12 +225,16 @@ class LadybugEngine:
             return True
 
     @contextlib.contextmanager
-    def writing(self, path: Path, *, pool: int | None = None) -> Iterator[ladybug.Connection]:
-        """A writable session on an existing file, serialised with other writers in-process."""
+    def writing(self, path: Path, *, pool: int | None = None,
+                check: Callable[[], None] | None = None) -> Iterator[ladybug.Connection]:
+        """A writable session on an existing file, serialised with other writers in-process;
+        ``check`` runs under the lock first and may refuse the write (a frozen graph's)."""
         with files.WRITE_LOCKS.hold(files.lock_key(path)):
             # Checked under the lock: opening a missing path read-write would create it.
             if not path.is_file():
                 raise NotFound(f"graph database not found: {path.name}")
+            if check is not None:
+                check()
             with self.session(path, read_only=False, pool=pool) as conn:
                 yield conn
 
@@ -434,7 +438,8 @@ class LadybugEngine:
         return self._open(path, read_only=True, pool=self.data_buffer_pool_bytes)
 
     def run_query(self, path: Path, cypher: str, parameters: dict[str, Any] | None, *,
-                  read_only: bool, limits: QueryLimits) -> QueryResult:
+                  read_only: bool, limits: QueryLimits,
+                  check_write: Callable[[], None] | None = None) -> QueryResult:
         """A customer's query within ``limits``. It runs on the file's kept read-only handle
         (``readers``), where the engine refuses any write; a caller who may write and whose
         query the engine refused there gets it again on a writable open (the refusal comes
@@ -446,7 +451,7 @@ class LadybugEngine:
         except Forbidden:
             if read_only:
                 raise
-        with self.writing(path, pool=self.data_buffer_pool_bytes) as conn:
+        with self.writing(path, pool=self.data_buffer_pool_bytes, check=check_write) as conn:
             return queries.run(conn, cypher, parameters, limits)
 
     def count_rows(self, path: Path) -> dict[str, int]:
