@@ -89,3 +89,31 @@ def _connections_to(url: str) -> int:
                 {"name": make_url(url).database}))
     finally:
         engine.dispose()
+
+
+def test_reports_that_wait_together_land_together_each_asset_with_its_latest(
+    hanging_dagster: tuple[DagsterInstance, Any],
+) -> None:
+    """Reports queued behind a slow write go in batches, one per asset key: every one lands in
+    the asset's history, in order, and each asset's latest is its own last report."""
+    instance, lock = hanging_dagster
+    store = InMemoryOperationStore()
+    reporter = MaterializationReporter(instance, store, timeout=60, max_workers=1)
+    keys = [AssetKey(["provisioning", "graph"]), AssetKey(["provisioning", "subscription"])]
+    operations = [store.create("graph_provisioning").id for _ in range(30)]
+    for index, operation_id in enumerate(operations):  # the first holds the worker up
+        reporter.submit(operation_id, AssetMaterialization(
+            asset_key=keys[index % 2], metadata={"index": index}))
+    lock.rollback()
+
+    assert reporter.wait_idle(60)
+
+    assert [store.get(o).dagster_report for o in operations] == ["ok"] * 30
+    for parity, key in enumerate(keys):
+        history = instance.fetch_materializations(key, limit=100).records
+        indexes = [r.asset_materialization.metadata["index"].value for r in history]
+        assert sorted(indexes) == list(range(parity, 30, 2))
+        latest = instance.get_latest_materialization_event(key)
+        assert latest.asset_materialization.metadata["index"].value == 28 + parity
+    reporter.close()
+    reporter.join()
