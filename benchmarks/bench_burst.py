@@ -39,8 +39,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.orm import sessionmaker
 
+from benchmarks import cpu_budget
 from benchmarks.bench_host import TOKEN, _start
 from benchmarks.scratch import ScratchDatabases, delete_redis_prefix
 from provisioning_pipelines.services import requests as subscriptions
@@ -145,7 +147,8 @@ def held_as_placed(database: Any, urls: dict[str, str]) -> bool:
 
 
 def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: str, redis_url: str,
-        folder: Path, answer_only: bool = False, hosts: int = 0) -> dict[str, Any]:
+        folder: Path, answer_only: bool = False, hosts: int = 0, profile: bool = True
+        ) -> dict[str, Any]:
     name = f"pp_bench_burst_{uuid.uuid4().hex[:8]}"
     scratch = ScratchDatabases(postgres)
     database_url = scratch.create(name)
@@ -161,6 +164,9 @@ def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: st
     try:
         upgrade(database_url)
         database = get_database(database_url)
+        # the benchmark's own queries, named so that the CPU budget leaves them out
+        watcher = sessionmaker(create_engine(database_url,
+                                             connect_args={"application_name": "bench"}))
         with database.session() as session:
             for host_id, host_url in urls.items():
                 remote.add_remote_host(session, host_id=host_id, url=host_url, token=TOKEN,
@@ -198,6 +204,14 @@ def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: st
         # The floor: as many deliveries, unsigned, refused before any database work; what the
         # HTTP server, the framework and this client cost on their own.
         refused, _ = asyncio.run(deliver_all(port, sends, senders, signed=False))
+        meter = cpu_budget.Meter(postgres, {name: "PostgreSQL (app)",
+                                            f"{name}_dagster": "PostgreSQL (Dagster)"},
+                                 redis_url, {"server": [process.pid],
+                                             "host servers": [s.pid for s in servers]})
+        cpu_budget.reset_statements(postgres)
+        sampler = cpu_budget.Sampler(process.pid) if profile else None
+        meter.client_pids = [sampler.process.pid] if sampler else []
+        before = meter.snapshot()
         started = time.perf_counter()
         latencies, answers = asyncio.run(deliver_all(port, sends, senders))
         answered = {"workers": workers, "sent": len(sends), "answered_s":
@@ -205,7 +219,7 @@ def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: st
                     "floor": percentiles(refused)}
         if answer_only:
             return answered
-        with database.session() as session:
+        with watcher() as session:
             while True:
                 active = session.scalar(select(func.count()).select_from(Subscription)
                                         .where(Subscription.status == "active"))
@@ -231,6 +245,20 @@ def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: st
                 break
             time.sleep(0.5)
         store.close()
+        spent = meter.between(before, meter.snapshot())
+        answered["connections_opened"] = meter.counts(spent)
+        shares = sampler.stop() if sampler else {}
+        meter.close()
+        server = spent.pop("server") if shares else 0.0
+        machine = spent.pop(cpu_budget.MACHINE) - spent.pop(cpu_budget.CLIENT)
+        budget = {**{part: share * server for part, share in shares.items()}, **spent}
+        # what no process above was seen spending (processes that came and went, the kernel)
+        budget["unaccounted"] = machine - sum(budget.values())
+        answered["budget_ms"] = {part: seconds * 1000 / graphs for part, seconds in
+                                 budget.items()}
+        answered["statements"] = {
+            "app": cpu_budget.statements(postgres, name),
+            "Dagster": cpu_budget.statements(postgres, f"{name}_dagster")}
         return {**answered, "active": active, "graphs": made, "owners": owners,
                 "seconds": took, "rate": graphs / took, "operations": len(operations),
                 "reported": reported, "hosts": hosts,
@@ -257,6 +285,8 @@ def main() -> None:
                         help="deliveries in flight at most (0: all at once)")
     parser.add_argument("--hosts", type=int, nargs="+", default=[0],
                         help="host servers the graphs go to (0: in-process local hosts)")
+    parser.add_argument("--no-profile", action="store_true",
+                        help="no py-spy on the server: its CPU in one line, not by part")
     parser.add_argument("--rounds", type=int, default=1,
                         help="runs of every --hosts value, alternating")
     parser.add_argument("--postgres", default="postgresql+psycopg2://postgres@127.0.0.1:5432/"
@@ -271,7 +301,8 @@ def main() -> None:
             rates: dict[int, list[float]] = {}
             for hosts in [h for _ in range(args.rounds) for h in args.hosts]:
                 result = run(workers, senders, args.graphs, args.duplicates, args.postgres,
-                             args.redis, folder, args.answer_only, hosts)
+                             args.redis, folder, args.answer_only, hosts,
+                             not args.no_profile)
                 if args.answer_only:
                     print(f"  --workers {workers}, {senders or 'all'} in flight, no "
                           f"provisioning: {result['sent']} answered in "
@@ -300,6 +331,23 @@ def show(result: dict[str, Any], workers: int, senders: int, graphs: int) -> Non
           f"exactly one graph each (and held where placed): {exact}; materializations reported: "
           f"{result['reported'].get('ok', 0)}/{result['operations']} {result['reported']}; "
           f"{floor(result)}")
+    print(budget(result["budget_ms"]))
+    print("    PostgreSQL connections opened per graph: " + ", ".join(
+        f"{label.split(':')[0]} {count / graphs:.2f}"
+        for label, count in result["connections_opened"].items()))
+    for database, busiest in result["statements"].items():
+        for calls, total_ms, query in busiest:
+            print(f"      {database:<8}{calls / graphs:>6.1f} calls/graph "
+                  f"{total_ms / graphs:>6.2f} ms/graph  {query}")
+
+
+def budget(spent_ms: dict[str, float]) -> str:
+    """The CPU budget by part, in ms of machine CPU per graph (goal: at most 20 in all)."""
+    total = sum(spent_ms.values())
+    lines = [f"    machine CPU per graph: {total:.1f} ms (goal: at most 20), by part:"]
+    for part, spent in sorted(spent_ms.items(), key=lambda item: -item[1]):
+        lines.append(f"      {part:<26}{spent:>6.2f} ms  {spent / total:>4.0%}")
+    return "\n".join(lines)
 
 
 def floor(result: dict[str, Any]) -> str:

@@ -3,7 +3,9 @@
 One ``report_runless_asset_event`` against dagster-postgres costs more than the provisioning it
 describes, and a Dagster instance whose storage hangs would hang the caller, so a report never
 sits on the user's path: the completed event and the helper's return come first. Reports run on a
-few worker threads; each has a deadline of ``timeout`` seconds from submission, and a
+worker thread (one is enough once reports are batched, and dagster-postgres keeps one
+connection open: a second worker opened and closed another for each overlap); each has a
+deadline of ``timeout`` seconds from submission, and a
 supervisor thread settles it ``timeout`` when the deadline passes, whether or not a worker is
 still stuck in it. At most ``max_pending`` reports wait at once: beyond that a report is settled
 ``error`` at once instead of piling up. Each outcome (``ok``, ``timeout``, ``error``) is logged
@@ -63,7 +65,7 @@ class MaterializationReporter:
         store: OperationStore | None,
         *,
         timeout: float,
-        max_workers: int = 2,
+        max_workers: int = 1,
         max_pending: int = 256,
         max_batch: int = 64,
     ) -> None:
