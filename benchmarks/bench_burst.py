@@ -147,8 +147,8 @@ def held_as_placed(database: Any, urls: dict[str, str]) -> bool:
 
 
 def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: str, redis_url: str,
-        folder: Path, answer_only: bool = False, hosts: int = 0, profile: bool = True
-        ) -> dict[str, Any]:
+        folder: Path, answer_only: bool = False, hosts: int = 0, profile: bool = True,
+        provisioners: int = 0) -> dict[str, Any]:
     name = f"pp_bench_burst_{uuid.uuid4().hex[:8]}"
     scratch = ScratchDatabases(postgres)
     database_url = scratch.create(name)
@@ -183,6 +183,7 @@ def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: st
                "SESSION_SECRET": "session secret of the benchmark",
                "DAGSTER_HOME": str(home / "dagster"), "DAGSTER_PG_URL": dagster_url,
                "LOCAL_HOST_CAPACITY": str(graphs * 2),
+               "PROVISIONING_PROCESSES": str(provisioners),
                **({"LOCAL_GRAPH_HOSTS": "false", "GRAPH_HOST_TOKEN": TOKEN} if hosts else {}),
                # answer only: what recording a webhook costs with no provisioning beside it
                "DIRECT_GRAPH_PROVISIONING_ENABLED": str(not answer_only).lower()}
@@ -197,7 +198,7 @@ def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: st
                 break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        time.sleep(3 * workers)  # every worker has booted (each imports Dagster)
+        time.sleep(3 * (workers + provisioners))  # every process has booted (imports Dagster)
 
         sends = ids + random.Random(7).sample(ids, int(graphs * duplicates))
         random.Random(8).shuffle(sends)
@@ -260,6 +261,7 @@ def run(workers: int, senders: int, graphs: int, duplicates: float, postgres: st
             "app": cpu_budget.statements(postgres, name),
             "Dagster": cpu_budget.statements(postgres, f"{name}_dagster")}
         return {**answered, "active": active, "graphs": made, "owners": owners,
+                "provisioners": provisioners,
                 "seconds": took, "rate": graphs / took, "operations": len(operations),
                 "reported": reported, "hosts": hosts,
                 "held_as_placed": held_as_placed(database, urls) if hosts else True}
@@ -285,6 +287,8 @@ def main() -> None:
                         help="deliveries in flight at most (0: all at once)")
     parser.add_argument("--hosts", type=int, nargs="+", default=[0],
                         help="host servers the graphs go to (0: in-process local hosts)")
+    parser.add_argument("--provisioners", type=int, nargs="+", default=[0, 1],
+                        help="provisioning processes beside the API (0: its own threads)")
     parser.add_argument("--no-profile", action="store_true",
                         help="no py-spy on the server: its CPU in one line, not by part")
     parser.add_argument("--rounds", type=int, default=1,
@@ -299,10 +303,11 @@ def main() -> None:
     try:
         for workers, senders in [(w, s) for s in args.senders for w in args.workers]:
             rates: dict[int, list[float]] = {}
-            for hosts in [h for _ in range(args.rounds) for h in args.hosts]:
+            for hosts, provisioners in [(h, p) for _ in range(args.rounds) for h in args.hosts
+                                        for p in args.provisioners]:
                 result = run(workers, senders, args.graphs, args.duplicates, args.postgres,
                              args.redis, folder, args.answer_only, hosts,
-                             not args.no_profile)
+                             not args.no_profile, provisioners)
                 if args.answer_only:
                     print(f"  --workers {workers}, {senders or 'all'} in flight, no "
                           f"provisioning: {result['sent']} answered in "
@@ -324,6 +329,7 @@ def show(result: dict[str, Any], workers: int, senders: int, graphs: int) -> Non
     exact = result["graphs"] == result["owners"] == result["active"] == graphs \
         and result["held_as_placed"]
     where = f"{result['hosts']} host servers" if result["hosts"] else "in-process hosts"
+    where += f", {result['provisioners']} provisioning processes"
     print(f"  {where}, --workers {workers}, {senders or 'all'} in flight: {result['sent']} "
           f"deliveries; webhook answer p50 "
           f"{result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms; all {result['active']}"

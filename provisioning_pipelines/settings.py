@@ -143,6 +143,7 @@ class Settings(BaseSettings):
         30, validation_alias="PROVISIONING_SENSOR_INTERVAL_SECONDS"
     )
     direct_max_concurrency: PositiveInt = Field(8, validation_alias="DIRECT_MAX_CONCURRENCY")
+    provisioning_processes: int = Field(0, ge=0, le=64, validation_alias="PROVISIONING_PROCESSES")
     operation_ttl_seconds: PositiveInt = Field(
         DEFAULT_TTL_SECONDS, validation_alias="OPERATION_TTL_SECONDS"
     )

@@ -43,6 +43,7 @@ from provisioning_pipelines.api import (
 )
 from provisioning_pipelines.api.context import ApiContext
 from provisioning_pipelines.direct import DirectExecutor, default_executor
+from provisioning_pipelines.direct.provisioner import work_queue
 from provisioning_pipelines.direct.recovery import Recovery
 from provisioning_pipelines.settings import Settings, get_settings
 from provisioning_pipelines.storage.events import DEFAULT_KEEPALIVE_SECONDS
@@ -66,7 +67,8 @@ def create_app(settings: Settings | None = None, executor: DirectExecutor | None
     settings.check_serving()  # no development secrets outside the embedded default
     api = ApiContext(settings=settings, executor=executor or default_executor(),
                      dagster_instance=dagster_instance or functools.cache(DagsterInstance.get),
-                     keepalive_seconds=keepalive_seconds)
+                     keepalive_seconds=keepalive_seconds,
+                     work=work_queue(settings) if settings.provisioning_processes else None)
     direct_on = settings.direct_graph_provisioning_enabled
     # A payment nobody claimed within one lease is resumed: a live direct path claims within
     # milliseconds, so waiting longer (as the sensors' grace does) only delays a crash's victims.

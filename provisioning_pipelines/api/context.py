@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dagster import DagsterInstance
+from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -29,7 +30,7 @@ from provisioning_pipelines import metrics
 from provisioning_pipelines.api.bodies import BodyReader, closes_connection
 from provisioning_pipelines.api.limits import InFlightLimits
 from provisioning_pipelines.api.same_origin import check_browser_write
-from provisioning_pipelines.direct import DirectExecutor, ProvisioningResult
+from provisioning_pipelines.direct import DirectExecutor
 from provisioning_pipelines.errors import (
     EngineError,
     ProvisioningError,
@@ -46,6 +47,7 @@ from provisioning_pipelines.settings import Settings
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.errors import is_outage, what_is_down
 from provisioning_pipelines.storage.events import Fanout, OperationStore
+from provisioning_pipelines.storage.work_queue import WorkItem, WorkQueue
 
 if TYPE_CHECKING:
     from provisioning_pipelines.storage.hosts.directory import HostDirectory
@@ -69,6 +71,8 @@ class ApiContext:
     executor: DirectExecutor
     dagster_instance: Callable[[], DagsterInstance]
     keepalive_seconds: float
+    #: Where background flows go when provisioning processes run them (else: here).
+    work: WorkQueue | None = None
     background: set[asyncio.Task[Any]] = field(default_factory=set)
     #: The uvicorn server running the app, when ``serve`` started it (for a second SIGTERM).
     server: Any = None
@@ -102,9 +106,21 @@ class ApiContext:
         """The graph hosts this process reaches (a graph's size is asked of its host server)."""
         return self.executor.resources["graph_engine"].hosts()
 
-    def start(self, call: Callable[..., ProvisioningResult], *args: Any, **kwargs: Any) -> None:
-        """Provision in the background; the outcome lands on the operation."""
-        task = asyncio.create_task(self.executor.run_async(call, *args, **kwargs))
+    async def start(self, flow: Flow, config: Any, *, operation_id: str) -> None:
+        """Run the flow in the background; the outcome lands on the operation. With
+        provisioning processes (``direct/provisioner.py``) it is handed to them, else run on
+        this process's executor. A hand-over Redis refuses is left to the resumer (a payment)
+        or failed on its operation (a lifecycle change), never lost silently."""
+        if self.work is not None:
+            try:
+                await run_in_threadpool(self.work.push, WorkItem(
+                    flow.name, config.model_dump(), operation_id))
+                return
+            except RedisError as exc:
+                logger.warning("operation %s: could not hand it to a provisioner (%s); "
+                               "running it here", operation_id, exc)
+        task = asyncio.create_task(self.executor.run_async(
+            self.executor.run, flow, config, operation_id=operation_id))
         self.background.add(task)
         task.add_done_callback(self._forget)
 
@@ -153,7 +169,7 @@ class ApiContext:
 
         user, flow, config, extra = await run_in_threadpool(checked)
         operation_id = await self.limits.open(flow.operation_kind, user.user_id)
-        self.start(self.executor.run, flow, config, operation_id=operation_id)
+        await self.start(flow, config, operation_id=operation_id)
         return JSONResponse({"operation_id": operation_id, **extra}, status_code=202)
 
     def user_of(self, request: Request, session: Session | None = None) -> Identity:

@@ -25,6 +25,7 @@ from provisioning_pipelines.flows import (
     SUSPENSION_FLOW,
     Flow,
     LifecycleConfig,
+    SubgraphConfig,
     SubgraphDeletionConfig,
 )
 from provisioning_pipelines.services import validation
@@ -97,8 +98,9 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
                                       multiline=True, required=False)
         fork_parent = body.fork_parent
         operation_id = await api.limits.open(SUBGRAPH_FLOW.operation_kind, user.user_id)
-        api.start(api.executor.subgraph, user.user_id, graph_id, name, description=description,
-                  fork_parent=fork_parent, operation_id=operation_id)
+        await api.start(SUBGRAPH_FLOW, SubgraphConfig(
+            user_id=user.user_id, parent_graph_id=graph_id, name=name, description=description,
+            fork_parent=fork_parent), operation_id=operation_id)
         return JSONResponse({"operation_id": operation_id}, status_code=202)
 
     async def delete_graph(request: Request) -> Response:

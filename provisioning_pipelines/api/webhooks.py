@@ -105,7 +105,7 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
                                                    flow.operation_kind, applied.user_id,
                                                    planned if applied.paid else None)
             if direct:  # otherwise it stays pending until the sensor's run starts it
-                api.start(api.executor.run, flow, config, operation_id=operation_id)
+                await api.start(flow, config, operation_id=operation_id)
         body: dict[str, Any] = {"received": True, "duplicate": False,
                                 "operation_id": operation_id}
         if applied.ignored:

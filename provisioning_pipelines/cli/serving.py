@@ -48,6 +48,11 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> int:
     if workers > 1 and not (settings.database_url and settings.redis_url):
         raise InvalidRequest("--workers: several workers share work through PostgreSQL and "
                              "Redis; set DATABASE_URL and REDIS_URL", field="workers")
+    provisioners = settings.provisioning_processes
+    if provisioners and not (settings.database_url and settings.redis_url):
+        raise InvalidRequest("PROVISIONING_PROCESSES: the API hands them work through Redis "
+                             "and they claim it in PostgreSQL; set DATABASE_URL and REDIS_URL",
+                             field="PROVISIONING_PROCESSES")
     settings.check_serving()
     if settings.database_url is None:
         upgrade_once(settings.resolved_database_url)
@@ -61,12 +66,12 @@ def serve(host: str, port: int, workers: int, settings: Settings) -> int:
         make_embedded_storage(home)
     _configure_logging(workers)
     with _worker_metrics(settings.metrics_dir, workers) as folder:
-        if workers == 1:
+        if workers == 1 and not provisioners:
             try:
                 return run_worker(settings, host=host, port=port)
             finally:
                 _mark_dead(folder, os.getpid())
-        return _supervise(_listeners(host, port, workers), folder)
+        return _supervise(_listeners(host, port, workers), folder, provisioners)
 
 
 #: What prometheus_client reads, when it is first imported, to count into files.
@@ -175,15 +180,26 @@ def _worker_main(listener: socket.socket, workers: int) -> None:
     run_worker(get_settings(), listener=listener)
 
 
-def _supervise(listeners: list[socket.socket], metrics_dir: Path | None) -> int:
+def _supervise(listeners: list[socket.socket], metrics_dir: Path | None,
+               provisioners: int = 0) -> int:
+    """The API workers, one per listening socket, and the provisioning processes, each
+    restarted when it dies (a provisioner under its own name, so it puts back what its
+    predecessor had taken)."""
+    from provisioning_pipelines.direct.provisioner import provisioner_main
+
     context = multiprocessing.get_context("spawn")
     signals_seen = 0
 
     count = len(listeners)
+    names = [f"{socket.gethostname()}-{index}" for index in range(provisioners)]
+    jobs: list[tuple[Any, tuple[Any, ...], str]] = [
+        *((_worker_main, (listener, count), "provisioning-api-worker")
+          for listener in listeners),
+        *((provisioner_main, (name,), "provisioner") for name in names)]
 
-    def start(listener: socket.socket) -> multiprocessing.process.BaseProcess:
-        process = context.Process(target=_worker_main, args=(listener, count),
-                                  name="provisioning-api-worker")
+    def start(index: int) -> multiprocessing.process.BaseProcess:
+        target, args, name = jobs[index]
+        process = context.Process(target=target, args=args, name=name)
         process.start()
         return process
 
@@ -197,8 +213,9 @@ def _supervise(listeners: list[socket.socket], metrics_dir: Path | None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    workers = [start(listener) for listener in listeners]
-    logger.info("serving on %s:%d with %d workers: %s", *listeners[0].getsockname()[:2], count,
+    workers = [start(index) for index in range(len(jobs))]
+    logger.info("serving on %s:%d with %d workers and %d provisioning processes: %s",
+                *listeners[0].getsockname()[:2], count, provisioners,
                 ", ".join(str(process.pid) for process in workers))
     while True:
         if signals_seen:
@@ -210,7 +227,7 @@ def _supervise(listeners: list[socket.socket], metrics_dir: Path | None) -> int:
                     logger.warning("worker %s exited with %s; starting another", process.pid,
                                    process.exitcode)
                     _mark_dead(metrics_dir, process.pid)
-                    workers[index] = start(listeners[index])
+                    workers[index] = start(index)
         time.sleep(_SUPERVISE_SECONDS)
     for process in workers:
         _mark_dead(metrics_dir, process.pid)
