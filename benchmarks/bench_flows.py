@@ -11,6 +11,12 @@ By default the app database is SQLite and the Dagster instance a SQLite one in a
 PostgreSQL server, in databases made for the run and dropped after; ``--redis`` keeps the
 direct executor's operation events in Redis (under a prefix of the run's own) instead of memory.
 The graph flow's launched runs end with the ratio of a launched run to the direct executor.
+
+With ``--postgres`` and ``--redis`` the graph flow is also set against a **floor** measured in
+the same rounds: one PostgreSQL write transaction with its commit, a copy of the graph's schema
+template synced with its folder, and one Redis ``XADD``: what any provisioning must at least
+do. And it is called **back to back** through the helper API (``run_graph_provisioning_sync``),
+as a script would, each call's report to Dagster running beside the next call.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import shutil
 import socket
 import statistics
 import tempfile
@@ -28,11 +36,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import redis
 from dagster import DagsterInstance, RunConfig, instance_for_test
+from sqlalchemy import text
 
 from benchmarks.scratch import ScratchDatabases, delete_redis_prefix
 from provisioning_pipelines.cli.dev import dagster_servers
-from provisioning_pipelines.direct import DirectExecutor
+from provisioning_pipelines.direct import DirectExecutor, helper_api
 from provisioning_pipelines.direct.launcher import GraphQLJobLauncher
 from provisioning_pipelines.flows import (
     GRAPH_FLOW,
@@ -52,6 +62,7 @@ from provisioning_pipelines.services.access import accounts
 from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.settings import load_settings
 from provisioning_pipelines.storage.db import Database, dispose_database
+from provisioning_pipelines.storage.ladybug.files import fsync_dir, fsync_file
 from provisioning_pipelines.storage.migrate import upgrade
 
 METHODS = ("bare bodies", "direct executor", "execute_in_process")
@@ -138,7 +149,8 @@ def environment(postgres: str | None, redis_url: str | None = None
 
 
 def measure(flow: Flow, make_config: Callable[[], Any], resources: dict[str, Any],
-            instance: DagsterInstance, runs: int) -> dict[str, list[float]]:
+            instance: DagsterInstance, runs: int, floor: Callable[[Any], Floor] | None = None
+            ) -> dict[str, list[float]]:
     job = JOBS[flow.name]
     first_op = flow.steps[0].name
     ctx = direct_context(resources)
@@ -154,14 +166,20 @@ def measure(flow: Flow, make_config: Callable[[], Any], resources: dict[str, Any
     }
     for call in calls.values():  # warm up imports, templates and pools
         call(make_config())
-    times: dict[str, list[float]] = {method: [] for method in METHODS}
+    floored = floor(resources) if floor is not None else None
+    if floored is not None:
+        calls["floor"] = floored
+    methods = [*METHODS, *(["floor"] if floored is not None else [])]
+    times: dict[str, list[float]] = {method: [] for method in methods}
     for _ in range(runs):
-        for method in METHODS:
+        for method in methods:
             config = make_config()
             started = time.perf_counter()
             calls[method](config)
             times[method].append((time.perf_counter() - started) * 1000)
     executor.close()
+    if floored is not None:
+        floored.close()
     return times
 
 
@@ -200,6 +218,59 @@ def measure_launched(workload: Workload, resources: dict[str, Any], runs: int,
     return times
 
 
+class Floor:
+    """What a provisioning must at least do, timed as one: a write transaction and its commit,
+    the schema template copied and synced with its folder, one ``XADD``."""
+
+    def __init__(self, database: Database, folder: Path, redis_url: str, prefix: str) -> None:
+        self.database = database
+        with database.engine.begin() as connection:
+            connection.execute(text("CREATE TABLE bench_floor (id serial PRIMARY KEY, "
+                                    "at timestamptz NOT NULL DEFAULT now())"))
+        self.template = next(folder.rglob(".templates/*.lbug"))
+        self.target = folder / "graphs" / "floor"
+        self.target.mkdir()
+        self.redis = redis.Redis.from_url(redis_url)
+        self.stream = f"{prefix}floor"
+        self.count = 0
+
+    def __call__(self, _config: Any) -> None:
+        self.count += 1
+        with self.database.engine.begin() as connection:
+            connection.execute(text("INSERT INTO bench_floor DEFAULT VALUES"))
+        copy = self.target / f"g{self.count}.lbug"
+        shutil.copyfile(self.template, copy)
+        fsync_file(copy)
+        fsync_dir(self.target)
+        self.redis.xadd(self.stream, {"event": "completed"})
+        os.unlink(copy)
+
+    def close(self) -> None:
+        self.redis.delete(self.stream)
+        self.redis.close()
+
+
+def back_to_back(workload: Workload, resources: dict[str, Any], instance: DagsterInstance,
+                 runs: int) -> list[float]:
+    """The graph flow through the helper API, one call right after another (the previous
+    call's report to Dagster still running), as a script provisioning a list would."""
+    reporter = MaterializationReporter(instance, resources["operation_events"].get(), timeout=15)
+    previous = helper_api.configure(DirectExecutor(resources, reporter=reporter))
+    try:
+        configs = [workload.graph() for _ in range(runs + 1)]
+        helper_api.run_graph_provisioning_sync(configs[0].subscription_id)  # warm
+        times = []
+        for config in configs[1:]:
+            started = time.perf_counter()
+            helper_api.run_graph_provisioning_sync(config.subscription_id)
+            times.append((time.perf_counter() - started) * 1000)
+        return times
+    finally:
+        executor = helper_api.configure(previous)
+        if executor is not None:
+            executor.close()
+
+
 def p95(values: list[float]) -> float:
     return statistics.quantiles(values, n=20)[-1] if len(values) >= 2 else values[0]
 
@@ -219,10 +290,16 @@ def main() -> None:
     with environment(args.postgres, args.redis) as (resources, database, instance, folder,
                                                     extra_postgres):
         workload = Workload(database, resources)
+        floored = args.postgres and args.redis
         for flow, make_config in ((GRAPH_FLOW, workload.graph),
                                   (REPOSITORY_FLOW, workload.repository),
                                   (SUBGRAPH_FLOW, workload.subgraph)):
-            times = measure(flow, make_config, resources, instance, args.runs)
+            floor = (lambda _resources: Floor(database, folder, args.redis, "bench-floor-"
+                                              f"{uuid.uuid4().hex[:8]}:")) \
+                if floored and flow is GRAPH_FLOW else None
+            times = measure(flow, make_config, resources, instance, args.runs, floor)
+            if flow is GRAPH_FLOW and floored:
+                times["back to back"] = back_to_back(workload, resources, instance, args.runs)
             if flow is GRAPH_FLOW and args.launched_runs:
                 times["launched run"] = measure_launched(
                     workload, resources, args.launched_runs, extra_postgres, folder)
@@ -231,6 +308,11 @@ def main() -> None:
                 median = statistics.median(times[method])
                 print(f"{flow.name:<18}{method:<21}{median:>10.2f}{p95(times[method]):>10.2f}"
                       f"{median / base:>9.2f}")
+            if "floor" in times:
+                floor_ms = statistics.median(times["floor"])
+                for method in ("direct executor", "back to back"):
+                    print(f"{flow.name:<18}{method} / floor: "
+                          f"{statistics.median(times[method]) / floor_ms:.2f}x (goal: at most 2)")
             if "launched run" in times:
                 ratio = (statistics.median(times["launched run"])
                          / statistics.median(times["direct executor"]))

@@ -11,13 +11,14 @@ still stuck in it. At most ``max_pending`` reports wait at once: beyond that a r
 ``error`` at once instead of piling up. Each outcome (``ok``, ``timeout``, ``error``) is logged
 and recorded on the operation.
 
-Reports that wait together are written together: a worker takes every report queued when it is
-free (up to ``max_batch``) and writes those of one asset key in one batch (one insert of the
-events, one of their tags, one update of the asset's latest row, which is why a batch holds one
-key), where one report alone is three statements in two transactions. A burst then costs
-Dagster's database a few statements per batch instead of per graph; a quiet moment still
-reports each graph at once. A batch that fails is written again one report at a time, so one
-bad event fails only itself.
+Reports that wait together are written together: a worker takes every report queued within
+``linger_seconds`` of the first (up to ``max_batch``) and writes those of one asset key in one
+batch (one insert of the events, one of their tags, one update of the asset's latest row, which
+is why a batch holds one key), where one report alone is three statements in two transactions.
+A burst, or a script provisioning one graph after another, then costs Dagster's database a few
+statements per batch instead of per graph, and the report's writes stop competing with the
+next provisioning; a lone report lands ``linger_seconds`` later. A batch that fails is written
+again one report at a time, so one bad event fails only itself.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class MaterializationReporter:
         max_workers: int = 1,
         max_pending: int = 256,
         max_batch: int = 64,
+        linger_seconds: float = 0.2,
     ) -> None:
         self._instance = instance
         self._instance_lock = threading.Lock()
@@ -75,6 +77,7 @@ class MaterializationReporter:
         self.timeout = timeout
         self.max_pending = max_pending
         self.max_batch = max_batch
+        self.linger_seconds = linger_seconds
         self._workers = max_workers
         self._pending: list[_Report] = []  # by deadline, for the supervisor
         self._queue: deque[_Report] = deque()  # in order, for the workers
@@ -130,6 +133,12 @@ class MaterializationReporter:
                     self._condition.wait()
                 if not self._queue:
                     return
+                # Linger a moment for the reports that follow (a script's next call, a
+                # burst's next graph), so that they share one write.
+                lingered = self._queue[0].submitted_at + self.linger_seconds
+                while (len(self._queue) < self.max_batch and not self._closed
+                       and (left := lingered - time.time()) > 0):
+                    self._condition.wait(left)
                 taken = [self._queue.popleft()
                          for _ in range(min(self.max_batch, len(self._queue)))]
             by_key: dict[AssetKey, list[_Report]] = {}
