@@ -344,7 +344,8 @@ def show(result: dict[str, Any], workers: int, senders: int, graphs: int) -> Non
     for database, busiest in result["statements"].items():
         for calls, total_ms, query in busiest:
             print(f"      {database:<8}{calls / graphs:>6.1f} calls/graph "
-                  f"{total_ms / graphs:>6.2f} ms/graph  {query}")
+                  f"{total_ms / graphs:>6.2f} ms/graph executing (lock waits included)  "
+                  f"{query}")
 
 
 def budget(spent_ms: dict[str, float]) -> str:
