@@ -15,9 +15,10 @@ import pytest
 from sqlalchemy import func, select
 
 from provisioning_pipelines.storage.db import Database
-from provisioning_pipelines.storage.models import Graph
+from provisioning_pipelines.storage.models import Graph, Subscription, utcnow
 from provisioning_pipelines.storage.work_queue import WorkItem, WorkQueue
-from tests.api.test_crashes import operation, statuses
+from tests.api.test_crashes import _claimed as claimed
+from tests.api.test_crashes import operation, statuses, template_build_held
 from tests.api.test_workers import children_of, wait_for
 from tests.conftest import REDIS_URL
 from tests.factories import new_customer, paid_graph_subscription
@@ -104,3 +105,42 @@ def test_provisioning_processes_need_postgres_and_redis(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "PROVISIONING_PROCESSES" in done.stderr and "REDIS_URL" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_provisioner_stopped_mid_flow_gives_its_claim_and_item_back(
+    postgres_database: Database, postgres_app_url: str, redis_prefix: str, tmp_path: Path,
+) -> None:
+    """SIGTERM while a flow waits (on the schema template's build, held here): after the 2 s
+    grace the claim is given back and the item put back on the queue; the next ``serve`` runs
+    it."""
+    database = postgres_database
+    user = new_customer(database)
+    sub_id = paid_graph_subscription(database, user, paid=False)
+    env = server_env(tmp_path, DATABASE_URL=postgres_app_url, REDIS_URL=REDIS_URL,
+                     REDIS_KEY_PREFIX=redis_prefix, PROVISIONING_PROCESSES="1",
+                     SHUTDOWN_GRACE_SECONDS=2, PROVISIONING_RESUME_INTERVAL_SECONDS=0)
+    queue = WorkQueue(REDIS_URL, prefix=redis_prefix)
+    try:
+        with template_build_held(Path(env["GRAPH_DATA_DIR"])) as release:
+            with api_process(env, tmp_path / "first.log") as server:
+                watched = server.pay(sub_id).json()["operation_id"]
+                wait_for(lambda: claimed(database, sub_id), 60, "the flow was not claimed")
+                signalled = time.monotonic()
+                server.signal(signal.SIGTERM)
+                assert server.wait(60) == 0
+            assert time.monotonic() - signalled < 15  # the grace, not the lease or a hang
+            with database.session() as session:
+                row = session.get(Subscription, sub_id)
+                assert row is not None and row.status == "provisioning"
+                assert row.lease_expires_at is not None and row.lease_expires_at <= utcnow()
+            assert queue.waiting() == 1
+            release()
+
+        with api_process(env, tmp_path / "second.log") as server:
+            wait_for(lambda: operation(server.url, user.api_key, watched)["status"]
+                     == "completed", 60, "the item put back was not run")
+            server.signal(signal.SIGTERM)
+            assert server.wait(60) == 0
+        assert statuses(database, [sub_id]) == {"active": 1}
+    finally:
+        queue.close()
