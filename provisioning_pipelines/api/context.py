@@ -109,8 +109,7 @@ class ApiContext:
     async def start(self, flow: Flow, config: Any, *, operation_id: str) -> None:
         """Run the flow in the background; the outcome lands on the operation. With
         provisioning processes (``direct/provisioner.py``) it is handed to them, else run on
-        this process's executor. A hand-over Redis refuses is left to the resumer (a payment)
-        or failed on its operation (a lifecycle change), never lost silently."""
+        this process's executor, as is one that Redis refuses to take."""
         if self.work is not None:
             try:
                 await run_in_threadpool(self.work.push, WorkItem(

@@ -180,13 +180,19 @@ def _worker_main(listener: socket.socket, workers: int) -> None:
     run_worker(get_settings(), listener=listener)
 
 
+def _provisioner_main(name: str, workers: int) -> None:
+    """A provisioning process's entry, logging as the workers do."""
+    from provisioning_pipelines.direct.provisioner import provisioner_main
+
+    _configure_logging(workers)
+    provisioner_main(name)
+
+
 def _supervise(listeners: list[socket.socket], metrics_dir: Path | None,
                provisioners: int = 0) -> int:
     """The API workers, one per listening socket, and the provisioning processes, each
     restarted when it dies (a provisioner under its own name, so it puts back what its
     predecessor had taken)."""
-    from provisioning_pipelines.direct.provisioner import provisioner_main
-
     context = multiprocessing.get_context("spawn")
     signals_seen = 0
 
@@ -195,7 +201,7 @@ def _supervise(listeners: list[socket.socket], metrics_dir: Path | None,
     jobs: list[tuple[Any, tuple[Any, ...], str]] = [
         *((_worker_main, (listener, count), "provisioning-api-worker")
           for listener in listeners),
-        *((provisioner_main, (name,), "provisioner") for name in names)]
+        *((_provisioner_main, (name, count + provisioners), "provisioner") for name in names)]
 
     def start(index: int) -> multiprocessing.process.BaseProcess:
         target, args, name = jobs[index]

@@ -124,10 +124,7 @@ class Provisioner:
 
 
 def provisioner_main(name: str) -> None:
-    """A provisioning process's entry (spawned by ``serve``)."""
-    logging.basicConfig(level=logging.INFO,
-                        format="%(levelname)-9s [%(process)d] %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    """A provisioning process's entry (spawned by ``serve``, which sets up its logging)."""
     os.nice(NICENESS)
     settings = get_settings()
     provisioner = Provisioner(build_executor(settings), work_queue(settings), name,
