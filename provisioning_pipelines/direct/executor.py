@@ -60,6 +60,10 @@ logger = logging.getLogger("provisioning_pipelines.direct")
 
 #: How often a call waits for another worker's claim to end before trying again.
 _CLAIM_POLL_SECONDS = 0.02
+#: How long a progress line may wait to share its round trip to the event store with the next
+#: write: a flow of milliseconds writes its lines and its end at once, a slow step's line shows
+#: this late at most.
+_PROGRESS_DELAY_SECONDS = 0.05
 #: How long a call waits for a live holder (its heartbeat keeps the lease; a dead one's lapses).
 _WAIT_FOR_HOLDER_SECONDS = 600.0
 
@@ -85,7 +89,8 @@ class DirectExecutor:
         self.max_concurrency = max_concurrency
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="provisioning")
-        self._events = SafeEvents(self.resources["operation_events"].get())
+        self._events = SafeEvents(self.resources["operation_events"].get(),
+                                  progress_delay=_PROGRESS_DELAY_SECONDS)
 
     @property
     def store(self) -> OperationStore:
@@ -204,6 +209,7 @@ class DirectExecutor:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._events.close()
         if self.reporter is not None:
             self.reporter.close()
 

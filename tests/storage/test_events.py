@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,6 +39,7 @@ from provisioning_pipelines.storage.events import (
     event_id_key,
     page_key,
 )
+from provisioning_pipelines.storage.events.contract import Change
 from tests.storage.conftest import (
     UNREACHABLE_URL,
     MakeStore,
@@ -324,6 +326,57 @@ def test_progress_is_clamped_and_never_decreases(store: OperationStore) -> None:
     store.progress(other, "a", 30)
     completed = store.complete(other, {})
     assert completed is not None and completed.data["progress"] == 100
+
+
+_CHANGES = st.one_of(
+    st.builds(Change.start, st.text(max_size=20)),
+    st.builds(Change.progress, st.text(max_size=20),
+              st.one_of(st.none(), st.integers(-10, 150))),
+    st.builds(Change.complete, st.dictionaries(st.text(max_size=5), st.integers(), max_size=2)),
+    st.builds(Change.fail, st.text(min_size=1, max_size=20),
+              st.one_of(st.none(), st.sampled_from(["disk_full", "invalid_request"]))),
+    st.builds(Change.cancel, st.text(max_size=20)),
+)
+
+
+def _seen(store: OperationStore, op: str) -> tuple[list[tuple[Any, ...]], tuple[Any, ...]]:
+    """An operation's events and record, without what differs between two operations (ids,
+    times)."""
+    events = [(e.type, {k: v for k, v in e.data.items() if k not in ("operation_id", "timestamp")})
+              for e in store.events(op)]
+    record = store.get(op)
+    assert record is not None
+    return events, (record.status, record.progress, record.message, record.result,
+                    record.error, record.error_code)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.lists(_CHANGES, min_size=1, max_size=6))
+def test_changes_applied_together_write_what_they_write_one_by_one(
+        store: OperationStore, changes: list[Change]) -> None:
+    together, one_by_one = (store.create("graph").id for _ in range(2))
+    written = store.apply(together, *changes)
+    alone = [store.apply(one_by_one, change)[0] for change in changes]
+    # the same changes are skipped (a status that cannot move), the same events are written
+    assert [event is None for event in written] == [event is None for event in alone]
+    assert _seen(store, together) == _seen(store, one_by_one)
+    assert [e for e in written if e is not None] == store.events(together)
+    assert store.apply("no such:id", *changes) == [None] * len(changes)
+
+
+def test_changes_applied_together_after_redis_forgot_the_script(
+        redis_store: tuple[RedisOperationStore, redis.Redis]) -> None:
+    store, client = redis_store
+    op = store.create("graph").id
+    store.start(op)  # the script is loaded and known by its hash
+    client.script_flush()
+    written = store.apply(op, Change.progress("one", 10), Change.progress("two", 20),
+                          Change.complete({"graph_id": "kg1"}))
+    assert [event.type for event in written if event is not None] == [
+        EVENT_PROGRESS, EVENT_PROGRESS, EVENT_COMPLETED]
+    assert [event.data["message"] for event in store.events(op)] == [
+        "Operation started", "one", "two", "Operation completed"]
 
 
 def test_record_report_after_completion(store: OperationStore) -> None:

@@ -45,6 +45,9 @@ REPLACED = "replaced"
 #: free slots first (``least_used``): hosts of a tier fill evenly.
 _TAKES_GRAPHS = (_HOSTS.c.status == "available", _HOSTS.c.health == "healthy",
                  _HOSTS.c.slots_used < _HOSTS.c.capacity)
+#: What taking a slot returns: the host's address (``address_of``), so the graph's step reaches
+#: its host without reading the host's row again (a host that takes graphs is not replaced).
+_SLOT = (_HOSTS.c.id, _HOSTS.c.data_root, _HOSTS.c.url)
 
 
 def local_host_id(tier: str) -> str:
@@ -75,8 +78,9 @@ _ALLOCATION_ATTEMPTS = 20
 
 
 def take_slot(session: Session, tier: str) -> Row[Any] | None:
-    """One try at a slot on the least-used available host of the tier (its ``id`` and
-    ``data_root``); None when no slot is free or a racing allocation took the chosen one."""
+    """One try at a slot on the least-used available host of the tier (its ``id``,
+    ``data_root`` and ``url``); None when no slot is free or a racing allocation took the
+    chosen one."""
     return session.execute(_plain_slot(), {"slot_tier": tier}).first()
 
 
@@ -84,7 +88,7 @@ def slot_statement(unless: ColumnElement[bool] | None = None, *,
                    on_chosen_host: bool = False) -> Update:
     """Take a slot on the least-used available host of the tier bound as ``slot_tier``, unless
     ``unless`` holds: one statement, which picks the host and takes its slot (``UPDATE ...
-    WHERE id = (least used) ... RETURNING id, data_root``). With ``on_chosen_host``, on the
+    WHERE id = (least used) ... RETURNING id, data_root, url``). With ``on_chosen_host``, on the
     host bound as ``slot_host`` instead (picked earlier in the transaction, ``least_used``),
     if it still has a free slot and takes new graphs."""
     tier = bindparam("slot_tier", type_=String)
@@ -94,8 +98,7 @@ def slot_statement(unless: ColumnElement[bool] | None = None, *,
                                      *_TAKES_GRAPHS)
     if unless is not None:
         statement = statement.where(~unless)
-    return (statement.values(slots_used=_HOSTS.c.slots_used + 1)
-            .returning(_HOSTS.c.id, _HOSTS.c.data_root))
+    return statement.values(slots_used=_HOSTS.c.slots_used + 1).returning(*_SLOT)
 
 
 def least_used(column: Any, tier: str | ColumnElement[str]) -> Select[Any]:
@@ -129,8 +132,7 @@ def slot_elsewhere(session: Session, tier: str, avoid: set[str]) -> Row[Any] | N
     host = least_used(_HOSTS.c.id, tier).where(_HOSTS.c.id.not_in(avoid)).scalar_subquery()
     return session.execute(
         update(_HOSTS).where(_HOSTS.c.id == host, *_TAKES_GRAPHS)
-        .values(slots_used=_HOSTS.c.slots_used + 1)
-        .returning(_HOSTS.c.id, _HOSTS.c.data_root)).first()
+        .values(slots_used=_HOSTS.c.slots_used + 1).returning(*_SLOT)).first()
 
 
 def graph_host(session: Session, directory: HostDirectory, host_id: str) -> HostInterface:
@@ -148,7 +150,8 @@ def graph_host(session: Session, directory: HostDirectory, host_id: str) -> Host
     return directory.get(address_of(row))
 
 
-def address_of(row: GraphHost) -> HostAddress:
+def address_of(row: GraphHost | Row[Any]) -> HostAddress:
+    """A host's address from its row, or from the row a slot statement returned."""
     return HostAddress(row.id, row.url, row.data_root)
 
 

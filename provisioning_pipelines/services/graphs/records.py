@@ -35,7 +35,7 @@ from provisioning_pipelines.services.provisioning import claims, queue
 from provisioning_pipelines.storage.db import Database, insert_all
 from provisioning_pipelines.storage.graph_ids import ANY_GRAPH_ID, GRAPH_ID
 from provisioning_pipelines.storage.hosts.contract import GraphHost as GraphHostInterface
-from provisioning_pipelines.storage.hosts.directory import HostDirectory
+from provisioning_pipelines.storage.hosts.directory import HostAddress, HostDirectory
 from provisioning_pipelines.storage.ladybug import expected_tables, node_properties
 from provisioning_pipelines.storage.models import (
     CreditPool,
@@ -124,37 +124,36 @@ def create_graph(
     place = _Placement(graph_data_dir, local_host_capacity, local_hosts)
     try:
         with database.session() as session:
-            path, host_id, fresh = _make_rows(session, claim, plan, place, at_once=True)
+            placed = _make_rows(session, claim, plan, place, at_once=True)
     except _SlotNotTaken:
         with database.session() as session:
-            path, host_id, fresh = _make_rows(session, claim, plan, place, at_once=False)
+            placed = _make_rows(session, claim, plan, place, at_once=False)
 
     tried: set[str] = set()
     while True:
-        with database.session() as session:
-            host = hosts.graph_host(session, directory, host_id)
+        host = placed.host(database, directory)
         try:
             info = host.create(plan.graph_id, plan.ddl)
             break
         except HostUnavailable as exc:
-            tried.add(host_id)
-            if not fresh:
+            tried.add(placed.host_id)
+            if not placed.fresh:
                 raise _may_be_there(exc) from exc
             if exc.reached:
                 raise
             with database.session() as session:
-                moved = _placed_elsewhere(session, claim, plan, host_id, tried)
+                moved = _placed_elsewhere(session, claim, plan, placed.host_id, tried)
             if moved is None:
                 raise
-            path, host_id = moved
+            placed = moved
     if request.entity:
         try:
             _write_entity(host, plan.graph_id, request.entity, plan.ddl)
         except HostUnavailable as exc:
             raise _may_be_there(exc) from exc
     tables = [t.name for t in expected_tables(plan.ddl)]  # the host's create verified them
-    return {"graph_id": plan.graph_id, "tier": plan.tier.name, "host_id": host_id,
-            "database_path": str(path), "graph_type": request.graph_type, "tables": tables,
+    return {"graph_id": plan.graph_id, "tier": plan.tier.name, "host_id": placed.host_id,
+            "database_path": str(placed.path), "graph_type": request.graph_type, "tables": tables,
             "resumed": not info.created}
 
 
@@ -170,8 +169,31 @@ class _Placement:
     local_hosts: bool
 
 
+@dataclass(frozen=True)
+class _Placed:
+    """Where the graph's file goes: its path and host, whether this attempt placed it there,
+    and, when it did, the host's address as the statement that took the slot returned it."""
+
+    path: Path
+    host_id: str
+    fresh: bool
+    address: HostAddress | None = None
+
+    @classmethod
+    def on_slot(cls, slot: Row[Any], graph_id: str) -> _Placed:
+        return cls(database_path(slot.data_root, graph_id), slot.id, True, hosts.address_of(slot))
+
+    def host(self, database: Database, directory: HostDirectory) -> GraphHostInterface:
+        """The host's interface: from the slot's row when this attempt took one (a host that
+        gave a slot is not replaced), else looked up, refused if replaced."""
+        if self.address is not None:
+            return directory.get(self.address)
+        with database.session() as session:
+            return hosts.graph_host(session, directory, self.host_id)
+
+
 def _placed_elsewhere(session: Session, claim: claims.Claim, plan: GraphPlan, host_id: str,
-                      tried: set[str]) -> tuple[Path, str] | None:
+                      tried: set[str]) -> _Placed | None:
     """Move the graph this attempt placed on ``host_id`` (which surely never received its
     create) to another host of the tier not yet ``tried``: its slot given back, one taken
     there, the row pointed at it, in one transaction under the claim. None when no other host
@@ -181,14 +203,14 @@ def _placed_elsewhere(session: Session, claim: claims.Claim, plan: GraphPlan, ho
     if slot is None:
         return None
     hosts.release_slot(session, host_id)
-    path = database_path(slot.data_root, plan.graph_id)
+    placed = _Placed.on_slot(slot, plan.graph_id)
     session.execute(update(Graph).where(Graph.id == plan.graph_id)
-                    .values(host_id=slot.id, database_path=str(path)))
-    return path, slot.id
+                    .values(host_id=slot.id, database_path=str(placed.path)))
+    return placed
 
 
 def _make_rows(session: Session, claim: claims.Claim, plan: GraphPlan, place: _Placement,
-               *, at_once: bool) -> tuple[Path, str, bool]:
+               *, at_once: bool) -> _Placed:
     """The graph's rows and its host's slot (or what an earlier attempt did not make); the
     file's path and host, and whether this attempt placed it. ``at_once``: the rows and the
     slot on the host the fence's statement picked are one statement, so the host's row (every
@@ -202,18 +224,18 @@ def _make_rows(session: Session, claim: claims.Claim, plan: GraphPlan, place: _P
         grant_role(session, graph_id, claim.user_id, "admin")
         credits.create_graph_pool(session, graph_id=graph_id, tier=plan.tier,
                                   subscription_id=claim.subscription_id)
-        return Path(subscription.made_database_path), subscription.made_host_id, False
+        return _Placed(Path(subscription.made_database_path), subscription.made_host_id, False)
     if at_once and subscription.free_id is not None:
         path = database_path(subscription.free_data_root, graph_id)
         rows = _new_graph_rows(claim, plan, subscription.free_id, path)
-        if queue.take_slot_in_turn(session, subscription, on_host=subscription.free_id,
-                                   rows=rows) is None:
+        slot = queue.take_slot_in_turn(session, subscription, on_host=subscription.free_id,
+                                       rows=rows)
+        if slot is None:
             raise _SlotNotTaken
-        return path, subscription.free_id, True
-    slot = _place(session, subscription, plan.tier, place)
-    path = database_path(slot.data_root, graph_id)
-    insert_all(session, _new_graph_rows(claim, plan, slot.id, path))
-    return path, slot.id, True
+        return _Placed.on_slot(slot, graph_id)
+    placed = _Placed.on_slot(_place(session, subscription, plan.tier, place), graph_id)
+    insert_all(session, _new_graph_rows(claim, plan, placed.host_id, placed.path))
+    return placed
 
 
 def _new_graph_rows(claim: claims.Claim, plan: GraphPlan, host_id: str, path: Path

@@ -11,7 +11,7 @@ import json
 import re
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -138,7 +138,7 @@ def event_data(
 class Change:
     """One write to an operation: the action (a key of ``TRANSITIONS``), the event's message,
     ``percent`` that raises progress (never lowers it), ``extra`` for the event's data and
-    ``record`` for the status record."""
+    ``record`` for the status record. Made by the constructors below, one per public write."""
 
     action: str
     message: str
@@ -150,6 +150,43 @@ class Change:
     def rule(self) -> tuple[frozenset[str], str, str]:
         """(statuses it may leave, status it moves to, event type)."""
         return TRANSITIONS[self.action]
+
+    @classmethod
+    def of(cls, action: str, message: str, *, percent: int | None = None,
+           extra: dict[str, Any] | None = None, record: dict[str, str] | None = None) -> Change:
+        # Round-trip the extra through JSON: both stores keep exactly what Redis would.
+        return cls(action, str(message), percent, json.loads(json.dumps(extra or {})),
+                   record or {})
+
+    @classmethod
+    def start(cls, message: str = "") -> Change:
+        return cls.of("start", message or "Operation started")
+
+    @classmethod
+    def progress(cls, message: str, percent: int | None = None) -> Change:
+        return cls.of("progress", message, percent=clamp_percent(percent))
+
+    @classmethod
+    def complete(cls, result: dict[str, Any]) -> Change:
+        # Round-trip through JSON now: a result that cannot be stored fails before any write.
+        result = json.loads(json.dumps(result))
+        return cls.of("complete", "Operation completed", percent=100, extra={"result": result},
+                      record={"result": json.dumps(result)})
+
+    @classmethod
+    def fail(cls, error: str, code: str | None = None) -> Change:
+        """``error`` (the customer's sentence) and, when given, ``code`` (machine-readable:
+        ``disk_full``, ``invalid_request``, ...), both in the event's data and the record."""
+        error = str(error)
+        extra: dict[str, Any] = {"error": error}
+        record = {"error": error}
+        if code is not None:
+            extra["error_code"] = record["error_code"] = str(code)
+        return cls.of("fail", error, extra=extra, record=record)
+
+    @classmethod
+    def cancel(cls, reason: str = "") -> Change:
+        return cls.of("cancel", reason or "Operation cancelled", extra={"reason": reason})
 
 
 @dataclass(frozen=True)
@@ -287,59 +324,37 @@ class OperationStore(ABC):
         None when the status cannot move.
         """
 
+    def _transitions(self, operation_id: str, changes: Sequence[Change]
+                     ) -> list[OperationEvent | None]:
+        """``_transition`` for each change in turn; a store that can does it in one round trip."""
+        return [self._transition(operation_id, change) for change in changes]
+
+    def apply(self, operation_id: str, *changes: Change) -> list[OperationEvent | None]:
+        """Apply ``changes`` in order, each atomically and by the same rules as one write (one
+        that cannot move the status is skipped: None in its place), in one round trip where
+        the store can: a writer with several lines to say waits once, not once a line."""
+        if not is_operation_id(operation_id):
+            return [None] * len(changes)  # names no operation, like an unknown id
+        return self._transitions(operation_id, changes)
+
     def start(self, operation_id: str, message: str = "") -> OperationEvent | None:
-        return self._write(operation_id, "start", message or "Operation started")
+        return self.apply(operation_id, Change.start(message))[0]
 
     def progress(
         self, operation_id: str, message: str, percent: int | None = None
     ) -> OperationEvent | None:
-        return self._write(operation_id, "progress", message, percent=clamp_percent(percent))
+        return self.apply(operation_id, Change.progress(message, percent))[0]
 
     def complete(self, operation_id: str, result: dict[str, Any]) -> OperationEvent | None:
-        # Round-trip through JSON now: a result that cannot be stored fails before any write.
-        result = json.loads(json.dumps(result))
-        return self._write(
-            operation_id,
-            "complete",
-            "Operation completed",
-            percent=100,
-            extra={"result": result},
-            record={"result": json.dumps(result)},
-        )
+        return self.apply(operation_id, Change.complete(result))[0]
 
     def fail(self, operation_id: str, error: str, code: str | None = None
              ) -> OperationEvent | None:
-        """End the operation failed with ``error`` (the customer's sentence) and, when given,
-        ``code`` (machine-readable: ``disk_full``, ``invalid_request``, ...), both in the event's
-        data and the record."""
-        error = str(error)
-        extra: dict[str, Any] = {"error": error}
-        record = {"error": error}
-        if code is not None:
-            extra["error_code"] = record["error_code"] = str(code)
-        return self._write(operation_id, "fail", error, extra=extra, record=record)
+        """End the operation failed (``Change.fail``)."""
+        return self.apply(operation_id, Change.fail(error, code))[0]
 
     def cancel(self, operation_id: str, reason: str = "") -> OperationEvent | None:
-        return self._write(
-            operation_id, "cancel", reason or "Operation cancelled", extra={"reason": reason}
-        )
-
-    def _write(
-        self,
-        operation_id: str,
-        action: str,
-        message: str,
-        *,
-        percent: int | None = None,
-        extra: dict[str, Any] | None = None,
-        record: dict[str, str] | None = None,
-    ) -> OperationEvent | None:
-        if not is_operation_id(operation_id):
-            return None  # names no operation, like an unknown id
-        # Round-trip the extra through JSON: both stores keep exactly what Redis would.
-        change = Change(action, str(message), percent, json.loads(json.dumps(extra or {})),
-                        record or {})
-        return self._transition(operation_id, change)
+        return self.apply(operation_id, Change.cancel(reason))[0]
 
     @staticmethod
     def _check_report(outcome: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from functools import cache
@@ -23,6 +23,7 @@ import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
 from provisioning_pipelines.storage.events.contract import (
@@ -52,6 +53,17 @@ from provisioning_pipelines.storage.events.contract import (
 def _script(name: str) -> str:
     """A Lua script shipped beside this module (``create``, ``transition``, ``report``)."""
     return resources.files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+def _event_of(operation_id: str, change: Change, now: str, reply: Any) -> OperationEvent | None:
+    """The event the transition script appended (its reply: id and progress), or None."""
+    if not reply:
+        return None
+    event_id, progress = reply
+    _, status, event_type = change.rule
+    return OperationEvent(id=event_id, type=event_type,
+                          data=event_data(operation_id, status, int(progress), change.message,
+                                          now, change.extra))
+
 
 @contextmanager
 def _redis_errors() -> Iterator[None]:
@@ -210,9 +222,43 @@ class RedisOperationStore(OperationStore):
         return Operation.pending(operation_id, kind, user_id, now)
 
     def _transition(self, operation_id: str, change: Change) -> OperationEvent | None:
-        allowed, status, event_type = change.rule
         now = utcnow().isoformat()
-        args = [
+        with _redis_errors():
+            reply = self._transition_script(keys=self._keys(operation_id),
+                                            args=self._transition_args(change, now))
+        return _event_of(operation_id, change, now, reply)
+
+    def _transitions(self, operation_id: str, changes: Sequence[Change]
+                     ) -> list[OperationEvent | None]:
+        """One pipeline of the transition script, once per change: each still checks and
+        writes atomically, and they run in order, but the writer waits for Redis once. The
+        script is called by its hash (a pipeline that names a script asks Redis whether it is
+        loaded first, a second round trip); a Redis that forgot it refuses every call of the
+        pipeline (one script, one hash), so it is loaded and the pipeline sent again."""
+        if len(changes) == 1:
+            return [self._transition(operation_id, changes[0])]
+        keys = self._keys(operation_id)
+        now = utcnow().isoformat()
+        for _ in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for change in changes:
+                pipe.evalsha(self._transition_script.sha, len(keys), *keys,
+                             *self._transition_args(change, now))
+            with _redis_errors():
+                replies = pipe.execute(raise_on_error=False)
+            if not any(isinstance(reply, NoScriptError) for reply in replies):
+                break
+            with _redis_errors():
+                self._transition_script.sha = self._redis.script_load(_script("transition"))
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [_event_of(operation_id, change, now, reply)
+                for change, reply in zip(changes, replies, strict=True)]
+
+    def _transition_args(self, change: Change, now: str) -> list[str]:
+        allowed, status, event_type = change.rule
+        return [
             "," + ",".join(sorted(allowed)) + ",",
             status,
             event_type,
@@ -223,17 +269,6 @@ class RedisOperationStore(OperationStore):
             self._ttl_ms,
             *(item for pair in change.record.items() for item in pair),
         ]
-        with _redis_errors():
-            reply = self._transition_script(keys=self._keys(operation_id), args=args)
-        if not reply:
-            return None
-        event_id, progress = reply
-        return OperationEvent(
-            id=event_id,
-            type=event_type,
-            data=event_data(operation_id, status, int(progress), change.message, now,
-                            change.extra),
-        )
 
     def record_report(self, operation_id: str, outcome: str, detail: str | None = None) -> None:
         self._check_report(outcome)
