@@ -125,10 +125,14 @@ def execute_with_rows(session: Session, statement: Select[Any] | UpdateBase | No
     return session.execute(_with_rows(statement, shape), bound)
 
 
+def is_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
 def takes_data_modifying_ctes(session: Session) -> bool:
     """Whether the session's database runs ``WITH ... AS (INSERT/UPDATE ...)`` (PostgreSQL
     does; SQLite does not), so several writes can share one round trip."""
-    return session.get_bind().dialect.name == "postgresql"
+    return is_postgresql(session)
 
 
 def _values_of(row: Any) -> tuple[Table, dict[str, Any]]:

@@ -40,7 +40,7 @@ from provisioning_pipelines.errors import Conflict, PaymentRequired, Provisionin
 from provisioning_pipelines.services import audit
 from provisioning_pipelines.services.billing import subscriptions as billing
 from provisioning_pipelines.services.billing.states import SUBSCRIPTION
-from provisioning_pipelines.storage.db import execute_with_rows
+from provisioning_pipelines.storage.db import execute_with_rows, is_postgresql
 from provisioning_pipelines.storage.models import Subscription, UTCDateTime, utcnow
 
 
@@ -148,9 +148,22 @@ def claimable(now: datetime | ColumnElement[Any],
 
 
 @functools.cache
-def _claim_statement() -> Update:
-    """The claim, built once and then only bound: ``UPDATE ... WHERE <claimable> RETURNING``."""
+def _claim_statement(lazy_commit: bool) -> Update:
+    """The claim, built once and then only bound: ``UPDATE ... WHERE <claimable> RETURNING``.
+
+    ``lazy_commit`` (PostgreSQL): the claim's transaction commits without waiting for its WAL
+    to reach the disk (``synchronous_commit`` off for this transaction only, set by the
+    statement itself, so no round trip more). Safe because nothing outside the database
+    follows the claim before the next write of the attempt commits, and that commit waits
+    for the WAL up to itself, the claim's included: a crash of PostgreSQL in between loses
+    the claim alone, the attempt's next write fails with the connection, and the subscription
+    is claimable again as if never claimed (an attempt not counted). It saves the claim's own
+    flush (~0.2-0.3 ms on the development machine's disk, per graph).
+    """
     now = bindparam("now", type_=UTCDateTime)
+    returning = [*_ROW]
+    if lazy_commit:
+        returning.append(func.set_config("synchronous_commit", "off", True).label("lazy"))
     return (update(_TABLE)
             .where(_TABLE.c.id == bindparam("subscription_id"),
                    claimable(now, bindparam("max_attempts")))
@@ -159,7 +172,7 @@ def _claim_statement() -> Update:
                     attempts=_TABLE.c.attempts + 1, updated_at=now,
                     operation_id=func.coalesce(bindparam("claim_operation_id", type_=String),
                                                _TABLE.c.operation_id))
-            .returning(*_ROW))
+            .returning(*returning))
 
 
 def claim(
@@ -179,7 +192,7 @@ def claim(
     """
     now = now or utcnow()
     token = uuid.uuid4().hex
-    won = session.execute(_claim_statement(), {
+    won = session.execute(_claim_statement(is_postgresql(session)), {
         "subscription_id": subscription_id, "now": now, "max_attempts": max_attempts,
         "token": token, "lease": now + timedelta(seconds=lease_seconds),
         "claim_operation_id": operation_id}).first()

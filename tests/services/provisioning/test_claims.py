@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from provisioning_pipelines.errors import Conflict, PaymentRequired
 from provisioning_pipelines.services.provisioning import claims, due
@@ -134,6 +134,22 @@ def test_claim_says_why_it_cannot_start(database: Database) -> None:
         claims.activate(session, held, "kg0123456789abcdef")
     again = claim(database, active)
     assert again.already_active and again.resource_id == "kg0123456789abcdef"
+
+
+def test_only_the_claims_own_commit_skips_waiting_for_the_disk(database: Database) -> None:
+    """The claim's transaction commits lazily on PostgreSQL (``synchronous_commit`` off for
+    it alone); the next transaction on the same connection, the rows of the graph, waits for
+    the disk again. If the setting leaked, every commit of the process would be lazy."""
+    if database.engine.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL setting")
+    sub_id = paid_graph_subscription(database, new_customer(database))
+    with database.session() as session:
+        before = session.scalar(text("SHOW synchronous_commit"))
+        claims.claim(session, sub_id, lease_seconds=LEASE, max_attempts=MAX_ATTEMPTS)
+        assert session.scalar(text("SHOW synchronous_commit")) == "off"
+        session.commit()
+        assert session.scalar(text("SHOW synchronous_commit")) == before == "on"
+    assert row(database, sub_id).claim_token is not None
 
 
 def test_only_a_failed_subscription_can_be_put_back(database: Database) -> None:
