@@ -25,7 +25,7 @@ from provisioning_pipelines import metrics
 from provisioning_pipelines.api.context import ApiContext
 from provisioning_pipelines.api.spec import Endpoint
 from provisioning_pipelines.errors import InvalidRequest
-from provisioning_pipelines.flows import started_by
+from provisioning_pipelines.flows import FollowUp, started_by
 from provisioning_pipelines.services import webhooks
 from provisioning_pipelines.storage.errors import is_outage
 from provisioning_pipelines.storage.events import new_operation_id
@@ -79,6 +79,18 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
             return webhooks.record_rejected(
                 session, delivery, f"the database refused it: {type(cause).__name__}")
 
+    def record_and_open(delivery: webhooks.Delivery, planned: str | None
+                        ) -> tuple[webhooks.Applied | None, FollowUp | None, str | None]:
+        """The event recorded, and the operation of the flow it starts opened: one hop to a
+        worker thread for both."""
+        applied = record(delivery, planned)
+        then = started_by(applied) if applied is not None else None
+        direct = api.settings.direct_graph_provisioning_enabled
+        if then is None or not (direct or (applied.paid and planned is not None)):
+            return applied, then, None
+        return applied, then, api.executor.open_operation(
+            then.flow.operation_kind, applied.user_id, planned if applied.paid else None)
+
     async def billing_webhook(request: Request) -> Response:
         try:
             payload = await api.bodies.read(request, limit=webhooks.MAX_BODY_BYTES)
@@ -93,19 +105,14 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
         # run tag) reports to the one the caller watches. Without direct provisioning only
         # that run, another process, writes it: through a store both share (Redis), or never.
         planned = new_operation_id() if direct or api.settings.redis_url else None
-        applied = await run_in_threadpool(record, delivery, planned)
+        applied, then, operation_id = await run_in_threadpool(record_and_open, delivery,
+                                                              planned)
         metrics.WEBHOOKS.labels(applied.status if applied else "duplicate").inc()
         if applied is None:
             return JSONResponse({"received": True, "duplicate": True, "operation_id": None})
-        operation_id = None
-        then = started_by(applied)
-        if then is not None and (direct or (applied.paid and planned is not None)):
-            flow, config = then.flow, then.config
-            operation_id = await run_in_threadpool(api.executor.open_operation,
-                                                   flow.operation_kind, applied.user_id,
-                                                   planned if applied.paid else None)
-            if direct:  # otherwise it stays pending until the sensor's run starts it
-                await api.start(flow, config, operation_id=operation_id)
+        if then is not None and operation_id is not None and direct:
+            # otherwise it stays pending until the sensor's run starts it
+            await api.start(then.flow, then.config, operation_id=operation_id)
         body: dict[str, Any] = {"received": True, "duplicate": False,
                                 "operation_id": operation_id}
         if applied.ignored:

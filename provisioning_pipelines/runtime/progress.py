@@ -22,7 +22,11 @@ from provisioning_pipelines.services.provisioning.claims import (
     Queued,
     RetryScheduled,
 )
-from provisioning_pipelines.storage.events import OperationStore, new_operation_id
+from provisioning_pipelines.storage.events import (
+    OperationExists,
+    OperationStore,
+    new_operation_id,
+)
 from provisioning_pipelines.storage.events.contract import Change
 
 logger = logging.getLogger("provisioning_pipelines")
@@ -60,13 +64,20 @@ class SafeEvents:
         self._closed = False
 
     def open(self, kind: str, user_id: Owner, operation_id: str | None) -> str:
-        """Create the operation (pending) unless it exists; returns its id either way."""
-        if operation_id is not None and self.call(operation_id, "get") is not None:
+        """Create the operation (pending) unless it exists; returns its id either way.
+
+        One round trip: the store's create refuses an id that exists. Only when the owner
+        must be looked up (a callable) is the operation asked for first, so an operation that
+        exists costs no lookup."""
+        if (operation_id is not None and callable(user_id)
+                and self.call(operation_id, "get") is not None):
             return operation_id
         operation_id = operation_id or new_operation_id()
         owner = user_id() if callable(user_id) else user_id
         try:
             self.store.create(kind, user_id=owner, operation_id=operation_id)
+        except OperationExists:
+            pass
         except Exception as exc:
             self._failed(operation_id, exc)
         return operation_id

@@ -33,6 +33,7 @@ from provisioning_pipelines.storage.events import (
     EventStoreUnavailable,
     InMemoryOperationStore,
     OperationEvent,
+    OperationExists,
     OperationStore,
     RedisOperationStore,
     build_operation_store,
@@ -137,10 +138,11 @@ def test_create_and_get_round_trip(store: OperationStore) -> None:
     assert named.id == "op_given-1"
     assert named.user_id is None
     assert store.get("op_given-1") == named
-    with pytest.raises(ValueError):
+    with pytest.raises(OperationExists):
         store.create("subgraph", operation_id="op_given-1")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as refused:
         store.create("graph", operation_id="not a valid id")
+    assert not isinstance(refused.value, OperationExists)
     assert store.get("op_missing") is None
     assert store.events("op_missing") == []
 

@@ -49,6 +49,10 @@ TRANSITIONS: dict[str, tuple[frozenset[str], str, str]] = {
     for action, event in _EVENT_OF.items()
 }
 
+class OperationExists(ValueError):
+    """``create`` of an id that names a live operation."""
+
+
 class EventStoreUnavailable(Exception):
     """The operation store's backend (Redis) cannot be reached; callers degrade, not crash."""
 
@@ -268,8 +272,9 @@ class OperationStore(ABC):
     ) -> Operation:
         """Create a pending operation (id ``op_`` + 24 hex unless given).
 
-        An id that exists, or one outside ``[A-Za-z0-9_.-]`` (max 128), raises ValueError. Every
-        other method treats a malformed id as an unknown operation.
+        An id that exists raises ``OperationExists`` (a ValueError), one outside
+        ``[A-Za-z0-9_.-]`` (max 128) ValueError. Every other method treats a malformed id as an
+        unknown operation.
         """
 
     @abstractmethod

@@ -21,6 +21,7 @@ from provisioning_pipelines.storage.events.contract import (
     Change,
     Operation,
     OperationEvent,
+    OperationExists,
     OperationStore,
     PageKey,
     check_ttl,
@@ -106,7 +107,7 @@ class InMemoryOperationStore(OperationStore):
         with self._lock:
             self._sweep()
             if self._live(operation_id) is not None:
-                raise ValueError(f"operation {operation_id!r} already exists")
+                raise OperationExists(f"operation {operation_id!r} already exists")
             self._records[operation_id] = _MemoryRecord(
                 operation=operation,
                 expires_at=self.clock() + self.ttl_seconds,

@@ -36,6 +36,7 @@ from provisioning_pipelines.storage.events.contract import (
     EventStoreUnavailable,
     Operation,
     OperationEvent,
+    OperationExists,
     OperationStore,
     PageKey,
     check_ttl,
@@ -218,7 +219,7 @@ class RedisOperationStore(OperationStore):
         with _redis_errors():
             created = self._create_script(keys=keys, args=args)
         if not created:
-            raise ValueError(f"operation {operation_id!r} already exists")
+            raise OperationExists(f"operation {operation_id!r} already exists")
         return Operation.pending(operation_id, kind, user_id, now)
 
     def _transition(self, operation_id: str, change: Change) -> OperationEvent | None:
