@@ -5,7 +5,7 @@ within the grace, delete a subgraph. Each change answers ``202 {"operation_id"}`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy.orm import Session
@@ -56,6 +56,10 @@ class GraphView(SubgraphView):
     """A graph as its owner sees it, with its subgraphs."""
 
     subgraphs: list[SubgraphView]
+    my_role: Literal["admin", "writer", "reader"] | None = Field(
+        description="the caller's role on the graph (its subgraphs share it): an admin changes "
+                    "its life, members and backups, a writer's queries may write, a reader's "
+                    "only read; null for the owner of a deleted graph")
 
 
 class GraphList(BaseModel):
@@ -155,7 +159,8 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
         user = api.user_of(request)
         with api.database.session() as session:
             graph = graphs.visible_graph(session, request.path_params["graph_id"], user.user_id)
-            return JSONResponse(graphs.describe(session, graph, api.hosts))
+            return JSONResponse(graphs.describe(session, graph, api.hosts,
+                                                viewer=user.user_id))
 
     return [
         Endpoint("GET", "/v1/graphs", list_graphs,

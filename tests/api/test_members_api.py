@@ -44,9 +44,12 @@ def test_an_admin_manages_members_and_each_role_may_do_what_it_allows(api: Api) 
         changed = admin.post(members, json={"email": other.email.upper(), "role": "writer"})
         assert changed.status_code == 200 and changed.json()["role"] == "writer"
 
-        # A writer sees the graph in both places, lists its members, and changes nothing.
-        assert [g["graph_id"] for g in member.get("/v1/graphs").json()["graphs"]] == [graph_id]
-        assert member.get(f"/v1/graphs/{graph_id}").status_code == 200
+        # A writer sees the graph in both places, with their role, lists its members, and
+        # changes nothing.
+        assert [(g["graph_id"], g["my_role"]) for g in
+                member.get("/v1/graphs").json()["graphs"]] == [(graph_id, "writer")]
+        assert member.get(f"/v1/graphs/{graph_id}").json()["my_role"] == "writer"
+        assert admin.get(f"/v1/graphs/{graph_id}").json()["my_role"] == "admin"
         assert {m["role"] for m in member.get(members).json()["members"]} == {"admin",
                                                                               "writer"}
         for refused in (member.post(members, json={"email": other.email, "role": "admin"}),

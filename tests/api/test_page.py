@@ -387,12 +387,22 @@ def test_a_query_shows_its_table_and_each_refusal_and_a_reader_only_reads(
     expect(theirs.locator("#query-result tbody td")).to_have_text(["acme"])
     run_query(theirs, "CREATE (:Entity {identifier: 'mine'})")
     expect(theirs.locator("#query-error")).to_contain_text("the caller may only read")
-    theirs.click("#back-up")  # nor may a reader back the graph up, or delete it
-    expect(theirs.locator("#backups-error")).to_contain_text(f"only an admin of '{graph_id}'")
-    theirs.click("#graph-delete")
-    expect(theirs.locator("#graph-error")).to_contain_text(f"only an admin of '{graph_id}'")
+    # nor may a reader back the graph up, delete it, restore a backup, change its members or
+    # make a subgraph of it: the page offers none of it, and says why
+    expect(theirs.locator("#graph-role")).to_contain_text("You are a reader of this graph")
+    for control in ("#back-up", "#graph-delete", "#member-form", "#subgraph-form"):
+        expect(theirs.locator(control)).to_be_hidden()
+    listed = theirs.locator("#members tbody tr")
+    expect(listed).to_have_count(2)
+    expect(listed.filter(has_text=reader.email)).to_contain_text("reader")
+    expect(theirs.locator("#members select, #members button")).to_have_count(0)
+    with api.client(reader.api_key) as client:  # and the API refuses it whatever a page shows
+        refused = client.post(f"/v1/graphs/{graph_id}/backups")
+        assert refused.status_code == 403, refused.text
+        assert f"only an admin of '{graph_id}'" in refused.json()["message"]
     expect(theirs.locator("#graph-status")).to_have_text("active")
-    expect(theirs.locator("#query-result tbody tr")).to_have_count(0)
+    expect(page.locator("#graph-role")).to_have_text("")  # the owner, an admin
+    expect(page.locator("#back-up")).to_be_visible()
 
     finish(page, lambda: page.click("#graph-delete"))
     expect(page.locator("#graph-status")).to_have_text("suspended")

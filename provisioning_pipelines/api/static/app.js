@@ -136,7 +136,9 @@ async function refresh() {
     cell(row, size(g.size_bytes));
     cell(row, g.subgraphs.map((s) => s.name).join(", ") || "–");
     row.insertCell().append(button("open", () => openGraph(g.graph_id)));
-    if (g.status === "active") parents.add(new Option(`${g.name} (${g.graph_id})`, g.graph_id));
+    if (g.status === "active" && g.my_role === "admin") {
+      parents.add(new Option(`${g.name} (${g.graph_id})`, g.graph_id));
+    }
   }
   if (chosen) parents.value = chosen;
   $("#subgraph-form").hidden = parents.options.length === 0;
@@ -188,6 +190,17 @@ function openGraph(graphId) {
   $("#graph").scrollIntoView();
 }
 
+const ROLE_SAYS = {
+  writer: "You are a writer of this graph: your queries may write; its admins change its life, "
+    + "members and backups.",
+  reader: "You are a reader of this graph: your queries only read; its admins change its "
+    + "life, members and backups.",
+};
+
+function isAdmin(graphId) {
+  return graphs.find((each) => each.graph_id === graphId)?.my_role === "admin";
+}
+
 function showGraph() {
   const g = graphs.find((each) => each.graph_id === open);
   if (!g) return;
@@ -197,8 +210,13 @@ function showGraph() {
   $("#graph-status").className = `status ${g.status}`;
   $("#graph-grace").textContent = g.status === "suspended"
     ? `Suspended: deleted after ${when(g.delete_after)}; restore it until then.` : "";
-  $("#graph-delete").hidden = g.status !== "active";
-  $("#graph-reactivate").hidden = g.status !== "suspended";
+  // Only what the caller's role allows is offered (the API refuses the rest anyway).
+  const admin = g.my_role === "admin";
+  $("#graph-role").textContent = ROLE_SAYS[g.my_role] || "";
+  $("#graph-delete").hidden = !admin || g.status !== "active";
+  $("#graph-reactivate").hidden = !admin || g.status !== "suspended";
+  $("#back-up").hidden = !admin;
+  $("#member-form").hidden = !admin;
   const targets = $("#query-target");
   const ids = [g.graph_id, ...g.subgraphs.map((s) => s.graph_id)];
   if (targets.dataset.ids !== ids.join(" ")) { // rebuilt only when it changes: keeps a choice
@@ -256,9 +274,16 @@ async function loadMembers() {
   if (mine !== loads.members) return;
   const table = $("#members tbody");
   table.replaceChildren();
+  const admin = isAdmin(graphId);
   for (const m of items) {
     const row = table.insertRow();
     cell(row, m.email);
+    if (!admin) { // a member who is not an admin sees the members, and changes none
+      cell(row, m.role);
+      cell(row, when(m.added_at));
+      row.insertCell();
+      continue;
+    }
     const role = document.createElement("select");
     role.setAttribute("aria-label", "role");
     role.append(...["admin", "writer", "reader"].map((name) => new Option(name, name)));
@@ -267,6 +292,7 @@ async function loadMembers() {
       try {
         await post(graphPath(graphId, "/members"), {email: m.email, role: role.value});
       } finally {
+        await refresh(); // my own role may be what changed: the panel offers what it allows
         await loadMembers(); // the role the server keeps, whether or not it changed
       }
     }, role));
@@ -298,6 +324,10 @@ async function loadBackups() {
     cell(row, when(b.created_at));
     cell(row, size(b.size_bytes));
     cell(row, when(b.expires_at));
+    if (!isAdmin(graphId)) {
+      row.insertCell();
+      continue;
+    }
     row.insertCell().append(button("restore", (control) => {
       if (!confirm(`Replace the data and schema of ${graphId} with backup ${b.backup_id}?`)) {
         return;

@@ -344,16 +344,21 @@ def graph_of_subscription(session: Session, subscription_id: str) -> Graph | Non
                                               Graph.parent_graph_id.is_(None)))
 
 
-def describe(session: Session, graph: Graph, directory: HostDirectory | None = None
-             ) -> dict[str, Any]:
+def describe(session: Session, graph: Graph, directory: HostDirectory | None = None, *,
+             viewer: str | None = None) -> dict[str, Any]:
     """A graph as its owner sees it (``GET /v1/graphs``): with its subgraphs and their sizes,
-    and ``available`` false while its host does not answer its probes."""
+    and ``available`` false while its host does not answer its probes. For a ``viewer``, also
+    ``my_role``, their role on it (None: a deleted graph's owner), so a page offers only what
+    they may do."""
     children = session.scalars(select(Graph).where(Graph.parent_graph_id == graph.id)
                                .order_by(Graph.subgraph_index)).all()
     down = hosts.unhealthy_among(session, {graph.host_id, *(c.host_id for c in children)})
     sizes = _sizes(session, directory, [graph, *children], down)
-    return {**_view(graph, down, sizes),
+    view = {**_view(graph, down, sizes),
             "subgraphs": [_view(child, down, sizes) for child in children]}
+    if viewer is not None:
+        view["my_role"] = roles.role_on(session, graph, viewer)
+    return view
 
 
 #: Seconds a host server is given to say a graph's size, once, for a page that shows it.
@@ -399,7 +404,7 @@ def graphs_of(session: Session, user_id: str, directory: HostDirectory | None = 
     subgraphs."""
     found = session.scalars(_graphs_seen_by(user_id)
                             .order_by(Graph.created_at.desc(), Graph.id.desc())).all()
-    return [describe(session, graph, directory) for graph in found]
+    return [describe(session, graph, directory, viewer=user_id) for graph in found]
 
 
 def graphs_page(session: Session, user_id: str, directory: HostDirectory | None = None, *,
@@ -408,7 +413,7 @@ def graphs_page(session: Session, user_id: str, directory: HostDirectory | None 
     """One page of ``graphs_of`` (``GET /v1/graphs``)."""
     found = pages.keyset(session, _graphs_seen_by(user_id), Graph.created_at, Graph.id,
                          after=after, limit=limit)
-    return found.map(lambda graph: describe(session, graph, directory))
+    return found.map(lambda graph: describe(session, graph, directory, viewer=user_id))
 
 
 def _graphs_seen_by(user_id: str) -> Select[tuple[Graph]]:
