@@ -31,7 +31,7 @@ from provisioning_pipelines.flows import (
 from provisioning_pipelines.services import validation
 from provisioning_pipelines.services.access.accounts import Identity
 from provisioning_pipelines.services.capacity import hosts
-from provisioning_pipelines.services.graphs import graph_requests, lifecycle, subgraphs
+from provisioning_pipelines.services.graphs import graph_requests, lifecycle, subgraphs, views
 from provisioning_pipelines.services.graphs import records as graphs
 
 GraphStatus = str  # active, suspended, deleting or deleted
@@ -150,7 +150,7 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
         user = api.user_of(request)
         page = pages.page_request(request, "graphs")
         with api.database.session() as session:
-            found = graphs.graphs_page(session, user.user_id, api.hosts, after=page.after,
+            found = views.graphs_page(session, user.user_id, api.hosts, after=page.after,
                                        limit=page.limit)
         return JSONResponse(pages.page_answer("graphs", found.items, "graphs",
                                               found.next_key))
@@ -159,7 +159,7 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
         user = api.user_of(request)
         with api.database.session() as session:
             graph = graphs.visible_graph(session, request.path_params["graph_id"], user.user_id)
-            return JSONResponse(graphs.describe(session, graph, api.hosts,
+            return JSONResponse(views.describe(session, graph, api.hosts,
                                                 viewer=user.user_id))
 
     return [

@@ -107,11 +107,11 @@ def _run(args: argparse.Namespace, settings: Settings, flow: Any, config: Any) -
 
 
 def graphs_list(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services.graphs import records as graphs
+    from provisioning_pipelines.services.graphs import views
 
     with database_of(settings).session() as session:
-        found = graphs.graphs_of(session, args.user) if args.user else \
-            graphs.all_graphs(session)
+        found = views.graphs_of(session, args.user) if args.user else \
+            views.all_graphs(session)
     for graph in found:
         if args.status and graph["status"] != args.status:
             continue
@@ -125,12 +125,12 @@ def graphs_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def graphs_show(args: argparse.Namespace, settings: Settings) -> int:
-    from provisioning_pipelines.services.graphs import backups
+    from provisioning_pipelines.services.graphs import backups, views
     from provisioning_pipelines.services.graphs import records as graphs
 
     with database_of(settings).session() as session:
         graph = graphs.top_level_graph(session, args.graph_id)
-        shown = graphs.describe(session, graph)
+        shown = views.describe(session, graph)
         shown["backups"] = [backups.describe(b) for b in backups.backups_of(session, graph.id)]
     print_json(shown)
     return 0

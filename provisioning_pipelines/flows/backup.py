@@ -37,7 +37,7 @@ from provisioning_pipelines.flows.steps import (
     step,
 )
 from provisioning_pipelines.services.capacity import hosts
-from provisioning_pipelines.services.graphs import backups, lifecycle, restores
+from provisioning_pipelines.services.graphs import backups, lifecycle, restores, views
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
 from provisioning_pipelines.services.graphs.restores import RestorePlan
@@ -235,7 +235,7 @@ def swap_in_backup(ctx: StepContext, work: RestoreWork) -> Outcome:
         graph = lifecycle.assert_graph_held(session, work.claim)
         restores.finish_restore(session, work.plan, graph, ctx.backups.backup_dir)
         lifecycle.release_graph(session, work.claim)
-        view = graphs.describe(session, graph)
+        view = views.describe(session, graph)
     ctx.progress(f"Graph {work.plan.graph_id} restored from {work.plan.backup_id}", 100)
     result = {**view, "restored_from": {"graph_id": work.plan.source_graph_id,
                                         "backup_id": work.plan.backup_id},
@@ -255,7 +255,7 @@ def restore_tags(config: RestoreConfig) -> dict[str, str]:
 def restore_result(database: Database, config: RestoreConfig) -> dict[str, Any]:
     with database.session() as session:
         try:
-            return graphs.describe(session, graphs.visible_graph(session, config.target,
+            return views.describe(session, graphs.visible_graph(session, config.target,
                                                                  config.user_id))
         except Exception:
             return {"graph_id": config.target, "status": None}

@@ -22,6 +22,7 @@ from provisioning_pipelines.flows.deletion import give_back, hold_graph
 from provisioning_pipelines.flows.steps import GRAPH_TAG, Flow, Outcome, StepContext, step
 from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs import records as graphs
+from provisioning_pipelines.services.graphs import views
 from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
 from provisioning_pipelines.services.upkeep import moves
 from provisioning_pipelines.services.upkeep.moves import Move
@@ -144,7 +145,7 @@ def remove_old_copy(ctx: StepContext, moving: Moving) -> Outcome:
     work = moving.work
     with ctx.database.session() as session:
         graph = graphs.top_level_graph(session, moving.graph_id)
-        view = graphs.describe(session, graph)
+        view = views.describe(session, graph)
         old_host = work.source.host_id if work else \
             ((graph.details or {}).get("moved_from") or {}).get("host_id")
         parts = [part for part, _ in work.parts] if work else \
@@ -179,7 +180,7 @@ def _owner(database: Database, config: MoveConfig) -> str | None:
 
 def _result(database: Database, config: MoveConfig) -> dict[str, object]:
     with database.session() as session:
-        return graphs.describe(session, graphs.top_level_graph(session, config.graph_id))
+        return views.describe(session, graphs.top_level_graph(session, config.graph_id))
 
 
 MOVE_FLOW = Flow(

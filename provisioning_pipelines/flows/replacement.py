@@ -22,6 +22,7 @@ from provisioning_pipelines.flows.deletion import give_back, hold_graph
 from provisioning_pipelines.flows.steps import GRAPH_TAG, Flow, Outcome, StepContext, step
 from provisioning_pipelines.services.capacity import hosts
 from provisioning_pipelines.services.graphs import records as graphs
+from provisioning_pipelines.services.graphs import views
 from provisioning_pipelines.services.graphs.lifecycle import GraphClaim
 from provisioning_pipelines.services.upkeep import replacement
 from provisioning_pipelines.services.upkeep.replacement import Replacement
@@ -104,13 +105,13 @@ def switch_to_new_host(ctx: StepContext, rebuild: Rebuild) -> Outcome:
     work = rebuild.work
     if work is None:
         with ctx.database.session() as session:
-            view = graphs.describe(session, graphs.top_level_graph(session, rebuild.graph_id))
+            view = views.describe(session, graphs.top_level_graph(session, rebuild.graph_id))
         return Outcome(asset_key=GRAPH_ASSET, result={**view, "replaced": False},
                        metadata={"graph_id": rebuild.graph_id}, started_at=rebuild.started_at,
                        materialize=False)
     with ctx.database.session() as session:
         graph = replacement.switch(session, work)
-        view = graphs.describe(session, graph)
+        view = views.describe(session, graph)
         moved = graph.details["replaced_from"]
     ctx.progress(f"Graph {work.graph_id} answers on host {work.host_id}; its data "
                  + (f"is as of {moved['data_as_of'][:16]} UTC" if moved["data_as_of"]
@@ -133,7 +134,7 @@ def _owner(database: Database, config: ReplacementConfig) -> str | None:
 
 def _result(database: Database, config: ReplacementConfig) -> dict[str, object]:
     with database.session() as session:
-        return graphs.describe(session, graphs.top_level_graph(session, config.graph_id))
+        return views.describe(session, graphs.top_level_graph(session, config.graph_id))
 
 
 REPLACEMENT_FLOW = Flow(

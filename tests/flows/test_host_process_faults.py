@@ -44,6 +44,7 @@ from provisioning_pipelines.flows.deletion import DeletionConfig, SubgraphDeleti
 from provisioning_pipelines.services.capacity import hosts as capacity
 from provisioning_pipelines.services.capacity import remote
 from provisioning_pipelines.services.graphs import records as graphs
+from provisioning_pipelines.services.graphs import views
 from provisioning_pipelines.services.provisioning import claims
 from provisioning_pipelines.services.upkeep import housekeeping
 from provisioning_pipelines.storage.db import Database
@@ -509,7 +510,7 @@ def test_work_finished_before_its_host_was_killed_is_served_and_counted_once_res
     run_direct(DELETION_FLOW, deletion(dropped), resources)
     directory = resources["graph_engine"].hosts()
     with db.session() as session, client(hosts[0]) as host:  # sizes asked of the host
-        view = graphs.describe(session, session.get(Graph, kept), directory)
+        view = views.describe(session, session.get(Graph, kept), directory)
         assert view["size_bytes"] == host.size(kept) > 0
         assert view["subgraphs"][0]["size_bytes"] == host.size(f"{kept}_kept") > 0
     hosts[0].kill()
@@ -519,7 +520,7 @@ def test_work_finished_before_its_host_was_killed_is_served_and_counted_once_res
     for _ in range(3):
         remote.probe_hosts(db, TOKEN, misses=3)
     with db.session() as session:
-        view = graphs.describe(session, session.get(Graph, kept), directory)
+        view = views.describe(session, session.get(Graph, kept), directory)
         assert (view["available"], view["size_bytes"]) == (False, None)  # not asked
         assert [(s["graph_id"], s["available"], s["size_bytes"]) for s in view["subgraphs"]] \
             == [(f"{kept}_kept", False, None)]

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Forbidden, InvalidRequest, NotFound, ProvisioningError
-from provisioning_pipelines.services.graphs import lifecycle, members, restores, roles
+from provisioning_pipelines.services.graphs import lifecycle, members, restores, roles, views
 from provisioning_pipelines.services.graphs import records as graphs
 from provisioning_pipelines.storage.db import Database
 from provisioning_pipelines.storage.models import Graph, GraphUser, User
@@ -39,7 +39,7 @@ def test_roles_decide_who_sees_and_who_changes_a_graph(database: Database,
     with database.session() as session:
         graph = graphs.visible_graph(session, graph_id, writer)
         assert roles.role_on(session, graph, writer) == "writer"
-        assert [g["graph_id"] for g in graphs.graphs_of(session, writer)] == [graph_id]
+        assert [g["graph_id"] for g in views.graphs_of(session, writer)] == [graph_id]
         with pytest.raises(Forbidden):
             lifecycle.managed_graph(session, graph_id, writer)
         with pytest.raises(Forbidden):
@@ -47,7 +47,7 @@ def test_roles_decide_who_sees_and_who_changes_a_graph(database: Database,
                                  backup_id="bk_nonexistent", into_graph_id=None)
         with pytest.raises(NotFound):
             graphs.visible_graph(session, graph_id, stranger)
-        assert graphs.graphs_of(session, stranger) == []
+        assert views.graphs_of(session, stranger) == []
         assert lifecycle.managed_graph(session, graph_id, owner).id == graph_id
 
 
