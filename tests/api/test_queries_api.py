@@ -108,6 +108,45 @@ def test_a_writers_rows_are_read_back_by_a_reader_whose_writes_are_refused(api: 
         assert files.status_code == 403
 
 
+def test_a_query_is_all_of_its_statements_or_none_and_leaves_no_transaction_open(
+        api: Api) -> None:
+    owner = new_customer(api.database)
+    graph_id = active_graph(api, owner.api_key)
+    reader, other_reader = member(api, graph_id, "reader"), member(api, graph_id, "reader")
+
+    # its second statement fails: the first one's write is not kept
+    half = ask(api, owner.api_key, graph_id,
+               "CREATE (:Entity {identifier: 'half', name: 'half'}); MATCH (n:Nowhere) RETURN n")
+    assert half.status_code == 422 and "Nowhere" in half.json()["message"], half.text
+    assert engine_holds(api, graph_id) == []
+    whole = ask(api, owner.api_key, graph_id, "CREATE (:Entity {identifier: 'a', name: 'A'}); "
+                "CREATE (:Entity {identifier: 'b', name: 'B'}); MATCH (e:Entity) RETURN count(e)")
+    assert whole.status_code == 200 and whole.json()["rows"] == [[2]], whole.text
+
+    # a query's own transaction statements are refused, named, before anything runs
+    for query in ("BEGIN TRANSACTION; CREATE (:Entity {identifier: 'r'}); COMMIT",
+                  "begin transaction read only; MATCH (e:Entity) RETURN count(e)",
+                  "MATCH (e:Entity) RETURN count(e); ROLLBACK"):
+        refused = ask(api, reader.api_key, graph_id, query)
+        assert refused.status_code == 422, (query, refused.text)
+        assert refused.json()["field"] == "query"
+        assert "run as one transaction" in refused.json()["message"]
+    # a name is still a name
+    named = ask(api, reader.api_key, graph_id, "MATCH (e:Entity) WITH e.name AS commit "
+                "RETURN commit ORDER BY commit")
+    assert named.status_code == 200 and named.json()["rows"] == [["A"], ["B"]], named.text
+
+    # a reader's write refused half-way through a query leaves the kept reader's connection
+    # as it was for the next caller
+    for _ in range(3):
+        refused = ask(api, reader.api_key, graph_id,
+                      "MATCH (e:Entity) RETURN count(e); CREATE (:Entity {identifier: 'r'})")
+        assert refused.status_code == 403, refused.text
+        after = ask(api, other_reader.api_key, graph_id, "MATCH (e:Entity) RETURN count(e)")
+        assert after.status_code == 200 and after.json()["rows"] == [[2]], after.text
+    assert [row["id"] for row in engine_holds(api, graph_id)] == ["a", "b"]
+
+
 @pytest.fixture
 def limited_api(database: Database, resources: dict[str, Any],
                 dagster_instance: DagsterInstance) -> Iterator[Api]:

@@ -7,7 +7,10 @@ that read or write the server's files or load code (``LOAD FROM``, ``COPY``, ``E
 ``IMPORT DATABASE``, ``INSTALL``, ``LOAD EXTENSION``, ``ATTACH``, ``DETACH``) are refused by a
 scan of the text's words (outside strings and comments), and a query cannot lift its own time
 limit: besides the connection's timeout (which a ``CALL timeout=...`` inside the query would
-change) a watchdog interrupts the connection at the deadline.
+change) a watchdog interrupts the connection at the deadline. A query's statements run as one
+transaction of ours (all or none, and no transaction left open on a kept reader's connection
+for the next caller), so a query's own ``BEGIN TRANSACTION`` / ``COMMIT`` / ``ROLLBACK`` is
+refused.
 
 Values become JSON (``json_value``): a node ``{"_kind": "node", "_label", "_id", ...its
 properties}``, a relationship ``{"_kind": "rel", "_label", "_id", "_src", "_dst", ...}``, a path
@@ -30,7 +33,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,13 +125,15 @@ _OUTSIDE: dict[str, frozenset[str]] = {
 #: Why a clause is refused, where it is not the server's files.
 _WHY = {"CHECKPOINT": "is the host's own work (it runs one before every copy)",
         "CURRENT_SETTING": "reads the host's settings (its paths among them)"}
+#: Statements that end a transaction (a query is one transaction: ``_one_transaction``).
+_ENDS = frozenset({"COMMIT", "ROLLBACK", "COMMIT_SKIP_CHECKPOINT", "ROLLBACK_SKIP_CHECKPOINT"})
 #: Words after which a name is a variable, a property, a label or a parameter, not a clause.
 _NAMING = frozenset({".", ":", "$", "AS"})
 
 
 def check_query(cypher: object, limits: QueryLimits) -> str:
-    """The query text if it may run: 422 when empty, 413 past the length limit, 403 for a
-    clause that reaches the server's files."""
+    """The query text if it may run: 422 when empty or when it opens or ends a transaction of
+    its own, 413 past the length limit, 403 for a clause that reaches the server's files."""
     if not isinstance(cypher, str) or not cypher.strip():
         raise InvalidRequest("query: no query given", field="query")
     if len(cypher) > limits.max_query_length:
@@ -149,6 +154,12 @@ def check_query(cypher: object, limits: QueryLimits) -> str:
             continue
         after, after_is_word = tokens[index + 1] if index + 1 < len(tokens) else ("", False)
         then = tokens[index + 2][0] if index + 2 < len(tokens) else ""
+        at_start = index == 0 or tokens[index - 1][0] == ";"
+        if at_start and (token in _ENDS or (token == "BEGIN" and after == "TRANSACTION")):
+            # the query is one transaction already (``_one_transaction``)
+            raise InvalidRequest(f"query: {token} {'TRANSACTION ' if token == 'BEGIN' else ''}"
+                                 "is not needed: a query's statements run as one "
+                                 "transaction, all of them or none", field="query")
         if token == "CALL" and after_is_word and then == "=":
             # ``CALL timeout=...`` and the like: the host's settings, not the customer's
             raise Forbidden(f"query: CALL {after.lower()}=... changes the host's settings, "
@@ -397,15 +408,16 @@ def run(conn: ladybug.Connection, cypher: str, params: Mapping[str, Any] | None,
     checked = check_parameters(params)
     try:
         try:
-            result = conn.execute(cypher, checked)
-            if isinstance(result, list):  # several statements: the last one's answer
-                for earlier in result[:-1]:
-                    earlier.close()
-                result = result[-1]
-            try:
-                return _collect(result, limits, started)
-            finally:
-                result.close()
+            with _one_transaction(conn):
+                result = conn.execute(cypher, checked)
+                if isinstance(result, list):  # several statements: the last one's answer
+                    for earlier in result[:-1]:
+                        earlier.close()
+                    result = result[-1]
+                try:
+                    return _collect(result, limits, started)
+                finally:
+                    result.close()
         except (Forbidden, AnswerTooLarge):
             raise
         except Exception as exc:
@@ -421,6 +433,23 @@ def run(conn: ladybug.Connection, cypher: str, params: Mapping[str, Any] | None,
             raise InvalidRequest(f"query: {engine_message(exc)}", field="query") from exc
     finally:
         _WATCHDOG.done(watch)
+
+
+@contextlib.contextmanager
+def _one_transaction(conn: ladybug.Connection) -> Iterator[None]:
+    """A query's statements as one transaction: all of them or none (LadybugDB would commit
+    each statement on its own, so a failing second statement left the first one's writes),
+    and a connection left with no transaction open whatever happened (a kept reader's
+    connection serves the next caller). The answer is read inside it: an answer too large is
+    nothing done."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(RuntimeError):  # the engine may have rolled it back already
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _collect(result: Any, limits: QueryLimits, started: float) -> QueryResult:
