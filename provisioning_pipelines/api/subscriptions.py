@@ -73,8 +73,9 @@ class GraphWanted(BaseModel):
     entity: dict[str, Any] | None = Field(
         None, json_schema_extra={"additionalProperties": {
             "type": ["string", "number", "boolean", "null"]}},
-        description="the entity the graph is about: name (required) and up to 50 properties "
-                    "(strings up to 1,000 characters, numbers, booleans)")
+        description="the entity the graph is about: name (required) and more of the Entity "
+                    "node's properties (category, website, description, country, ...; one it "
+                    "does not have is a 422), strings up to 1,000 characters, numbers, booleans")
     custom_schema: CustomSchema | None = Field(
         None, description="instead of the base schema (then no schema_extensions nor entity)")
 

@@ -58,9 +58,15 @@ def request_subscription(session: Session, user_id: str, body: Any) -> Subscript
     if not plan_name:
         raise InvalidRequest("plan_name: required", field="plan_name")
     if resource_type == "graph":
+        if body.get("repository") is not None:
+            raise InvalidRequest("repository: only a repository subscription names one",
+                                 field="repository")
         return request_graph(session, user_id=user_id, plan_name=plan_name,
                              graph=body.get("graph"))
     if resource_type == "repository":
+        if body.get("graph") is not None:
+            raise InvalidRequest("graph: only a graph subscription describes a graph",
+                                 field="graph")
         return request_repository(session, user_id=user_id, plan_name=plan_name,
                                   repository=body.get("repository"))
     raise InvalidRequest(

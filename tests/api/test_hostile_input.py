@@ -83,6 +83,9 @@ def test_bodies_over_the_limits_are_413(api: Api) -> None:
     ({"name": "g", "entity": {"name": "Acme"}, "custom_schema": {"nodes": []}},
      "graph.custom_schema"),
     ({"name": "g", "schema_extensions": "crm"}, "graph.schema_extensions"),
+    ({"name": "g", "entity": {"name": "Acme", "employees": 5}}, "graph.entity.employees"),
+    ({"name": "g", "entity": {"name": "Acme", "a b`; DROP": "x"}}, "graph.entity.a b`; DROP"),
+    ({"name": "g", "bogus": 1}, "graph.bogus"),
 ])
 def test_a_graph_that_could_not_be_built_is_refused_before_payment(
     api: Api, graph: dict[str, Any], field: str,
@@ -93,6 +96,20 @@ def test_a_graph_that_could_not_be_built_is_refused_before_payment(
             "resource_type": "graph", "plan_name": "ladybug-standard", "graph": graph})
     assert answer.status_code == 422, answer.text
     assert answer.json()["field"] == field
+    with api.database.session() as session:
+        assert session.scalar(select(func.count()).select_from(Subscription)) == 0
+
+
+def test_a_subscription_carries_only_what_its_kind_takes(api: Api) -> None:
+    user = new_customer(api.database)
+    with api.client(user.api_key) as client:
+        access = client.post("/v1/subscriptions", json={
+            "resource_type": "repository", "plan_name": "sec-starter", "graph": {"name": "x"}})
+        graph = client.post("/v1/subscriptions", json={
+            "resource_type": "graph", "plan_name": "ladybug-standard", "graph": {"name": "x"},
+            "repository": "sec"})
+    assert (access.status_code, access.json()["field"]) == (422, "graph"), access.text
+    assert (graph.status_code, graph.json()["field"]) == (422, "repository"), graph.text
     with api.database.session() as session:
         assert session.scalar(select(func.count()).select_from(Subscription)) == 0
 

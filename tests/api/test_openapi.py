@@ -133,7 +133,7 @@ class World:
         origin = {"Origin": self.api.url}
         unpaid = {"resource_type": "graph", "plan_name": "ladybug-standard",
                   "graph": {"name": "Another", "tags": ["a"], "schema_extensions": ["crm"],
-                            "entity": {"name": "Acme", "employees": 12}}}
+                            "entity": {"name": "Acme", "country": "DE"}}}
         cases: dict[tuple[str, str], list[dict[str, Any]]] = {
             ("POST", "/v1/subscriptions"): [
                 {"json": unpaid},

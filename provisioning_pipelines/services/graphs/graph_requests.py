@@ -14,6 +14,7 @@ from typing import Any
 from provisioning_pipelines.errors import InvalidRequest
 from provisioning_pipelines.services import validation
 from provisioning_pipelines.services.graphs import custom_schemas, schemas
+from provisioning_pipelines.storage.ladybug import node_properties
 
 MAX_NAME_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 2000
@@ -21,6 +22,8 @@ MAX_TAGS = 50
 MAX_TAG_LENGTH = 64
 MAX_ENTITY_PROPERTIES = 50
 MAX_ENTITY_TEXT = 1000
+#: What a graph request holds (``to_dict``).
+_FIELDS = ("name", "description", "tags", "schema_extensions", "entity", "custom_schema")
 
 
 @dataclass(frozen=True)
@@ -39,10 +42,18 @@ class GraphRequest:
     custom_schema: dict[str, Any] | None = None
 
     @classmethod
-    def parse(cls, data: Any, *, prefix: str = "graph") -> GraphRequest:
+    def parse(cls, data: Any, *, prefix: str = "graph", recorded: bool = False
+              ) -> GraphRequest:
+        """``recorded``: read back from a paid subscription, asked for before the entity's
+        properties were checked against the Entity node (those the node lacks are left out of
+        its first node, as then), so a paid graph is still made."""
         if not isinstance(data, Mapping):
             raise InvalidRequest(f"{prefix}: expected an object with at least a name, got "
                                  f"{validation.type_name(data)}", field=prefix)
+        unknown = sorted(str(key) for key in data if key not in _FIELDS)
+        if unknown:  # a misspelt field is named, not ignored
+            raise InvalidRequest(f"{prefix}.{unknown[0][:64]}: unknown field; a graph takes "
+                                 f"{', '.join(_FIELDS)}", field=f"{prefix}.{unknown[0][:64]}")
         name = validation.text(data.get("name"), f"{prefix}.name", max_length=MAX_NAME_LENGTH)
         if not name or not name.strip():
             raise InvalidRequest(f"{prefix}.name: must not be empty", field=f"{prefix}.name")
@@ -67,10 +78,17 @@ class GraphRequest:
                       schema_extensions=extensions, entity=entity,
                       custom_schema=dict(custom) if custom is not None else None)
         try:  # validates extensions or the custom schema now, before anything is made
-            request.ddl()
+            ddl = request.ddl()
         except InvalidRequest as exc:  # name the field by its path in the request
             raise InvalidRequest(f"{prefix}.{exc.message}",
                                  field=f"{prefix}.{exc.field or 'schema'}") from None
+        if entity and not recorded:  # the Entity node's properties: none dropped on the way
+            known = node_properties(ddl, "Entity")
+            for key in entity:
+                if key not in known:
+                    path = f"{prefix}.entity.{key}"
+                    raise InvalidRequest(f"{path}: the Entity node has no such property; it "
+                                         f"has {', '.join(known)}", field=path)
         return request
 
     @property

@@ -91,7 +91,7 @@ class GraphPlan:
 
 def plan_graph(claim: claims.Claim) -> GraphPlan:
     tier = customer_tier(claim.plan_name)
-    request = GraphRequest.parse(claim.request.get("graph"))
+    request = GraphRequest.parse(claim.request.get("graph"), recorded=True)
     return GraphPlan(graph_id=graph_id_for_subscription(claim.subscription_id), tier=tier,
                      request=request, ddl=request.ddl())
 
