@@ -111,6 +111,7 @@ def test_readers_close_when_idle_when_too_many_and_before_a_write(tmp_path: Path
     ({"x": 2 ** 63}, "parameters.x"), ({"x": [1, "a"]}, "parameters.x"),
     ({"x": []}, "parameters.x"), ({"x": {"a": None}}, "parameters.x.a"),
     ({"x": [{"a": 1}, {"b": 2}]}, "parameters.x"),
+    ({"x": [[1], ["a"]]}, "parameters.x"), ({"x": [[1, "a"]]}, "parameters.x[0]"),
 ])
 def test_a_parameter_the_engine_would_mangle_is_refused_naming_it(
         parameters: dict, field: str) -> None:

@@ -351,8 +351,8 @@ def _kind(value: Any) -> str:
         return "number"
     if isinstance(value, str):
         return "string"
-    if isinstance(value, list):
-        return "list"
+    if isinstance(value, list):  # a list's kind is its items': [[1], ["a"]] is two kinds
+        return "list of " + " or ".join(sorted({_kind(item) for item in value}) or ["nothing"])
     return "object" if isinstance(value, dict) else "null"
 
 
