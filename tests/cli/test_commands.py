@@ -43,6 +43,11 @@ def test_users_create_prints_the_key_once_as_json(tmp_path: Path) -> None:
     assert again.returncode == 2
     assert again.stderr.strip() == "error: email: a user with 'ada@example.com' exists already"
     assert "Traceback" not in again.stderr
+    # an email's case apart is the same address: a member is found by it case-blind
+    shouted = cli("users", "create", "--email", "ADA@example.com", env=env)
+    assert shouted.returncode == 2
+    assert shouted.stderr.strip() == ("error: email: a user with 'ada@example.com' exists "
+                                      "already (emails are compared case-blind)")
 
 
 def test_invalid_setting_is_one_line_naming_the_variable(tmp_path: Path) -> None:

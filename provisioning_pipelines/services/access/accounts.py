@@ -12,7 +12,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from provisioning_pipelines.errors import Conflict, InvalidRequest, NotFound
@@ -47,8 +47,13 @@ def create_user(
     if (not isinstance(email, str) or not EMAIL.fullmatch(email)
             or text_problem(email, max_length=320)):
         raise InvalidRequest(f"email: {email!r} is not an email address", field="email")
-    if session.scalar(select(User.id).where(User.email == email)) is not None:
-        raise Conflict(f"email: a user with {email!r} exists already", field="email")
+    # Case-blind, as a member is found by email: two accounts an email's case apart could not
+    # be told apart when one is added to a graph.
+    taken = session.scalar(select(User.email).where(func.lower(User.email) == email.lower()))
+    if taken is not None:
+        raise Conflict(f"email: a user with {taken!r} exists already"
+                       + ("" if taken == email else " (emails are compared case-blind)"),
+                       field="email")
     org = None
     if org_name:
         org = session.scalar(select(Organization).where(Organization.name == org_name))
