@@ -157,6 +157,15 @@ def _problem(event: Any) -> str | None:
         value = obj.get(field)
         if isinstance(value, str) and (problem := text_problem(value, max_length=limit)):
             return f"data.object.{field}: {problem}"
+    flag = obj.get("cancel_at_period_end")
+    if flag is not None and not isinstance(flag, bool):  # read as "no cancellation" otherwise
+        return f"data.object.cancel_at_period_end: expected true or false, got {flag!r:.40}"
+    for field in ("cancel_at", "current_period_end"):
+        when = obj.get(field)
+        if when is not None and (isinstance(when, bool) or not isinstance(when, int | float)
+                                 or not math.isfinite(when)
+                                 or not 0 <= when <= _LATEST_TIMESTAMP):
+            return f"data.object.{field}: expected seconds since 1970, got {when!r:.40}"
     metadata = obj.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         return f"data.object.metadata: expected an object, got {type_name(metadata)}"

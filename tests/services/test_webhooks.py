@@ -231,6 +231,10 @@ def _wait_until_a_statement_waits_for_a_lock(database: Database) -> None:
      "data.object.customer: contains a NUL character"),
     (lambda e: e["data"]["object"].update(metadata="sub_1"),
      "data.object.metadata: expected an object"),
+    (lambda e: e["data"]["object"].update(cancel_at_period_end="yes"),
+     "data.object.cancel_at_period_end: expected true or false, got 'yes'"),
+    (lambda e: e["data"]["object"].update(current_period_end="soon"),
+     "data.object.current_period_end: expected seconds since 1970"),
 ])
 def test_a_genuine_event_we_cannot_apply_is_kept_as_rejected_with_its_reason(
     database: Database, mutate: Any, reason: str,
