@@ -10,7 +10,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 from sqlalchemy import func, select
 
-from provisioning_pipelines.errors import InvalidRequest, LimitReached, NotFound
+from provisioning_pipelines.errors import Conflict, InvalidRequest, LimitReached, NotFound
 from provisioning_pipelines.flows import GRAPH_FLOW, SUBGRAPH_FLOW, SubgraphConfig
 from provisioning_pipelines.flows import SubscriptionConfig as Sub
 from provisioning_pipelines.storage.db import Database
@@ -195,3 +195,16 @@ def test_concurrent_creates_never_pass_the_tiers_limit(
     with pytest.raises(LimitReached, match="already has 10 subgraphs"):
         run_direct(SUBGRAPH_FLOW, SubgraphConfig(user_id=user_id, parent_graph_id=parent_id,
                                                  name="eleventh"), resources)
+
+
+def test_a_name_a_letters_case_apart_from_a_subgraphs_is_taken(
+        database: Database, resources: dict[str, Any], graph_dir: Path) -> None:
+    user_id, parent_id, _ = parent_graph(database, resources)
+    run_direct(SUBGRAPH_FLOW, SubgraphConfig(user_id=user_id, parent_graph_id=parent_id,
+                                             name="a1"), resources)
+    with pytest.raises(Conflict, match=r"already has a subgraph 'a1' \(names are compared "
+                                       r"case-blind\)"):
+        run_direct(SUBGRAPH_FLOW, SubgraphConfig(user_id=user_id, parent_graph_id=parent_id,
+                                                 name="A1"), resources)
+    assert subgraph_count(database, parent_id) == 1
+    assert [p.name for p in graph_dir.rglob(f"{parent_id}_*.lbug")] == [f"{parent_id}_a1.lbug"]

@@ -124,8 +124,13 @@ def reserve_subgraph(
             field="parent_graph_id",
         )
     subgraph_id = f"{parent_graph_id}_{name}"
-    if session.get(Graph, subgraph_id) is not None:
-        raise Conflict(f"name: graph {parent_graph_id!r} already has a subgraph {name!r}",
+    # Case-blind, as names of a custom schema are: two subgraphs a letter's case apart would be
+    # two files whose names differ only by case (one file on a case-blind disk).
+    same = session.scalar(select(Graph.name).where(Graph.parent_graph_id == parent_graph_id,
+                                                   func.lower(Graph.name) == name.lower()))
+    if same is not None:
+        raise Conflict(f"name: graph {parent_graph_id!r} already has a subgraph {same!r}"
+                       + ("" if same == name else " (names are compared case-blind)"),
                        field="name")
     index = (session.scalar(select(func.max(Graph.subgraph_index))
                             .where(Graph.parent_graph_id == parent_graph_id)) or 0) + 1
