@@ -189,6 +189,11 @@ def test_a_subgraph_is_deleted_by_an_operation(api: Api) -> None:
         assert finished(api, user.api_key, made.json()["operation_id"])[0] == \
             "operation_completed"
         assert len(client.get(f"/v1/graphs/{graph_id}").json()["subgraphs"]) == 1
+        for alone in (client.post(f"/v1/graphs/{graph_id}_child/backups"),
+                      client.delete(f"/v1/graphs/{graph_id}_child")):
+            assert alone.status_code == 404, alone.text  # its life is its parent's
+            assert f"backed up, restored and reactivated with its parent '{graph_id}'" in \
+                alone.json()["message"]
 
         gone = client.delete(f"/v1/graphs/{graph_id}/subgraphs/child")
         assert gone.status_code == 202

@@ -363,9 +363,10 @@ def managed_graph(session: Session, graph_id: str, user_id: str) -> Graph:
     one they are a writer or reader of is forbidden."""
     graph = graphs.visible_graph(session, graph_id, user_id)
     if graph.parent_graph_id is not None:
-        raise NotFound(f"graph_id: {graph_id!r} is a subgraph; delete it with DELETE "
-                       f"/v1/graphs/{graph.parent_graph_id}/subgraphs/{graph.name}",
-                       field="graph_id")
+        raise NotFound(f"graph_id: {graph_id!r} is a subgraph: it is backed up, restored and "
+                       f"reactivated with its parent {graph.parent_graph_id!r}, and deleted "
+                       f"alone with DELETE /v1/graphs/{graph.parent_graph_id}/subgraphs/"
+                       f"{graph.name}", field="graph_id")
     roles.check_admin(session, graph, user_id)
     return graph
 
