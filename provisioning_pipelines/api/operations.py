@@ -131,14 +131,15 @@ def endpoints(api: ApiContext) -> list[Endpoint]:
 
     async def operation_events(request: Request) -> Response:
         operation = await run_in_threadpool(operation_of, request)
-        after = (request.headers.get("last-event-id")
-                 or request.query_params.get("after") or None)
+        header = request.headers.get("last-event-id") or None
+        after = header or request.query_params.get("after") or None
         if after is not None:
             try:
                 event_id_key(after)
             except ValueError:
-                raise InvalidRequest(f"Last-Event-ID: {after[:40]!r} is not an event id",
-                                     field="Last-Event-ID") from None
+                named = "Last-Event-ID" if header else "after"  # the one the client sent
+                raise InvalidRequest(f"{named}: {after[:40]!r} is not an event id",
+                                     field=named) from None
             if operation.is_terminal and not await run_in_threadpool(
                     api.store.events, operation.id, after):
                 # The client saw the end already: 204 tells an EventSource to stop retrying.

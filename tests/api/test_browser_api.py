@@ -94,8 +94,13 @@ def test_after_the_end_a_reconnecting_event_source_gets_204(api: Api) -> None:
                            headers={"Last-Event-ID": events[-1][0]})
         earlier = client.get(f"/v1/operations/{operation_id}/events",
                              headers={"Last-Event-ID": events[0][0]})
+        garbled = {named: client.get(f"/v1/operations/{operation_id}/events", **how)
+                   for named, how in (("Last-Event-ID", {"headers": {"Last-Event-ID": "x"}}),
+                                      ("after", {"params": {"after": "x"}}))}
     assert again.status_code == 204
     assert earlier.status_code == 200 and "operation_completed" in earlier.text
+    for named, answer in garbled.items():  # the one the client sent is named
+        assert (answer.status_code, answer.json()["field"]) == (422, named), answer.text
 
 
 def test_cors_answers_only_the_origins_it_was_told(
