@@ -114,8 +114,8 @@ def plan_restore(session: Session, *, user_id: str, graph_id: str, backup_id: st
             target.lifecycle_lease_expires_at > utcnow()):
         raise lifecycle.graphs_busy(target.id)  # told now, not as a failed operation
     if target.graph_type != source.graph_type:
-        raise InvalidRequest(f"{field}: graph {target.id!r} is a {target.graph_type} graph; the "
-                             f"backup is of a {source.graph_type} graph", field=field)
+        raise InvalidRequest(f"{field}: graph {target.id!r} is {_a(target.graph_type)} graph; "
+                             f"the backup is of {_a(source.graph_type)} graph", field=field)
     return RestorePlan(graph_id=target.id, source_graph_id=source.id, backup_id=backup.id,
                        location=backup.path, checksum=backup.checksum, user_id=user_id)
 
@@ -228,3 +228,7 @@ def stale_restores(session: Session, *, now: datetime, limit: int = 100) -> list
         Graph.status == RESTORING,
         (Graph.lifecycle_token.is_(None)) | (Graph.lifecycle_lease_expires_at < now))
         .limit(limit)))
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"

@@ -171,7 +171,8 @@ def check_query(cypher: object, limits: QueryLimits) -> str:
         if token == "COPY" and after_is_word and then not in ("FROM", "TO"):
             continue  # a name (``WITH copy AS c``), not COPY table FROM | TO
         if after in _OUTSIDE[token] or (after_is_word and WORD in _OUTSIDE[token]):
-            clause = token if token in _WHY else f"{token} {after}"
+            # "ATTACH '<path>'", "COPY (<query>) TO": the clause's words, not its marks
+            clause = token if token in _WHY or after in (_STRING, "(") else f"{token} {after}"
             why = _WHY.get(token, "reaches the server's files or loads code")
             raise Forbidden(f"query: {clause} {why}, which a customer's query may not do",
                             field="query")
