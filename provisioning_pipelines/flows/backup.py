@@ -72,6 +72,12 @@ def _backup_id(config: BackupConfig) -> str:
     return backups.backup_id_for(config.kind, config.graph_id)
 
 
+#: How long a backup waits for another lifecycle operation of its graph (a backup before it,
+#: a restore) to give the graph back before it fails as busy.
+WAIT_FOR_GRAPH_SECONDS = 60.0
+_BUSY_POLL_SECONDS = 0.05
+
+
 @step(config=BackupConfig)
 def claim_graph_for_backup(ctx: StepContext, config: BackupConfig) -> BackupWork:
     """Claim the graph (active or suspended) for the copy; a backup that exists is kept."""
@@ -79,11 +85,28 @@ def claim_graph_for_backup(ctx: StepContext, config: BackupConfig) -> BackupWork
         raise InvalidRequest(f"kind: {config.kind[:40]!r} is not on_demand or daily",
                              field="kind")
     started_at = time.time()
-    with ctx.database.session() as session:
-        claim = lifecycle.claim_graph(session, config.graph_id, statuses=lifecycle.LIVE,
-                                      lease_seconds=ctx.policy.claim_lease_seconds)
-        graph = graphs.top_level_graph(session, config.graph_id)
-        path, host_id, tier = Path(graph.database_path), graph.host_id, graph.tier
+    deadline = time.monotonic() + WAIT_FOR_GRAPH_SECONDS
+    waited = False
+    while True:
+        try:
+            with ctx.database.session() as session:
+                claim = lifecycle.claim_graph(session, config.graph_id,
+                                              statuses=lifecycle.LIVE,
+                                              lease_seconds=ctx.policy.claim_lease_seconds)
+                graph = graphs.top_level_graph(session, config.graph_id)
+                path, host_id, tier = Path(graph.database_path), graph.host_id, graph.tier
+            break
+        except lifecycle.GraphBusy:
+            # "Back up now" twice: the second waits for the first, as a customer expects,
+            # rather than failing; a deletion that held it leaves the graph not live, which
+            # the next try says.
+            if time.monotonic() > deadline:
+                raise
+            if not waited:
+                ctx.progress(f"Waiting for another operation on graph {config.graph_id} to "
+                             "end", 5)
+                waited = True
+            time.sleep(_BUSY_POLL_SECONDS)
     ctx.progress(f"Backing up graph {config.graph_id}", 10)
     return BackupWork(claim, path, host_id, tier, _backup_id(config), config.kind, started_at)
 

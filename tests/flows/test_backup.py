@@ -3,6 +3,8 @@ backup touches nothing; a backup made twice is one."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -157,10 +159,13 @@ def test_a_backup_made_twice_is_one_backup(run: Runner, database: Database,
     assert len(list(Path(backup.path).parent.glob("*.lbug"))) == 1
 
 
-def test_a_graph_busy_with_a_deletion_is_not_backed_up(
-        run: Runner, database: Database, resources: dict[str, Any]) -> None:
+def test_a_graph_busy_past_the_wait_is_not_backed_up(
+        run: Runner, database: Database, resources: dict[str, Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from provisioning_pipelines.flows import backup
     from provisioning_pipelines.services.graphs import lifecycle
 
+    monkeypatch.setattr(backup, "WAIT_FOR_GRAPH_SECONDS", 0.3)
     _user_id, _sub_id, graph_id = a_graph(database, resources)
     with database.session() as session:
         lifecycle.claim_graph(session, graph_id, statuses=lifecycle.LIVE, lease_seconds=60)
@@ -170,6 +175,28 @@ def test_a_graph_busy_with_a_deletion_is_not_backed_up(
     assert "busy" in error
     with pytest.raises(Conflict), database.session() as session:
         lifecycle.claim_graph(session, graph_id, statuses=lifecycle.LIVE, lease_seconds=60)
+
+
+def test_a_backup_asked_while_another_holds_the_graph_waits_for_it(
+        run: Runner, database: Database, resources: dict[str, Any]) -> None:
+    """"Back up now" twice: the second waits for the first to give the graph back."""
+    from provisioning_pipelines.services.graphs import lifecycle
+
+    _user_id, _sub_id, graph_id = a_graph(database, resources)
+    with database.session() as session:
+        held = lifecycle.claim_graph(session, graph_id, statuses=lifecycle.LIVE,
+                                     lease_seconds=60)
+
+    def give_back() -> None:
+        time.sleep(0.5)
+        with database.session() as session:
+            lifecycle.release_graph(session, held)
+
+    releaser = threading.Thread(target=give_back)
+    releaser.start()
+    made = run(BACKUP_FLOW, BackupConfig(graph_id=graph_id, backup_id="bk_waited"))
+    releaser.join()
+    assert made["backup_id"] == "bk_waited" and made["size_bytes"] > 0
 
 
 def test_backups_go_under_backup_dir(database_url: str, tmp_path: Path,

@@ -209,9 +209,13 @@ def check_not_moving(session: Session, graph_id: str) -> None:
                           "in a few seconds", field="graph_id")
 
 
-def graphs_busy(graph_id: str) -> Conflict:
-    return Conflict(f"graph {graph_id!r} is busy with another lifecycle operation; try again "
-                    "shortly", field="graph_id")
+class GraphBusy(Conflict):
+    """Another lifecycle operation holds the graph (its claim's lease is live)."""
+
+
+def graphs_busy(graph_id: str) -> GraphBusy:
+    return GraphBusy(f"graph {graph_id!r} is busy with another lifecycle operation; try again "
+                     "shortly", field="graph_id")
 
 
 def _graph_free(now: datetime) -> ColumnElement[bool]:
