@@ -115,20 +115,19 @@ class SafeEvents:
 
     def _hold(self, operation_id: str, change: Change) -> None:
         with self._lock:
-            closed = self._closed
-        if closed:  # nobody flushes any more: written now
-            self._write_held(operation_id, [*self._take(operation_id), change])
-            return
-        with self._lock:
-            if operation_id in self._held:
-                self._held[operation_id][1].append(change)
+            if not self._closed:
+                if operation_id in self._held:
+                    self._held[operation_id][1].append(change)
+                    return
+                self._held[operation_id] = (time.monotonic() + self.progress_delay, [change])
+                if self._flusher is None:
+                    self._flusher = threading.Thread(target=self._flush_when_due,
+                                                     name="progress-flusher", daemon=True)
+                    self._flusher.start()
+                self._changed.notify_all()
                 return
-            self._held[operation_id] = (time.monotonic() + self.progress_delay, [change])
-            if self._flusher is None:
-                self._flusher = threading.Thread(target=self._flush_when_due,
-                                                 name="progress-flusher", daemon=True)
-                self._flusher.start()
-            self._changed.notify_all()
+        # closed: nobody flushes any more, so written now (after what is still held)
+        self._write_held(operation_id, [*self._take(operation_id), change])
 
     def _take(self, operation_id: str) -> list[Change]:
         """The operation's held lines, taken for writing (none: nothing to wait for); until

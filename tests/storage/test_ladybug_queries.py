@@ -19,10 +19,10 @@ from provisioning_pipelines.storage.ladybug import LadybugEngine
 from provisioning_pipelines.storage.ladybug.queries import (
     QueryLimits,
     check_parameters,
-    check_query,
     json_value,
 )
 from provisioning_pipelines.storage.ladybug.queries import run as queries_run
+from provisioning_pipelines.storage.ladybug.query_text import check_query
 
 DDL = ["CREATE NODE TABLE Person(id INT64, name STRING, PRIMARY KEY(id))"]
 

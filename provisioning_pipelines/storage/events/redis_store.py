@@ -55,6 +55,7 @@ def _script(name: str) -> str:
     """A Lua script shipped beside this module (``create``, ``transition``, ``report``)."""
     return resources.files(__package__).joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
+
 def _event_of(operation_id: str, change: Change, now: str, reply: Any) -> OperationEvent | None:
     """The event the transition script appended (its reply: id and progress), or None."""
     if not reply:

@@ -57,7 +57,8 @@ from provisioning_pipelines.storage.ladybug import (
 from provisioning_pipelines.storage.ladybug import backups as ladybug_backups
 from provisioning_pipelines.storage.ladybug.cypher import rows
 from provisioning_pipelines.storage.ladybug.fork import FORK_WORKSPACE
-from provisioning_pipelines.storage.ladybug.queries import QueryLimits, QueryResult, check_query
+from provisioning_pipelines.storage.ladybug.queries import QueryLimits, QueryResult
+from provisioning_pipelines.storage.ladybug.query_text import check_query
 from provisioning_pipelines.storage.ladybug.readers import evict_everywhere
 from provisioning_pipelines.storage.ladybug.schema import table_keys
 
